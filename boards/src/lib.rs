@@ -1,0 +1,1 @@
+//! Board profiles for supported cart computers: parsing and validation
