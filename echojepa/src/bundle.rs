@@ -1,0 +1,1 @@
+//! (module placeholder: owned by its work stream, see DESIGN.md)
