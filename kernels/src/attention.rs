@@ -1,0 +1,143 @@
+//! Multi-head self-attention core for a ViT block, in f32, straight from the fused `qkv`
+//! output of `Linear(D, 3D)` (row layout `[q | k | v]`, heads contiguous inside each, as in
+//! `qkv.reshape(N, 3, H, hd)`) into the `N × D` input of the output projection.
+//!
+//! Per head, K and Vᵀ are packed once into GEMM panels; then each block of query rows computes
+//! `S = Q·Kᵀ/√hd` (f32 GEMM), a row softmax in place, and `O = S·V` written directly into its
+//! head's columns of `out`. Only one `QB × N` score block per thread is ever materialised.
+//! RoPE is applied by the caller to the q and k columns of `qkv` beforehand.
+
+use crate::F32Kernel;
+use crate::aligned::AlignedVec;
+use crate::error::{KernelError, check_dim, check_len};
+use crate::gemm_f32::{Epi, GemmF32, NR};
+
+/// Query rows per task (the score block `QB × N` stays in L2 for N up to ~2k).
+const QB: usize = 48;
+
+/// `out[N × D] = concat_h softmax(q_h·k_hᵀ/√hd)·v_h` with `qkv: N × 3D`, `D = heads·head_dim`.
+pub fn attention(
+    qkv: &[f32],
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    attention_with(F32Kernel::best(), qkv, n, heads, head_dim, out)
+}
+
+/// [`attention`] with an explicit f32 kernel (tests).
+pub fn attention_with(
+    kernel: F32Kernel,
+    qkv: &[f32],
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !kernel.is_supported() {
+        return Err(KernelError::Unsupported(kernel.name()));
+    }
+    check_dim("tokens", n, 1 << 20)?;
+    check_dim("heads", heads, 4096)?;
+    check_dim("head_dim", head_dim, 4096)?;
+    let d = heads * head_dim;
+    check_len("qkv", qkv.len(), n * 3 * d)?;
+    check_len("out", out.len(), n * d)?;
+    let ld = 3 * d;
+    let npk = n.div_ceil(NR); // panels of Kᵀ-as-weight (N columns)
+    let npv = head_dim.div_ceil(NR); // panels of V-as-weight (hd columns)
+    // Packed K per head: [npk][hd][16]; packed V per head: [npv][N][16].
+    let kstride = npk * head_dim * NR;
+    let vstride = npv * n * NR;
+    let mut kp = AlignedVec::<f32>::zeroed(heads * kstride);
+    let mut vp = AlignedVec::<f32>::zeroed(heads * vstride);
+    {
+        let kpp = SyncPtr(kp.as_mut_ptr());
+        let vpp = SyncPtr(vp.as_mut_ptr());
+        crate::pool::for_each_index(heads, |h| {
+            // SAFETY: head h owns slices [h·stride, (h+1)·stride) of both buffers.
+            let (kh, vh) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(kpp.get().add(h * kstride), kstride),
+                    std::slice::from_raw_parts_mut(vpp.get().add(h * vstride), vstride),
+                )
+            };
+            let koff = d + h * head_dim;
+            let voff = 2 * d + h * head_dim;
+            for j in 0..n {
+                let (p, lane) = (j / NR, j % NR);
+                let krow = &qkv[j * ld + koff..j * ld + koff + head_dim];
+                for (t, &v) in krow.iter().enumerate() {
+                    kh[(p * head_dim + t) * NR + lane] = v;
+                }
+                let vrow = &qkv[j * ld + voff..j * ld + voff + head_dim];
+                for (c, &v) in vrow.iter().enumerate() {
+                    vh[((c / NR) * n + j) * NR + c % NR] = v;
+                }
+            }
+        });
+    }
+    let qblocks = n.div_ceil(QB);
+    let tasks = heads * qblocks;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let outp = SyncPtr(out.as_mut_ptr());
+    let simd = kernel != F32Kernel::Scalar;
+    let (kp, vp) = (&kp, &vp);
+    crate::pool::for_each_chunk(tasks, 1, |range| {
+        let mut s = vec![0f32; QB * n];
+        for t in range {
+            let (h, qb) = (t / qblocks, t % qblocks);
+            let r0 = qb * QB;
+            let rows = QB.min(n - r0);
+            let scores = GemmF32 {
+                // SAFETY (pointer arithmetic): row r0, column h·hd of qkv is in bounds.
+                a: qkv[r0 * ld + h * head_dim..].as_ptr(),
+                lda: ld,
+                m: rows,
+                k: head_dim,
+                b: kp[h * kstride..].as_ptr(),
+                n,
+                c: s.as_mut_ptr(),
+                ldc: n,
+                bias: None,
+                epilogue: Epi::None,
+                alpha: scale,
+            };
+            // SAFETY: all pointers cover the sizes above; `s` is this thread's own buffer.
+            unsafe { scores.run_block(kernel, 0..rows, 0..npk) };
+            for r in 0..rows {
+                crate::softmax::softmax_row(&mut s[r * n..(r + 1) * n], simd);
+            }
+            let ctx = GemmF32 {
+                a: s.as_ptr(),
+                lda: n,
+                m: rows,
+                k: n,
+                b: vp[h * vstride..].as_ptr(),
+                n: head_dim,
+                // SAFETY (pointer arithmetic): row r0, column h·hd of out is in bounds.
+                c: unsafe { outp.get().add(r0 * d + h * head_dim) },
+                ldc: d,
+                bias: None,
+                epilogue: Epi::None,
+                alpha: 1.0,
+            };
+            // SAFETY: task (h, qb) alone writes rows r0..r0+rows, columns of head h of `out`.
+            unsafe { ctx.run_block(kernel, 0..rows, 0..npv) };
+        }
+    });
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: only used to give threads disjoint regions of one buffer.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}

@@ -1,0 +1,459 @@
+//! int8 linear layers: weights quantized once (symmetric, one scale per output channel) and
+//! packed into 16-column panels of 4-byte k-groups; activations quantized per call (asymmetric
+//! u8, one scale and zero point per row); u8·i8 products summed in i32 by `vpdpbusd` (VNNI),
+//! `vpmaddubsw`+`vpmaddwd` (AVX2) or portable code; dequantization, bias and the epilogue are
+//! fused into the tile store.
+//!
+//! With `q_x = round(x / s_x) + z_x` (u8) and `q_w = round(w / s_w)` (i8):
+//! `y[r, c] = s_x[r] · s_w[c] · (Σ_k q_x[r, k] · q_w[c, k] − z_x[r] · Σ_k q_w[c, k]) + b[c]`.
+
+use std::cell::RefCell;
+
+use crate::aligned::AlignedVec;
+use crate::cpu::Int8Kernel;
+use crate::epilogue::Epilogue;
+use crate::error::{KernelError, check_dim, check_finite, check_len};
+use crate::gemm_f32::{Epi, MAX_DIM, NR};
+
+/// Bytes of one packed k-group of one panel: 16 columns × 4 consecutive k.
+const GROUP_BYTES: usize = NR * 4;
+/// Row block (input rows kept in L1/L2 across the panels of a thread).
+const MC: usize = 96;
+/// Largest row tile of any int8 microkernel.
+const MR_MAX: usize = 12;
+
+/// Weight of one linear layer, `W: [out, in]`, quantized to int8 and packed.
+#[derive(Debug, Clone)]
+pub struct PackedInt8Linear {
+    n: usize,
+    k: usize,
+    /// k rounded up to a multiple of 4.
+    kp: usize,
+    kernel: Int8Kernel,
+    /// `n_panels × (kp / 4) × GROUP_BYTES`, zero-padded.
+    panels: AlignedVec<i8>,
+    /// Per-channel weight scale, padded with zeros to `n_panels × NR`.
+    wscale: AlignedVec<f32>,
+    /// Per-channel sum of the quantized weights (for the activation zero point).
+    colsum: AlignedVec<i32>,
+    bias: Option<AlignedVec<f32>>,
+}
+
+impl PackedInt8Linear {
+    /// Quantize and pack `weight` (`out × in`, row-major: PyTorch `nn.Linear.weight`) for the
+    /// best int8 kernel of this CPU; bias (`out`) stays f32.
+    pub fn from_f32(
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Self, KernelError> {
+        Self::from_f32_with(Int8Kernel::best(), weight, out_features, in_features, bias)
+    }
+
+    /// [`from_f32`](Self::from_f32) for an explicit kernel. The kernel is fixed at packing
+    /// because it decides the weight range (±64 for AVX2, ±127 otherwise).
+    pub fn from_f32_with(
+        kernel: Int8Kernel,
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Self, KernelError> {
+        if !kernel.is_supported() {
+            return Err(KernelError::Unsupported(kernel.name()));
+        }
+        let (n, k) = (out_features, in_features);
+        check_dim("out_features", n, MAX_DIM)?;
+        check_dim("in_features", k, MAX_DIM)?;
+        check_len("weight", weight.len(), n * k)?;
+        check_finite("weight", weight)?;
+        let np = n.div_ceil(NR);
+        let kp = k.div_ceil(4) * 4;
+        let kg = kp / 4;
+        let wmax = kernel.weight_max() as f32;
+        let mut panels = AlignedVec::<i8>::zeroed(np * kg * GROUP_BYTES);
+        let mut wscale = AlignedVec::<f32>::zeroed(np * NR);
+        let mut colsum = AlignedVec::<i32>::zeroed(np * NR);
+        for c in 0..n {
+            let row = &weight[c * k..(c + 1) * k];
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if amax > 0.0 { amax / wmax } else { 1.0 };
+            let inv = 1.0 / scale;
+            let (p, j) = (c / NR, c % NR);
+            let mut sum = 0i32;
+            for (kk, &v) in row.iter().enumerate() {
+                let q = (v * inv).round().clamp(-wmax, wmax) as i32;
+                sum += q;
+                let (g, t) = (kk / 4, kk % 4);
+                panels[(p * kg + g) * GROUP_BYTES + j * 4 + t] = q as i8;
+            }
+            wscale[c] = if amax > 0.0 { scale } else { 0.0 };
+            colsum[c] = sum;
+        }
+        let bias = match bias {
+            Some(b) => {
+                check_len("bias", b.len(), n)?;
+                check_finite("bias", b)?;
+                let mut p = AlignedVec::<f32>::zeroed(np * NR);
+                p[..n].copy_from_slice(b);
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(Self {
+            n,
+            k,
+            kp,
+            kernel,
+            panels,
+            wscale,
+            colsum,
+            bias,
+        })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel this layer was packed for.
+    pub fn kernel(&self) -> Int8Kernel {
+        self.kernel
+    }
+
+    /// The same integer weights run by another kernel (tests and benchmarks compare kernels
+    /// bit for bit this way). Fails when the CPU lacks the kernel or when the kernel's weight
+    /// range is narrower than this packing's (a ±127 packing cannot run on AVX2).
+    pub fn retarget(&self, kernel: Int8Kernel) -> Result<Self, KernelError> {
+        if !kernel.is_supported() || kernel.weight_max() < self.kernel.weight_max() {
+            return Err(KernelError::Unsupported(kernel.name()));
+        }
+        let mut l = self.clone();
+        l.kernel = kernel;
+        Ok(l)
+    }
+
+    /// The dequantized weights (`out × in`), e.g. to measure the quantization error.
+    pub fn dequantized_weight(&self) -> Vec<f32> {
+        let kg = self.kp / 4;
+        let mut w = vec![0f32; self.n * self.k];
+        for c in 0..self.n {
+            let (p, j) = (c / NR, c % NR);
+            for kk in 0..self.k {
+                let q = self.panels[(p * kg + kk / 4) * GROUP_BYTES + j * 4 + kk % 4];
+                w[c * self.k + kk] = q as f32 * self.wscale[c];
+            }
+        }
+        w
+    }
+
+    /// `out[m × out] = epilogue(x[m × in] · Wᵀ + b)`: quantizes each row of `x`, multiplies in
+    /// int8 and dequantizes into `out`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), KernelError> {
+        check_dim("m", m, MAX_DIM)?;
+        check_len("x", x.len(), m * self.k)?;
+        check_len("out", out.len(), m * self.n)?;
+        if let Epilogue::AddResidual(r) = epilogue {
+            check_len("residual", r.len(), m * self.n)?;
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let q = &mut *s;
+            quantize_rows(x, m, self.k, self.kp, q, self.kernel != Int8Kernel::Scalar);
+            let g = GemmI8 {
+                layer: self,
+                a: q.data.as_ptr(),
+                sa: q.scale.as_ptr(),
+                za: q.zero.as_ptr(),
+                m,
+                c: out.as_mut_ptr(),
+                epilogue: epilogue.into(),
+            };
+            // SAFETY: sizes were checked; `q` and `out` live for the whole call.
+            unsafe { g.run_parallel() };
+        });
+        Ok(())
+    }
+}
+
+/// Per-row quantized activations (reused between calls on the same thread).
+#[derive(Default)]
+pub(crate) struct QuantRows {
+    data: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<QuantRows> = RefCell::new(QuantRows::default());
+}
+
+/// Scale and zero point for one row so that its range (widened to include 0) maps to 0..=255.
+#[inline]
+pub(crate) fn row_params(lo: f32, hi: f32) -> (f32, i32) {
+    let lo = lo.min(0.0);
+    let hi = hi.max(0.0);
+    if hi - lo <= f32::MIN_POSITIVE || !(hi - lo).is_finite() {
+        return (1.0, 0);
+    }
+    let scale = (hi - lo) / 255.0;
+    let zero = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+    (scale, zero)
+}
+
+fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize, q: &mut QuantRows, simd: bool) {
+    q.data.resize(m * kp, 0);
+    q.scale.resize(m, 0.0);
+    q.zero.resize(m, 0);
+    for r in 0..m {
+        let row = &x[r * k..(r + 1) * k];
+        let dst = &mut q.data[r * kp..(r + 1) * kp];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` means the packing kernel is an x86 SIMD one, so AVX2 is present.
+            let (s, z) = unsafe { crate::x86::avx2::quantize_row(row, dst) };
+            q.scale[r] = s;
+            q.zero[r] = z;
+            continue;
+        }
+        let _ = simd;
+        let (lo, hi) = row
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (s, z) = row_params(lo, hi);
+        let inv = 1.0 / s;
+        for (d, &v) in dst.iter_mut().zip(row) {
+            *d = ((v * inv).round_ties_even() as i32 + z).clamp(0, 255) as u8;
+        }
+        dst[k..].fill(0);
+        q.scale[r] = s;
+        q.zero[r] = z;
+    }
+}
+
+struct GemmI8<'l> {
+    layer: &'l PackedInt8Linear,
+    a: *const u8,
+    sa: *const f32,
+    za: *const i32,
+    m: usize,
+    c: *mut f32,
+    epilogue: Epi,
+}
+
+// SAFETY: threads read the shared inputs and write disjoint column ranges of `c`.
+unsafe impl Send for GemmI8<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for GemmI8<'_> {}
+
+impl GemmI8<'_> {
+    unsafe fn run_parallel(&self) {
+        let l = self.layer;
+        let np = l.n.div_ceil(NR);
+        let nt = crate::pool::num_threads();
+        let work = self.m as f64 * l.n as f64 * l.k as f64;
+        if nt <= 1 || work < 4.0e5 {
+            // SAFETY: forwarded.
+            unsafe { self.run_block(0..self.m, 0..np) };
+        } else if np >= 4 * nt {
+            crate::pool::for_each_chunk(np, 2, |pr| {
+                // SAFETY: disjoint panels → disjoint columns of `c`.
+                unsafe { self.run_block(0..self.m, pr) }
+            });
+        } else {
+            crate::pool::for_each_chunk(self.m, 24, |rr| {
+                // SAFETY: disjoint rows of `c`.
+                unsafe { self.run_block(rr, 0..np) }
+            });
+        }
+    }
+
+    unsafe fn run_block(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
+        let l = self.layer;
+        let kg = l.kp / 4;
+        let (mr, np_step) = match l.kernel {
+            Int8Kernel::Scalar => (4, 1),
+            Int8Kernel::Avx2 => (4, 1),
+            Int8Kernel::AvxVnni => (6, 1),
+            Int8Kernel::Avx512Vnni => (8, 2),
+        };
+        let simd = l.kernel != Int8Kernel::Scalar;
+        let mut tile = [[0i32; 2 * NR]; MR_MAX];
+        let mut mb = rows.start;
+        while mb < rows.end {
+            let mend = (mb + MC).min(rows.end);
+            let mut p = panels.start;
+            while p < panels.end {
+                let pcount = np_step.min(panels.end - p);
+                let col0 = p * NR;
+                let cols = (pcount * NR).min(l.n - col0);
+                let mut r = mb;
+                while r < mend {
+                    let rcount = mr.min(mend - r);
+                    // SAFETY: r < m and p < n_panels, so the tile lies inside A, B and C.
+                    unsafe {
+                        let a = self.a.add(r * l.kp);
+                        let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
+                        self.micro(kg, a, rcount, b, pcount, &mut tile);
+                        self.finish_tile(&tile, r, rcount, col0, cols, simd);
+                    }
+                    r += rcount;
+                }
+                p += pcount;
+            }
+            mb = mend;
+        }
+    }
+
+    #[inline]
+    unsafe fn micro(
+        &self,
+        kg: usize,
+        a: *const u8,
+        rows: usize,
+        b: *const i8,
+        pcount: usize,
+        tile: &mut [[i32; 2 * NR]; MR_MAX],
+    ) {
+        let lda = self.layer.kp;
+        let bstride = kg * GROUP_BYTES;
+        // SAFETY: forwarded; the kernel was checked at packing time.
+        unsafe {
+            match self.layer.kernel {
+                Int8Kernel::Scalar => scalar_micro(kg, a, lda, rows, b, bstride, pcount, tile),
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Avx2 => crate::x86::avx2::i8_4x16(kg, a, lda, rows, b, tile),
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::AvxVnni => crate::x86::avxvnni::i8_6x16(kg, a, lda, rows, b, tile),
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Avx512Vnni => {
+                    if pcount == 2 {
+                        crate::x86::avx512::i8_8x32::<2>(kg, a, lda, rows, b, bstride, tile)
+                    } else {
+                        crate::x86::avx512::i8_8x32::<1>(kg, a, lda, rows, b, bstride, tile)
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("unsupported kernels are rejected at packing"),
+            }
+        }
+    }
+
+    unsafe fn finish_tile(
+        &self,
+        tile: &[[i32; 2 * NR]; MR_MAX],
+        r0: usize,
+        rows: usize,
+        col0: usize,
+        cols: usize,
+        simd: bool,
+    ) {
+        let l = self.layer;
+        let n = l.n;
+        for (i, acc) in tile.iter().enumerate().take(rows) {
+            let r = r0 + i;
+            // SAFETY: r < m; columns col0..col0+cols are inside row r of C, the padded
+            // per-channel vectors have n_panels × NR entries.
+            unsafe {
+                let out = std::slice::from_raw_parts_mut(self.c.add(r * n + col0), cols);
+                let res = match self.epilogue {
+                    Epi::Residual(p, _) => Some(std::slice::from_raw_parts(p.add(r * n + col0), cols)),
+                    _ => None,
+                };
+                let d = Dequant {
+                    sa: *self.sa.add(r),
+                    za: *self.za.add(r),
+                    wscale: &l.wscale[col0..col0 + cols],
+                    colsum: &l.colsum[col0..col0 + cols],
+                    bias: l.bias.as_ref().map(|b| &b[col0..col0 + cols]),
+                    gelu: matches!(self.epilogue, Epi::Gelu),
+                    accumulate: matches!(self.epilogue, Epi::Accumulate),
+                    res,
+                };
+                d.finish(&acc[..cols], out, simd);
+            }
+        }
+    }
+}
+
+/// Everything needed to turn one row of i32 sums into the finished f32 output.
+pub(crate) struct Dequant<'a> {
+    pub sa: f32,
+    pub za: i32,
+    pub wscale: &'a [f32],
+    pub colsum: &'a [i32],
+    pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
+    pub accumulate: bool,
+    pub res: Option<&'a [f32]>,
+}
+
+impl Dequant<'_> {
+    fn finish(&self, acc: &[i32], out: &mut [f32], simd: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` is set only for x86 SIMD kernels, which all imply AVX2+FMA.
+            unsafe { crate::x86::avx2::dequant_row(self, acc, out) };
+            return;
+        }
+        let _ = simd;
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut y = (acc[c] - self.za * self.colsum[c]) as f32 * (self.sa * self.wscale[c]);
+            if let Some(b) = self.bias {
+                y += b[c];
+            }
+            if let Some(res) = self.res {
+                y += res[c];
+            }
+            if self.gelu {
+                y = crate::activation::gelu(y);
+            }
+            *o = if self.accumulate { *o + y } else { y };
+        }
+    }
+}
+
+/// Portable tile: `rows × (pcount·16)` i32 sums of u8·i8 products.
+#[allow(clippy::too_many_arguments)]
+unsafe fn scalar_micro(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    bstride: usize,
+    pcount: usize,
+    tile: &mut [[i32; 2 * NR]; MR_MAX],
+) {
+    for (r, trow) in tile.iter_mut().enumerate().take(rows) {
+        for p in 0..pcount {
+            let mut acc = [0i32; NR];
+            for g in 0..kg {
+                // SAFETY: group g < kg of row r and of panel p.
+                unsafe {
+                    let av = a.add(r * lda + 4 * g);
+                    let bv = b.add(p * bstride + g * GROUP_BYTES);
+                    for (j, s) in acc.iter_mut().enumerate() {
+                        for t in 0..4 {
+                            *s += *av.add(t) as i32 * *bv.add(j * 4 + t) as i32;
+                        }
+                    }
+                }
+            }
+            trow[p * NR..(p + 1) * NR].copy_from_slice(&acc);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The crate-wide worker pool and the static work split used by every parallel kernel.
+//!
+//! One rayon pool (size: `ECHOJEPA_THREADS`, else the number of CPUs the process may use) runs
+//! all kernels. A parallel region splits its work into exactly one contiguous chunk per thread,
+//! so a thread always gets the same share of the output (its panels of weights stay in its own
+//! core's cache from one call to the next).
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::env::var("ECHOJEPA_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("echojepa-kernel-{i}"))
+            .build()
+            .unwrap_or_else(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("a one-thread pool always builds")
+            })
+    })
+}
+
+/// Number of worker threads the kernels use.
+pub fn num_threads() -> usize {
+    pool().current_num_threads()
+}
+
+/// Split `0..n_items` into at most `num_threads()` contiguous chunks of whole `grain`s and run
+/// `f(chunk)` for each in parallel. Runs inline when there is only one chunk.
+pub fn for_each_chunk<F>(n_items: usize, grain: usize, f: F)
+where
+    F: Fn(Range<usize>) + Sync,
+{
+    let grain = grain.max(1);
+    let n_grains = n_items.div_ceil(grain);
+    let nt = num_threads().min(n_grains).max(1);
+    if nt <= 1 {
+        if n_items > 0 {
+            f(0..n_items);
+        }
+        return;
+    }
+    let chunk = |t: usize| {
+        let g0 = n_grains * t / nt;
+        let g1 = n_grains * (t + 1) / nt;
+        (g0 * grain).min(n_items)..(g1 * grain).min(n_items)
+    };
+    let f = &f;
+    pool().scope(|s| {
+        for t in 1..nt {
+            let r = chunk(t);
+            s.spawn(move |_| f(r));
+        }
+        f(chunk(0));
+    });
+}
+
+/// Run `f(i)` for every `i` in `0..n` on the pool, one contiguous block of indices per thread.
+pub fn for_each_index<F>(n: usize, f: F)
+where
+    F: Fn(usize) + Sync,
+{
+    for_each_chunk(n, 1, |r| r.for_each(&f));
+}

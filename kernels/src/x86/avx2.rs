@@ -1,0 +1,273 @@
+//! AVX2 + FMA kernels: the 6×16 f32 tile, the 4×16 u8·i8 tile (`vpmaddubsw` → `vpmaddwd`),
+//! per-row activation quantization, and the dequantize/bias/GELU/residual row epilogues.
+
+use std::arch::x86_64::*;
+
+use crate::activation::avx2::gelu8;
+use crate::gemm_i8::{Dequant, row_params};
+
+/// Lane mask with the first `n` (0..=8) lanes set.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mask8(n: usize) -> __m256i {
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
+}
+
+/// f32 tile: `C[rows × cols] (+)= alpha · A[rows × kc] · B[kc × 16]`.
+///
+/// # Safety
+/// AVX2+FMA present; `a` readable for `rows` rows of `kc` at stride `lda`; `b` for `kc × 16`;
+/// `c` writable for `rows` rows of `cols` (≤ 16) at stride `ldc`; 1 ≤ rows ≤ 6.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn f32_6x16(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    acc: bool,
+    alpha: f32,
+) {
+    // Rows past `rows` re-read row 0 (always valid) and are never stored.
+    let ap: [*const f32; 6] =
+        std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
+    let mut t = [[_mm256_setzero_ps(); 2]; 6];
+    for kk in 0..kc {
+        // SAFETY: kk < kc; B holds kc × 16 floats; every ap[r] row has kc floats.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * 16));
+            let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
+            for r in 0..6 {
+                let av = _mm256_broadcast_ss(&*ap[r].add(kk));
+                t[r][0] = _mm256_fmadd_ps(av, b0, t[r][0]);
+                t[r][1] = _mm256_fmadd_ps(av, b1, t[r][1]);
+            }
+        }
+    }
+    let al = _mm256_set1_ps(alpha);
+    let m0 = mask8(cols.min(8));
+    let m1 = mask8(cols.saturating_sub(8));
+    for (r, tr) in t.iter().enumerate().take(rows) {
+        // SAFETY: row r < rows; masked lanes stay inside the `cols` columns of the tile.
+        unsafe {
+            let cp = c.add(r * ldc);
+            let mut v0 = _mm256_mul_ps(tr[0], al);
+            let mut v1 = _mm256_mul_ps(tr[1], al);
+            if cols == 16 {
+                if acc {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+                }
+                _mm256_storeu_ps(cp, v0);
+                _mm256_storeu_ps(cp.add(8), v1);
+            } else {
+                if acc {
+                    v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cp, m0));
+                    v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cp.add(8), m1));
+                }
+                _mm256_maskstore_ps(cp, m0, v0);
+                _mm256_maskstore_ps(cp.add(8), m1, v1);
+            }
+        }
+    }
+}
+
+/// int8 tile: `tile[r][0..16] = Σ_g A_u8[r, 4g..4g+4] · B_i8[g][16 × 4]` with
+/// `vpmaddubsw` (pairs → i16; cannot saturate because |w| ≤ 64) and `vpmaddwd` (→ i32).
+///
+/// # Safety
+/// AVX2 present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`; `b` for
+/// `kg × 64` bytes; 1 ≤ rows ≤ 4.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn i8_4x16(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    tile: &mut [[i32; 32]; 12],
+) {
+    let ap: [*const u8; 4] =
+        std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
+    let ones = _mm256_set1_epi16(1);
+    let mut t = [[_mm256_setzero_si256(); 2]; 4];
+    for g in 0..kg {
+        // SAFETY: g < kg; each row has 4·kg bytes; B has kg groups of 64 bytes.
+        unsafe {
+            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
+            for r in 0..4 {
+                let av = _mm256_set1_epi32((ap[r].add(4 * g) as *const i32).read_unaligned());
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
+                t[r][0] = _mm256_add_epi32(t[r][0], p0);
+                t[r][1] = _mm256_add_epi32(t[r][1], p1);
+            }
+        }
+    }
+    for (r, tr) in t.iter().enumerate().take(rows) {
+        // SAFETY: tile rows hold 32 i32; we write the first 16.
+        unsafe {
+            _mm256_storeu_si256(tile[r].as_mut_ptr() as *mut __m256i, tr[0]);
+            _mm256_storeu_si256(tile[r].as_mut_ptr().add(8) as *mut __m256i, tr[1]);
+        }
+    }
+}
+
+/// Quantize one row to u8 (asymmetric, range widened to include 0); bytes past `x.len()` in
+/// `dst` are zeroed. Returns (scale, zero point). Bit-identical to the scalar path.
+///
+/// # Safety
+/// AVX2+FMA present; `dst.len() >= x.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> (f32, i32) {
+    let k = x.len();
+    let mut vlo = _mm256_set1_ps(f32::INFINITY);
+    let mut vhi = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 8 <= k {
+        // SAFETY: i + 8 <= k.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        vlo = _mm256_min_ps(vlo, v);
+        vhi = _mm256_max_ps(vhi, v);
+        i += 8;
+    }
+    let mut lo_a = [0f32; 8];
+    let mut hi_a = [0f32; 8];
+    // SAFETY: arrays of 8 floats.
+    unsafe {
+        _mm256_storeu_ps(lo_a.as_mut_ptr(), vlo);
+        _mm256_storeu_ps(hi_a.as_mut_ptr(), vhi);
+    }
+    let mut lo = lo_a.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+    let mut hi = hi_a.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in &x[i..] {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let (scale, zero) = row_params(lo, hi);
+    let inv = 1.0 / scale;
+    let vinv = _mm256_set1_ps(inv);
+    let vz = _mm256_set1_epi32(zero);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut i = 0;
+    while i + 32 <= k {
+        // SAFETY: i + 32 <= k <= dst.len().
+        unsafe {
+            let q = |o: usize| {
+                _mm256_add_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i + o)), vinv)),
+                    vz,
+                )
+            };
+            let w01 = _mm256_packs_epi32(q(0), q(8));
+            let w23 = _mm256_packs_epi32(q(16), q(24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), perm);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, bytes);
+        }
+        i += 32;
+    }
+    for j in i..k {
+        dst[j] = ((x[j] * inv).round_ties_even() as i32 + zero).clamp(0, 255) as u8;
+    }
+    dst[k..].fill(0);
+    (scale, zero)
+}
+
+/// Dequantize one row segment of i32 sums and apply bias / residual / GELU / accumulate.
+///
+/// # Safety
+/// AVX2+FMA present; all slices of `d` and `acc` have `out.len()` elements.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dequant_row(d: &Dequant<'_>, acc: &[i32], out: &mut [f32]) {
+    let cols = out.len();
+    let vsa = _mm256_set1_ps(d.sa);
+    let vza = _mm256_set1_epi32(d.za);
+    let mut c = 0;
+    while c + 8 <= cols {
+        // SAFETY: c + 8 <= cols = length of every slice used here.
+        unsafe {
+            let s = _mm256_loadu_si256(acc.as_ptr().add(c) as *const __m256i);
+            let cs = _mm256_loadu_si256(d.colsum.as_ptr().add(c) as *const __m256i);
+            let s = _mm256_sub_epi32(s, _mm256_mullo_epi32(vza, cs));
+            let ws = _mm256_mul_ps(vsa, _mm256_loadu_ps(d.wscale.as_ptr().add(c)));
+            let mut y = _mm256_mul_ps(_mm256_cvtepi32_ps(s), ws);
+            if let Some(b) = d.bias {
+                y = _mm256_add_ps(y, _mm256_loadu_ps(b.as_ptr().add(c)));
+            }
+            if let Some(r) = d.res {
+                y = _mm256_add_ps(y, _mm256_loadu_ps(r.as_ptr().add(c)));
+            }
+            if d.gelu {
+                y = gelu8(y);
+            }
+            let op = out.as_mut_ptr().add(c);
+            if d.accumulate {
+                y = _mm256_add_ps(y, _mm256_loadu_ps(op));
+            }
+            _mm256_storeu_ps(op, y);
+        }
+        c += 8;
+    }
+    for c in c..cols {
+        let mut y = (acc[c] - d.za * d.colsum[c]) as f32 * (d.sa * d.wscale[c]);
+        if let Some(b) = d.bias {
+            y += b[c];
+        }
+        if let Some(r) = d.res {
+            y += r[c];
+        }
+        if d.gelu {
+            y = crate::activation::gelu(y);
+        }
+        out[c] = if d.accumulate { out[c] + y } else { y };
+    }
+}
+
+/// `row = gelu?(row + bias + res)` in place (f32 GEMM epilogue).
+///
+/// # Safety
+/// AVX2+FMA present; `bias` and `res`, when given, have `row.len()` elements.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn finish_row_f32(
+    row: &mut [f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    res: Option<&[f32]>,
+) {
+    let n = row.len();
+    let mut c = 0;
+    while c + 8 <= n {
+        // SAFETY: c + 8 <= n = length of every slice used here.
+        unsafe {
+            let p = row.as_mut_ptr().add(c);
+            let mut y = _mm256_loadu_ps(p);
+            if let Some(b) = bias {
+                y = _mm256_add_ps(y, _mm256_loadu_ps(b.as_ptr().add(c)));
+            }
+            if let Some(r) = res {
+                y = _mm256_add_ps(y, _mm256_loadu_ps(r.as_ptr().add(c)));
+            }
+            if gelu {
+                y = gelu8(y);
+            }
+            _mm256_storeu_ps(p, y);
+        }
+        c += 8;
+    }
+    for c in c..n {
+        let mut y = row[c];
+        if let Some(b) = bias {
+            y += b[c];
+        }
+        if let Some(r) = res {
+            y += r[c];
+        }
+        row[c] = if gelu { crate::activation::gelu(y) } else { y };
+    }
+}

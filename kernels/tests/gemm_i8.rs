@@ -1,0 +1,140 @@
+//! int8 linear layers: every kernel this CPU runs against (a) the exact integer result of the
+//! portable kernel with the same packing and (b) the f64 reference within a worst-case
+//! quantization bound, on ragged shapes, with every epilogue.
+
+mod common;
+use common::*;
+use echojepa_kernels::{Epilogue, Int8Kernel, KernelError, PackedInt8Linear};
+
+/// Rounding slack relative to `Σ_k |x_k·w_k|` on top of the quantization bound.
+const I8_REL_TOL: f64 = 1e-5;
+/// Absolute floor.
+const I8_ABS_TOL: f64 = 1e-5;
+/// Largest relative RMS error (‖y − ref‖₂ / ‖ref‖₂) for k ≥ 64 on uniform data.
+const I8_REL_RMS_TOL: f64 = 0.02;
+
+/// Worst-case error of per-row u8 activations × per-channel int8 weights:
+/// `s_x/2·Σ|w| + s_w/2·Σ|x| + k·s_x·s_w/4` (s_x from the row range widened to 0).
+fn quant_bound(x: &[f32], w: &[f32], k: usize, r: usize, c: usize, wmax: f64) -> f64 {
+    let xr = &x[r * k..(r + 1) * k];
+    let wc = &w[c * k..(c + 1) * k];
+    let lo = xr.iter().fold(0f32, |a, &b| a.min(b)) as f64;
+    let hi = xr.iter().fold(0f32, |a, &b| a.max(b)) as f64;
+    let sx = (hi - lo) / 255.0;
+    let sw = wc.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64 / wmax;
+    let sw_abs: f64 = wc.iter().map(|v| v.abs() as f64).sum();
+    let sx_abs: f64 = xr.iter().map(|v| v.abs() as f64).sum();
+    sx / 2.0 * sw_abs + sw / 2.0 * sx_abs + k as f64 * sx * sw / 4.0
+}
+
+fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
+    let mut r = rng(seed);
+    let x = uniform(&mut r, m * k, -1.0, 1.5);
+    let w = uniform(&mut r, n * k, -1.0, 1.0);
+    let b = uniform(&mut r, n, -0.5, 0.5);
+    let res = uniform(&mut r, m * n, -2.0, 2.0);
+    let (yref, mag) = linear_ref(&x, &w, Some(&b), m, k, n);
+    let lin = PackedInt8Linear::from_f32_with(kernel, &w, n, k, Some(&b)).unwrap();
+    assert_eq!(lin.kernel(), kernel);
+    let wmax = kernel.weight_max() as f64;
+    let name = kernel.name();
+    let tol = |i: usize| {
+        quant_bound(&x, &w, k, i / n, i % n, wmax) * 1.001 + I8_REL_TOL * mag[i] + I8_ABS_TOL
+    };
+
+    let mut plain = vec![f32::NAN; m * n];
+    lin.forward(&x, m, &mut plain, Epilogue::None).unwrap();
+    let (mut se, mut sr) = (0f64, 0f64);
+    for i in 0..m * n {
+        let e = (plain[i] as f64 - yref[i]).abs();
+        assert!(e <= tol(i), "{name} none ({m},{k},{n}) elem {i}: {} vs {} err {e} tol {}", plain[i], yref[i], tol(i));
+        se += e * e;
+        sr += yref[i] * yref[i];
+    }
+    if k >= 64 {
+        let rel = (se / sr).sqrt();
+        assert!(rel < I8_REL_RMS_TOL, "{name} ({m},{k},{n}) relative RMS error {rel}");
+    }
+
+    // The same integer weights through the portable kernel give bit-identical outputs.
+    let scal = lin.retarget(Int8Kernel::Scalar).unwrap();
+    let mut out = vec![f32::NAN; m * n];
+    scal.forward(&x, m, &mut out, Epilogue::None).unwrap();
+    for i in 0..m * n {
+        assert_eq!(out[i].to_bits(), plain[i].to_bits(), "{name} vs scalar ({m},{k},{n}) elem {i}");
+    }
+
+    let mut out = vec![f32::NAN; m * n];
+    lin.forward(&x, m, &mut out, Epilogue::Gelu).unwrap();
+    for i in 0..m * n {
+        // GELU is 1.13-Lipschitz, so the bound carries over (plus the GELU approximation).
+        let t = 1.13 * tol(i) + 1e-6 * (1.0 + yref[i].abs());
+        let e = (out[i] as f64 - gelu64(yref[i])).abs();
+        assert!(e <= t, "{name} gelu ({m},{k},{n}) elem {i}: err {e} tol {t}");
+    }
+
+    let mut out = vec![f32::NAN; m * n];
+    lin.forward(&x, m, &mut out, Epilogue::AddResidual(&res)).unwrap();
+    for i in 0..m * n {
+        assert_eq!(out[i], plain[i] + res[i], "{name} residual ({m},{k},{n}) elem {i}");
+    }
+
+    let mut out = res.clone();
+    lin.forward(&x, m, &mut out, Epilogue::Accumulate).unwrap();
+    for i in 0..m * n {
+        assert_eq!(out[i], res[i] + plain[i], "{name} accumulate ({m},{k},{n}) elem {i}");
+    }
+}
+
+#[test]
+fn every_kernel_matches_f64_reference_within_quantization_bound() {
+    let kernels = Int8Kernel::available();
+    assert!(kernels.contains(&Int8Kernel::Scalar));
+    eprintln!("int8 kernels tested: {:?}", kernels);
+    for (i, &(m, k, n)) in ragged_shapes().iter().enumerate() {
+        for &kernel in &kernels {
+            check(kernel, m, k, n, 200 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn retarget_refuses_a_narrower_weight_range() {
+    let w = vec![0.5f32; 16];
+    let lin = PackedInt8Linear::from_f32_with(Int8Kernel::Scalar, &w, 4, 4, None).unwrap();
+    if Int8Kernel::Avx2.is_supported() {
+        assert_eq!(
+            lin.retarget(Int8Kernel::Avx2).unwrap_err(),
+            KernelError::Unsupported("avx2")
+        );
+    }
+    assert!(lin.retarget(Int8Kernel::Scalar).is_ok());
+}
+
+#[test]
+fn errors_name_the_operand() {
+    let w = vec![0.25f32; 12];
+    assert_eq!(
+        PackedInt8Linear::from_f32(&w, 3, 5, None).unwrap_err(),
+        KernelError::Len { what: "weight", got: 12, expected: 15 }
+    );
+    let mut bad = w.clone();
+    bad[7] = f32::INFINITY;
+    assert_eq!(
+        PackedInt8Linear::from_f32(&bad, 3, 4, None).unwrap_err(),
+        KernelError::NonFinite { what: "weight", index: 7 }
+    );
+    let lin = PackedInt8Linear::from_f32(&w, 3, 4, Some(&[1.0, 2.0, 3.0])).unwrap();
+    let mut out = vec![0f32; 6];
+    assert_eq!(
+        lin.forward(&[0.0; 7], 2, &mut out, Epilogue::None).unwrap_err(),
+        KernelError::Len { what: "x", got: 7, expected: 8 }
+    );
+    // All-zero input rows and all-zero weight rows are exact.
+    lin.forward(&[0.0; 8], 2, &mut out, Epilogue::None).unwrap();
+    assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    let z = PackedInt8Linear::from_f32(&[0.0; 8], 2, 4, None).unwrap();
+    let mut o = vec![9f32; 2];
+    z.forward(&[1.0, -2.0, 3.0, 4.0], 1, &mut o, Epilogue::None).unwrap();
+    assert_eq!(o, vec![0.0, 0.0]);
+}
