@@ -1,1 +1,19 @@
-//! placeholder
+//! Host side of the cart microcontroller link, as a library.
+//!
+//! The edge runtime links this crate to talk to the cart MCU; the `firmware-host` binary wraps
+//! the same pieces in a CLI.
+//!
+//! * [`link`]: [`HostLink`](link::HostLink), the non-blocking serial link (own thread, bounded
+//!   queues with named drop policies, reconnect with backoff, heartbeats and watchdog).
+//! * [`sim`]: a simulated MCU speaking the same protocol over a real pseudo-terminal, with seeded
+//!   fault injection ([`faults`]).
+//! * [`queue`]: the bounded queues and their back-pressure policies.
+//!
+//! The wire protocol itself is the `no_std` crate `cart-protocol` (re-exported as [`protocol`]).
+
+pub mod faults;
+pub mod link;
+pub mod queue;
+pub mod sim;
+
+pub use cart_protocol as protocol;

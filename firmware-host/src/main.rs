@@ -1,3 +1,2 @@
-fn main() {
-    println!("not built yet");
-}
+//! `firmware-host`: talk to the cart microcontroller, simulate one, flash model bundles.
+fn main() {}
