@@ -8,9 +8,13 @@
 //! * [`sim`]: a simulated MCU speaking the same protocol over a real pseudo-terminal, with seeded
 //!   fault injection ([`faults`]).
 //! * [`queue`]: the bounded queues and their back-pressure policies.
+//! * `defmt_log` (feature `defmt-elf`, on by default): decoding the MCU's defmt log records with
+//!   the firmware ELF.
 //!
 //! The wire protocol itself is the `no_std` crate `cart-protocol` (re-exported as [`protocol`]).
 
+#[cfg(feature = "defmt-elf")]
+pub mod defmt_log;
 pub mod faults;
 pub mod link;
 pub mod queue;

@@ -184,7 +184,8 @@ pub enum LinkError {
 }
 
 /// Where the link is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LinkState {
     /// Opening the port (or waiting to retry).
     Connecting,
@@ -208,7 +209,7 @@ impl LinkState {
 }
 
 /// What the MCU told us in the handshake.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PeerInfo {
     /// MCU protocol version.
     pub version: ProtocolVersion,
@@ -225,7 +226,8 @@ pub struct PeerInfo {
 }
 
 /// Why the link went down.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DownReason {
     /// The port could not be opened (reported once per outage).
     OpenFailed(String),
@@ -234,6 +236,7 @@ pub enum DownReason {
     /// No frame from the MCU for longer than the watchdog timeout.
     PeerSilent {
         /// How long it was silent.
+        #[serde(rename = "silence_ms", serialize_with = "millis")]
         silence: Duration,
     },
     /// The MCU rebooted.
@@ -243,7 +246,8 @@ pub enum DownReason {
 }
 
 /// Direction-tagged frame record for monitoring (only with [`LinkConfig::trace`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Trace {
     /// A frame we sent.
     Sent(Envelope<HostMsg>),
@@ -252,6 +256,7 @@ pub enum Trace {
     /// Bytes the decoder threw away.
     Dropped {
         /// Why.
+        #[serde(serialize_with = "display")]
         error: cart_protocol::Error,
         /// How many bytes.
         lost_bytes: usize,
@@ -261,7 +266,8 @@ pub enum Trace {
 }
 
 /// Something the caller should know about.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LinkEvent {
     /// Handshake completed.
     Up(PeerInfo),
@@ -280,6 +286,7 @@ pub enum LinkEvent {
         /// The nonce returned by `ping`.
         nonce: u32,
         /// Round-trip time.
+        #[serde(rename = "rtt_ms", serialize_with = "millis")]
         rtt: Duration,
     },
     /// Answer to [`HostLink::send_privileged`].
@@ -562,6 +569,14 @@ impl Drop for HostLink {
     }
 }
 
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 enum RxItem {
     Frame(Envelope<McuMsg>),
     Dropped {
@@ -625,6 +640,10 @@ impl Worker {
             match opened {
                 Ok(port) => {
                     inc(&self.shared.counters.connects, 1);
+                    // Whatever arrived before we opened belongs to no session of ours.
+                    if let Err(e) = port.clear(serialport::ClearBuffer::Input) {
+                        tracing::debug!("cannot clear input of {}: {e}", self.cfg.port);
+                    }
                     let handshakes_before = self.shared.counters.handshakes.load(Ordering::Relaxed);
                     let end = self.session(port);
                     if self.shared.counters.handshakes.load(Ordering::Relaxed) > handshakes_before {

@@ -1,2 +1,67 @@
-//! `firmware-host`: talk to the cart microcontroller, simulate one, flash model bundles.
-fn main() {}
+//! `firmware-host`: talk to the cart microcontroller, simulate one, and install model bundles.
+//!
+//! Each subcommand lives in its own file under `cli/` with a `run()` that writes to any
+//! `impl Write`, so its output can be checked in tests. Logs (`RUST_LOG=debug`) go to stderr.
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Serial link to the cart microcontroller (MCU): watch it, ping it, ask its status, run a
+/// simulated one, and install signed model bundles into the cart's A/B slots.
+///
+/// The port comes from `--port`, or from the `[serial]` table of a board profile (`--board
+/// jetson-orin-nano` or `--board my-cart.toml`). Try it without hardware:
+///
+///   firmware-host simulate --link /tmp/cart-mcu &
+///
+///   firmware-host ping --port /tmp/cart-mcu
+#[derive(Parser)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode and print every frame on the link (runs the handshake unless --passive).
+    Monitor(cli::monitor::Args),
+    /// Handshake with the MCU and measure round trips.
+    Ping(cli::ping::Args),
+    /// Print the MCU's identity and status.
+    Status(cli::status::Args),
+    /// Run a simulated MCU on a pseudo-terminal, with optional fault injection.
+    Simulate(cli::simulate::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Monitor(a) => cli::monitor::run(a, &mut out),
+        Command::Ping(a) => cli::ping::run(a, &mut out),
+        Command::Status(a) => cli::status::run(a, &mut out),
+        Command::Simulate(a) => cli::simulate::run(a, &mut out),
+    };
+    let _ = out.flush();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,5 +1,8 @@
 //! Integration tests of `firmware-host`, built as one test binary: the host link against the
-//! simulated MCU over real pseudo-terminals, and the CLI.
+//! simulated MCU over real pseudo-terminals, defmt log decoding, and the CLI.
 
+mod cli;
+#[cfg(feature = "defmt-elf")]
+mod defmt;
 mod link;
 mod support;
