@@ -35,6 +35,7 @@ pub mod gemm_f32;
 pub mod gemm_i8;
 pub mod norm;
 pub mod pool;
+pub mod rope;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod x86;

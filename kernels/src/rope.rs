@@ -1,0 +1,79 @@
+//! V-JEPA 2 3-D RoPE applied in place to the q and k columns of a fused `qkv` buffer
+//! (`N × 3D`, layout `[q | k | v]`, heads contiguous), reproducing the reference exactly:
+//! per head, segments of `s = 2·⌊⌊hd/3⌋/2⌋` dims for time, height and width, then an unrotated
+//! tail; `ω_k = 10000^(−k/(s/2))` in f32; cos/sin TILED over the segment while ADJACENT pairs are
+//! rotated: `out[2j] = x[2j]·cos[2j] − x[2j+1]·sin[2j]`, `out[2j+1] = x[2j+1]·cos[2j+1] + x[2j]·sin[2j+1]`.
+
+use crate::error::{KernelError, check_dim, check_len};
+
+/// Per-token cos/sin tables (`tokens × head_dim`, tail = 1/0).
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    head_dim: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTables {
+    /// Tables for the full grid of `t × hp × wp` tokens, token `n = t·hp·wp + h·wp + w`.
+    pub fn grid(t: usize, hp: usize, wp: usize, head_dim: usize) -> Result<Self, KernelError> {
+        let pos: Vec<[usize; 3]> = (0..t * hp * wp)
+            .map(|n| [n / (hp * wp), (n % (hp * wp)) / wp, n % wp])
+            .collect();
+        Self::positions(&pos, head_dim)
+    }
+
+    /// Tables for arbitrary (time, height, width) patch indices (e.g. kept tokens of a mask).
+    pub fn positions(pos: &[[usize; 3]], head_dim: usize) -> Result<Self, KernelError> {
+        check_dim("head_dim", head_dim, 4096)?;
+        let s = 2 * ((head_dim / 3) / 2);
+        let m = s / 2;
+        let omega: Vec<f32> = (0..m)
+            .map(|k| 1.0 / 10000f32.powf(k as f32 / m as f32))
+            .collect();
+        let mut cos = vec![1f32; pos.len() * head_dim];
+        let mut sin = vec![0f32; pos.len() * head_dim];
+        for (n, p) in pos.iter().enumerate() {
+            for (axis, &pa) in p.iter().enumerate() {
+                for i in 0..s {
+                    let theta = pa as f32 * omega[i % m];
+                    cos[n * head_dim + axis * s + i] = theta.cos();
+                    sin[n * head_dim + axis * s + i] = theta.sin();
+                }
+            }
+        }
+        Ok(Self { head_dim, cos, sin })
+    }
+
+    /// Number of tokens covered.
+    pub fn tokens(&self) -> usize {
+        self.cos.len() / self.head_dim
+    }
+}
+
+/// Rotate the q and k columns of `qkv` (`n × 3·heads·head_dim`) in place.
+pub fn apply_rope_qk(
+    qkv: &mut [f32],
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    tables: &RopeTables,
+) -> Result<(), KernelError> {
+    let d = heads * head_dim;
+    check_len("qkv", qkv.len(), n * 3 * d)?;
+    check_len("rope head_dim", tables.head_dim, head_dim)?;
+    check_len("rope tokens", tables.tokens(), n)?;
+    let hd = head_dim;
+    for (tok, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+        let c = &tables.cos[tok * hd..(tok + 1) * hd];
+        let s = &tables.sin[tok * hd..(tok + 1) * hd];
+        for x in row[..2 * d].chunks_exact_mut(hd) {
+            for j in 0..hd / 2 {
+                let (x0, x1) = (x[2 * j], x[2 * j + 1]);
+                x[2 * j] = x0 * c[2 * j] - x1 * s[2 * j];
+                x[2 * j + 1] = x1 * c[2 * j + 1] + x0 * s[2 * j + 1];
+            }
+        }
+    }
+    Ok(())
+}
