@@ -46,8 +46,12 @@ fn bench_linear(m: usize, k: usize, n: usize, reps: usize, label: &str) -> Row {
     let mut out = vec![0f32; m * n];
     let l8 = PackedInt8Linear::from_f32(&w, n, k, Some(&b)).expect("pack int8");
     let l32 = PackedF32Linear::from_f32(&w, n, k, Some(&b)).expect("pack f32");
-    let i8_ms = median_ms(reps, || l8.forward(&x, m, &mut out, Epilogue::None).expect("int8"));
-    let f32_ms = median_ms(reps, || l32.forward(&x, m, &mut out, Epilogue::None).expect("f32"));
+    let i8_ms = median_ms(reps, || {
+        l8.forward(&x, m, &mut out, Epilogue::None).expect("int8")
+    });
+    let f32_ms = median_ms(reps, || {
+        l32.forward(&x, m, &mut out, Epilogue::None).expect("f32")
+    });
     let dev = Device::Cpu;
     let xt = Tensor::from_vec(x.clone(), (m, k), &dev).expect("tensor");
     let wt = Tensor::from_vec(w.clone(), (n, k), &dev).expect("tensor");
@@ -82,7 +86,9 @@ fn main() {
         candle_core::utils::get_num_threads()
     );
     println!("time in ms (GFLOP/s); speed-up = candle time / ours");
-    println!("| layer        |     m |     k |     n | int8 ms (GFLOP/s) | f32 ms (GFLOP/s)  | candle f32 ms (GFLOP/s) | ×int8 | ×f32 |");
+    println!(
+        "| layer        |     m |     k |     n | int8 ms (GFLOP/s) | f32 ms (GFLOP/s)  | candle f32 ms (GFLOP/s) | ×int8 | ×f32 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let encoders = [
         ("vit_tiny", 192usize, 3usize, 392usize),
@@ -106,10 +112,21 @@ fn main() {
         let f32_sum: f64 = layers.iter().map(|r| r.f32_ms).sum();
         let best_sum: f64 = layers.iter().map(|r| r.i8_ms.min(r.f32_ms)).sum();
         let i8_sum: f64 = layers.iter().map(|r| r.i8_ms).sum();
-        estimates.push((name, m, 12.0 * (f32_sum + attn_ms), 12.0 * (i8_sum + attn_ms), 12.0 * (best_sum + attn_ms), 12.0 * attn_ms));
+        estimates.push((
+            name,
+            m,
+            12.0 * (f32_sum + attn_ms),
+            12.0 * (i8_sum + attn_ms),
+            12.0 * (best_sum + attn_ms),
+            12.0 * attn_ms,
+        ));
     }
-    println!("\nPer-encoder estimate (12 blocks × (4 GEMMs + attention core); no patch embed, norms, RoPE):");
-    println!("| encoder | tokens | all f32 ms | all int8 GEMMs ms | best per layer ms | of which attention ms |");
+    println!(
+        "\nPer-encoder estimate (12 blocks × (4 GEMMs + attention core); no patch embed, norms, RoPE):"
+    );
+    println!(
+        "| encoder | tokens | all f32 ms | all int8 GEMMs ms | best per layer ms | of which attention ms |"
+    );
     println!("|---|---|---|---|---|---|");
     for (name, m, f, i, b, a) in estimates {
         println!("| {name} | {m} | {f:.1} | {i:.1} | {b:.1} | {a:.1} |");

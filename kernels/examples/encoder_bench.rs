@@ -35,7 +35,9 @@ fn load(path: &str) -> Res<Tensors> {
     let mut map = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("{path}: tensor {name} is {:?}, expected F32", view.dtype()).into());
+            return Err(
+                format!("{path}: tensor {name} is {:?}, expected F32", view.dtype()).into(),
+            );
         }
         let data = view
             .data()
@@ -52,7 +54,11 @@ fn load(path: &str) -> Res<Tensors> {
 
 impl Tensors {
     fn get(&self, name: &str) -> Res<&[f32]> {
-        Ok(&self.map.get(name).ok_or_else(|| format!("missing tensor {name}"))?.1)
+        Ok(&self
+            .map
+            .get(name)
+            .ok_or_else(|| format!("missing tensor {name}"))?
+            .1)
     }
     fn meta_usize(&self, key: &str) -> Res<usize> {
         Ok(self
@@ -81,7 +87,10 @@ struct Model {
 }
 
 fn linear(t: &Tensors, name: &str, int8: bool) -> Res<PackedLinear> {
-    let (shape, w) = t.map.get(&format!("{name}.weight")).ok_or(format!("missing {name}.weight"))?;
+    let (shape, w) = t
+        .map
+        .get(&format!("{name}.weight"))
+        .ok_or(format!("missing {name}.weight"))?;
     let out = shape[0];
     let inp: usize = shape[1..].iter().product();
     let b = t.get(&format!("{name}.bias"))?;
@@ -93,7 +102,10 @@ fn linear(t: &Tensors, name: &str, int8: bool) -> Res<PackedLinear> {
 }
 
 fn ln(t: &Tensors, name: &str) -> Res<(Vec<f32>, Vec<f32>)> {
-    Ok((t.get(&format!("{name}.weight"))?.to_vec(), t.get(&format!("{name}.bias"))?.to_vec()))
+    Ok((
+        t.get(&format!("{name}.weight"))?.to_vec(),
+        t.get(&format!("{name}.bias"))?.to_vec(),
+    ))
 }
 
 impl Model {
@@ -141,7 +153,8 @@ impl Model {
                     for ch in 0..c {
                         for dt in 0..2 {
                             for dy in 0..16 {
-                                let src = ((ch * tf + ti * 2 + dt) * h + yi * 16 + dy) * w + xi * 16;
+                                let src =
+                                    ((ch * tf + ti * 2 + dt) * h + yi * 16 + dy) * w + xi * 16;
                                 dst[o..o + 16].copy_from_slice(&video[src..src + 16]);
                                 o += 16;
                             }
@@ -173,7 +186,12 @@ impl Model {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let weights = arg("--weights").ok_or("--weights is required")?;
     let input = arg("--input").ok_or("--input is required")?;
     let reps: usize = arg("--reps").unwrap_or_else(|| "10".into()).parse()?;
@@ -182,7 +200,10 @@ fn main() -> Res<()> {
     let json = args.iter().any(|a| a == "--json");
     let t = load(&weights)?;
     let inp = load(&input)?;
-    let (vshape, video) = inp.map.get("video").ok_or(format!("{input}: missing tensor video"))?;
+    let (vshape, video) = inp
+        .map
+        .get("video")
+        .ok_or(format!("{input}: missing tensor video"))?;
     if vshape.len() != 5 || vshape[0] != 1 {
         return Err(format!("{input}: video must be [1,3,T,H,W], got {vshape:?}").into());
     }
@@ -219,7 +240,11 @@ fn main() -> Res<()> {
                 vec![1, n, model.dim],
                 &bytes,
             )?;
-            safetensors::serialize_to_file([("tokens", view)], None, std::path::Path::new(&out_path))?;
+            safetensors::serialize_to_file(
+                [("tokens", view)],
+                None,
+                std::path::Path::new(&out_path),
+            )?;
         }
         if json {
             let ts: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();

@@ -92,7 +92,10 @@ pub(crate) mod avx2 {
         let e = exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), az), az));
         let y = _mm256_fnmadd_ps(p, e, one);
         let erf = _mm256_or_ps(y, sign);
-        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), _mm256_add_ps(one, erf))
+        _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_set1_ps(0.5), x),
+            _mm256_add_ps(one, erf),
+        )
     }
 
     /// GELU over a slice.

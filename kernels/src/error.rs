@@ -36,7 +36,11 @@ pub enum KernelError {
     Unsupported(&'static str),
 }
 
-pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<(), KernelError> {
     if got == expected {
         Ok(())
     } else {

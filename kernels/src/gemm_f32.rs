@@ -302,7 +302,10 @@ impl GemmF32 {
     unsafe fn finish_tile(&self, r0: usize, rows: usize, col0: usize, cols: usize, simd: bool) {
         let (gelu, res) = match self.epilogue {
             Epi::Gelu => (true, None),
-            Epi::Residual(p, ld) => (false, Some((p, if ld == usize::MAX { self.ldc } else { ld }))),
+            Epi::Residual(p, ld) => (
+                false,
+                Some((p, if ld == usize::MAX { self.ldc } else { ld })),
+            ),
             Epi::None | Epi::Accumulate => (false, None),
         };
         if self.bias.is_none() && !gelu && res.is_none() {

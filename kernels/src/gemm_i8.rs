@@ -232,7 +232,9 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize, q: &mut QuantRows, si
         let _ = simd;
         let (lo, hi) = row
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         let (s, z) = row_params(lo, hi);
         let inv = 1.0 / s;
         for (d, &v) in dst.iter_mut().zip(row) {
@@ -370,7 +372,9 @@ impl GemmI8<'_> {
             unsafe {
                 let out = std::slice::from_raw_parts_mut(self.c.add(r * n + col0), cols);
                 let res = match self.epilogue {
-                    Epi::Residual(p, _) => Some(std::slice::from_raw_parts(p.add(r * n + col0), cols)),
+                    Epi::Residual(p, _) => {
+                        Some(std::slice::from_raw_parts(p.add(r * n + col0), cols))
+                    }
                     _ => None,
                 };
                 let d = Dequant {

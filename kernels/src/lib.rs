@@ -26,8 +26,8 @@
 //! static partition (each thread always gets the same share of the output).
 
 pub mod activation;
-pub mod attention;
 mod aligned;
+pub mod attention;
 pub mod cpu;
 mod epilogue;
 pub mod error;

@@ -23,35 +23,53 @@ fn check(kernel: F32Kernel, m: usize, k: usize, n: usize, seed: u64) {
     let name = kernel.name();
 
     let mut out = vec![f32::NAN; m * n];
-    lin.forward_with(kernel, &x, m, &mut out, Epilogue::None).unwrap();
+    lin.forward_with(kernel, &x, m, &mut out, Epilogue::None)
+        .unwrap();
     for i in 0..m * n {
         let tol = F32_REL_TOL * mag[i] + F32_ABS_TOL;
         let e = (out[i] as f64 - yref[i]).abs();
-        assert!(e <= tol, "{name} none ({m},{k},{n}) elem {i}: {} vs {} (err {e}, tol {tol})", out[i], yref[i]);
+        assert!(
+            e <= tol,
+            "{name} none ({m},{k},{n}) elem {i}: {} vs {} (err {e}, tol {tol})",
+            out[i],
+            yref[i]
+        );
     }
 
     let mut out = vec![f32::NAN; m * n];
-    lin.forward_with(kernel, &x, m, &mut out, Epilogue::Gelu).unwrap();
+    lin.forward_with(kernel, &x, m, &mut out, Epilogue::Gelu)
+        .unwrap();
     for i in 0..m * n {
         let tol = F32_REL_TOL * mag[i] + F32_ABS_TOL + GELU_TOL * (1.0 + yref[i].abs());
         let e = (out[i] as f64 - gelu64(yref[i])).abs();
-        assert!(e <= tol, "{name} gelu ({m},{k},{n}) elem {i}: err {e}, tol {tol}");
+        assert!(
+            e <= tol,
+            "{name} gelu ({m},{k},{n}) elem {i}: err {e}, tol {tol}"
+        );
     }
 
     let mut out = vec![f32::NAN; m * n];
-    lin.forward_with(kernel, &x, m, &mut out, Epilogue::AddResidual(&res)).unwrap();
+    lin.forward_with(kernel, &x, m, &mut out, Epilogue::AddResidual(&res))
+        .unwrap();
     for i in 0..m * n {
         let tol = F32_REL_TOL * mag[i] + F32_ABS_TOL * 4.0;
         let e = (out[i] as f64 - (yref[i] + res[i] as f64)).abs();
-        assert!(e <= tol, "{name} residual ({m},{k},{n}) elem {i}: err {e}, tol {tol}");
+        assert!(
+            e <= tol,
+            "{name} residual ({m},{k},{n}) elem {i}: err {e}, tol {tol}"
+        );
     }
 
     let mut out = res.clone();
-    lin.forward_with(kernel, &x, m, &mut out, Epilogue::Accumulate).unwrap();
+    lin.forward_with(kernel, &x, m, &mut out, Epilogue::Accumulate)
+        .unwrap();
     for i in 0..m * n {
         let tol = F32_REL_TOL * mag[i] + F32_ABS_TOL * 4.0;
         let e = (out[i] as f64 - (yref[i] + res[i] as f64)).abs();
-        assert!(e <= tol, "{name} accumulate ({m},{k},{n}) elem {i}: err {e}, tol {tol}");
+        assert!(
+            e <= tol,
+            "{name} accumulate ({m},{k},{n}) elem {i}: err {e}, tol {tol}"
+        );
     }
 }
 
@@ -87,34 +105,63 @@ fn shape_and_value_errors_name_the_operand() {
     let w = vec![0.5f32; 6];
     assert_eq!(
         PackedF32Linear::from_f32(&w, 2, 4, None).unwrap_err(),
-        KernelError::Len { what: "weight", got: 6, expected: 8 }
+        KernelError::Len {
+            what: "weight",
+            got: 6,
+            expected: 8
+        }
     );
     assert_eq!(
         PackedF32Linear::from_f32(&w, 2, 3, Some(&[0.0])).unwrap_err(),
-        KernelError::Len { what: "bias", got: 1, expected: 2 }
+        KernelError::Len {
+            what: "bias",
+            got: 1,
+            expected: 2
+        }
     );
     let mut bad = w.clone();
     bad[4] = f32::NAN;
     assert_eq!(
         PackedF32Linear::from_f32(&bad, 2, 3, None).unwrap_err(),
-        KernelError::NonFinite { what: "weight", index: 4 }
+        KernelError::NonFinite {
+            what: "weight",
+            index: 4
+        }
     );
     assert!(matches!(
         PackedF32Linear::from_f32(&[], 0, 3, None).unwrap_err(),
-        KernelError::Dim { what: "out_features", .. }
+        KernelError::Dim {
+            what: "out_features",
+            ..
+        }
     ));
     let lin = PackedF32Linear::from_f32(&w, 2, 3, None).unwrap();
     let mut out = vec![0f32; 4];
     assert_eq!(
-        lin.forward(&[1.0; 5], 2, &mut out, Epilogue::None).unwrap_err(),
-        KernelError::Len { what: "x", got: 5, expected: 6 }
+        lin.forward(&[1.0; 5], 2, &mut out, Epilogue::None)
+            .unwrap_err(),
+        KernelError::Len {
+            what: "x",
+            got: 5,
+            expected: 6
+        }
     );
     assert_eq!(
-        lin.forward(&[1.0; 6], 2, &mut out[..3], Epilogue::None).unwrap_err(),
-        KernelError::Len { what: "out", got: 3, expected: 4 }
+        lin.forward(&[1.0; 6], 2, &mut out[..3], Epilogue::None)
+            .unwrap_err(),
+        KernelError::Len {
+            what: "out",
+            got: 3,
+            expected: 4
+        }
     );
     assert_eq!(
-        lin.forward(&[1.0; 6], 2, &mut out, Epilogue::AddResidual(&[0.0; 3])).unwrap_err(),
-        KernelError::Len { what: "residual", got: 3, expected: 4 }
+        lin.forward(&[1.0; 6], 2, &mut out, Epilogue::AddResidual(&[0.0; 3]))
+            .unwrap_err(),
+        KernelError::Len {
+            what: "residual",
+            got: 3,
+            expected: 4
+        }
     );
 }

@@ -47,13 +47,22 @@ fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
     let (mut se, mut sr) = (0f64, 0f64);
     for i in 0..m * n {
         let e = (plain[i] as f64 - yref[i]).abs();
-        assert!(e <= tol(i), "{name} none ({m},{k},{n}) elem {i}: {} vs {} err {e} tol {}", plain[i], yref[i], tol(i));
+        assert!(
+            e <= tol(i),
+            "{name} none ({m},{k},{n}) elem {i}: {} vs {} err {e} tol {}",
+            plain[i],
+            yref[i],
+            tol(i)
+        );
         se += e * e;
         sr += yref[i] * yref[i];
     }
     if k >= 64 {
         let rel = (se / sr).sqrt();
-        assert!(rel < I8_REL_RMS_TOL, "{name} ({m},{k},{n}) relative RMS error {rel}");
+        assert!(
+            rel < I8_REL_RMS_TOL,
+            "{name} ({m},{k},{n}) relative RMS error {rel}"
+        );
     }
 
     // The same integer weights through the portable kernel give bit-identical outputs.
@@ -61,7 +70,11 @@ fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
     let mut out = vec![f32::NAN; m * n];
     scal.forward(&x, m, &mut out, Epilogue::None).unwrap();
     for i in 0..m * n {
-        assert_eq!(out[i].to_bits(), plain[i].to_bits(), "{name} vs scalar ({m},{k},{n}) elem {i}");
+        assert_eq!(
+            out[i].to_bits(),
+            plain[i].to_bits(),
+            "{name} vs scalar ({m},{k},{n}) elem {i}"
+        );
     }
 
     let mut out = vec![f32::NAN; m * n];
@@ -70,19 +83,31 @@ fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
         // GELU is 1.13-Lipschitz, so the bound carries over (plus the GELU approximation).
         let t = 1.13 * tol(i) + 1e-6 * (1.0 + yref[i].abs());
         let e = (out[i] as f64 - gelu64(yref[i])).abs();
-        assert!(e <= t, "{name} gelu ({m},{k},{n}) elem {i}: err {e} tol {t}");
+        assert!(
+            e <= t,
+            "{name} gelu ({m},{k},{n}) elem {i}: err {e} tol {t}"
+        );
     }
 
     let mut out = vec![f32::NAN; m * n];
-    lin.forward(&x, m, &mut out, Epilogue::AddResidual(&res)).unwrap();
+    lin.forward(&x, m, &mut out, Epilogue::AddResidual(&res))
+        .unwrap();
     for i in 0..m * n {
-        assert_eq!(out[i], plain[i] + res[i], "{name} residual ({m},{k},{n}) elem {i}");
+        assert_eq!(
+            out[i],
+            plain[i] + res[i],
+            "{name} residual ({m},{k},{n}) elem {i}"
+        );
     }
 
     let mut out = res.clone();
     lin.forward(&x, m, &mut out, Epilogue::Accumulate).unwrap();
     for i in 0..m * n {
-        assert_eq!(out[i], res[i] + plain[i], "{name} accumulate ({m},{k},{n}) elem {i}");
+        assert_eq!(
+            out[i],
+            res[i] + plain[i],
+            "{name} accumulate ({m},{k},{n}) elem {i}"
+        );
     }
 }
 
@@ -116,25 +141,38 @@ fn errors_name_the_operand() {
     let w = vec![0.25f32; 12];
     assert_eq!(
         PackedInt8Linear::from_f32(&w, 3, 5, None).unwrap_err(),
-        KernelError::Len { what: "weight", got: 12, expected: 15 }
+        KernelError::Len {
+            what: "weight",
+            got: 12,
+            expected: 15
+        }
     );
     let mut bad = w.clone();
     bad[7] = f32::INFINITY;
     assert_eq!(
         PackedInt8Linear::from_f32(&bad, 3, 4, None).unwrap_err(),
-        KernelError::NonFinite { what: "weight", index: 7 }
+        KernelError::NonFinite {
+            what: "weight",
+            index: 7
+        }
     );
     let lin = PackedInt8Linear::from_f32(&w, 3, 4, Some(&[1.0, 2.0, 3.0])).unwrap();
     let mut out = vec![0f32; 6];
     assert_eq!(
-        lin.forward(&[0.0; 7], 2, &mut out, Epilogue::None).unwrap_err(),
-        KernelError::Len { what: "x", got: 7, expected: 8 }
+        lin.forward(&[0.0; 7], 2, &mut out, Epilogue::None)
+            .unwrap_err(),
+        KernelError::Len {
+            what: "x",
+            got: 7,
+            expected: 8
+        }
     );
     // All-zero input rows and all-zero weight rows are exact.
     lin.forward(&[0.0; 8], 2, &mut out, Epilogue::None).unwrap();
     assert_eq!(out, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     let z = PackedInt8Linear::from_f32(&[0.0; 8], 2, 4, None).unwrap();
     let mut o = vec![9f32; 2];
-    z.forward(&[1.0, -2.0, 3.0, 4.0], 1, &mut o, Epilogue::None).unwrap();
+    z.forward(&[1.0, -2.0, 3.0, 4.0], 1, &mut o, Epilogue::None)
+        .unwrap();
     assert_eq!(o, vec![0.0, 0.0]);
 }

@@ -18,9 +18,15 @@ fn gelu_matches_exact_erf_form() {
     for (x, y) in xs.iter().zip(&v) {
         let r = gelu64(*x as f64);
         let e = (*y as f64 - r).abs();
-        assert!(e <= GELU_ABS_TOL * (1.0 + x.abs() as f64), "gelu({x}) = {y}, expected {r}");
+        assert!(
+            e <= GELU_ABS_TOL * (1.0 + x.abs() as f64),
+            "gelu({x}) = {y}, expected {r}"
+        );
         let s = activation::gelu(*x) as f64;
-        assert!((s - r).abs() <= GELU_ABS_TOL * (1.0 + x.abs() as f64), "scalar gelu({x}) = {s}");
+        assert!(
+            (s - r).abs() <= GELU_ABS_TOL * (1.0 + x.abs() as f64),
+            "scalar gelu({x}) = {s}"
+        );
     }
     // Saturation far out: exact 0 / identity.
     let mut far = vec![-30.0f32, 30.0];
@@ -44,14 +50,21 @@ fn layer_norm_matches_reference_and_checks_sizes() {
             for j in 0..d {
                 let e = (xr[j] as f64 - mean) / (var + 1e-6).sqrt() * g[j] as f64 + b[j] as f64;
                 let got = out[i * d + j] as f64;
-                assert!((got - e).abs() <= OP_TOL * (1.0 + e.abs()), "ln ({rows},{d}) [{i},{j}] {got} vs {e}");
+                assert!(
+                    (got - e).abs() <= OP_TOL * (1.0 + e.abs()),
+                    "ln ({rows},{d}) [{i},{j}] {got} vs {e}"
+                );
             }
         }
     }
     let mut out = vec![0f32; 4];
     assert_eq!(
         norm::layer_norm(&[0.0; 4], 2, 2, &[1.0; 3], &[0.0; 2], 1e-6, &mut out).unwrap_err(),
-        KernelError::Len { what: "gamma", got: 3, expected: 2 }
+        KernelError::Len {
+            what: "gamma",
+            got: 3,
+            expected: 2
+        }
     );
 }
 
@@ -69,7 +82,10 @@ fn softmax_rows_match_reference() {
             for j in 0..n {
                 let e = (xr[j] as f64 - mx).exp() / s;
                 let got = y[i * n + j] as f64;
-                assert!((got - e).abs() <= OP_TOL * e + 1e-9, "softmax ({rows},{n}) [{i},{j}] {got} vs {e}");
+                assert!(
+                    (got - e).abs() <= OP_TOL * e + 1e-9,
+                    "softmax ({rows},{n}) [{i},{j}] {got} vs {e}"
+                );
             }
         }
     }
@@ -112,7 +128,11 @@ fn rope_reproduces_the_reference_quirk() {
                 let want = if part < 2 { rope_ref(&x, pos, hd) } else { x };
                 for i in 0..hd {
                     let g = got[off + i] as f64;
-                    assert!((g - want[i]).abs() <= OP_TOL, "rope tok {tok} part {part} head {h} dim {i}: {g} vs {}", want[i]);
+                    assert!(
+                        (g - want[i]).abs() <= OP_TOL,
+                        "rope tok {tok} part {part} head {h} dim {i}: {g} vs {}",
+                        want[i]
+                    );
                 }
             }
         }
@@ -123,7 +143,13 @@ fn rope_reproduces_the_reference_quirk() {
 
 #[test]
 fn attention_matches_reference_for_every_kernel() {
-    for &(n, heads, hd) in &[(1usize, 1usize, 8usize), (7, 2, 16), (50, 3, 64), (97, 2, 40), (130, 1, 64)] {
+    for &(n, heads, hd) in &[
+        (1usize, 1usize, 8usize),
+        (7, 2, 16),
+        (50, 3, 64),
+        (97, 2, 40),
+        (130, 1, 64),
+    ] {
         let d = heads * hd;
         let mut r = rng((n * 7 + heads) as u64);
         let qkv = uniform(&mut r, n * 3 * d, -2.0, 2.0);
@@ -133,12 +159,25 @@ fn attention_matches_reference_for_every_kernel() {
             for i in 0..n {
                 let q = |j: usize| qkv[i * 3 * d + h * hd + j] as f64;
                 let mut s: Vec<f64> = (0..n)
-                    .map(|t| (0..hd).map(|j| q(j) * qkv[t * 3 * d + d + h * hd + j] as f64).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|t| {
+                        (0..hd)
+                            .map(|j| q(j) * qkv[t * 3 * d + d + h * hd + j] as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = s.iter_mut().map(|v| { *v = (*v - mx).exp(); *v }).sum();
+                let z: f64 = s
+                    .iter_mut()
+                    .map(|v| {
+                        *v = (*v - mx).exp();
+                        *v
+                    })
+                    .sum();
                 for j in 0..hd {
-                    want[i * d + h * hd + j] = (0..n).map(|t| s[t] / z * qkv[t * 3 * d + 2 * d + h * hd + j] as f64).sum();
+                    want[i * d + h * hd + j] = (0..n)
+                        .map(|t| s[t] / z * qkv[t * 3 * d + 2 * d + h * hd + j] as f64)
+                        .sum();
                 }
             }
         }
@@ -149,7 +188,9 @@ fn attention_matches_reference_for_every_kernel() {
                 assert!(
                     (out[i] as f64 - want[i]).abs() <= OP_TOL * 4.0,
                     "{} attention ({n},{heads},{hd}) elem {i}: {} vs {}",
-                    kernel.name(), out[i], want[i]
+                    kernel.name(),
+                    out[i],
+                    want[i]
                 );
             }
         }

@@ -6,7 +6,11 @@ use std::arch::x86_64::*;
 /// Mask with the first `n` (0..=16) lanes set.
 #[inline]
 fn mask16(n: usize) -> __mmask16 {
-    if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 }
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
 }
 
 /// f32 tile: `C[rows × cols] (+)= alpha · A[rows × kc] · [B_p | B_p+1][kc × 16·NP]`.
