@@ -56,9 +56,9 @@ impl RopeTables {
         let b = ids.len();
         let n = ids.first().map_or(0, |r| r.len());
         let width = 3 * s;
-        // omega in f32 as the reference computes it in the input dtype; angles in f64.
+        // Angles in f64, rounded to the model dtype once at the end.
         let omega: Vec<f64> = (0..m)
-            .map(|k| (1.0f32 / 10000f32.powf(k as f32 / m as f32)) as f64)
+            .map(|k| 1.0 / 10000f64.powf(k as f64 / m as f64))
             .collect();
         let mut cos = Vec::with_capacity(b * n * width);
         let mut sin = Vec::with_capacity(b * n * width);
