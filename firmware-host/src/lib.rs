@@ -8,6 +8,8 @@
 //! * [`sim`]: a simulated MCU speaking the same protocol over a real pseudo-terminal, with seeded
 //!   fault injection ([`faults`]).
 //! * [`queue`]: the bounded queues and their back-pressure policies.
+//! * [`slots`]: A/B model slots: verified install, atomic switch, health-check rollback, and
+//!   recovery after power loss.
 //! * `defmt_log` (feature `defmt-elf`, on by default): decoding the MCU's defmt log records with
 //!   the firmware ELF.
 //!
@@ -19,5 +21,6 @@ pub mod faults;
 pub mod link;
 pub mod queue;
 pub mod sim;
+pub mod slots;
 
 pub use cart_protocol as protocol;

@@ -5,4 +5,5 @@ mod cli;
 #[cfg(feature = "defmt-elf")]
 mod defmt;
 mod link;
+mod slots;
 mod support;
