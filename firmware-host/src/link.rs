@@ -831,7 +831,9 @@ impl Worker {
             if let Err(end) = result {
                 return end;
             }
-            if !up {
+            // `up` may have changed during the select (a HelloAck): look again, or predictions
+            // queued right after the `Up` event would be dropped.
+            if s.up.is_none() {
                 // Predictions never wait for a link that is down.
                 let dropped = self.predictions.try_iter().count() as u64;
                 inc(&self.shared.counters.predictions_dropped_down, dropped);

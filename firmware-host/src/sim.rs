@@ -716,6 +716,8 @@ impl Driver {
 
     fn run(&mut self, control: &Receiver<SimControl>, stop: &Receiver<()>) {
         let mut buf = [0u8; 512];
+        // The power-on `Boot` goes out before any control is answered.
+        self.flush();
         loop {
             if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
                 return;

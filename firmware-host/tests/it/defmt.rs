@@ -82,6 +82,9 @@ fn monitor_decodes_defmt_logs_from_the_mcu() {
     let dir = tempfile::tempdir().unwrap();
     let elf = firmware_elf(dir.path());
     let sim = SimMcu::spawn(SimConfig::default()).unwrap();
+    // Once the simulator answers, its power-on `Boot` frame is in the pty buffer, where the
+    // monitor's open discards it; so the frames counted below are exactly three.
+    sim.snapshot(DEADLINE).expect("simulator running");
     let mut child = Command::new(env!("CARGO_BIN_EXE_firmware-host"))
         .args([
             "monitor",

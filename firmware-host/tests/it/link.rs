@@ -151,7 +151,14 @@ fn noisy_line_to_the_mcu_delivers_every_surviving_frame_once() {
             }
         }
     }
-    assert_eq!(journalled.len(), N as usize, "every prediction was written");
+    assert_eq!(
+        journalled.len(),
+        N as usize,
+        "every prediction was written; journal has {} frames, {} delivered, link {:?}",
+        snap.rx_journal.len(),
+        delivered.len(),
+        link.stats()
+    );
     for (seq, p) in &delivered {
         assert_eq!(
             p,
