@@ -1,0 +1,277 @@
+//! The bundle manifest: what a cart needs to know about a model before it runs it (architecture,
+//! input spec, heads with classes/targets/units/scalers, per-layer precision) and the sha256 of
+//! every file, so that one ed25519 signature over `manifest.json` covers the whole bundle.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::checkpoint::Scaler;
+use crate::config::{EncoderConfig, ProbeConfig, ProbeKind};
+
+/// Value of [`Manifest::format`].
+pub const FORMAT: &str = "echojepa-bundle";
+/// Version of the manifest schema this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `manifest.json` of an edge bundle.
+///
+/// Everything a runtime needs to run the model correctly is here; the weights file holds only
+/// tensors. The runtime must read this struct only from a [`super::VerifiedBundle`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Schema version, [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Stable model identifier, e.g. `echojepa-vit-small-view-ef`.
+    pub model_id: String,
+    /// Version of this model (free text, e.g. `2026.11.1`).
+    pub model_version: String,
+    /// One line for people.
+    #[serde(default)]
+    pub description: String,
+    /// True when any part (encoder or probe) was trained on synthetic data (the phantom).
+    /// Runtimes must say so wherever a user sees the model's output.
+    pub synthetic_training_data: bool,
+    /// Text a runtime shows next to predictions (e.g. "Trained on synthetic data. Not for
+    /// diagnostic use.").
+    pub notice: String,
+    /// Seconds since the Unix epoch when the bundle was built.
+    pub created_unix: u64,
+    /// Tool that wrote the bundle.
+    pub tool: ToolInfo,
+    /// The encoder architecture (same struct as the f32 model).
+    pub encoder: EncoderConfig,
+    /// What a clip must look like before it reaches the encoder.
+    pub input: InputSpec,
+    /// The probe heads, in the order the runtime should report them.
+    pub heads: Vec<HeadSpec>,
+    /// Name of the GGUF weights file (one of [`Manifest::files`]).
+    pub weights: String,
+    /// Where the weights came from.
+    pub source: SourceInfo,
+    /// How the weights were quantized, layer by layer.
+    pub quantization: QuantizationInfo,
+    /// Every file of the bundle except `manifest.json` and `manifest.sig`, by file name.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Name and version of the writing tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// The clip the encoder expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Frames per clip (`frames_per_clip` in the reference).
+    pub frames: usize,
+    /// Take every `frame_step`-th source frame (reference `frame_step`), used when `fps` is None.
+    pub frame_step: Option<usize>,
+    /// Resample to this frame rate (reference `fps`), takes precedence over `frame_step`.
+    pub fps: Option<f64>,
+    /// Crop size `[height, width]` in pixels.
+    pub resolution: [usize; 2],
+    /// Colour channels the encoder takes (3: grayscale echo is replicated to RGB).
+    pub channels: usize,
+    /// Per-channel mean subtracted after scaling pixels to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel std divided after subtracting the mean.
+    pub std: [f32; 3],
+    /// How the ultrasound sector was handled when the model was trained.
+    pub sector: SectorHandling,
+}
+
+impl InputSpec {
+    /// The reference evaluation pipeline: ImageNet mean/std, RGB, every `frame_step` frames.
+    pub fn reference(frames: usize, frame_step: usize, crop: usize) -> Self {
+        Self {
+            frames,
+            frame_step: Some(frame_step),
+            fps: None,
+            resolution: [crop, crop],
+            channels: 3,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            sector: SectorHandling::FullFrame,
+        }
+    }
+}
+
+/// Sector handling of the training data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SectorHandling {
+    /// The whole frame was resized (no sector crop).
+    FullFrame,
+    /// Frames were cropped to the sector's bounding box, then resized.
+    CropToSector,
+    /// Cropped to the sector's bounding box and pixels outside the sector set to zero.
+    CropAndMaskOutside,
+}
+
+/// One probe head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadSpec {
+    /// Short name used in outputs (`view`, `lvef`, …).
+    pub name: String,
+    /// Architecture of the attentive probe.
+    pub probe: ProbeConfig,
+    /// Prefix of this head's tensors in the weights file (e.g. `probe.view`).
+    pub tensor_prefix: String,
+    /// Class names in logit order (classifier heads).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Regression targets in output order (regressor heads).
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+    /// Views this head was trained on (e.g. `["A4C", "A2C"]` for EF); empty = any view.
+    #[serde(default)]
+    pub valid_views: Vec<String>,
+}
+
+impl HeadSpec {
+    /// Checks that classes/targets match the probe's outputs.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.probe.num_outputs;
+        match self.probe.kind {
+            ProbeKind::Classifier if self.classes.len() != n => Err(format!(
+                "head `{}`: {} class names for {} outputs",
+                self.name,
+                self.classes.len(),
+                n
+            )),
+            ProbeKind::Regressor if self.targets.len() != n => Err(format!(
+                "head `{}`: {} targets for {} outputs",
+                self.name,
+                self.targets.len(),
+                n
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A regression target: the probe predicts z-scores, the runtime reports `z * std + mean`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetSpec {
+    /// Target name (`lvef`, `rvsp`, …).
+    pub name: String,
+    /// Unit of the de-normalised value (`%`, `mmHg`, …).
+    pub unit: String,
+    /// Label scaler fitted on the training split.
+    pub scaler: Scaler,
+}
+
+/// Provenance of the weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Encoder checkpoint file name (as given to the tool).
+    pub checkpoint: String,
+    /// sha256 (hex) of the encoder checkpoint file.
+    pub checkpoint_sha256: String,
+    /// Other source files (native JSON config, probe checkpoints) with their sha256.
+    #[serde(default)]
+    pub other_files: Vec<SourceFile>,
+}
+
+/// A source file and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// Weight precision of one tensor in the weights file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// GGUF Q8_0: int8 weights with one f16 scale per block of 32.
+    Q8_0,
+    /// IEEE half.
+    F16,
+    /// IEEE single.
+    F32,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Q8_0 => "q8_0",
+            Precision::F16 => "f16",
+            Precision::F32 => "f32",
+        })
+    }
+}
+
+/// How the weights were quantized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationInfo {
+    /// Weights file format (`gguf`).
+    pub container: String,
+    /// Precision tried for every linear weight (`q8_0`).
+    pub linear_weights: Precision,
+    /// Precision of norms, biases, query tokens and other small tensors.
+    pub other_tensors: Precision,
+    /// The machine the speed choices were measured on (CPU model, threads).
+    #[serde(default)]
+    pub measured_on: String,
+    /// Relative-error budget a quantized layer had to meet.
+    #[serde(default)]
+    pub error_budget: Option<f64>,
+    /// End-to-end check of the chosen precisions on calibration clips.
+    #[serde(default)]
+    pub calibration: Option<CalibrationSummary>,
+    /// One entry per weight tensor of a linear (or patch) layer.
+    pub layers: Vec<LayerPrecision>,
+}
+
+/// End-to-end agreement of the chosen encoder with f32 on the calibration clips.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSummary {
+    /// Number of clips.
+    pub clips: usize,
+    /// Where they came from (e.g. "phantom seed 7").
+    pub source: String,
+    /// Smallest and mean per-token cosine similarity, chosen encoder vs f32.
+    pub token_cosine_min: f64,
+    pub token_cosine_mean: f64,
+    /// Encoder time per clip (ms, median) with the chosen precisions and all-f32 kernels.
+    pub chosen_ms: f64,
+    pub f32_ms: f64,
+}
+
+/// The precision chosen for one weight tensor and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerPrecision {
+    /// Tensor name in the weights file.
+    pub tensor: String,
+    /// Shape as stored.
+    pub shape: Vec<usize>,
+    /// Chosen precision.
+    pub precision: Precision,
+    /// Why (e.g. "q8_0 1.8x faster than f32, rel. error 0.004 within 0.02").
+    pub reason: String,
+    /// Relative output error of the int8 layer on calibration activations.
+    #[serde(default)]
+    pub rel_error: Option<f64>,
+    /// Measured time of the int8 layer (ms) on calibration activations.
+    #[serde(default)]
+    pub int8_ms: Option<f64>,
+    /// Measured time of the full-precision layer (ms).
+    #[serde(default)]
+    pub full_ms: Option<f64>,
+}
+
+/// A bundle file's size and sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// sha256 of the content, lowercase hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
