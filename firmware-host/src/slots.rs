@@ -593,17 +593,16 @@ impl Slots {
         if let Some(p) = self.pending() {
             let trial = parse_slot(&p.trial);
             let fallback = p.fallback.as_deref().and_then(parse_slot);
-            if trial.is_some() && self.current() == trial {
-                if let Some(fb) = fallback {
-                    if verifier.verify(&self.slot_dir(fb)).is_ok() {
-                        self.switch(fb, fp)?;
-                        actions.push(format!(
-                            "slot {} was on trial and never confirmed healthy: rolled back to {}",
-                            p.trial,
-                            slot_name(fb)
-                        ));
-                    }
-                }
+            let on_trial = trial.is_some() && self.current() == trial;
+            if let (true, Some(fb)) = (on_trial, fallback)
+                && verifier.verify(&self.slot_dir(fb)).is_ok()
+            {
+                self.switch(fb, fp)?;
+                actions.push(format!(
+                    "slot {} was on trial and never confirmed healthy: rolled back to {}",
+                    p.trial,
+                    slot_name(fb)
+                ));
             }
             fp.step("remove pending")?;
             remove_if_exists(&self.dir.join(PENDING))?;

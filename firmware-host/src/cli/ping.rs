@@ -26,7 +26,7 @@ pub struct Args {
 pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
     let timeout = args.port.timeout()?;
     let link = connect(args.port.link_config()?, timeout)?;
-    let peer = link.peer().unwrap_or_else(|| unreachable_peer());
+    let peer = link.peer().unwrap_or_else(unreachable_peer);
     let mut rtts = Vec::new();
     // A lost ping is reported, not retried; wait at most 2 s for each.
     let wait = timeout.min(Duration::from_secs(2));
@@ -38,11 +38,11 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
             .events()
             .recv_timeout(end.saturating_duration_since(Instant::now()))
         {
-            if let LinkEvent::Pong { nonce: n, rtt: r } = e {
-                if n == nonce {
-                    rtt = Some(r);
-                    break;
-                }
+            if let LinkEvent::Pong { nonce: n, rtt: r } = e
+                && n == nonce
+            {
+                rtt = Some(r);
+                break;
             }
         }
         let ms = rtt.map(|r| r.as_secs_f64() * 1000.0);

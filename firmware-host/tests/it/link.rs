@@ -24,8 +24,8 @@ fn prediction(i: u32) -> Prediction {
         view: heapless::String::try_from(["A4C", "A2C", "PLAX", "PSAX", "A3C"][i as usize % 5])
             .unwrap(),
         confidence: 0.5 + (i % 50) as f32 / 100.0,
-        ef_percent: (i % 3 == 0).then_some(40.0 + (i % 30) as f32),
-        ef_status: if i % 3 == 0 {
+        ef_percent: i.is_multiple_of(3).then_some(40.0 + (i % 30) as f32),
+        ef_status: if i.is_multiple_of(3) {
             EfStatus::Valid
         } else {
             EfStatus::LowConfidence
@@ -130,11 +130,11 @@ fn noisy_line_to_the_mcu_delivers_every_surviving_frame_once() {
 
     let mut delivered = BTreeMap::new();
     for r in sim.reports().try_iter() {
-        if let SimReport::Received(e) = r {
-            if let HostMsg::Prediction(p) = e.msg {
-                let seq = p.seq;
-                assert!(delivered.insert(seq, p).is_none(), "prediction {seq} twice");
-            }
+        if let SimReport::Received(e) = r
+            && let HostMsg::Prediction(p) = e.msg
+        {
+            let seq = p.seq;
+            assert!(delivered.insert(seq, p).is_none(), "prediction {seq} twice");
         }
     }
     let snap = sim.snapshot(DEADLINE).expect("snapshot");
@@ -142,12 +142,12 @@ fn noisy_line_to_the_mcu_delivers_every_surviving_frame_once() {
     let mut journalled = BTreeSet::new();
     for entry in &snap.rx_journal {
         let mut bytes = entry.frame.clone();
-        if let Ok(env) = decode_frame::<HostMsg>(&mut bytes) {
-            if let HostMsg::Prediction(p) = env.msg {
-                journalled.insert(p.seq);
-                if entry.intact {
-                    intact.insert(p.seq);
-                }
+        if let Ok(env) = decode_frame::<HostMsg>(&mut bytes)
+            && let HostMsg::Prediction(p) = env.msg
+        {
+            journalled.insert(p.seq);
+            if entry.intact {
+                intact.insert(p.seq);
             }
         }
     }
@@ -224,12 +224,12 @@ fn noisy_line_from_the_mcu_delivers_every_surviving_frame_once() {
     let mut journalled = BTreeSet::new();
     for entry in &snap.tx_journal {
         let mut bytes = entry.frame.clone();
-        if let Ok(env) = decode_frame::<McuMsg>(&mut bytes) {
-            if let McuMsg::Button(b) = env.msg {
-                journalled.insert(b.at_ms);
-                if entry.intact {
-                    intact.insert(b.at_ms);
-                }
+        if let Ok(env) = decode_frame::<McuMsg>(&mut bytes)
+            && let McuMsg::Button(b) = env.msg
+        {
+            journalled.insert(b.at_ms);
+            if entry.intact {
+                intact.insert(b.at_ms);
             }
         }
     }
