@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 pub enum F32Kernel {
     /// Portable Rust (auto-vectorised where the compiler manages).
     Scalar,
-    /// x86-64 AVX2 + FMA, 6×16 register tile.
+    /// x86-64 AVX2 + FMA, 4×16 register tile.
     Avx2Fma,
     /// x86-64 AVX-512F, 12×32 register tile.
     Avx512,

@@ -211,7 +211,10 @@ impl GemmF32 {
     ) {
         let (mr, np_step) = match kernel {
             F32Kernel::Scalar => (4, 1),
-            F32Kernel::Avx2Fma => (6, 1),
+            #[cfg(target_arch = "x86_64")]
+            F32Kernel::Avx2Fma => (crate::x86::avx2::F32_MR, 1),
+            #[cfg(not(target_arch = "x86_64"))]
+            F32Kernel::Avx2Fma => (4, 1),
             F32Kernel::Avx512 => (12, 2),
         };
         let simd = kernel != F32Kernel::Scalar;
@@ -276,7 +279,7 @@ impl GemmF32 {
                     scalar_micro(kc, a, self.lda, rows, b, c, self.ldc, cols, acc, alpha)
                 }
                 #[cfg(target_arch = "x86_64")]
-                F32Kernel::Avx2Fma => crate::x86::avx2::f32_6x16(
+                F32Kernel::Avx2Fma => crate::x86::avx2::f32_4x16(
                     kc, a, self.lda, rows, b, c, self.ldc, cols, acc, alpha,
                 ),
                 #[cfg(target_arch = "x86_64")]

@@ -3,7 +3,9 @@
 //! One rayon pool (size: `ECHOJEPA_THREADS`, else the number of CPUs the process may use) runs
 //! all kernels. A parallel region splits its work into exactly one contiguous chunk per thread,
 //! so a thread always gets the same share of the output (its panels of weights stay in its own
-//! core's cache from one call to the next).
+//! core's cache from one call to the next). With `ECHOJEPA_PIN_THREADS=1` (Linux) worker `i`
+//! is also pinned to the `i`-th CPU the process may run on, so that share never migrates; this
+//! is opt-in because on a machine shared with other busy processes pinning can only hurt.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -16,9 +18,15 @@ fn pool() -> &'static rayon::ThreadPool {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pin = std::env::var("ECHOJEPA_PIN_THREADS").is_ok_and(|v| v == "1");
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("echojepa-kernel-{i}"))
+            .start_handler(move |i| {
+                if pin {
+                    pin_current_thread(i);
+                }
+            })
             .build()
             .unwrap_or_else(|_| {
                 rayon::ThreadPoolBuilder::new()
@@ -71,3 +79,28 @@ where
 {
     for_each_chunk(n, 1, |r| r.for_each(&f));
 }
+
+/// Pin the calling thread to the `i`-th CPU of the process's affinity mask (Linux only; a
+/// failure leaves the thread unpinned).
+#[cfg(target_os = "linux")]
+fn pin_current_thread(i: usize) {
+    // SAFETY: cpu_set_t is plain data; the libc calls only read/write the set we pass.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if cpus.is_empty() {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus[i % cpus.len()], &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_current_thread(_i: usize) {}

@@ -14,14 +14,19 @@ fn mask8(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
 }
 
+/// Rows of the AVX2 f32 tile: 4 × 2 accumulators + 2 B vectors + 1 broadcast fit the 16 ymm
+/// registers without spills (a 6-row tile spilled), and 8 FMAs per 6 loads still saturate the
+/// two FMA pipes.
+pub(crate) const F32_MR: usize = 4;
+
 /// f32 tile: `C[rows × cols] (+)= alpha · A[rows × kc] · B[kc × 16]`.
 ///
 /// # Safety
 /// AVX2+FMA present; `a` readable for `rows` rows of `kc` at stride `lda`; `b` for `kc × 16`;
-/// `c` writable for `rows` rows of `cols` (≤ 16) at stride `ldc`; 1 ≤ rows ≤ 6.
+/// `c` writable for `rows` rows of `cols` (≤ 16) at stride `ldc`; 1 ≤ rows ≤ `F32_MR`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn f32_6x16(
+pub(crate) unsafe fn f32_4x16(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -34,15 +39,15 @@ pub(crate) unsafe fn f32_6x16(
     alpha: f32,
 ) {
     // Rows past `rows` re-read row 0 (always valid) and are never stored.
-    let ap: [*const f32; 6] =
+    let ap: [*const f32; F32_MR] =
         std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
-    let mut t = [[_mm256_setzero_ps(); 2]; 6];
+    let mut t = [[_mm256_setzero_ps(); 2]; F32_MR];
     for kk in 0..kc {
         // SAFETY: kk < kc; B holds kc × 16 floats; every ap[r] row has kc floats.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(kk * 16));
             let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
-            for r in 0..6 {
+            for r in 0..F32_MR {
                 let av = _mm256_broadcast_ss(&*ap[r].add(kk));
                 t[r][0] = _mm256_fmadd_ps(av, b0, t[r][0]);
                 t[r][1] = _mm256_fmadd_ps(av, b1, t[r][1]);
