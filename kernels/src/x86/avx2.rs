@@ -48,7 +48,7 @@ pub(crate) unsafe fn f32_4x16(
             let b0 = _mm256_loadu_ps(b.add(kk * 16));
             let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
             for r in 0..F32_MR {
-                let av = _mm256_broadcast_ss(&*ap[r].add(kk));
+                let av = _mm256_set1_ps(ap[r].add(kk).read_unaligned());
                 t[r][0] = _mm256_fmadd_ps(av, b0, t[r][0]);
                 t[r][1] = _mm256_fmadd_ps(av, b1, t[r][1]);
             }

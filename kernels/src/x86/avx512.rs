@@ -43,7 +43,7 @@ pub(crate) unsafe fn f32_12x32<const NP: usize>(
             let bv: [__m512; NP] =
                 std::array::from_fn(|h| _mm512_loadu_ps(b.add(h * bstride + kk * 16)));
             for r in 0..12 {
-                let av = _mm512_set1_ps(*ap[r].add(kk));
+                let av = _mm512_set1_ps(ap[r].add(kk).read_unaligned());
                 for h in 0..NP {
                     t[r][h] = _mm512_fmadd_ps(av, bv[h], t[r][h]);
                 }
