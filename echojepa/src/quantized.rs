@@ -1,1 +1,0 @@
-//! (module placeholder: owned by its work stream, see DESIGN.md)

@@ -1,0 +1,479 @@
+//! Choosing each layer's precision by measurement, and the tensors of a new weights file.
+//!
+//! For every linear layer of the encoder, calibration clips run through the f32 encoder; at
+//! each layer the int8 candidate (weights rounded exactly as the bundle stores them) and the f32
+//! layer run on the same input. A layer becomes int8 only if its relative output error is
+//! within the budget AND int8 is faster than f32 on this CPU by the required margin; otherwise
+//! it stays full precision (f16 storage, f32 compute, by default). Every choice carries its
+//! numbers and a reason, which land in the manifest.
+//!
+//! Probe layers run in the f32 probe code from the stored weights, so for them int8 is a
+//! storage choice only: a probe weight is stored q8_0 when its weight error is within budget.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use candle_core::quantized::QTensor;
+use echojepa_kernels::Epilogue;
+use serde::{Deserialize, Serialize};
+
+use super::QuantError;
+use super::encoder::{QLinear, QuantizedEncoder, Tap, TensorSource, round_to};
+use super::gguf::{QK8_0, store};
+pub use crate::bundle::CalibrationSummary;
+use crate::bundle::{LayerPrecision, Precision};
+use crate::config::EncoderConfig;
+
+/// A named tensor of a weights file.
+pub type NamedTensor = (String, QTensor);
+
+/// Prefix of the encoder's tensors in a bundle's weights file.
+pub const ENCODER_PREFIX: &str = "encoder";
+
+/// Prefix of head `name`'s tensors in a bundle's weights file.
+pub fn probe_prefix(head: &str) -> String {
+    format!("probe.{head}")
+}
+
+/// Knobs of the precision choice.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationOptions {
+    /// Largest relative L2 error of a layer's int8 output against f32.
+    pub error_budget: f64,
+    /// int8 must take at most this fraction of the f32 time (1.0 = merely not slower).
+    pub max_time_ratio: f64,
+    /// Precision of layers that stay full precision (`f16` halves their size, computed in f32).
+    pub fallback: Precision,
+    /// Timed repetitions per layer and precision (the median is used).
+    pub reps: usize,
+    /// Largest relative weight error of a probe layer stored as q8_0.
+    pub probe_weight_budget: f64,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        Self {
+            error_budget: 0.05,
+            max_time_ratio: 0.95,
+            fallback: Precision::F16,
+            reps: 5,
+            probe_weight_budget: 0.02,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    cand: Option<QLinear>,
+    skip: Option<String>,
+    err2: f64,
+    ref2: f64,
+    int8_ms: Option<f64>,
+    full_ms: Option<f64>,
+    shape: [usize; 2],
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_ms(reps: usize, mut f: impl FnMut() -> Result<(), QuantError>) -> Result<f64, QuantError> {
+    f()?; // warm-up
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(t))
+}
+
+/// A clip `[C, T, H, W]` as a flat slice with its `(T, H, W)`.
+pub type Clip = (Vec<f32>, (usize, usize, usize));
+
+/// Measures every encoder linear layer on `clips` and chooses its precision (see the module
+/// docs). `tensors` is the f32 state dict (checkpoint names, patch weight 5-D or 2-D);
+/// `progress(done, total)` is called after each clip.
+pub fn choose_encoder_precisions(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    origin: &str,
+    clips: &[Clip],
+    opts: &CalibrationOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerPrecision>, QuantError> {
+    if clips.is_empty() {
+        return Err(QuantError::Input("no calibration clips".into()));
+    }
+    let tensors = flatten_patch(cfg, tensors);
+    let none = HashMap::new();
+    let src = TensorSource {
+        tensors: &tensors,
+        origin,
+        precision: &none,
+    };
+    let f32_enc = QuantizedEncoder::load(cfg, &src)?;
+    let mut acc: HashMap<String, Acc> = HashMap::new();
+    for (ci, (clip, thw)) in clips.iter().enumerate() {
+        let mut failure: Option<QuantError> = None;
+        let mut tap = |t: Tap<'_>| {
+            let Tap::LinearInput { layer, x, rows } = t else {
+                return;
+            };
+            if failure.is_some() {
+                return;
+            }
+            if let Err(e) = measure(layer, x, rows, &tensors, &mut acc, opts, ci == 0) {
+                failure = Some(e);
+            }
+        };
+        f32_enc.forward_clip_tapped(clip, *thw, &mut tap)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        progress(ci + 1, clips.len());
+    }
+    let mut out = Vec::new();
+    for (name, shape) in QuantizedEncoder::linear_shapes(cfg) {
+        let a = acc.remove(&name).unwrap_or_default();
+        let tensor = format!("{ENCODER_PREFIX}.{name}.weight");
+        let rel = (a.ref2 > 0.0).then(|| (a.err2 / a.ref2).sqrt());
+        let fb = opts.fallback;
+        let (precision, reason) = if let Some(why) = a.skip {
+            (fb, why)
+        } else {
+            let (r, i8ms, fms) = (
+                rel.unwrap_or(f64::INFINITY),
+                a.int8_ms.unwrap_or(f64::INFINITY),
+                a.full_ms.unwrap_or(0.0),
+            );
+            if r > opts.error_budget {
+                (
+                    fb,
+                    format!(
+                        "int8 rel. error {r:.4} exceeds the budget {}; kept {fb}",
+                        opts.error_budget
+                    ),
+                )
+            } else if i8ms > fms * opts.max_time_ratio {
+                (
+                    fb,
+                    format!(
+                        "int8 {i8ms:.3} ms is not faster than f32 {fms:.3} ms (needs <= {:.2}x) on this CPU; kept {fb}",
+                        opts.max_time_ratio
+                    ),
+                )
+            } else {
+                (
+                    Precision::Q8_0,
+                    format!(
+                        "int8 {i8ms:.3} ms vs f32 {fms:.3} ms ({:.2}x faster), rel. error {r:.4} within {}",
+                        fms / i8ms,
+                        opts.error_budget
+                    ),
+                )
+            }
+        };
+        out.push(LayerPrecision {
+            tensor,
+            shape: shape.to_vec(),
+            precision,
+            reason,
+            rel_error: rel,
+            int8_ms: a.int8_ms,
+            full_ms: a.full_ms,
+        });
+        let _ = a.shape;
+    }
+    Ok(out)
+}
+
+fn measure(
+    layer: &QLinear,
+    x: &[f32],
+    rows: usize,
+    tensors: &HashMap<String, Tensor>,
+    acc: &mut HashMap<String, Acc>,
+    opts: &CalibrationOptions,
+    first: bool,
+) -> Result<(), QuantError> {
+    let name = layer.name().to_string();
+    let (n, k) = (layer.out_features(), layer.in_features());
+    let a = acc.entry(name.clone()).or_default();
+    a.shape = [n, k];
+    if a.skip.is_some() {
+        return Ok(());
+    }
+    if a.cand.is_none() {
+        if !k.is_multiple_of(QK8_0) {
+            a.skip = Some(format!(
+                "input width {k} is not a multiple of {QK8_0} (q8_0 blocks); kept {}",
+                opts.fallback
+            ));
+            return Ok(());
+        }
+        let get = |t: &str| -> Result<Vec<f32>, QuantError> {
+            let v = tensors.get(t).ok_or_else(|| QuantError::MissingTensor {
+                file: "checkpoint".into(),
+                tensor: t.into(),
+            })?;
+            Ok(v.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let w = get(&format!("{name}.weight"))?;
+        let b = get(&format!("{name}.bias"))?;
+        let wq = round_to(&w, [n, k], Precision::Q8_0, &name)?;
+        a.cand = Some(QLinear::from_values(&name, &wq, &b, n, k, Precision::Q8_0)?);
+    }
+    let cand = a.cand.as_ref().expect("candidate built above");
+    let mut yf = vec![0f32; rows * n];
+    let mut yq = vec![0f32; rows * n];
+    layer.forward(x, rows, &mut yf, Epilogue::None)?;
+    cand.forward(x, rows, &mut yq, Epilogue::None)?;
+    for (f, q) in yf.iter().zip(&yq) {
+        let (f, q) = (*f as f64, *q as f64);
+        a.err2 += (f - q) * (f - q);
+        a.ref2 += f * f;
+    }
+    if first {
+        a.full_ms = Some(time_ms(opts.reps, || {
+            layer.forward(x, rows, &mut yf, Epilogue::None)
+        })?);
+        a.int8_ms = Some(time_ms(opts.reps, || {
+            cand.forward(x, rows, &mut yq, Epilogue::None)
+        })?);
+    }
+    Ok(())
+}
+
+/// The state dict with `patch_embed.proj.weight` flattened to `[D, C·t·p·p]`.
+pub fn flatten_patch(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> HashMap<String, Tensor> {
+    let mut t = tensors.clone();
+    let name = "patch_embed.proj.weight";
+    if let Some(w) = t.get(name)
+        && w.rank() != 2
+    {
+        let k = cfg.in_chans * cfg.tubelet_size * cfg.patch_size * cfg.patch_size;
+        if let Ok(w2) = w.reshape((cfg.embed_dim, k)) {
+            t.insert(name.to_string(), w2);
+        }
+    }
+    t
+}
+
+/// Per-token cosine similarity of two `N × D` token sets: (min, mean).
+pub fn token_cosine(a: &[f32], b: &[f32], d: usize) -> (f64, f64) {
+    let mut min = f64::INFINITY;
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    for (x, y) in a.chunks_exact(d).zip(b.chunks_exact(d)) {
+        let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+        for (&p, &q) in x.iter().zip(y) {
+            xy += p as f64 * q as f64;
+            xx += p as f64 * p as f64;
+            yy += q as f64 * q as f64;
+        }
+        let c = if xx == 0.0 || yy == 0.0 {
+            if xx == yy { 1.0 } else { 0.0 }
+        } else {
+            xy / (xx.sqrt() * yy.sqrt())
+        };
+        min = min.min(c);
+        sum += c;
+        n += 1;
+    }
+    (min, if n == 0 { 1.0 } else { sum / n as f64 })
+}
+
+/// Relative L2 error `|a - b| / |b|`.
+pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut e, mut r) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        e += (x as f64 - y as f64).powi(2);
+        r += (y as f64).powi(2);
+    }
+    if r == 0.0 { e.sqrt() } else { (e / r).sqrt() }
+}
+
+/// Builds the encoder with the chosen precisions and compares it with the all-f32 kernel
+/// encoder on the clips (token cosine, median times).
+pub fn summarize(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    origin: &str,
+    layers: &[LayerPrecision],
+    clips: &[Clip],
+    source: &str,
+    reps: usize,
+) -> Result<CalibrationSummary, QuantError> {
+    let tensors = flatten_patch(cfg, tensors);
+    let chosen: HashMap<String, Precision> = layers
+        .iter()
+        .map(|l| {
+            let n = l.tensor.strip_suffix(".weight").unwrap_or(&l.tensor);
+            let n = n
+                .strip_prefix(&format!("{ENCODER_PREFIX}."))
+                .unwrap_or(n)
+                .to_string();
+            (n, l.precision)
+        })
+        .collect();
+    let none = HashMap::new();
+    let q = QuantizedEncoder::load(
+        cfg,
+        &TensorSource {
+            tensors: &tensors,
+            origin,
+            precision: &chosen,
+        },
+    )?;
+    let f = QuantizedEncoder::load(
+        cfg,
+        &TensorSource {
+            tensors: &tensors,
+            origin,
+            precision: &none,
+        },
+    )?;
+    let (mut cmin, mut csum) = (f64::INFINITY, 0.0);
+    for (clip, thw) in clips {
+        let a = q.forward_clip(clip, *thw)?;
+        let b = f.forward_clip(clip, *thw)?;
+        let (mn, mean) = token_cosine(&a, &b, cfg.embed_dim);
+        cmin = cmin.min(mn);
+        csum += mean;
+    }
+    let (clip, thw) = &clips[0];
+    let chosen_ms = time_ms(reps, || q.forward_clip(clip, *thw).map(|_| ()))?;
+    let f32_ms = time_ms(reps, || f.forward_clip(clip, *thw).map(|_| ()))?;
+    Ok(CalibrationSummary {
+        clips: clips.len(),
+        source: source.to_string(),
+        token_cosine_min: cmin,
+        token_cosine_mean: csum / clips.len() as f64,
+        chosen_ms,
+        f32_ms,
+    })
+}
+
+/// The GGUF tensors of the encoder, named `encoder.<checkpoint name>`: linear weights at their
+/// chosen precision (patch weight 2-D), everything else f32.
+pub fn encoder_tensors(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    layers: &[LayerPrecision],
+) -> Result<Vec<NamedTensor>, QuantError> {
+    let prefix = ENCODER_PREFIX;
+    let tensors = flatten_patch(cfg, tensors);
+    let chosen: HashMap<&str, Precision> = layers
+        .iter()
+        .map(|l| (l.tensor.as_str(), l.precision))
+        .collect();
+    let mut out = Vec::new();
+    for name in QuantizedEncoder::tensor_names(cfg) {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| QuantError::MissingTensor {
+                file: "checkpoint".into(),
+                tensor: name.clone(),
+            })?;
+        let stored = format!("{prefix}.{name}");
+        let p = chosen
+            .get(stored.as_str())
+            .copied()
+            .unwrap_or(Precision::F32);
+        out.push((stored, store_tensor(&name, t, p)?));
+    }
+    Ok(out)
+}
+
+fn store_tensor(name: &str, t: &Tensor, p: Precision) -> Result<QTensor, QuantError> {
+    let v = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    store(&v, t.dims(), p).map_err(|reason| {
+        QuantError::Unsupported(format!("cannot store `{name}` as {p}: {reason}"))
+    })
+}
+
+/// Precision choice and GGUF tensors for one probe (tensors named as the f32 probe expects,
+/// stored under `prefix.`). See the module docs: q8_0 here is storage only.
+pub fn probe_tensors(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    opts: &CalibrationOptions,
+) -> Result<(Vec<NamedTensor>, Vec<LayerPrecision>), QuantError> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    let mut layers = Vec::new();
+    for name in names {
+        let t = &tensors[name];
+        let is_linear = t.rank() == 2
+            && name.ends_with(".weight")
+            && !name.contains("_embed")
+            && !name.starts_with("linear.")
+            && !name.starts_with("regressor.");
+        let p = if is_linear {
+            let (n, k) = t.dims2()?;
+            let w = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let stored = format!("{prefix}.{name}");
+            let (p, reason, err) = if !k.is_multiple_of(QK8_0) {
+                (
+                    opts.fallback,
+                    format!(
+                        "input width {k} is not a multiple of {QK8_0}; kept {}",
+                        opts.fallback
+                    ),
+                    None,
+                )
+            } else {
+                let wq = round_to(&w, [n, k], Precision::Q8_0, name)?;
+                let e = rel_error(&wq, &w);
+                if e <= opts.probe_weight_budget {
+                    (
+                        Precision::Q8_0,
+                        format!(
+                            "probe layer: q8_0 storage (weight rel. error {e:.4} within {}), computed in f32",
+                            opts.probe_weight_budget
+                        ),
+                        Some(e),
+                    )
+                } else {
+                    (
+                        opts.fallback,
+                        format!(
+                            "probe layer: q8_0 weight rel. error {e:.4} exceeds {}; kept {}",
+                            opts.probe_weight_budget, opts.fallback
+                        ),
+                        Some(e),
+                    )
+                }
+            };
+            layers.push(LayerPrecision {
+                tensor: stored,
+                shape: vec![n, k],
+                precision: p,
+                reason,
+                rel_error: err,
+                int8_ms: None,
+                full_ms: None,
+            });
+            p
+        } else {
+            Precision::F32
+        };
+        out.push((format!("{prefix}.{name}"), store_tensor(name, t, p)?));
+    }
+    Ok((out, layers))
+}
