@@ -1,1 +1,516 @@
-//! (module placeholder: owned by its work stream, see DESIGN.md)
+//! Clip preprocessing shared by the trainer and the edge runtime: the reference's evaluation
+//! transform (short-side resize to `crop·256/224`, centre crop, `/255`, ImageNet mean/std),
+//! bilinear resizing, grayscale → 3 channels, and sector masking/cropping of echo frames (the
+//! ECG trace and burned-in text outside the fan are blanked, as EchoJEPA's data preparation does).
+//!
+//! Float clips are channel-first `[C, T, H, W]` ([`ClipTensor`]), the layout the encoder takes.
+
+use candle_core::{Device, Tensor};
+
+use crate::video::Clip;
+
+/// ImageNet channel means (RGB), as the reference normalises.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Errors of preprocessing; each names the sizes involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreprocessError {
+    /// A crop does not fit in the frame.
+    #[error("crop {crop_w}x{crop_h} at ({x}, {y}) does not fit in a {width}x{height} frame")]
+    Crop { x: usize, y: usize, crop_w: usize, crop_h: usize, width: usize, height: usize },
+    /// The clip's buffer does not match its dimensions, or a size is zero.
+    #[error("invalid clip: {0}")]
+    InvalidClip(String),
+    /// Building a tensor failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn check(clip: &Clip) -> Result<(), PreprocessError> {
+    if clip.frames == 0 || clip.width == 0 || clip.height == 0 || clip.validate().is_err() {
+        return Err(PreprocessError::InvalidClip(format!(
+            "{} bytes for {} frames of {}x{}x{}",
+            clip.data.len(),
+            clip.frames,
+            clip.height,
+            clip.width,
+            clip.channels
+        )));
+    }
+    Ok(())
+}
+
+/// A float clip, channel-first `[C, T, H, W]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipTensor {
+    pub channels: usize,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl ClipTensor {
+    /// As a candle tensor of shape `[C, T, H, W]`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor, PreprocessError> {
+        Ok(Tensor::from_slice(&self.data, (self.channels, self.frames, self.height, self.width), device)?)
+    }
+}
+
+/// Source coordinate and weight tables for bilinear resampling with half-pixel centres
+/// (`align_corners=False`, as `cv2.INTER_LINEAR` and `F.interpolate` use), clamped at the edges.
+fn linear_taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let s = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (s.floor() as usize).min(src - 1);
+            let i1 = (i0 + 1).min(src - 1);
+            let f = if i0 == src - 1 { 0.0 } else { (s - i0 as f64) as f32 };
+            (i0, i1, f)
+        })
+        .collect()
+}
+
+/// Bilinear resize of a region of one interleaved plane (`channels` values per pixel) into
+/// `out` (`dst_w × dst_h × channels`), calling `emit(out_index, value)`.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_region(
+    src: &[u8],
+    stride_px: usize,
+    channels: usize,
+    (x0, y0, w, h): (usize, usize, usize, usize),
+    dst_w: usize,
+    dst_h: usize,
+    mut emit: impl FnMut(usize, f32),
+) {
+    let tx = linear_taps(w, dst_w);
+    let ty = linear_taps(h, dst_h);
+    let mut row0 = vec![0f32; dst_w * channels];
+    let mut row1 = vec![0f32; dst_w * channels];
+    let hpass = |y: usize, row: &mut [f32]| {
+        let line = &src[(y0 + y) * stride_px * channels..];
+        for (dx, &(a, b, f)) in tx.iter().enumerate() {
+            for c in 0..channels {
+                let va = line[(x0 + a) * channels + c] as f32;
+                let vb = line[(x0 + b) * channels + c] as f32;
+                row[dx * channels + c] = va + (vb - va) * f;
+            }
+        }
+    };
+    let mut cached = (usize::MAX, usize::MAX);
+    for (dy, &(a, b, f)) in ty.iter().enumerate() {
+        if cached.0 != a {
+            if cached.1 == a {
+                std::mem::swap(&mut row0, &mut row1);
+            } else {
+                hpass(a, &mut row0);
+            }
+            cached.0 = a;
+            cached.1 = usize::MAX;
+        }
+        if cached.1 != b {
+            hpass(b, &mut row1);
+            cached.1 = b;
+        }
+        for i in 0..dst_w * channels {
+            emit(dy * dst_w * channels + i, row0[i] + (row1[i] - row0[i]) * f);
+        }
+    }
+}
+
+/// Bilinear resize of every frame to `width × height`, rounding to 8 bits (as `cv2.resize` on
+/// `uint8` does; our float weights differ from OpenCV's 11-bit fixed point by at most one level).
+pub fn resize(clip: &Clip, width: usize, height: usize) -> Result<Clip, PreprocessError> {
+    check(clip)?;
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::InvalidClip(format!("resize to {width}x{height}")));
+    }
+    if width == clip.width && height == clip.height {
+        return Ok(clip.clone());
+    }
+    let c = clip.channels;
+    let mut out = Clip::zeros(clip.frames, height, width, c);
+    let n = width * height * c;
+    for t in 0..clip.frames {
+        let src = clip.frame(t).unwrap_or(&[]);
+        let dst = &mut out.data[t * n..(t + 1) * n];
+        resize_region(src, clip.width, c, (0, 0, clip.width, clip.height), width, height, |i, v| {
+            dst[i] = v.round().clamp(0.0, 255.0) as u8;
+        });
+    }
+    Ok(out)
+}
+
+/// The short-side size the reference's eval transform resizes to: `int(crop * 256 / 224)`.
+pub fn eval_resize_size(crop: usize) -> usize {
+    crop * 256 / 224
+}
+
+/// Resizes so the short side is `short` and the long side `int(short * long / short_side)`;
+/// returns the clip unchanged when its short side already is `short` (as the reference does).
+pub fn resize_short_side(clip: &Clip, short: usize) -> Result<Clip, PreprocessError> {
+    check(clip)?;
+    let (w, h) = (clip.width, clip.height);
+    if w.min(h) == short {
+        return Ok(clip.clone());
+    }
+    let (nw, nh) = if w <= h { (short, short * h / w) } else { (short * w / h, short) };
+    resize(clip, nw, nh)
+}
+
+/// Python's `round` (half to even) of a non-negative half-integer quotient `num / 2`.
+fn round_half_even_div2(num: usize) -> usize {
+    let q = num / 2;
+    if num % 2 == 1 && q % 2 == 1 { q + 1 } else { q }
+}
+
+/// Crops a rectangle out of every frame.
+pub fn crop(clip: &Clip, x: usize, y: usize, w: usize, h: usize) -> Result<Clip, PreprocessError> {
+    check(clip)?;
+    if w == 0 || h == 0 || x + w > clip.width || y + h > clip.height {
+        return Err(PreprocessError::Crop { x, y, crop_w: w, crop_h: h, width: clip.width, height: clip.height });
+    }
+    let c = clip.channels;
+    let mut out = Clip::zeros(clip.frames, h, w, c);
+    for t in 0..clip.frames {
+        let src = clip.frame(t).unwrap_or(&[]);
+        for row in 0..h {
+            let s = ((y + row) * clip.width + x) * c;
+            let d = ((t * h) + row) * w * c;
+            out.data[d..d + w * c].copy_from_slice(&src[s..s + w * c]);
+        }
+    }
+    Ok(out)
+}
+
+/// Centre crop to `size × size` with the reference's offsets `round((W - size) / 2)`
+/// (Python rounds half to even).
+pub fn center_crop(clip: &Clip, size: usize) -> Result<Clip, PreprocessError> {
+    check(clip)?;
+    if size > clip.width || size > clip.height || size == 0 {
+        return Err(PreprocessError::Crop { x: 0, y: 0, crop_w: size, crop_h: size, width: clip.width, height: clip.height });
+    }
+    let x = round_half_even_div2(clip.width - size);
+    let y = round_half_even_div2(clip.height - size);
+    crop(clip, x, y, size, size)
+}
+
+/// Replicates a grayscale clip to three channels (RGB clips are returned unchanged).
+pub fn gray_to_rgb(clip: &Clip) -> Clip {
+    if clip.channels == 3 {
+        return clip.clone();
+    }
+    Clip {
+        frames: clip.frames,
+        height: clip.height,
+        width: clip.width,
+        channels: 3,
+        data: clip.data.iter().flat_map(|&v| [v, v, v]).collect(),
+    }
+}
+
+/// `/255` and ImageNet mean/std into a `[3, T, H, W]` float clip (grayscale replicated).
+pub fn normalize(clip: &Clip) -> Result<ClipTensor, PreprocessError> {
+    check(clip)?;
+    let (t, h, w, c) = (clip.frames, clip.height, clip.width, clip.channels);
+    let plane = t * h * w;
+    let mut data = vec![0f32; 3 * plane];
+    for ch in 0..3 {
+        let (scale, bias) = (1.0 / (255.0 * IMAGENET_STD[ch]), -IMAGENET_MEAN[ch] / IMAGENET_STD[ch]);
+        let src_c = if c == 1 { 0 } else { ch };
+        let dst = &mut data[ch * plane..(ch + 1) * plane];
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = clip.data[i * c + src_c] as f32 * scale + bias;
+        }
+    }
+    Ok(ClipTensor { channels: 3, frames: t, height: h, width: w, data })
+}
+
+/// The reference's evaluation transform for crop size `crop`: short side → `crop·256/224`,
+/// centre crop, `/255`, ImageNet normalisation → `[3, T, crop, crop]`.
+pub fn eval_transform(clip: &Clip, crop_size: usize) -> Result<ClipTensor, PreprocessError> {
+    let resized = resize_short_side(clip, eval_resize_size(crop_size))?;
+    normalize(&center_crop(&resized, crop_size)?)
+}
+
+/// The imaging sector of an echo video: 1 inside the fan, 0 outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectorMask {
+    pub width: usize,
+    pub height: usize,
+    pub mask: Vec<u8>,
+    /// Bounding box `(x, y, w, h)` of the sector.
+    pub bbox: (usize, usize, usize, usize),
+}
+
+impl SectorMask {
+    /// Estimates the sector from a clip: the largest 8-connected region of pixels that are
+    /// ever brighter than a low threshold, closed by its convex hull (sectors are convex, so
+    /// dark blood pools and dropouts inside are kept). ECG traces and text, which are separate
+    /// regions, fall outside.
+    pub fn estimate(clip: &Clip) -> Result<SectorMask, PreprocessError> {
+        check(clip)?;
+        let (w, h, c) = (clip.width, clip.height, clip.channels);
+        let mut peak = vec![0u8; w * h];
+        for t in 0..clip.frames {
+            let f = clip.frame(t).unwrap_or(&[]);
+            for (i, p) in peak.iter_mut().enumerate() {
+                let v = if c == 1 { f[i] } else { f[i * 3].max(f[i * 3 + 1]).max(f[i * 3 + 2]) };
+                *p = (*p).max(v);
+            }
+        }
+        let on: Vec<bool> = peak.iter().map(|&v| v > 10).collect();
+        // largest 8-connected component
+        let mut comp = vec![u32::MAX; w * h];
+        let mut best = (0usize, u32::MAX);
+        let mut stack = Vec::new();
+        let mut id = 0u32;
+        for start in 0..w * h {
+            if !on[start] || comp[start] != u32::MAX {
+                continue;
+            }
+            let mut size = 0usize;
+            comp[start] = id;
+            stack.push(start);
+            while let Some(i) = stack.pop() {
+                size += 1;
+                let (x, y) = ((i % w) as isize, (i / w) as isize);
+                for dy in -1..=1 {
+                    for dx in -1..=1 {
+                        let (nx, ny) = (x + dx, y + dy);
+                        if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
+                            continue;
+                        }
+                        let j = ny as usize * w + nx as usize;
+                        if on[j] && comp[j] == u32::MAX {
+                            comp[j] = id;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+            if size > best.0 {
+                best = (size, id);
+            }
+            id += 1;
+        }
+        if best.1 == u32::MAX {
+            return Err(PreprocessError::InvalidClip("no bright region: the clip is black".into()));
+        }
+        // convex hull of the component's pixel corners (per row: leftmost and rightmost)
+        let mut pts: Vec<(i64, i64)> = Vec::new();
+        for y in 0..h {
+            let row = &comp[y * w..(y + 1) * w];
+            let first = row.iter().position(|&v| v == best.1);
+            let last = row.iter().rposition(|&v| v == best.1);
+            if let (Some(a), Some(b)) = (first, last) {
+                for (px, py) in [(a, y), (a, y + 1), (b + 1, y), (b + 1, y + 1)] {
+                    pts.push((px as i64, py as i64));
+                }
+            }
+        }
+        let hull = convex_hull(pts);
+        let mut mask = vec![0u8; w * h];
+        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+        for y in 0..h {
+            for x in 0..w {
+                // pixel centre, doubled to stay in integers
+                if inside_hull(&hull, 2 * x as i64 + 1, 2 * y as i64 + 1) {
+                    mask[y * w + x] = 1;
+                    x0 = x0.min(x);
+                    y0 = y0.min(y);
+                    x1 = x1.max(x + 1);
+                    y1 = y1.max(y + 1);
+                }
+            }
+        }
+        if x1 <= x0 || y1 <= y0 {
+            return Err(PreprocessError::InvalidClip("sector estimate is empty".into()));
+        }
+        Ok(SectorMask { width: w, height: h, mask, bbox: (x0, y0, x1 - x0, y1 - y0) })
+    }
+
+    fn check_size(&self, clip: &Clip) -> Result<(), PreprocessError> {
+        check(clip)?;
+        if clip.width != self.width || clip.height != self.height {
+            return Err(PreprocessError::InvalidClip(format!(
+                "sector mask is {}x{} but the clip is {}x{}",
+                self.width, self.height, clip.width, clip.height
+            )));
+        }
+        Ok(())
+    }
+
+    /// Blanks every pixel outside the sector (in place).
+    pub fn apply(&self, clip: &mut Clip) -> Result<(), PreprocessError> {
+        self.check_size(clip)?;
+        let c = clip.channels;
+        let n = clip.frame_len();
+        for t in 0..clip.frames {
+            let f = &mut clip.data[t * n..(t + 1) * n];
+            for (i, &m) in self.mask.iter().enumerate() {
+                if m == 0 {
+                    f[i * c..(i + 1) * c].fill(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blanks outside the sector and crops to its bounding box.
+    pub fn mask_and_crop(&self, clip: &Clip) -> Result<Clip, PreprocessError> {
+        let mut c = clip.clone();
+        self.apply(&mut c)?;
+        let (x, y, w, h) = self.bbox;
+        crop(&c, x, y, w, h)
+    }
+
+    /// Intersection over union with another mask of the same size.
+    pub fn iou(&self, other: &[u8]) -> f64 {
+        let (mut inter, mut uni) = (0usize, 0usize);
+        for (&a, &b) in self.mask.iter().zip(other) {
+            inter += (a != 0 && b != 0) as usize;
+            uni += (a != 0 || b != 0) as usize;
+        }
+        if uni == 0 { 1.0 } else { inter as f64 / uni as f64 }
+    }
+}
+
+fn cross(o: (i64, i64), a: (i64, i64), b: (i64, i64)) -> i64 {
+    (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+}
+
+/// Andrew's monotone chain; counter-clockwise in a y-down frame's mathematical orientation.
+fn convex_hull(mut pts: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    pts.sort_unstable();
+    pts.dedup();
+    if pts.len() < 3 {
+        return pts;
+    }
+    let mut lower: Vec<(i64, i64)> = Vec::new();
+    for &p in &pts {
+        while lower.len() >= 2 && cross(lower[lower.len() - 2], lower[lower.len() - 1], p) <= 0 {
+            lower.pop();
+        }
+        lower.push(p);
+    }
+    let mut upper: Vec<(i64, i64)> = Vec::new();
+    for &p in pts.iter().rev() {
+        while upper.len() >= 2 && cross(upper[upper.len() - 2], upper[upper.len() - 1], p) <= 0 {
+            upper.pop();
+        }
+        upper.push(p);
+    }
+    lower.pop();
+    upper.pop();
+    lower.extend(upper);
+    lower
+}
+
+/// Point (in doubled coordinates) inside or on a convex hull given in single coordinates.
+fn inside_hull(hull: &[(i64, i64)], px2: i64, py2: i64) -> bool {
+    if hull.len() < 3 {
+        return false;
+    }
+    for i in 0..hull.len() {
+        let a = hull[i];
+        let b = hull[(i + 1) % hull.len()];
+        let c = (2 * (b.0 - a.0)) * (py2 - 2 * a.1) - (2 * (b.1 - a.1)) * (px2 - 2 * a.0);
+        if c < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phantom::{Phantom, PhantomParams, View};
+
+    fn ramp(w: usize, h: usize) -> Clip {
+        let data = (0..w * h).map(|i| ((i % w) * 255 / (w - 1).max(1)) as u8).collect();
+        Clip { frames: 1, height: h, width: w, channels: 1, data }
+    }
+
+    #[test]
+    fn bilinear_matches_half_pixel_formula() {
+        // 4 -> 2 downscale: dst 0 samples src 0.5 (avg of 0,1), dst 1 samples src 2.5
+        let c = Clip { frames: 1, height: 1, width: 4, channels: 1, data: vec![0, 100, 200, 250] };
+        let r = resize(&c, 2, 1).unwrap();
+        assert_eq!(r.data, vec![50, 225]);
+        // 2 -> 4 upscale: src = (d+0.5)/2-0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped)
+        let c = Clip { frames: 1, height: 1, width: 2, channels: 1, data: vec![0, 200] };
+        assert_eq!(resize(&c, 4, 1).unwrap().data, vec![0, 50, 150, 200]);
+    }
+
+    #[test]
+    fn eval_transform_sizes_and_offsets() {
+        assert_eq!(eval_resize_size(224), 256);
+        assert_eq!(eval_resize_size(112), 128);
+        assert_eq!(eval_resize_size(336), 384);
+        // 160x120 -> short side 128 -> 170x128 -> centre crop 112
+        let c = ramp(160, 120);
+        let r = resize_short_side(&c, 128).unwrap();
+        assert_eq!((r.width, r.height), (170, 128));
+        // Python round(58/2)=29, round(16/2)=8; round(2.5)=2 (half to even)
+        assert_eq!(round_half_even_div2(58), 29);
+        assert_eq!(round_half_even_div2(5), 2);
+        assert_eq!(round_half_even_div2(7), 4);
+        let t = eval_transform(&c, 112).unwrap();
+        assert_eq!((t.channels, t.frames, t.height, t.width), (3, 1, 112, 112));
+        // already the right short side: no resize
+        let same = resize_short_side(&ramp(128, 128), 128).unwrap();
+        assert_eq!(same, ramp(128, 128));
+    }
+
+    #[test]
+    fn normalisation_uses_imagenet_statistics() {
+        let c = Clip { frames: 1, height: 1, width: 1, channels: 3, data: vec![255, 0, 128] };
+        let t = normalize(&c).unwrap();
+        assert!((t.data[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+        assert!((t.data[1] - (0.0 - 0.456) / 0.224).abs() < 1e-5);
+        assert!((t.data[2] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-5);
+        let g = normalize(&Clip { frames: 1, height: 1, width: 1, channels: 1, data: vec![255] }).unwrap();
+        assert!((g.data[1] - (1.0 - 0.456) / 0.224).abs() < 1e-5, "gray replicated to 3 channels");
+        let tensor = g.to_tensor(&Device::Cpu).unwrap();
+        assert_eq!(tensor.dims(), &[3, 1, 1, 1]);
+    }
+
+    #[test]
+    fn crops_check_bounds() {
+        let c = ramp(20, 10);
+        assert!(matches!(crop(&c, 15, 0, 10, 5), Err(PreprocessError::Crop { .. })));
+        assert!(center_crop(&c, 11).is_err());
+        let bad = Clip { frames: 1, height: 2, width: 2, channels: 1, data: vec![0; 3] };
+        assert!(matches!(normalize(&bad), Err(PreprocessError::InvalidClip(_))));
+    }
+
+    #[test]
+    fn sector_estimate_finds_the_phantom_fan_and_drops_overlays() {
+        for (seed, view) in [(1u64, View::A4c), (2, View::Psax), (3, View::Subcostal), (4, View::Plax)] {
+            let p = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
+            let clip = p.render_clip(8, 30.0, 0.0, 128, 112).unwrap();
+            let est = SectorMask::estimate(&clip).unwrap();
+            let truth = p.sector_mask(128, 112).unwrap();
+            let iou = est.iou(&truth);
+            assert!(iou > 0.95, "{view}: IoU {iou}");
+            let masked = est.mask_and_crop(&clip).unwrap();
+            assert!(masked.width <= 128 && masked.height < 112);
+            // the overlays (ECG, text) are gone
+            let mut m = clip.clone();
+            est.apply(&mut m).unwrap();
+            for i in 0..128 * 112 {
+                if truth[i] == 0 && est.mask[i] == 0 {
+                    assert_eq!(m.data[i], 0);
+                }
+            }
+            let bright_outside = (0..128 * 112).filter(|&i| truth[i] == 0 && m.data[i] > 100).count();
+            assert!(bright_outside < 20, "{view}: {bright_outside} bright pixels left outside the fan");
+        }
+    }
+}

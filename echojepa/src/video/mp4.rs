@@ -1,0 +1,668 @@
+//! A small, defensive MP4 (ISO BMFF) demuxer for the first H.264 video track, and the
+//! [`Mp4Reader`] that decodes it with OpenH264.
+//!
+//! Only the boxes needed to find samples are parsed (`moov/trak/mdia/{mdhd,hdlr,minf/stbl/
+//! {stsd,stts,ctts,stss,stsz,stz2,stsc,stco,co64}}`). Every length and index is checked against
+//! the file, so a truncated or corrupt file is an error naming the file and what is wrong,
+//! never a panic or a huge allocation. Fragmented MP4 and non-H.264 tracks are reported as
+//! unsupported (the `ffmpeg` feature reads them).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::h264::{self, ColorInfo};
+use super::{Clip, ColorMode, VideoError, VideoInfo, VideoReader};
+
+/// Largest `moov` box we read into memory.
+const MAX_MOOV: u64 = 512 << 20;
+/// Largest single sample we read.
+const MAX_SAMPLE: u32 = 64 << 20;
+
+/// Where one coded frame lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub offset: u64,
+    pub size: u32,
+    /// Decode timestamp in track timescale units.
+    pub dts: u64,
+    /// Composition offset (presentation = dts + cts_offset).
+    pub cts_offset: i64,
+    pub sync: bool,
+}
+
+/// The parsed video track.
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub codec: String,
+    pub width: usize,
+    pub height: usize,
+    pub timescale: u32,
+    /// Duration in timescale units (sum of sample deltas).
+    pub duration: u64,
+    pub nal_length_size: usize,
+    pub sps: Vec<Vec<u8>>,
+    pub pps: Vec<Vec<u8>>,
+    /// Samples in decode order.
+    pub samples: Vec<Sample>,
+    /// `display[k]` = decode index of the k-th frame in presentation order.
+    pub display: Vec<usize>,
+}
+
+struct Cur<'a> {
+    data: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Cur<'a> {
+    fn new(data: &'a [u8], what: &'static str) -> Self {
+        Self { data, pos: 0, what }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.pos + n > self.data.len() {
+            return Err(format!("`{}` box is truncated ({} bytes, needs {})", self.what, self.data.len(), self.pos + n));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    /// Entry count checked against the remaining bytes (`entry` bytes each).
+    fn count(&mut self, entry: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(entry) > self.data.len() - self.pos {
+            return Err(format!("`{}` box claims {n} entries but holds {} bytes", self.what, self.data.len() - self.pos));
+        }
+        Ok(n)
+    }
+}
+
+/// Iterates the child boxes of `data`: `(type, payload)`.
+fn children(data: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, String> {
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while i + 8 <= data.len() {
+        let size32 = u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]) as u64;
+        let mut kind = [0u8; 4];
+        kind.copy_from_slice(&data[i + 4..i + 8]);
+        let (header, size) = match size32 {
+            0 => (8u64, (data.len() - i) as u64),
+            1 => {
+                if i + 16 > data.len() {
+                    return Err(format!("box `{}` has a cut-off 64-bit size", fourcc(&kind)));
+                }
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&data[i + 8..i + 16]);
+                (16, u64::from_be_bytes(a))
+            }
+            s => (8, s),
+        };
+        if size < header || i as u64 + size > data.len() as u64 {
+            return Err(format!("box `{}` at byte {i} has size {size} beyond its parent", fourcc(&kind)));
+        }
+        out.push((kind, &data[i + header as usize..i + size as usize]));
+        i += size as usize;
+    }
+    Ok(out)
+}
+
+fn fourcc(k: &[u8; 4]) -> String {
+    k.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
+}
+
+fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, String> {
+    Ok(children(data)?.into_iter().find(|(k, _)| k == kind).map(|(_, d)| d))
+}
+
+fn need<'a>(data: &'a [u8], kind: &[u8; 4], parent: &str) -> Result<&'a [u8], String> {
+    child(data, kind)?.ok_or_else(|| format!("`{parent}` has no `{}` box", fourcc(kind)))
+}
+
+/// Reads the top-level boxes of a file and returns the `moov` payload.
+fn read_moov(file: &mut File, len: u64) -> Result<Vec<u8>, String> {
+    let mut pos = 0u64;
+    let mut moov = None;
+    while pos + 8 <= len {
+        file.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
+        let mut h = [0u8; 16];
+        let got = file.read(&mut h).map_err(|e| e.to_string())?;
+        if got < 8 {
+            break;
+        }
+        let size32 = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
+        let kind = [h[4], h[5], h[6], h[7]];
+        let (header, size) = match size32 {
+            0 => (8, len - pos),
+            1 if got >= 16 => (16, u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]])),
+            1 => return Err(format!("top-level box at byte {pos} is cut off")),
+            s => (8, s),
+        };
+        if size < header {
+            return Err(format!("top-level box `{}` at byte {pos} has invalid size {size}", fourcc(&kind)));
+        }
+        if pos + size > len {
+            if &kind == b"moov" {
+                return Err(format!("`moov` box at byte {pos} runs past the end of the file (truncated?)"));
+            }
+            if &kind == b"mdat" {
+                // media data cut short: samples past the end are caught below
+                pos = len;
+                continue;
+            }
+            return Err(format!("box `{}` at byte {pos} runs past the end of the file (truncated?)", fourcc(&kind)));
+        }
+        match &kind {
+            b"moov" => {
+                if size - header > MAX_MOOV {
+                    return Err(format!("`moov` box of {size} bytes is implausibly large"));
+                }
+                let mut buf = vec![0u8; (size - header) as usize];
+                file.seek(SeekFrom::Start(pos + header)).map_err(|e| e.to_string())?;
+                file.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                moov = Some(buf);
+            }
+            b"moof" => return Err("fragmented MP4 (`moof`)".into()),
+            _ => {}
+        }
+        pos += size;
+    }
+    moov.ok_or_else(|| "no `moov` box (not an MP4, or truncated before the index)".into())
+}
+
+/// Parses the first video track of the MP4 at `path`.
+pub fn parse(path: &Path) -> Result<Track, VideoError> {
+    let mut file = File::open(path).map_err(|e| VideoError::io(path, e))?;
+    let len = file.metadata().map_err(|e| VideoError::io(path, e))?.len();
+    let container = |reason: String| VideoError::Container { path: path.to_path_buf(), format: "MP4", reason };
+    let moov = read_moov(&mut file, len).map_err(|r| {
+        if r.starts_with("fragmented") {
+            VideoError::Unsupported { path: path.to_path_buf(), what: r }
+        } else {
+            container(r)
+        }
+    })?;
+    let track = parse_moov(&moov).map_err(|e| match e {
+        ParseError::Bad(r) => container(r),
+        ParseError::Unsupported(r) => VideoError::Unsupported { path: path.to_path_buf(), what: r },
+    })?;
+    for (i, s) in track.samples.iter().enumerate() {
+        if s.offset + s.size as u64 > len {
+            return Err(container(format!(
+                "sample {i} (bytes {}..{}) lies past the end of the {len}-byte file (truncated?)",
+                s.offset,
+                s.offset + s.size as u64
+            )));
+        }
+    }
+    Ok(track)
+}
+
+enum ParseError {
+    Bad(String),
+    Unsupported(String),
+}
+
+impl From<String> for ParseError {
+    fn from(s: String) -> Self {
+        ParseError::Bad(s)
+    }
+}
+
+fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
+    let mut other_codec = None;
+    for (kind, trak) in children(moov)? {
+        if &kind != b"trak" {
+            continue;
+        }
+        let mdia = need(trak, b"mdia", "trak")?;
+        let hdlr = need(mdia, b"hdlr", "mdia")?;
+        if hdlr.len() < 12 || &hdlr[8..12] != b"vide" {
+            continue;
+        }
+        let mdhd = need(mdia, b"mdhd", "mdia")?;
+        let mut c = Cur::new(mdhd, "mdhd");
+        let version = c.u8()?;
+        c.take(3)?;
+        let timescale = if version == 1 {
+            c.take(16)?;
+            c.u32()?
+        } else {
+            c.take(8)?;
+            c.u32()?
+        };
+        if timescale == 0 {
+            return Err("`mdhd` timescale is 0".to_string().into());
+        }
+        let stbl = need(need(mdia, b"minf", "mdia")?, b"stbl", "minf")?;
+        let stsd = need(stbl, b"stsd", "stbl")?;
+        let mut c = Cur::new(stsd, "stsd");
+        c.take(4)?;
+        if c.u32()? == 0 {
+            return Err("`stsd` has no sample entry".to_string().into());
+        }
+        let entry = children(&stsd[8..])?;
+        let (codec, payload) = entry.first().ok_or_else(|| "`stsd` entry missing".to_string())?;
+        if !matches!(codec, b"avc1" | b"avc3") {
+            other_codec = Some(fourcc(codec));
+            continue;
+        }
+        // VisualSampleEntry: 6 reserved + 2 ref index + 16 + width(2) height(2) + 50 = 78 bytes
+        let mut c = Cur::new(payload, "avc1");
+        c.take(24)?;
+        let width = c.u16()? as usize;
+        let height = c.u16()? as usize;
+        c.take(50)?;
+        let avcc = need(&payload[78..], b"avcC", "avc1")?;
+        let mut c = Cur::new(avcc, "avcC");
+        c.take(4)?;
+        let nal_length_size = (c.u8()? & 3) as usize + 1;
+        let nsps = (c.u8()? & 0x1f) as usize;
+        let mut sps = Vec::new();
+        for _ in 0..nsps {
+            let l = c.u16()? as usize;
+            sps.push(c.take(l)?.to_vec());
+        }
+        let npps = c.u8()? as usize;
+        let mut pps = Vec::new();
+        for _ in 0..npps {
+            let l = c.u16()? as usize;
+            pps.push(c.take(l)?.to_vec());
+        }
+        if sps.is_empty() || pps.is_empty() {
+            return Err("`avcC` holds no SPS/PPS".to_string().into());
+        }
+        let samples = sample_table(stbl)?;
+        let duration = samples.last().map(|s| s.dts).unwrap_or(0)
+            + last_delta(stbl)?;
+        let mut display: Vec<usize> = (0..samples.len()).collect();
+        display.sort_by_key(|&i| (samples[i].dts as i128 + samples[i].cts_offset as i128, i));
+        return Ok(Track {
+            codec: if codec == b"avc1" { "h264".into() } else { "h264 (avc3)".into() },
+            width,
+            height,
+            timescale,
+            duration,
+            nal_length_size,
+            sps,
+            pps,
+            samples,
+            display,
+        });
+    }
+    Err(match other_codec {
+        Some(c) => ParseError::Unsupported(format!("video codec `{c}` (only H.264 is built in; the `ffmpeg` feature reads others)")),
+        None => ParseError::Bad("no video track".into()),
+    })
+}
+
+fn last_delta(stbl: &[u8]) -> Result<u64, String> {
+    let stts = need(stbl, b"stts", "stbl")?;
+    let mut c = Cur::new(stts, "stts");
+    c.take(4)?;
+    let n = c.count(8)?;
+    let mut last = 0;
+    for _ in 0..n {
+        let count = c.u32()?;
+        let delta = c.u32()?;
+        if count > 0 {
+            last = delta as u64;
+        }
+    }
+    Ok(last)
+}
+
+fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
+    // sizes
+    let sizes: Vec<u32> = if let Some(stsz) = child(stbl, b"stsz")? {
+        let mut c = Cur::new(stsz, "stsz");
+        c.take(4)?;
+        let uniform = c.u32()?;
+        if uniform != 0 {
+            let n = c.u32()? as usize;
+            if n > 50_000_000 {
+                return Err(format!("`stsz` claims {n} samples"));
+            }
+            vec![uniform; n]
+        } else {
+            let n = c.count(4)?;
+            (0..n).map(|_| c.u32()).collect::<Result<_, _>>()?
+        }
+    } else if let Some(stz2) = child(stbl, b"stz2")? {
+        let mut c = Cur::new(stz2, "stz2");
+        c.take(7)?;
+        let field = c.u8()?;
+        let n = c.u32()? as usize;
+        let bytes = match field {
+            4 => n.div_ceil(2),
+            8 => n,
+            16 => 2 * n,
+            _ => return Err(format!("`stz2` field size {field}")),
+        };
+        let raw = c.take(bytes)?;
+        (0..n)
+            .map(|i| match field {
+                4 => (if i % 2 == 0 { raw[i / 2] >> 4 } else { raw[i / 2] & 15 }) as u32,
+                8 => raw[i] as u32,
+                _ => u16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]) as u32,
+            })
+            .collect()
+    } else {
+        return Err("`stbl` has no `stsz`/`stz2` box".into());
+    };
+    let n = sizes.len();
+    if let Some((i, s)) = sizes.iter().enumerate().find(|(_, s)| **s > MAX_SAMPLE) {
+        return Err(format!("sample {i} claims {s} bytes"));
+    }
+    // chunk offsets
+    let offsets: Vec<u64> = if let Some(stco) = child(stbl, b"stco")? {
+        let mut c = Cur::new(stco, "stco");
+        c.take(4)?;
+        let k = c.count(4)?;
+        (0..k).map(|_| c.u32().map(|v| v as u64)).collect::<Result<_, _>>()?
+    } else if let Some(co64) = child(stbl, b"co64")? {
+        let mut c = Cur::new(co64, "co64");
+        c.take(4)?;
+        let k = c.count(8)?;
+        (0..k).map(|_| c.u64()).collect::<Result<_, _>>()?
+    } else {
+        return Err("`stbl` has no `stco`/`co64` box".into());
+    };
+    // sample-to-chunk
+    let stsc = need(stbl, b"stsc", "stbl")?;
+    let mut c = Cur::new(stsc, "stsc");
+    c.take(4)?;
+    let k = c.count(12)?;
+    let mut runs = Vec::with_capacity(k);
+    for _ in 0..k {
+        let first = c.u32()?;
+        let per = c.u32()?;
+        c.u32()?;
+        runs.push((first, per));
+    }
+    let mut sample_offsets = Vec::with_capacity(n);
+    let mut s = 0usize;
+    for (ri, &(first, per)) in runs.iter().enumerate() {
+        if first == 0 || per == 0 {
+            return Err(format!("`stsc` entry {ri} is invalid (first chunk {first}, {per} samples per chunk)"));
+        }
+        let next_first = runs.get(ri + 1).map(|r| r.0).unwrap_or(offsets.len() as u32 + 1);
+        if next_first < first {
+            return Err(format!("`stsc` entries out of order at {ri}"));
+        }
+        for chunk in first..next_first {
+            let Some(&base) = offsets.get(chunk as usize - 1) else {
+                return Err(format!("`stsc` refers to chunk {chunk} but there are {} chunks", offsets.len()));
+            };
+            let mut off = base;
+            for _ in 0..per {
+                if s >= n {
+                    break;
+                }
+                sample_offsets.push(off);
+                off += sizes[s] as u64;
+                s += 1;
+            }
+        }
+    }
+    if sample_offsets.len() != n {
+        return Err(format!("chunk tables place {} of {n} samples", sample_offsets.len()));
+    }
+    // timing
+    let stts = need(stbl, b"stts", "stbl")?;
+    let mut c = Cur::new(stts, "stts");
+    c.take(4)?;
+    let k = c.count(8)?;
+    let mut dts = Vec::with_capacity(n);
+    let mut t = 0u64;
+    for _ in 0..k {
+        let count = c.u32()? as usize;
+        let delta = c.u32()? as u64;
+        for _ in 0..count {
+            if dts.len() == n {
+                break;
+            }
+            dts.push(t);
+            t += delta;
+        }
+    }
+    if dts.len() != n {
+        return Err(format!("`stts` times {} of {n} samples", dts.len()));
+    }
+    let mut cts = vec![0i64; n];
+    if let Some(ctts) = child(stbl, b"ctts")? {
+        let mut c = Cur::new(ctts, "ctts");
+        let version = c.u8()?;
+        c.take(3)?;
+        let k = c.count(8)?;
+        let mut i = 0usize;
+        for _ in 0..k {
+            let count = c.u32()? as usize;
+            let raw = c.u32()?;
+            let off = if version == 1 { raw as i32 as i64 } else { raw as i64 };
+            for _ in 0..count {
+                if i < n {
+                    cts[i] = off;
+                    i += 1;
+                }
+            }
+        }
+    }
+    let mut sync = vec![true; n];
+    if let Some(stss) = child(stbl, b"stss")? {
+        sync.fill(false);
+        let mut c = Cur::new(stss, "stss");
+        c.take(4)?;
+        let k = c.count(4)?;
+        for _ in 0..k {
+            let i = c.u32()? as usize;
+            if i >= 1 && i <= n {
+                sync[i - 1] = true;
+            }
+        }
+    }
+    Ok((0..n)
+        .map(|i| Sample { offset: sample_offsets[i], size: sizes[i], dts: dts[i], cts_offset: cts[i], sync: sync[i] })
+        .collect())
+}
+
+/// An H.264 MP4 file opened for random access.
+pub struct Mp4Reader {
+    path: PathBuf,
+    file: File,
+    track: Track,
+    info: VideoInfo,
+    color: ColorInfo,
+    /// presentation index -> decode index (inverse of `track.display`)
+    position: Vec<usize>,
+}
+
+impl std::fmt::Debug for Mp4Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mp4Reader").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Mp4Reader {
+    /// Opens and indexes the file (no frame is decoded yet).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, VideoError> {
+        let path = path.as_ref();
+        let track = parse(path)?;
+        let sps = h264::parse_sps(&track.sps[0]).map_err(|r| VideoError::Container {
+            path: path.to_path_buf(),
+            format: "MP4",
+            reason: format!("bad SPS in `avcC`: {r}"),
+        })?;
+        if sps.bit_depth_luma != 8 || sps.chroma_format_idc != 1 {
+            return Err(VideoError::Unsupported {
+                path: path.to_path_buf(),
+                what: format!(
+                    "H.264 with {}-bit luma and chroma format {} (OpenH264 decodes 8-bit 4:2:0; use the `ffmpeg` feature)",
+                    sps.bit_depth_luma, sps.chroma_format_idc
+                ),
+            });
+        }
+        let file = File::open(path).map_err(|e| VideoError::io(path, e))?;
+        let secs = track.duration as f64 / track.timescale as f64;
+        let n = track.samples.len();
+        let fps = (secs > 0.0 && n > 0).then(|| n as f64 / secs);
+        let (width, height) = if sps.width > 0 && sps.height > 0 { (sps.width, sps.height) } else { (track.width, track.height) };
+        let info = VideoInfo { path: path.to_path_buf(), frame_count: n, fps, width, height, codec: track.codec.clone() };
+        let mut position = vec![0; n];
+        for (k, &d) in track.display.iter().enumerate() {
+            position[d] = k;
+        }
+        Ok(Self { path: path.to_path_buf(), file, color: sps.color, track, info, position })
+    }
+
+    /// The parsed sample table.
+    pub fn track(&self) -> &Track {
+        &self.track
+    }
+
+    fn read_sample(&mut self, i: usize, buf: &mut Vec<u8>) -> Result<(), VideoError> {
+        let s = self.track.samples[i];
+        buf.resize(s.size as usize, 0);
+        self.file
+            .seek(SeekFrom::Start(s.offset))
+            .and_then(|_| self.file.read_exact(buf))
+            .map_err(|e| VideoError::Frame { path: self.path.clone(), frame: self.position[i], reason: format!("reading sample: {e}") })
+    }
+
+    /// Decode index of the last sync sample at or before decode index `d`.
+    fn sync_before(&self, d: usize) -> usize {
+        (0..=d).rev().find(|&i| self.track.samples[i].sync).unwrap_or(0)
+    }
+}
+
+impl VideoReader for Mp4Reader {
+    fn info(&self) -> &VideoInfo {
+        &self.info
+    }
+
+    fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
+        let n = self.info.frame_count;
+        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+            return Err(VideoError::OutOfRange { path: self.path.clone(), frame: bad, count: n });
+        }
+        let (w, h) = (self.info.width, self.info.height);
+        let mut wanted: Vec<usize> = indices.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut frames: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::with_capacity(wanted.len());
+        let mut next_wanted = 0usize; // position in `wanted`
+        let mut sample = Vec::new();
+        let mut annexb = Vec::new();
+        while next_wanted < wanted.len() {
+            // start a decode session at the sync sample before the next wanted frame
+            let target_decode = self.track.display[wanted[next_wanted]];
+            let start = self.sync_before(target_decode);
+            let mut decoder = openh264::decoder::Decoder::new().map_err(|e| VideoError::Frame {
+                path: self.path.clone(),
+                frame: wanted[next_wanted],
+                reason: format!("cannot create the H.264 decoder: {e}"),
+            })?;
+            let first_display = self.position[start];
+            let mut out_index = first_display; // display index of the next picture out
+            let mut d = start;
+            let mut header = Vec::new();
+            for nal in self.track.sps.iter().chain(self.track.pps.iter()) {
+                header.extend_from_slice(&[0, 0, 0, 1]);
+                header.extend_from_slice(nal);
+            }
+            let path = self.path.clone();
+            let conv = |yuv: &openh264::decoder::DecodedYUV<'_>, frame: usize, color_info: ColorInfo| -> Result<Vec<u8>, VideoError> {
+                use openh264::formats::YUVSource;
+                let (dw, dh) = yuv.dimensions();
+                if dw < w || dh < h {
+                    return Err(VideoError::Frame { path: path.clone(), frame, reason: format!("decoded {dw}x{dh}, expected {w}x{h}") });
+                }
+                let mut out = Vec::new();
+                h264::yuv420_to(yuv.y(), yuv.u(), yuv.v(), yuv.strides(), w, h, color_info, color == ColorMode::Rgb, &mut out);
+                Ok(out)
+            };
+            let color_info = self.color;
+            // Decode forward. Stop when everything wanted is out, or when the next wanted frame
+            // lies beyond a later keyframe (then a new session starts there). Every wanted frame
+            // before it has been captured, so nothing pending in the decoder is lost.
+            let mut fed_header = false;
+            loop {
+                if next_wanted >= wanted.len() {
+                    break;
+                }
+                let want_decode = self.track.display[wanted[next_wanted]];
+                if d > start && self.sync_before(want_decode) > d {
+                    break;
+                }
+                if d >= self.track.samples.len() {
+                    let pics = decoder.flush_remaining().map_err(|e| VideoError::Frame {
+                        path: self.path.clone(),
+                        frame: out_index,
+                        reason: format!("H.264 flush failed: {e}"),
+                    })?;
+                    for pic in pics {
+                        if wanted.binary_search(&out_index).is_ok() {
+                            frames.insert(out_index, conv(&pic, out_index, color_info)?);
+                        }
+                        out_index += 1;
+                    }
+                    break;
+                }
+                self.read_sample(d, &mut sample)?;
+                annexb.clear();
+                if !fed_header {
+                    annexb.extend_from_slice(&header);
+                    fed_header = true;
+                }
+                h264::avcc_to_annexb(&sample, self.track.nal_length_size, &mut annexb).map_err(|r| VideoError::Frame {
+                    path: self.path.clone(),
+                    frame: self.position[d],
+                    reason: r,
+                })?;
+                let pic = decoder.decode(&annexb).map_err(|e| VideoError::Frame {
+                    path: self.path.clone(),
+                    frame: self.position[d],
+                    reason: format!("H.264 decode failed: {e}"),
+                })?;
+                if let Some(pic) = pic {
+                    if wanted.binary_search(&out_index).is_ok() {
+                        frames.insert(out_index, conv(&pic, out_index, color_info)?);
+                    }
+                    out_index += 1;
+                }
+                d += 1;
+                while next_wanted < wanted.len() && frames.contains_key(&wanted[next_wanted]) {
+                    next_wanted += 1;
+                }
+            }
+            while next_wanted < wanted.len() && frames.contains_key(&wanted[next_wanted]) {
+                next_wanted += 1;
+            }
+            if next_wanted < wanted.len() && d >= self.track.samples.len() && !frames.contains_key(&wanted[next_wanted]) {
+                // stream exhausted without producing this frame
+                return Err(VideoError::Frame {
+                    path: self.path.clone(),
+                    frame: wanted[next_wanted],
+                    reason: "the decoder produced no picture for this frame (corrupt stream?)".into(),
+                });
+            }
+        }
+        super::gather(&self.path, indices, h, w, color.channels(), |i| frames.get(&i).map(|v| v.as_slice()))
+    }
+}
