@@ -38,7 +38,10 @@ fn main() -> anyhow::Result<()> {
         "threads: {}  (candle CPU backend, f32, batch 1, 16 frames)",
         candle_core::utils::get_num_threads()
     );
-    println!("{:<12} {:>6} {:>7} {:>12} {:>12}", "model", "input", "tokens", "median ms", "min ms");
+    println!(
+        "{:<12} {:>6} {:>7} {:>12} {:>12}",
+        "model", "input", "tokens", "median ms", "min ms"
+    );
     for name in &models {
         let cfg = EncoderConfig::preset(name)?;
         let vm = VarMap::new();

@@ -68,7 +68,11 @@ impl PtFile {
         let mut zip = zip::ZipArchive::new(BufReader::new(file))
             .map_err(|e| bad(path, format!("not a PyTorch zip archive ({e}); truncated?")))?;
         let pkl = (0..zip.len())
-            .filter_map(|i| zip.name_for_index(i).and_then(|r| r.ok()).map(|n| n.into_owned()))
+            .filter_map(|i| {
+                zip.name_for_index(i)
+                    .and_then(|r| r.ok())
+                    .map(|n| n.into_owned())
+            })
             .find(|n| n.ends_with("data.pkl"))
             .ok_or_else(|| bad(path, "no data.pkl in the archive"))?;
         let dir = PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(&pkl));
@@ -214,7 +218,10 @@ fn read_tensor<R: Read + std::io::Seek>(
     let layout = &info.layout;
     let is_fortran = layout.is_fortran_contiguous();
     if !layout.is_contiguous() && !is_fortran {
-        return Err(format!("non-contiguous storage {:?} is not supported", layout));
+        return Err(format!(
+            "non-contiguous storage {:?} is not supported",
+            layout
+        ));
     }
     let elem = info.dtype.size_in_bytes();
     let start = layout.start_offset() * elem;
@@ -344,7 +351,8 @@ pub fn check_tensors(
             Some(_) => {}
         }
     }
-    let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let wanted: std::collections::HashSet<&str> =
+        expected.iter().map(|(n, _)| n.as_str()).collect();
     let mut extra: Vec<&str> = tensors
         .keys()
         .map(String::as_str)
@@ -406,7 +414,9 @@ pub fn load_pt_predictor(
 ) -> Result<Predictor> {
     let pt = PtFile::open(&path)?;
     let tensors = pt.state_dict(&["predictor"], dev)?;
-    load_strict(pt.path(), tensors, DType::F32, dev, |vb| Predictor::new(cfg, vb))
+    load_strict(pt.path(), tensors, DType::F32, dev, |vb| {
+        Predictor::new(cfg, vb)
+    })
 }
 
 /// Loads head `index` of an official probe file (`{"classifiers": [state_dict, ...]}`).
@@ -613,10 +623,11 @@ impl NativeCheckpoint {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
             ));
         }
-        let tensors = candle_core::safetensors::load(&st, dev).map_err(|e| Error::BadCheckpoint {
-            path: st.clone(),
-            reason: e.to_string(),
-        })?;
+        let tensors =
+            candle_core::safetensors::load(&st, dev).map_err(|e| Error::BadCheckpoint {
+                path: st.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self { config, tensors })
     }
 
@@ -657,7 +668,12 @@ impl NativeCheckpoint {
         let entry = self.config.probes.get(name).ok_or_else(|| {
             Error::Config(format!(
                 "checkpoint has no probe `{name}` (has: {})",
-                self.config.probes.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.config
+                    .probes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let cfg = entry.config.clone();
@@ -679,6 +695,6 @@ pub fn varmap_tensors(vm: &candle_nn::VarMap) -> Result<TensorMap> {
         .map_err(|_| Error::Config("VarMap lock poisoned".into()))?;
     Ok(data
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect())
 }

@@ -23,6 +23,11 @@ pub struct EncoderConfig {
     pub tubelet_size: usize,
     #[serde(default = "default_in_chans")]
     pub in_chans: usize,
+    /// LayerNorm epsilon of the blocks and the final norm: 1e-6 in the reference factories
+    /// (`vit_small`, …) that built every released checkpoint; a bare `VisionTransformer(...)`
+    /// call gets PyTorch's default 1e-5 ([`TORCH_LN_EPS`]).
+    #[serde(default = "default_vit_eps")]
+    pub norm_eps: f64,
 }
 
 fn custom() -> String {
@@ -37,9 +42,16 @@ fn default_tubelet() -> usize {
 fn default_in_chans() -> usize {
     3
 }
+fn default_vit_eps() -> f64 {
+    VIT_LN_EPS
+}
 
-/// LayerNorm epsilon of the encoder and predictor.
+/// LayerNorm epsilon of the encoder and predictor built by the reference factories
+/// (`vit_*`, `vit_predictor`), i.e. of every released checkpoint.
 pub const VIT_LN_EPS: f64 = 1e-6;
+/// PyTorch's `nn.LayerNorm` default, used by the reference constructors when no `norm_layer` is
+/// passed (the conformance fixture builds its models that way).
+pub const TORCH_LN_EPS: f64 = 1e-5;
 /// LayerNorm epsilon of every probe LayerNorm and of the pretraining target normalisation.
 pub const PROBE_LN_EPS: f64 = 1e-5;
 
@@ -65,6 +77,7 @@ impl EncoderConfig {
             patch_size: 16,
             tubelet_size: 2,
             in_chans: 3,
+            norm_eps: VIT_LN_EPS,
         }
     }
 
@@ -101,6 +114,7 @@ impl EncoderConfig {
             patch_size: 16,
             tubelet_size: 2,
             in_chans: 3,
+            norm_eps: VIT_LN_EPS,
         })
     }
 
@@ -130,7 +144,9 @@ impl EncoderConfig {
             )));
         }
         if self.patch_size == 0 || self.tubelet_size == 0 {
-            return Err(Error::Config("patch_size and tubelet_size must be positive".into()));
+            return Err(Error::Config(
+                "patch_size and tubelet_size must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -163,6 +179,9 @@ pub struct PredictorConfig {
     pub img_size: [usize; 2],
     /// Construction frame count.
     pub num_frames: usize,
+    /// LayerNorm epsilon (see [`EncoderConfig::norm_eps`]).
+    #[serde(default = "default_vit_eps")]
+    pub norm_eps: f64,
 }
 
 impl PredictorConfig {
@@ -179,6 +198,7 @@ impl PredictorConfig {
             num_mask_tokens: 10,
             img_size: [crop, crop],
             num_frames,
+            norm_eps: VIT_LN_EPS,
         }
     }
 
@@ -200,7 +220,9 @@ impl PredictorConfig {
             )));
         }
         if self.num_mask_tokens == 0 {
-            return Err(Error::Config("predictor: num_mask_tokens must be >= 1".into()));
+            return Err(Error::Config(
+                "predictor: num_mask_tokens must be >= 1".into(),
+            ));
         }
         Ok(())
     }
@@ -261,7 +283,9 @@ impl ProbeConfig {
             )));
         }
         if self.num_outputs == 0 {
-            return Err(Error::Config("probe: num_classes/num_targets must be >= 1".into()));
+            return Err(Error::Config(
+                "probe: num_classes/num_targets must be >= 1".into(),
+            ));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{EncoderConfig, VIT_LN_EPS};
+use crate::config::EncoderConfig;
 use crate::nn::{LayerNorm, Linear, Mlp, attention, merge_heads, split_qkv};
 use crate::rope::{Grid, RopeTables};
 
@@ -22,10 +22,16 @@ pub struct PatchEmbed3d {
 impl PatchEmbed3d {
     pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("proj");
-        let (c, p, t, d) = (cfg.in_chans, cfg.patch_size, cfg.tubelet_size, cfg.embed_dim);
+        let (c, p, t, d) = (
+            cfg.in_chans,
+            cfg.patch_size,
+            cfg.tubelet_size,
+            cfg.embed_dim,
+        );
         let fan_in = (c * t * p * p) as f64;
         let bound = 1.0 / fan_in.sqrt();
-        let weight = vb.get_with_hints((d, c, t, p, p), "weight", crate::nn::trunc_normal_init())?;
+        let weight =
+            vb.get_with_hints((d, c, t, p, p), "weight", crate::nn::trunc_normal_init())?;
         let bias = vb.get_with_hints(
             d,
             "bias",
@@ -115,7 +121,8 @@ impl RopeAttention {
             Some(r) => (r.apply(&q)?, r.apply(&k)?),
             None => (q, k),
         };
-        self.proj.forward(&merge_heads(&attention(&q, &k, &v, bias)?)?)
+        self.proj
+            .forward(&merge_heads(&attention(&q, &k, &v, bias)?)?)
     }
 
     pub fn qkv(&self) -> &Linear {
@@ -141,13 +148,7 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(
-        dim: usize,
-        heads: usize,
-        hidden: usize,
-        eps: f64,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    pub fn new(dim: usize, heads: usize, hidden: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::new(dim, eps, vb.pp("norm1"))?,
             attn: RopeAttention::new(dim, heads, vb.pp("attn"))?,
@@ -241,12 +242,12 @@ impl VisionTransformer {
                     cfg.embed_dim,
                     cfg.num_heads,
                     cfg.mlp_hidden,
-                    VIT_LN_EPS,
+                    cfg.norm_eps,
                     vb.pp(format!("blocks.{i}")),
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = LayerNorm::new(cfg.embed_dim, VIT_LN_EPS, vb.pp("norm"))?;
+        let norm = LayerNorm::new(cfg.embed_dim, cfg.norm_eps, vb.pp("norm"))?;
         Ok(Self {
             cfg: cfg.clone(),
             patch_embed,
@@ -326,12 +327,6 @@ impl VisionTransformer {
 }
 
 /// Random video input for tests and benchmarks.
-pub fn random_video(
-    b: usize,
-    t: usize,
-    h: usize,
-    w: usize,
-    dev: &Device,
-) -> Result<Tensor> {
+pub fn random_video(b: usize, t: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
     Tensor::randn(0f32, 1f32, (b, 3, t, h, w), dev)
 }

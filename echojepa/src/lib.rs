@@ -18,8 +18,10 @@ pub mod rope;
 // Filled by other work streams (see DESIGN.md); each file says why it exists.
 pub mod bundle;
 pub mod perturb;
+pub mod phantom;
 pub mod preprocess;
 pub mod quantized;
+pub mod video;
 
 pub use config::{EncoderConfig, PredictorConfig, ProbeConfig, ProbeKind};
 pub use error::{Error, Result};

@@ -160,7 +160,9 @@ impl Module for Mlp {
 pub fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, n, three_d) = qkv.dims3()?;
     let hd = three_d / 3 / heads;
-    let qkv = qkv.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+    let qkv = qkv
+        .reshape((b, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?;
     Ok((
         qkv.get(0)?.contiguous()?,
         qkv.get(1)?.contiguous()?,

@@ -19,7 +19,9 @@ pub enum Perturbation {
 
 /// Errors parsing a perturbation spec.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid perturbation `{spec}`: {reason} (expected `depth:ALPHA` or `shadow:SIGMA[@CENTRE]`, e.g. `depth:0.5`, `shadow:0.2@0.5`)")]
+#[error(
+    "invalid perturbation `{spec}`: {reason} (expected `depth:ALPHA` or `shadow:SIGMA[@CENTRE]`, e.g. `depth:0.5`, `shadow:0.2@0.5`)"
+)]
 pub struct ParsePerturbationError {
     spec: String,
     reason: String,
@@ -28,15 +30,24 @@ pub struct ParsePerturbationError {
 impl Perturbation {
     /// The six settings of the paper's robustness table, in order.
     pub fn paper_set() -> Vec<Perturbation> {
-        let mut v: Vec<Perturbation> = [0.3, 0.5, 0.7].iter().map(|&alpha| Perturbation::DepthAttenuation { alpha }).collect();
-        v.extend([0.1, 0.2, 0.3].iter().map(|&sigma| Perturbation::AcousticShadow { sigma, centre: 0.5 }));
+        let mut v: Vec<Perturbation> = [0.3, 0.5, 0.7]
+            .iter()
+            .map(|&alpha| Perturbation::DepthAttenuation { alpha })
+            .collect();
+        v.extend(
+            [0.1, 0.2, 0.3]
+                .iter()
+                .map(|&sigma| Perturbation::AcousticShadow { sigma, centre: 0.5 }),
+        );
         v
     }
 
     /// Multiplicative gain at pixel `(x, y)` of a `width × height` frame.
     pub fn gain(&self, x: usize, y: usize, width: usize, height: usize) -> f32 {
         match *self {
-            Perturbation::DepthAttenuation { alpha } => (1.0 - alpha * y as f32 / height as f32).max(0.0),
+            Perturbation::DepthAttenuation { alpha } => {
+                (1.0 - alpha * y as f32 / height as f32).max(0.0)
+            }
             Perturbation::AcousticShadow { sigma, centre } => {
                 let s = (sigma * width as f32).max(1e-6);
                 let d = x as f32 - centre * width as f32;
@@ -53,7 +64,9 @@ impl Perturbation {
         }
         // the gain is separable: rows for depth, columns for the shadow
         let gains: Vec<f32> = match self {
-            Perturbation::DepthAttenuation { .. } => (0..h).map(|y| self.gain(0, y, w, h)).collect(),
+            Perturbation::DepthAttenuation { .. } => {
+                (0..h).map(|y| self.gain(0, y, w, h)).collect()
+            }
             Perturbation::AcousticShadow { .. } => (0..w).map(|x| self.gain(x, 0, w, h)).collect(),
         };
         let by_row = matches!(self, Perturbation::DepthAttenuation { .. });
@@ -76,7 +89,9 @@ impl fmt::Display for Perturbation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Perturbation::DepthAttenuation { alpha } => write!(f, "depth:{alpha}"),
-            Perturbation::AcousticShadow { sigma, centre } if (*centre - 0.5).abs() < 1e-6 => write!(f, "shadow:{sigma}"),
+            Perturbation::AcousticShadow { sigma, centre } if (*centre - 0.5).abs() < 1e-6 => {
+                write!(f, "shadow:{sigma}")
+            }
             Perturbation::AcousticShadow { sigma, centre } => write!(f, "shadow:{sigma}@{centre}"),
         }
     }
@@ -85,7 +100,10 @@ impl fmt::Display for Perturbation {
 impl FromStr for Perturbation {
     type Err = ParsePerturbationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ParsePerturbationError { spec: s.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| ParsePerturbationError {
+            spec: s.to_string(),
+            reason: reason.to_string(),
+        };
         let (kind, rest) = s.trim().split_once(':').ok_or_else(|| err("missing `:`"))?;
         let num = |v: &str| v.trim().parse::<f32>().map_err(|_| err("not a number"));
         match kind.trim().to_ascii_lowercase().as_str() {
@@ -116,7 +134,13 @@ mod tests {
     use super::*;
 
     fn flat(w: usize, h: usize, v: u8) -> Clip {
-        Clip { frames: 2, height: h, width: w, channels: 1, data: vec![v; 2 * w * h] }
+        Clip {
+            frames: 2,
+            height: h,
+            width: w,
+            channels: 1,
+            data: vec![v; 2 * w * h],
+        }
     }
 
     #[test]
@@ -137,7 +161,11 @@ mod tests {
     #[test]
     fn shadow_is_darkest_at_its_centre() {
         let mut c = flat(100, 3, 200);
-        Perturbation::AcousticShadow { sigma: 0.1, centre: 0.5 }.apply(&mut c);
+        Perturbation::AcousticShadow {
+            sigma: 0.1,
+            centre: 0.5,
+        }
+        .apply(&mut c);
         assert_eq!(c.data[50], 0);
         assert!(c.data[0] > 195);
         // exp(-1/2) at one sigma
@@ -147,17 +175,33 @@ mod tests {
 
     #[test]
     fn parse_and_paper_set() {
-        assert_eq!("depth:0.3".parse::<Perturbation>().unwrap(), Perturbation::DepthAttenuation { alpha: 0.3 });
+        assert_eq!(
+            "depth:0.3".parse::<Perturbation>().unwrap(),
+            Perturbation::DepthAttenuation { alpha: 0.3 }
+        );
         assert_eq!(
             "shadow:0.2@0.25".parse::<Perturbation>().unwrap(),
-            Perturbation::AcousticShadow { sigma: 0.2, centre: 0.25 }
+            Perturbation::AcousticShadow {
+                sigma: 0.2,
+                centre: 0.25
+            }
         );
         assert!("blur:1".parse::<Perturbation>().is_err());
         assert!("depth:3".parse::<Perturbation>().is_err());
         let set = Perturbation::paper_set();
         assert_eq!(set.len(), 6);
         let names: Vec<String> = set.iter().map(|p| p.to_string()).collect();
-        assert_eq!(names, ["depth:0.3", "depth:0.5", "depth:0.7", "shadow:0.1", "shadow:0.2", "shadow:0.3"]);
+        assert_eq!(
+            names,
+            [
+                "depth:0.3",
+                "depth:0.5",
+                "depth:0.7",
+                "shadow:0.1",
+                "shadow:0.2",
+                "shadow:0.3"
+            ]
+        );
         for p in set {
             assert_eq!(p.to_string().parse::<Perturbation>().unwrap(), p);
         }

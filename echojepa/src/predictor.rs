@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{PredictorConfig, VIT_LN_EPS};
+use crate::config::PredictorConfig;
 use crate::encoder::{Block, token_ids};
 use crate::nn::{LayerNorm, Linear};
 use crate::rope::{Grid, RopeTables};
@@ -29,7 +29,10 @@ impl Predictor {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let p = cfg.predictor_embed_dim;
         let mask_tokens = (0..cfg.num_mask_tokens)
-            .map(|i| vb.pp("mask_tokens").get_with_hints((1, 1, p), &i.to_string(), Init::Const(0.)))
+            .map(|i| {
+                vb.pp("mask_tokens")
+                    .get_with_hints((1, 1, p), &i.to_string(), Init::Const(0.))
+            })
             .collect::<Result<Vec<_>>>()?;
         let predictor_blocks = (0..cfg.depth)
             .map(|i| {
@@ -37,7 +40,7 @@ impl Predictor {
                     p,
                     cfg.num_heads,
                     cfg.mlp_hidden,
-                    VIT_LN_EPS,
+                    cfg.norm_eps,
                     vb.pp(format!("predictor_blocks.{i}")),
                 )
             })
@@ -47,7 +50,7 @@ impl Predictor {
             predictor_embed: Linear::new(cfg.embed_dim, p, vb.pp("predictor_embed"))?,
             mask_tokens,
             predictor_blocks,
-            predictor_norm: LayerNorm::new(p, VIT_LN_EPS, vb.pp("predictor_norm"))?,
+            predictor_norm: LayerNorm::new(p, cfg.norm_eps, vb.pp("predictor_norm"))?,
             predictor_proj: Linear::new(p, cfg.embed_dim, vb.pp("predictor_proj"))?,
         })
     }

@@ -132,17 +132,23 @@ impl Slots {
         };
         Ok(if s.use_factorized {
             Slots::Factorized {
-                view_embed: vb.pp("view_embed").get_with_hints((s.num_views, d), "weight", init)?,
-                clip_embed: vb
-                    .pp("clip_embed")
-                    .get_with_hints((s.clips_per_view, d), "weight", init)?,
+                view_embed: vb
+                    .pp("view_embed")
+                    .get_with_hints((s.num_views, d), "weight", init)?,
+                clip_embed: vb.pp("clip_embed").get_with_hints(
+                    (s.clips_per_view, d),
+                    "weight",
+                    init,
+                )?,
                 clips_per_view: s.clips_per_view,
             }
         } else {
             Slots::PerSlot {
-                slot_embed: vb
-                    .pp("slot_embed")
-                    .get_with_hints((s.num_views * s.clips_per_view, d), "weight", init)?,
+                slot_embed: vb.pp("slot_embed").get_with_hints(
+                    (s.num_views * s.clips_per_view, d),
+                    "weight",
+                    init,
+                )?,
             }
         })
     }

@@ -15,7 +15,7 @@ use echojepa::probe::AttentiveProbe;
 use echojepa::{EncoderConfig, Error, PredictorConfig, ProbeConfig, ProbeKind};
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/conformance")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conformance")
 }
 
 /// The shared fixture must be present in CI; locally a missing one skips with a note.
@@ -53,6 +53,7 @@ fn every_parameter_receives_a_gradient() -> anyhow::Result<()> {
         num_mask_tokens: 2,
         img_size: [32, 48],
         num_frames: 4,
+        norm_eps: echojepa::config::VIT_LN_EPS,
     };
     let pred = Predictor::new(&pred_cfg, vb.pp("predictor"))?;
     let probe_cfg = ProbeConfig {
@@ -87,7 +88,11 @@ fn every_parameter_receives_a_gradient() -> anyhow::Result<()> {
     let grads = loss.backward()?;
 
     let data = vm.data().lock().expect("varmap lock");
-    assert!(data.len() > 40, "expected many parameters, got {}", data.len());
+    assert!(
+        data.len() > 40,
+        "expected many parameters, got {}",
+        data.len()
+    );
     let mut missing = Vec::new();
     for (name, var) in data.iter() {
         match grads.get(var.as_tensor()) {
@@ -100,7 +105,10 @@ fn every_parameter_receives_a_gradient() -> anyhow::Result<()> {
             }
         }
     }
-    assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "parameters without gradient: {missing:?}"
+    );
     Ok(())
 }
 
@@ -140,6 +148,18 @@ fn native_checkpoint_round_trips() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stem = dir.path().join("model");
     ck.save(&stem)?;
+
+    // Compare against the same weights as plain tensors: variables take the differentiable
+    // (unfused) LayerNorm path, which differs from the fused one in the last bits.
+    let weights = |vm: &VarMap| -> anyhow::Result<VarBuilder<'static>> {
+        Ok(VarBuilder::from_tensors(
+            varmap_tensors(vm)?,
+            DType::F32,
+            &dev,
+        ))
+    };
+    let enc = VisionTransformer::new(&cfg, weights(&vm)?)?;
+    let probe = AttentiveProbe::new(&probe_cfg, weights(&pvm)?)?;
 
     let loaded = NativeCheckpoint::load(&stem, &dev)?;
     assert_eq!(loaded.config, ck.config);

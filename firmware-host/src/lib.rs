@@ -9,7 +9,8 @@
 //!   fault injection ([`faults`]).
 //! * [`queue`]: the bounded queues and their back-pressure policies.
 //! * [`slots`]: A/B model slots: verified install, atomic switch, health-check rollback, and
-//!   recovery after power loss.
+//!   recovery after power loss; [`verify`] (feature `flash`, on by default) checks signed
+//!   bundles with `echojepa::bundle`.
 //! * `defmt_log` (feature `defmt-elf`, on by default): decoding the MCU's defmt log records with
 //!   the firmware ELF.
 //!
@@ -22,5 +23,7 @@ pub mod link;
 pub mod queue;
 pub mod sim;
 pub mod slots;
+#[cfg(feature = "flash")]
+pub mod verify;
 
 pub use cart_protocol as protocol;

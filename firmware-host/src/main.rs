@@ -20,6 +20,13 @@ use tracing_subscriber::EnvFilter;
 ///   firmware-host simulate --link /tmp/cart-mcu &
 ///
 ///   firmware-host ping --port /tmp/cart-mcu
+///
+/// Install a bundle made by `quantize` on a cart (verified before anything is written; the
+/// previous bundle stays in the other slot):
+///
+///   firmware-host flash ./bundle --board jetson-orin-nano --health-check 'edge-runtime selftest'
+///
+///   firmware-host slots recover --board jetson-orin-nano    (at boot, before the runtime)
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -37,6 +44,13 @@ enum Command {
     Status(cli::status::Args),
     /// Run a simulated MCU on a pseudo-terminal, with optional fault injection.
     Simulate(cli::simulate::Args),
+    /// Install a signed model bundle into the cart's inactive A/B slot and switch to it.
+    #[cfg(feature = "flash")]
+    Flash(cli::flash::FlashArgs),
+    /// Inspect, repair (at boot) or roll back the cart's A/B model slots.
+    #[cfg(feature = "flash")]
+    #[command(subcommand)]
+    Slots(cli::flash::SlotsCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +69,10 @@ fn main() -> ExitCode {
         Command::Ping(a) => cli::ping::run(a, &mut out),
         Command::Status(a) => cli::status::run(a, &mut out),
         Command::Simulate(a) => cli::simulate::run(a, &mut out),
+        #[cfg(feature = "flash")]
+        Command::Flash(a) => cli::flash::flash(a, &mut out),
+        #[cfg(feature = "flash")]
+        Command::Slots(c) => cli::flash::slots(c, &mut out),
     };
     let _ = out.flush();
     match result {

@@ -53,6 +53,9 @@ struct EncoderArch {
     tubelet_size: usize,
     #[serde(default = "yes")]
     use_rope: bool,
+    /// LayerNorm eps (absent: the constructor default, PyTorch's 1e-5).
+    #[serde(default = "torch_ln_eps")]
+    norm_eps: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +73,9 @@ struct PredictorArch {
     num_mask_tokens: usize,
     #[serde(default = "yes")]
     use_rope: bool,
+    /// LayerNorm eps (absent: the constructor default, PyTorch's 1e-5).
+    #[serde(default = "torch_ln_eps")]
+    norm_eps: f64,
     img_size: ImgSize,
     num_frames: usize,
 }
@@ -146,6 +152,13 @@ struct Case {
     op: Op,
 }
 
+/// The arch blocks are the reference *constructor's* arguments; a constructor called without
+/// `norm_layer` uses `nn.LayerNorm`'s default eps, so that is the default here too (the released
+/// checkpoints come from the factories, which pass 1e-6: a fixture of those says `norm_eps`).
+fn torch_ln_eps() -> f64 {
+    echojepa::config::TORCH_LN_EPS
+}
+
 fn four() -> f64 {
     4.0
 }
@@ -179,6 +192,7 @@ fn encoder_config(a: &EncoderArch) -> Result<EncoderConfig> {
     let mut cfg = EncoderConfig::custom(a.embed_dim, a.depth, a.num_heads, a.mlp_ratio);
     cfg.patch_size = a.patch_size;
     cfg.tubelet_size = a.tubelet_size;
+    cfg.norm_eps = a.norm_eps;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -202,6 +216,7 @@ fn predictor_config(a: &PredictorArch) -> Result<PredictorConfig> {
         num_mask_tokens: a.num_mask_tokens,
         img_size,
         num_frames: a.num_frames,
+        norm_eps: a.norm_eps,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -294,7 +309,10 @@ pub fn compute(fixture: &Path, dev: &Device) -> Result<(Vec<(String, Tensor)>, T
                 mask_index,
             } => {
                 if checkpoint_key != "predictor" {
-                    bail!("case {}: predictor checkpoint_key `{checkpoint_key}`", case.output);
+                    bail!(
+                        "case {}: predictor checkpoint_key `{checkpoint_key}`",
+                        case.output
+                    );
                 }
                 let arch = meta
                     .predictor_arch

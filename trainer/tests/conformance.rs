@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn fixture() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/conformance");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conformance");
     if dir.join("meta.json").exists() {
         Some(dir)
     } else if std::env::var_os("CI").is_some() {
@@ -42,7 +42,10 @@ fn shared_fixture_passes_every_case() {
     let cases = report["cases"].as_array().expect("cases");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("meta.json")).expect("meta")).expect("meta");
-    assert_eq!(cases.len(), meta["cases"].as_array().expect("meta cases").len());
+    assert_eq!(
+        cases.len(),
+        meta["cases"].as_array().expect("meta cases").len()
+    );
     for c in cases {
         assert_eq!(c["pass"], true, "{c}");
         assert!(c["max_abs"].as_f64().expect("max_abs") <= 1e-3, "{c}");
@@ -87,7 +90,10 @@ fn perturbed_reference_fails() {
         .expect("run trainer");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "must fail:\n{stdout}");
-    assert!(stdout.contains("probe_ef.output") && stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("probe_ef.output") && stdout.contains("FAIL"),
+        "{stdout}"
+    );
 }
 
 #[test]

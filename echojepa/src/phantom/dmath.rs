@@ -169,7 +169,9 @@ impl Rng {
     /// An independent stream for a named purpose, so adding draws to one part of the phantom
     /// does not change another.
     pub(crate) fn stream(seed: u64, purpose: u64) -> Self {
-        Self::new(mix64(seed ^ mix64(purpose.wrapping_add(0x9E37_79B9_7F4A_7C15))))
+        Self::new(mix64(
+            seed ^ mix64(purpose.wrapping_add(0x9E37_79B9_7F4A_7C15)),
+        ))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
@@ -233,7 +235,9 @@ mod tests {
 
     #[test]
     fn ln_exp_match_libm() {
-        for &x in &[1e-300, 1e-10, 0.1, 0.5, 0.7071, 1.0, 1.5, 2.0, 10.0, 12345.678, 1e200] {
+        for &x in &[
+            1e-300, 1e-10, 0.1, 0.5, 0.7071, 1.0, 1.5, 2.0, 10.0, 12345.678, 1e200,
+        ] {
             let rel = (ln(x) - x.ln()).abs() / x.ln().abs().max(1.0);
             assert!(rel < 1e-13, "ln({x}) = {} vs {}", ln(x), x.ln());
         }

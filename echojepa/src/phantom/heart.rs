@@ -10,8 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dmath::{self, Rng};
 use super::PhantomError;
+use super::dmath::{self, Rng};
 
 /// Where the mitral annular plane cuts the LV ellipse, as a fraction of the long semi-axis
 /// beyond the centre.
@@ -58,9 +58,10 @@ impl HeartParams {
         let ef = rng.range(15.0, 80.0);
         let heart_rate = rng.range(45.0, 130.0);
         // dilation grows as EF falls (remodelling), with individual spread
-        let dilation = (1.0 + 0.012 * (55.0 - ef).max(0.0)) * (1.0 + 0.06 * rng.normal());
-        let lv_length = (8.2 * dilation.max(0.7).sqrt() * (1.0 + 0.05 * rng.normal())).clamp(6.0, 12.0);
-        let lv_diameter = (4.8 * dilation * (1.0 + 0.05 * rng.normal())).clamp(3.4, 7.8);
+        let dilation = (1.0 + 0.008 * (55.0 - ef).max(0.0)) * (1.0 + 0.05 * rng.normal());
+        let lv_length =
+            (8.0 * dilation.max(0.7).sqrt() * (1.0 + 0.05 * rng.normal())).clamp(6.5, 10.5);
+        let lv_diameter = (4.6 * dilation * (1.0 + 0.05 * rng.normal())).clamp(3.6, 6.6);
         let wall = (1.0 / dilation.sqrt() * (1.0 + 0.1 * rng.normal())).clamp(0.6, 1.5);
         // long-axis function falls with EF too (MAPSE)
         let long_short = (0.04 + 0.16 * ef / 80.0 + 0.015 * rng.normal()).clamp(0.02, 0.25);
@@ -76,7 +77,8 @@ impl HeartParams {
             rvsp_mmhg: rvsp,
             rv_size_factor: (1.0 + 0.08 * rng.normal()).clamp(0.75, 1.25),
             septal_shape_offset: (0.035 * rng.normal()).clamp(-0.1, 0.1),
-            la_size_factor: (1.0 + 0.15 * (55.0 - ef).max(0.0) / 40.0 + 0.08 * rng.normal()).clamp(0.8, 1.45),
+            la_size_factor: (1.0 + 0.15 * (55.0 - ef).max(0.0) / 40.0 + 0.08 * rng.normal())
+                .clamp(0.8, 1.45),
             aortic_root_cm: (3.0 + 0.25 * rng.normal()).clamp(2.3, 4.0),
             start_phase: rng.uniform(),
         }
@@ -100,7 +102,12 @@ impl HeartParams {
         ];
         for (name, value, lo, hi) in checks {
             if !(value.is_finite() && value >= lo && value <= hi) {
-                return Err(PhantomError::OutOfRange { name, value, lo, hi });
+                return Err(PhantomError::OutOfRange {
+                    name,
+                    value,
+                    lo,
+                    hi,
+                });
             }
         }
         Ok(())
@@ -239,7 +246,14 @@ impl HeartState {
         );
         let sl_open = knots(
             phase,
-            &[(0.0, 0.0), (0.1 * s, 0.0), (0.22 * s, 1.0), (0.8 * s, 0.85), (0.97 * s, 0.0), (1.0, 0.0)],
+            &[
+                (0.0, 0.0),
+                (0.1 * s, 0.0),
+                (0.22 * s, 1.0),
+                (0.8 * s, 0.85),
+                (0.97 * s, 0.0),
+                (1.0, 0.0),
+            ],
         );
         let (a_d, b_d) = h.lv_axes_ed();
         let (a_s, b_s) = h.lv_axes_es();
@@ -278,11 +292,11 @@ pub(crate) fn ecg(h: &HeartParams, phase: f64) -> f64 {
     let rr = 60.0 / h.heart_rate_bpm;
     // waves as (centre in seconds relative to R, width in seconds, amplitude)
     let waves: [(f64, f64, f64); 5] = [
-        (-0.16, 0.025, 0.12),               // P
-        (-0.025, 0.008, -0.12),             // Q
-        (0.0, 0.011, 1.0),                  // R
-        (0.028, 0.01, -0.25),               // S
-        (s * rr - 0.09, 0.045, 0.28),       // T, ending near end-systole
+        (-0.16, 0.025, 0.12),         // P
+        (-0.025, 0.008, -0.12),       // Q
+        (0.0, 0.011, 1.0),            // R
+        (0.028, 0.01, -0.25),         // S
+        (s * rr - 0.09, 0.045, 0.28), // T, ending near end-systole
     ];
     let mut v = 0.0;
     for (centre, width, amp) in waves {
@@ -331,7 +345,10 @@ mod tests {
         let h = HeartParams::sample(5);
         let s = h.systolic_fraction();
         let vol = |st: HeartState| {
-            area_length_volume_ml(lv_section_area(st.lv_a, st.lv_b), lv_section_length(st.lv_a))
+            area_length_volume_ml(
+                lv_section_area(st.lv_a, st.lv_b),
+                lv_section_length(st.lv_a),
+            )
         };
         let ed = vol(HeartState::at_phase(&h, 0.0));
         let es = vol(HeartState::at_phase(&h, s));

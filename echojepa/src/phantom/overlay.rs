@@ -2,9 +2,9 @@
 //! lines of text and depth markers. They are drawn only outside the fan, so sector masking can
 //! remove them, and they never spell out a label (no view name, no EF).
 
+use super::Acquisition;
 use super::heart::{self, HeartParams};
 use super::raster::SectorGeometry;
-use super::Acquisition;
 
 /// 5×7 glyphs, one `u8` per row, bit 4 = leftmost column.
 fn glyph(c: char) -> [u8; 7] {
@@ -98,7 +98,13 @@ fn text_width(s: &str, scale: i64) -> i64 {
 }
 
 /// Draws text, depth markers and the ECG for time `t` onto a rendered frame.
-pub(crate) fn draw(out: &mut [u8], geo: &SectorGeometry, heart: &HeartParams, acq: &Acquisition, t: f64) {
+pub(crate) fn draw(
+    out: &mut [u8],
+    geo: &SectorGeometry,
+    heart: &HeartParams,
+    acq: &Acquisition,
+    t: f64,
+) {
     let (w, h) = (geo.width as i64, geo.height as i64);
     let scale = (h / 224).max(1);
     let mut cv = Canvas { out, geo };
@@ -113,7 +119,13 @@ pub(crate) fn draw(out: &mut [u8], geo: &SectorGeometry, heart: &HeartParams, ac
         format!("{:.0}CM", acq.depth_cm),
     ];
     for (i, s) in right.iter().enumerate() {
-        cv.text(w - margin - text_width(s, scale), margin + i as i64 * line, scale, s, 225);
+        cv.text(
+            w - margin - text_width(s, scale),
+            margin + i as i64 * line,
+            scale,
+            s,
+            225,
+        );
     }
 
     // depth markers along the right edge of the fan, every cm (bigger every 5 cm)
@@ -148,7 +160,11 @@ pub(crate) fn draw(out: &mut [u8], geo: &SectorGeometry, heart: &HeartParams, ac
     let mut prev: Option<i64> = None;
     for x in x0..x1 {
         let f = (x - x0) as f64 / span;
-        let ago = if f <= cursor { cursor - f } else { cursor - f + 1.0 };
+        let ago = if f <= cursor {
+            cursor - f
+        } else {
+            cursor - f + 1.0
+        };
         if ago > 0.97 {
             prev = None;
             continue; // erase gap just ahead of the cursor

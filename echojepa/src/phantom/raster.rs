@@ -14,12 +14,14 @@ use super::{Acquisition, Label};
 const TEX: usize = 256;
 const TEX_MASK: i32 = (TEX - 1) as i32;
 /// Speckle cell size in cm.
-const CELL_CM: f32 = 0.07;
+const CELL_CM: f32 = 0.06;
 /// Coarse heterogeneity texture side and cell size.
 const COARSE: usize = 32;
 const COARSE_MASK: i32 = (COARSE - 1) as i32;
 const COARSE_CELL_CM: f32 = 0.9;
 const TILE: usize = 16;
+/// Largest border displacement (cm) of the rough cavity borders; tile culling allows for it.
+pub(crate) const MAX_JITTER: f32 = 0.12;
 
 /// The per-phantom random fields: speckle and tissue heterogeneity.
 pub(crate) struct Textures {
@@ -29,12 +31,15 @@ pub(crate) struct Textures {
 
 impl Textures {
     pub(crate) fn new(seed: u64) -> Self {
-        Self { speckle: speckle_field(seed), coarse: coarse_field(seed) }
+        Self {
+            speckle: speckle_field(seed),
+            coarse: coarse_field(seed),
+        }
     }
 }
 
 /// Rayleigh-distributed speckle with mean 1: the magnitude of a complex Gaussian field that is
-/// correlated over ~2 cells axially and ~4 laterally (the beam is wider than the pulse is long).
+/// correlated over ~2 cells axially and ~6 laterally (the beam is wider than the pulse is long).
 fn speckle_field(seed: u64) -> Vec<f32> {
     let mut rng = Rng::stream(seed, 0x5350_4543);
     let n = TEX * TEX;
@@ -47,9 +52,13 @@ fn speckle_field(seed: u64) -> Vec<f32> {
     }
     let lateral = [1.0f32, 4.0, 6.0, 4.0, 1.0];
     let axial = [1.0f32, 2.0, 1.0];
-    let re = blur(&blur_y(&re, &axial), &lateral);
-    let im = blur(&blur_y(&im, &axial), &lateral);
-    let mut mag: Vec<f32> = re.iter().zip(&im).map(|(r, i)| (r * r + i * i).sqrt()).collect();
+    let re = blur(&blur(&blur_y(&re, &axial), &lateral), &lateral);
+    let im = blur(&blur(&blur_y(&im, &axial), &lateral), &lateral);
+    let mut mag: Vec<f32> = re
+        .iter()
+        .zip(&im)
+        .map(|(r, i)| (r * r + i * i).sqrt())
+        .collect();
     let mean = mag.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     let inv = (1.0 / mean) as f32;
     for v in &mut mag {
@@ -61,7 +70,9 @@ fn speckle_field(seed: u64) -> Vec<f32> {
 /// Smooth positive field (0.55..1.45) for tissue heterogeneity.
 fn coarse_field(seed: u64) -> Vec<f32> {
     let mut rng = Rng::stream(seed, 0x434f_4152);
-    let mut f: Vec<f32> = (0..COARSE * COARSE).map(|_| rng.uniform() as f32 - 0.5).collect();
+    let mut f: Vec<f32> = (0..COARSE * COARSE)
+        .map(|_| rng.uniform() as f32 - 0.5)
+        .collect();
     for _ in 0..2 {
         f = blur_wrap(&f, COARSE);
     }
@@ -149,7 +160,9 @@ fn sample_coarse(tex: &[f32], x: f32, y: f32) -> f32 {
     let ty = fy - y0;
     let xi = x0 as i32;
     let yi = y0 as i32;
-    let at = |xx: i32, yy: i32| tex[((yy & COARSE_MASK) as usize) * COARSE + (xx & COARSE_MASK) as usize];
+    let at = |xx: i32, yy: i32| {
+        tex[((yy & COARSE_MASK) as usize) * COARSE + (xx & COARSE_MASK) as usize]
+    };
     let top = at(xi, yi) + (at(xi + 1, yi) - at(xi, yi)) * tx;
     let bot = at(xi, yi + 1) + (at(xi + 1, yi + 1) - at(xi, yi + 1)) * tx;
     top + (bot - top) * ty
@@ -216,7 +229,12 @@ impl Affine {
         let (s, c) = dmath::sin_cos(-acq.probe_angle_deg.to_radians());
         let k = geo.cm_per_px as f64;
         Self {
-            m: [(c * k) as f32, (-s * k) as f32, (s * k) as f32, (c * k) as f32],
+            m: [
+                (c * k) as f32,
+                (-s * k) as f32,
+                (s * k) as f32,
+                (c * k) as f32,
+            ],
             t: [-acq.lateral_shift_cm as f32, 0.0],
         }
     }
@@ -225,7 +243,10 @@ impl Affine {
     fn inverse_point(&self, x: f32, y: f32) -> (f32, f32) {
         let (x, y) = (x - self.t[0], y - self.t[1]);
         let det = self.m[0] * self.m[3] - self.m[1] * self.m[2];
-        ((self.m[3] * x - self.m[1] * y) / det, (-self.m[2] * x + self.m[0] * y) / det)
+        (
+            (self.m[3] * x - self.m[1] * y) / det,
+            (-self.m[2] * x + self.m[0] * y) / det,
+        )
     }
 }
 
@@ -242,6 +263,14 @@ fn depth_gain_lut(acq: &Acquisition, geo: &SectorGeometry) -> Vec<f32> {
             let db = acq.gain_db + tgc - acq.attenuation_db_per_cm * depth;
             dmath::db_to_amp(db) as f32
         })
+        .collect()
+}
+
+/// Near-field clutter (reverberation haze) added to the echogenicity, per pixel radius.
+fn clutter_lut(acq: &Acquisition, geo: &SectorGeometry) -> Vec<f32> {
+    let n = geo.radius.ceil() as usize + 2;
+    (0..n)
+        .map(|r| (acq.clutter * dmath::exp(-(r as f64 * geo.cm_per_px as f64) / 1.8)) as f32)
         .collect()
 }
 
@@ -264,7 +293,8 @@ fn dropout_lut(acq: &Acquisition, geo: &SectorGeometry) -> Option<Vec<f32>> {
                     if d.strength <= 0.0 {
                         continue;
                     }
-                    let z = (ang - d.angle_deg.to_radians()) / (0.5 * d.width_deg.to_radians()).max(1e-3);
+                    let z = (ang - d.angle_deg.to_radians())
+                        / (0.5 * d.width_deg.to_radians()).max(1e-3);
                     if z.abs() < 3.0 {
                         f *= 1.0 - d.strength * dmath::exp(-0.5 * z * z * 2.0);
                     }
@@ -341,7 +371,11 @@ impl Tiles {
 /// What to write for each pixel.
 pub(crate) enum Target<'a> {
     /// Log-compressed 8-bit B-mode.
-    Image { out: &'a mut [u8], textures: &'a Textures, noise_key: u32 },
+    Image {
+        out: &'a mut [u8],
+        textures: &'a Textures,
+        noise_key: u32,
+    },
     /// Structure labels ([`Label`] as `u8`); 0 outside the fan.
     Labels { out: &'a mut [u8] },
 }
@@ -375,9 +409,14 @@ pub(crate) fn render(scene: &Scene, acq: &Acquisition, geo: &SectorGeometry, tar
                 }
             }
         }
-        Target::Image { out, textures, noise_key } => {
+        Target::Image {
+            out,
+            textures,
+            noise_key,
+        } => {
             out.fill(0);
             let gain = depth_gain_lut(acq, geo);
+            let clutter = clutter_lut(acq, geo);
             let drop = dropout_lut(acq, geo);
             let dr = acq.dynamic_range_db as f32;
             let reject = 0.22f32;
@@ -395,22 +434,28 @@ pub(crate) fn render(scene: &Scene, acq: &Acquisition, geo: &SectorGeometry, tar
                     let dx = x as f32 + 0.5 - geo.apex_x;
                     let hx = aff.m[0] * dx + aff.m[1] * dy + aff.t[0];
                     let hy = aff.m[2] * dx + aff.m[3] * dy + aff.t[1];
+                    // speckle in material coordinates: warp about the LV with the contraction;
+                    // the lateral grain widens with depth like a diverging beam
+                    let (ex, ey) = (hx - lcx, hy - lcy);
+                    let k = 1.0 + warp / (1.0 + (ex * ex + ey * ey) * (1.0 / 12.0));
+                    let (mx, my) = (lcx + ex * k, lcy + ey * k);
+                    let sp = sample_speckle(&textures.speckle, mx / (1.0 + 0.05 * my.max(0.0)), my);
+                    // irregular (trabeculated) cavity borders that move with the tissue
+                    let jitter = ((sample_speckle(&textures.speckle, 0.35 * mx + 41.0, 0.35 * my)
+                        - 1.0)
+                        * 0.2)
+                        .clamp(-MAX_JITTER, MAX_JITTER);
                     let mut level = scene.background;
                     for &i in tiles.get(x / TILE, y / TILE) {
                         let p = &scene.prims[i as usize];
-                        let a = p.alpha(hx, hy);
+                        let a = p.alpha_rough(hx, hy, jitter);
                         if a > 0.0 {
                             level += (p.level - level) * a;
                         }
                     }
-                    // speckle in material coordinates: warp about the LV with the contraction
-                    let (ex, ey) = (hx - lcx, hy - lcy);
-                    let k = 1.0 + warp / (1.0 + (ex * ex + ey * ey) * (1.0 / 12.0));
-                    let (mx, my) = (lcx + ex * k, lcy + ey * k);
-                    let sp = sample_speckle(&textures.speckle, mx, my);
                     let het = sample_coarse(&textures.coarse, hx, hy);
                     let r = (dx * dx + dy * dy).sqrt();
-                    let mut amp = level * het * sp * gain[r as usize];
+                    let mut amp = (level + clutter[r as usize]) * het * sp * gain[r as usize];
                     if let Some(d) = &drop
                         && r > drop_start
                     {

@@ -10,16 +10,16 @@ use super::{Label, View};
 use crate::phantom::dmath;
 
 // Echogenicity (linear amplitude; 1 = brightest specular reflector).
-pub(crate) const BLOOD: f32 = 0.012;
-pub(crate) const MYO: f32 = 0.30;
-pub(crate) const PERI: f32 = 0.95;
-pub(crate) const VALVE: f32 = 0.55;
-pub(crate) const FAT: f32 = 0.09;
-pub(crate) const LUNG: f32 = 0.03;
-pub(crate) const CHEST: f32 = 0.2;
-pub(crate) const LIVER: f32 = 0.2;
-pub(crate) const ATRIAL_WALL: f32 = 0.26;
-pub(crate) const VESSEL_WALL: f32 = 0.45;
+pub(crate) const BLOOD: f32 = 0.006;
+pub(crate) const MYO: f32 = 0.16;
+pub(crate) const PERI: f32 = 0.8;
+pub(crate) const VALVE: f32 = 0.3;
+pub(crate) const FAT: f32 = 0.06;
+pub(crate) const LUNG: f32 = 0.035;
+pub(crate) const CHEST: f32 = 0.12;
+pub(crate) const LIVER: f32 = 0.11;
+pub(crate) const ATRIAL_WALL: f32 = 0.13;
+pub(crate) const VESSEL_WALL: f32 = 0.3;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Shape {
@@ -59,7 +59,15 @@ impl Prim {
     #[inline]
     pub(crate) fn distance(&self, x: f32, y: f32) -> f32 {
         match self.shape {
-            Shape::Ellipse { cx, cy, cos, sin, a, b, cut } => {
+            Shape::Ellipse {
+                cx,
+                cy,
+                cos,
+                sin,
+                a,
+                b,
+                cut,
+            } => {
                 let px = x - cx;
                 let py = y - cy;
                 let u = px * cos + py * sin;
@@ -67,10 +75,21 @@ impl Prim {
                 let q = (u * u) / (a * a) + (v * v) / (b * b);
                 let r = (u * u + v * v).sqrt();
                 let rho = q.sqrt();
-                let d_ell = if rho > 1e-6 { r * (1.0 - 1.0 / rho) } else { -a.min(b) };
+                let d_ell = if rho > 1e-6 {
+                    r * (1.0 - 1.0 / rho)
+                } else {
+                    -a.min(b)
+                };
                 d_ell.max(u - cut)
             }
-            Shape::Capsule { x0, y0, dx, dy, inv_len2, r } => {
+            Shape::Capsule {
+                x0,
+                y0,
+                dx,
+                dy,
+                inv_len2,
+                r,
+            } => {
                 let px = x - x0;
                 let py = y - y0;
                 let t = ((px * dx + py * dy) * inv_len2).clamp(0.0, 1.0);
@@ -81,24 +100,45 @@ impl Prim {
         }
     }
 
-    /// Coverage in `[0, 1]` at a point.
+    /// Coverage in `[0, 1]` at a point, the boundary moved outward by `jitter` cm for blood
+    /// pools (irregular endocardium) and by a third of it for everything else.
     #[inline]
-    pub(crate) fn alpha(&self, x: f32, y: f32) -> f32 {
-        (0.5 - self.distance(x, y) / self.edge).clamp(0.0, 1.0)
+    pub(crate) fn alpha_rough(&self, x: f32, y: f32, jitter: f32) -> f32 {
+        let j = if self.level <= BLOOD {
+            jitter
+        } else {
+            0.33 * jitter
+        };
+        (0.5 - (self.distance(x, y) + j) / self.edge).clamp(0.0, 1.0)
     }
 
     /// Axis-aligned bounds `[x0, y0, x1, y1]` (cm) outside which `alpha` is 0.
     pub(crate) fn bounds(&self) -> [f32; 4] {
-        let m = 0.5 * self.edge;
+        let m = 0.5 * self.edge + super::raster::MAX_JITTER;
         match self.shape {
-            Shape::Ellipse { cx, cy, cos, sin, a, b, .. } => {
+            Shape::Ellipse {
+                cx,
+                cy,
+                cos,
+                sin,
+                a,
+                b,
+                ..
+            } => {
                 let hx = ((a * cos).powi(2) + (b * sin).powi(2)).sqrt() + m;
                 let hy = ((a * sin).powi(2) + (b * cos).powi(2)).sqrt() + m;
                 [cx - hx, cy - hy, cx + hx, cy + hy]
             }
-            Shape::Capsule { x0, y0, dx, dy, r, .. } => {
+            Shape::Capsule {
+                x0, y0, dx, dy, r, ..
+            } => {
                 let (x1, y1) = (x0 + dx, y0 + dy);
-                [x0.min(x1) - r - m, y0.min(y1) - r - m, x0.max(x1) + r + m, y0.max(y1) + r + m]
+                [
+                    x0.min(x1) - r - m,
+                    y0.min(y1) - r - m,
+                    x0.max(x1) + r + m,
+                    y0.max(y1) + r + m,
+                ]
             }
         }
     }
@@ -117,11 +157,20 @@ pub(crate) struct Place {
 impl Place {
     pub(crate) fn new(angle: f64, tx: f64, ty: f64) -> Self {
         let (sin, cos) = dmath::sin_cos(angle);
-        Self { cos, sin, tx, ty, angle }
+        Self {
+            cos,
+            sin,
+            tx,
+            ty,
+            angle,
+        }
     }
 
     fn point(&self, p: (f64, f64)) -> (f64, f64) {
-        (self.cos * p.0 - self.sin * p.1 + self.tx, self.sin * p.0 + self.cos * p.1 + self.ty)
+        (
+            self.cos * p.0 - self.sin * p.1 + self.tx,
+            self.sin * p.0 + self.cos * p.1 + self.ty,
+        )
     }
 }
 
@@ -138,7 +187,17 @@ impl<'a> Painter<'a> {
 
     /// Ellipse centred at `c`, long axis `a` along direction `angle`, truncated at `u <= cut`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ellipse(&mut self, c: (f64, f64), angle: f64, a: f64, b: f64, cut: f64, level: f32, edge: f64, label: Label) {
+    pub(crate) fn ellipse(
+        &mut self,
+        c: (f64, f64),
+        angle: f64,
+        a: f64,
+        b: f64,
+        cut: f64,
+        level: f32,
+        edge: f64,
+        label: Label,
+    ) {
         let (cx, cy) = self.place.point(c);
         let (sin, cos) = dmath::sin_cos(angle + self.place.angle);
         self.out.push(Prim {
@@ -161,7 +220,15 @@ impl<'a> Painter<'a> {
         self.ellipse(c, 0.0, r, r, f64::INFINITY, level, edge, label);
     }
 
-    pub(crate) fn capsule(&mut self, p0: (f64, f64), p1: (f64, f64), r: f64, level: f32, edge: f64, label: Label) {
+    pub(crate) fn capsule(
+        &mut self,
+        p0: (f64, f64),
+        p1: (f64, f64),
+        r: f64,
+        level: f32,
+        edge: f64,
+        label: Label,
+    ) {
         let (x0, y0) = self.place.point(p0);
         let (x1, y1) = self.place.point(p1);
         let (dx, dy) = (x1 - x0, y1 - y0);
@@ -262,22 +329,68 @@ pub(crate) fn build(view: View, h: &HeartParams, st: &HeartState, layout: &Layou
         }
     };
     let warp = (st.lv_b_ed / st.lv_b - 1.0) as f32;
-    Scene { prims, background, lv_centre: (lv_centre.0 as f32, lv_centre.1 as f32), warp }
+    Scene {
+        prims,
+        background,
+        lv_centre: (lv_centre.0 as f32, lv_centre.1 as f32),
+        warp,
+    }
 }
 
 fn chest_wall(out: &mut Vec<Prim>, bottom: f64) {
     let mut p = Painter::new(out, Place::new(0.0, 0.0, 0.0));
     let bottom = bottom.max(0.8);
     // soft tissue band, with two fascia lines
-    p.ellipse((0.0, 0.0), 0.0, 30.0, bottom, f64::INFINITY, CHEST, 0.6, Label::Tissue);
-    p.capsule((-30.0, 0.35 * bottom), (30.0, 0.33 * bottom), 0.06, 0.5, 0.12, Label::Tissue);
-    p.capsule((-30.0, 0.7 * bottom), (30.0, 0.74 * bottom), 0.08, 0.45, 0.15, Label::Tissue);
+    p.ellipse(
+        (0.0, 0.0),
+        0.0,
+        30.0,
+        bottom,
+        f64::INFINITY,
+        CHEST,
+        0.6,
+        Label::Tissue,
+    );
+    p.capsule(
+        (-30.0, 0.35 * bottom),
+        (30.0, 0.33 * bottom),
+        0.06,
+        0.5,
+        0.12,
+        Label::Tissue,
+    );
+    p.capsule(
+        (-30.0, 0.7 * bottom),
+        (30.0, 0.74 * bottom),
+        0.08,
+        0.45,
+        0.15,
+        Label::Tissue,
+    );
 }
 
 fn liver(out: &mut Vec<Prim>, heart_depth: f64) {
     let mut p = Painter::new(out, Place::new(0.0, 0.0, 0.0));
-    p.ellipse((0.0, 0.0), 0.0, 30.0, 0.8, f64::INFINITY, CHEST, 0.4, Label::Tissue);
-    p.ellipse((-1.0, 0.9 + 0.5 * heart_depth), -0.15, 12.0, 0.55 * heart_depth, f64::INFINITY, LIVER, 0.5, Label::Liver);
+    p.ellipse(
+        (0.0, 0.0),
+        0.0,
+        30.0,
+        0.8,
+        f64::INFINITY,
+        CHEST,
+        0.4,
+        Label::Tissue,
+    );
+    p.ellipse(
+        (-1.0, 0.9 + 0.5 * heart_depth),
+        -0.15,
+        12.0,
+        0.55 * heart_depth,
+        f64::INFINITY,
+        LIVER,
+        0.5,
+        Label::Liver,
+    );
     // hepatic veins
     for &(x, y, r) in &[(-3.5, 0.45, 0.55), (-1.2, 0.62, 0.4), (1.8, 0.5, 0.3)] {
         let c = (x, y * heart_depth);
@@ -295,14 +408,39 @@ enum Apical {
 
 /// Apical heart in its local frame: LV apex at the origin, long axis along +y, LV to +x.
 /// Returns the LV centre in the heart frame.
-fn apical(out: &mut Vec<Prim>, place: Place, h: &HeartParams, st: &HeartState, kind: Apical) -> (f64, f64) {
+fn apical(
+    out: &mut Vec<Prim>,
+    place: Place,
+    h: &HeartParams,
+    st: &HeartState,
+    kind: Apical,
+) -> (f64, f64) {
+    // centre the four-chamber heart (RV free wall .. LV lateral wall) on the placement origin
+    let shift = if kind == Apical::FourChamber {
+        let sep = 1.05 * h.wall_thickness_cm;
+        let dil = st.rv_dilation;
+        let right = 0.5 * sep + 1.92 * st.lv_b_ed + h.wall_thickness_cm;
+        let left = -(0.5 * sep + 2.0 * 1.55 * dil * 0.95 + 0.45);
+        0.5 * (left + right)
+    } else {
+        0.0
+    };
+    let place = Place::new(
+        place.angle,
+        place.tx - shift * place.cos,
+        place.ty - shift * place.sin,
+    );
     let mut p = Painter::new(out, place);
     let (a, b, wall) = (st.lv_a, st.lv_b, st.lv_wall);
     let sep = 1.05 * h.wall_thickness_cm; // septal half-thickness sits on each side
     let lv_tilt = -0.07; // base slightly lateral
     let u_lv = dir(std::f64::consts::FRAC_PI_2 + lv_tilt); // apex -> base
     let n_lv = (u_lv.1, -u_lv.0); // toward the lateral wall... rotate -90deg
-    let n_lv = if n_lv.0 < 0.0 { (-n_lv.0, -n_lv.1) } else { n_lv };
+    let n_lv = if n_lv.0 < 0.0 {
+        (-n_lv.0, -n_lv.1)
+    } else {
+        n_lv
+    };
     // LV placement: fixed apex; the centre moves with the long axis. Lateral offset from the
     // septum is fixed at its end-diastolic value so the septum stays put.
     let lv_x = match kind {
@@ -323,9 +461,9 @@ fn apical(out: &mut Vec<Prim>, place: Place, h: &HeartParams, st: &HeartState, k
     let la_centre = add(base_mid, (0.15, la_a * 0.93));
 
     // RV (4-chamber only)
-    let rv_b_ed = 0.62 * st.lv_b_ed * dil;
+    let rv_b_ed = 1.55 * dil;
     let rv_b = rv_b_ed * st.rv_scale;
-    let rv_a = 0.82 * st.lv_a_ed * (1.0 + 0.08 * (dil - 1.0)) * (1.0 - 0.08 * st.contraction);
+    let rv_a = 0.8 * st.lv_a_ed * (1.0 + 0.08 * (dil - 1.0)) * (1.0 - 0.08 * st.contraction);
     let rv_kappa = 0.6;
     let rv_x = -(0.5 * sep + rv_b_ed * 0.95);
     let rv_apex = (rv_x + 0.2, 0.13 * h.lv_length_cm);
@@ -345,45 +483,162 @@ fn apical(out: &mut Vec<Prim>, place: Place, h: &HeartParams, st: &HeartState, k
     let (env_l, env_r) = if four {
         (rv_x - rv_b_ed - 1.0, lv_x + st.lv_b_ed + wall + 0.9)
     } else {
-        (lv_x - st.lv_b_ed - wall - 0.9, lv_x + st.lv_b_ed + wall + 0.9)
+        (
+            lv_x - st.lv_b_ed - wall - 0.9,
+            lv_x + st.lv_b_ed + wall + 0.9,
+        )
     };
     let env_c = (0.5 * (env_l + env_r), 0.5 * (bottom - 0.6));
     let env_a = 0.5 * (bottom + 0.6) + 0.4;
     let env_b = 0.5 * (env_r - env_l);
-    p.ellipse(env_c, std::f64::consts::FRAC_PI_2, env_a + 0.25, env_b + 0.25, f64::INFINITY, PERI * 0.8, 0.35, Label::Pericardium);
-    p.ellipse(env_c, std::f64::consts::FRAC_PI_2, env_a, env_b, f64::INFINITY, FAT, 0.4, Label::Tissue);
+    p.ellipse(
+        env_c,
+        std::f64::consts::FRAC_PI_2,
+        env_a + 0.25,
+        env_b + 0.25,
+        f64::INFINITY,
+        PERI * 0.8,
+        0.35,
+        Label::Pericardium,
+    );
+    p.ellipse(
+        env_c,
+        std::f64::consts::FRAC_PI_2,
+        env_a,
+        env_b,
+        f64::INFINITY,
+        FAT,
+        0.4,
+        Label::Tissue,
+    );
 
     // Atria (walls then cavities)
-    p.ellipse(la_centre, std::f64::consts::FRAC_PI_2, la_a + 0.25, la_b + 0.25, f64::INFINITY, ATRIAL_WALL, 0.3, Label::Tissue);
+    p.ellipse(
+        la_centre,
+        std::f64::consts::FRAC_PI_2,
+        la_a + 0.25,
+        la_b + 0.25,
+        f64::INFINITY,
+        ATRIAL_WALL,
+        0.3,
+        Label::Tissue,
+    );
     if four {
-        p.ellipse(ra_centre, std::f64::consts::FRAC_PI_2, ra_a + 0.25, ra_b + 0.25, f64::INFINITY, ATRIAL_WALL, 0.3, Label::Tissue);
+        p.ellipse(
+            ra_centre,
+            std::f64::consts::FRAC_PI_2,
+            ra_a + 0.25,
+            ra_b + 0.25,
+            f64::INFINITY,
+            ATRIAL_WALL,
+            0.3,
+            Label::Tissue,
+        );
     }
 
     // RV myocardium + cavity
     if four {
         let rv_wall = 0.45 * (1.0 + 0.35 * (dil - 1.0));
-        p.ellipse(rv_centre, rv_angle, rv_a + rv_wall, rv_b + rv_wall, rv_kappa * rv_a, MYO * 0.9, 0.3, Label::RvWall);
+        p.ellipse(
+            rv_centre,
+            rv_angle,
+            rv_a + rv_wall,
+            rv_b + rv_wall,
+            rv_kappa * rv_a,
+            MYO * 0.9,
+            0.3,
+            Label::RvWall,
+        );
     }
     // LV myocardium
-    p.ellipse(centre, lv_angle, a + wall, b + wall, KAPPA * a, MYO, 0.3, Label::LvWall);
+    p.ellipse(
+        centre,
+        lv_angle,
+        a + wall,
+        b + wall,
+        KAPPA * a,
+        MYO,
+        0.3,
+        Label::LvWall,
+    );
     if four {
         // septum filling the gap between the ventricles
-        let top = add(apex, scale(u_lv, 0.6));
+        let top = add(apex, scale(u_lv, 1.4));
         let bot = add(base_mid, scale(n_lv, -base_half - 0.3));
-        p.capsule((top.0 - 0.5 * sep - 0.3, top.1), (bot.0 - 0.4 * sep, bot.1 - 0.2), 0.55 * sep, MYO, 0.3, Label::LvWall);
-        p.ellipse(rv_centre, rv_angle, rv_a, rv_b, rv_kappa * rv_a, BLOOD, 0.28, Label::RvCavity);
+        p.capsule(
+            (top.0 - 0.5 * sep - 0.3, top.1),
+            (bot.0 - 0.4 * sep, bot.1 - 0.2),
+            0.55 * sep,
+            MYO,
+            0.3,
+            Label::LvWall,
+        );
+        p.ellipse(
+            rv_centre,
+            rv_angle,
+            rv_a,
+            rv_b,
+            rv_kappa * rv_a,
+            BLOOD,
+            0.28,
+            Label::RvCavity,
+        );
     }
-    p.ellipse(centre, lv_angle, a, b, KAPPA * a, BLOOD, 0.28, Label::LvCavity);
+    p.ellipse(
+        centre,
+        lv_angle,
+        a,
+        b,
+        KAPPA * a,
+        BLOOD,
+        0.28,
+        Label::LvCavity,
+    );
 
     // Atrial cavities
-    p.ellipse(la_centre, std::f64::consts::FRAC_PI_2, la_a, la_b, f64::INFINITY, BLOOD, 0.3, Label::LaCavity);
+    p.ellipse(
+        la_centre,
+        std::f64::consts::FRAC_PI_2,
+        la_a,
+        la_b,
+        f64::INFINITY,
+        BLOOD,
+        0.3,
+        Label::LaCavity,
+    );
     if four {
-        p.ellipse(ra_centre, std::f64::consts::FRAC_PI_2, ra_a, ra_b, f64::INFINITY, BLOOD, 0.3, Label::RaCavity);
+        p.ellipse(
+            ra_centre,
+            std::f64::consts::FRAC_PI_2,
+            ra_a,
+            ra_b,
+            f64::INFINITY,
+            BLOOD,
+            0.3,
+            Label::RaCavity,
+        );
         // faint interatrial septum (often drops out in real A4C)
-        let top = (0.5 * (base_mid.0 - base_half + rv_base.0 + rv_base_half) - 0.2, base_mid.1 + 0.6);
-        p.capsule(top, (top.0 + 0.1, top.1 + 0.8 * la_a), 0.14, ATRIAL_WALL * 0.6, 0.25, Label::Tissue);
+        let top = (
+            0.5 * (base_mid.0 - base_half + rv_base.0 + rv_base_half) - 0.2,
+            base_mid.1 + 0.6,
+        );
+        p.capsule(
+            top,
+            (top.0 + 0.1, top.1 + 0.8 * la_a),
+            0.14,
+            ATRIAL_WALL * 0.6,
+            0.25,
+            Label::Tissue,
+        );
         // fibrous crux
-        p.capsule((top.0, base_mid.1 - 0.4), (top.0, base_mid.1 + 0.3), 0.3, MYO * 1.2, 0.25, Label::Tissue);
+        p.capsule(
+            (top.0, base_mid.1 - 0.4),
+            (top.0, base_mid.1 + 0.3),
+            0.3,
+            MYO * 1.2,
+            0.25,
+            Label::Tissue,
+        );
     }
 
     // Valves
@@ -397,7 +652,7 @@ fn apical(out: &mut Vec<Prim>, place: Place, h: &HeartParams, st: &HeartState, k
             let r = 0.5 * h.aortic_root_cm;
             let ao_start = add(sept_pt, (0.3, 0.2));
             let ao_dir = dir(std::f64::consts::FRAC_PI_2 - 0.75);
-            let ao_end = add(ao_start, scale(ao_dir, 4.5));
+            let ao_end = add(ao_start, scale(ao_dir, 14.0));
             p.capsule(ao_start, ao_end, r + 0.22, VESSEL_WALL, 0.25, Label::Aorta);
             p.capsule(ao_start, ao_end, r, BLOOD, 0.25, Label::Aorta);
             // aortic cusps: along the walls when open, meeting in the centre when closed
@@ -424,7 +679,16 @@ fn apical(out: &mut Vec<Prim>, place: Place, h: &HeartParams, st: &HeartState, k
     if kind == Apical::TwoChamber {
         // left atrial appendage and coronary sinus
         let laa = add(la_centre, (la_b + 0.2, -0.5 * la_a));
-        p.ellipse(laa, 0.6, 0.9, 0.45, f64::INFINITY, BLOOD, 0.25, Label::LaCavity);
+        p.ellipse(
+            laa,
+            0.6,
+            0.9,
+            0.45,
+            f64::INFINITY,
+            BLOOD,
+            0.25,
+            Label::LaCavity,
+        );
         let cs = add(base_mid, (-base_half - 0.5, 0.4));
         p.circle(cs, 0.45, VESSEL_WALL, 0.2, Label::Vessel);
         p.circle(cs, 0.3, BLOOD, 0.2, Label::Vessel);
@@ -438,7 +702,14 @@ fn lerp2(a: (f64, f64), b: (f64, f64), t: f64) -> (f64, f64) {
 }
 
 /// Two AV-valve leaflets hinged at the annulus points; `u` points apex → base.
-fn mitral(p: &mut Painter<'_>, hinge_a: (f64, f64), hinge_b: (f64, f64), u: (f64, f64), annulus: f64, open: f64) {
+fn mitral(
+    p: &mut Painter<'_>,
+    hinge_a: (f64, f64),
+    hinge_b: (f64, f64),
+    u: (f64, f64),
+    annulus: f64,
+    open: f64,
+) {
     let mid = lerp2(hinge_a, hinge_b, 0.5);
     for (hinge, frac) in [(hinge_a, 0.55), (hinge_b, 0.42)] {
         let length = frac * annulus;
@@ -477,20 +748,60 @@ fn plax(out: &mut Vec<Prim>, h: &HeartParams, st: &HeartState, layout: &Layout) 
     let post_wall_bottom = lv_cy + st.lv_b_ed + 2.0 * h.wall_thickness_cm + 0.1;
 
     // pericardium behind the posterior wall and epicardial fat
-    p.capsule((-12.0, post_wall_bottom + 0.25), (4.5, post_wall_bottom + 0.05), 0.22, PERI, 0.25, Label::Pericardium);
+    // pericardium: the lower cap of a wide ellipse, bright, just behind the posterior wall
+    let up = -std::f64::consts::FRAC_PI_2 - 0.06;
+    let pc = (base_x - 3.0, post_wall_bottom + 0.25 - 6.0);
+    p.ellipse(pc, up, 6.0, 14.0, -4.6, PERI, 0.3, Label::Pericardium);
+    p.ellipse(pc, up, 5.75, 13.9, -4.6, FAT, 0.3, Label::Tissue);
     // RV free wall and cavity (RVOT extends over the aortic root to the right)
-    p.capsule((-12.0, top + 0.5 * rv_free), (6.0, top + 0.5 * rv_free - 0.3), 0.5 * rv_free, MYO * 0.9, 0.3, Label::RvWall);
-    // septum + posterior wall = LV myocardium
-    p.ellipse(centre, lv_angle, a + sep, b + sep, KAPPA * a + 0.2, MYO, 0.3, Label::LvWall);
     let rv_c = (-3.0, top + rv_free + 0.5 * rv_h);
-    p.ellipse(rv_c, -0.03, 9.0, 0.5 * rv_h, f64::INFINITY, BLOOD, 0.3, Label::RvCavity);
-    p.ellipse(centre, lv_angle, a, b, KAPPA * a, BLOOD, 0.28, Label::LvCavity);
+    p.ellipse(
+        rv_c,
+        -0.03,
+        12.0,
+        0.5 * rv_h + rv_free,
+        f64::INFINITY,
+        MYO * 0.9,
+        0.3,
+        Label::RvWall,
+    );
+    // septum + posterior wall = LV myocardium
+    p.ellipse(
+        centre,
+        lv_angle,
+        a + sep,
+        b + sep,
+        KAPPA * a + 0.2,
+        MYO,
+        0.3,
+        Label::LvWall,
+    );
+    p.ellipse(
+        rv_c,
+        -0.03,
+        12.0,
+        0.5 * rv_h,
+        f64::INFINITY,
+        BLOOD,
+        0.3,
+        Label::RvCavity,
+    );
+    p.ellipse(
+        centre,
+        lv_angle,
+        a,
+        b,
+        KAPPA * a,
+        BLOOD,
+        0.28,
+        Label::LvCavity,
+    );
 
     // aortic root continuing from the septum, to the right
     let r = 0.5 * h.aortic_root_cm;
     let ao_y = top + rv_free + rv_h + 0.2 + r;
     let ao0 = (base_x - 0.6, ao_y + 0.1);
-    let ao1 = (base_x + 5.5, ao_y - 0.3);
+    let ao1 = (base_x + 14.0, ao_y - 0.8);
     p.capsule(ao0, ao1, r + 0.25, VESSEL_WALL, 0.25, Label::Aorta);
     p.capsule(ao0, ao1, r, BLOOD, 0.25, Label::Aorta);
     // aortic cusps
@@ -498,7 +809,11 @@ fn plax(out: &mut Vec<Prim>, h: &HeartParams, st: &HeartState, layout: &Layout) 
     let cusp_x = base_x + 0.9;
     for side in [-1.0, 1.0] {
         let hinge = (cusp_x, ao_y + side * r);
-        let tip = lerp2((cusp_x + 0.35, ao_y), (cusp_x + 1.2, ao_y + side * (r - 0.1)), so);
+        let tip = lerp2(
+            (cusp_x + 0.35, ao_y),
+            (cusp_x + 1.2, ao_y + side * (r - 0.1)),
+            so,
+        );
         p.capsule(hinge, tip, 0.07, VALVE, 0.12, Label::Valve);
     }
     // LA behind the aortic root
@@ -507,14 +822,24 @@ fn plax(out: &mut Vec<Prim>, h: &HeartParams, st: &HeartState, layout: &Layout) 
     p.circle(la_c, la_r + 0.25, ATRIAL_WALL, 0.3, Label::Tissue);
     p.circle(la_c, la_r, BLOOD, 0.3, Label::LaCavity);
     // descending aorta behind the LA/LV junction
-    let da = (base_x + 0.6, la_c.1 + la_r + 1.0);
+    let da = (base_x + 0.9, la_c.1 + la_r + 1.3);
     p.circle(da, 1.0, VESSEL_WALL, 0.2, Label::Aorta);
     p.circle(da, 0.75, BLOOD, 0.2, Label::Aorta);
     // mitral leaflets: anterior from the aortic root (aorto-mitral continuity), posterior from
     // the posterior annulus
     let ant = (base_x - 0.1, ao_y + r + 0.15);
-    let post = (base_x + 0.1, lv_cy + b * (1.0 - KAPPA * KAPPA).sqrt() * 0.95);
-    mitral(&mut p, ant, post, u, (post.1 - ant.1).abs(), st.av_valve_open);
+    let post = (
+        base_x + 0.1,
+        lv_cy + b * (1.0 - KAPPA * KAPPA).sqrt() * 0.95,
+    );
+    mitral(
+        &mut p,
+        ant,
+        post,
+        u,
+        (post.1 - ant.1).abs(),
+        st.av_valve_open,
+    );
     p.to_heart(centre)
 }
 
@@ -529,31 +854,88 @@ fn psax(out: &mut Vec<Prim>, h: &HeartParams, st: &HeartState, layout: &Layout) 
     let rv_w = 1.0 * dil * st.rv_scale;
     let rv_free = 0.45 * (1.0 + 0.35 * (dil - 1.0));
     let top = layout.heart_depth;
-    let c = (0.5, top + rv_free + 1.0 * dil + 2.0 * h.wall_thickness_cm + st.lv_b_ed * 0.97);
+    let c = (
+        0.5,
+        top + rv_free + 1.0 * dil + 2.0 * h.wall_thickness_cm + st.lv_b_ed * 0.97,
+    );
     // direction from the LV centre toward the RV (anterior, screen upper-left)
     let to_rv_angle = -std::f64::consts::FRAC_PI_2 - 0.55;
     let to_rv = dir(to_rv_angle);
     let flat = st.flattening;
 
     // pericardium ring (visible posteriorly)
-    let peri_r = st.lv_b_ed * 0.97 + h.wall_thickness_cm + 0.45;
-    p.circle(c, peri_r + 0.22, PERI * 0.85, 0.3, Label::Pericardium);
-    p.circle(c, peri_r, FAT, 0.3, Label::Tissue);
-    // RV: free wall and cavity, a wide ellipse wrapped over the anterior LV
-    let rv_dist = st.lv_b_ed * 0.97 + h.wall_thickness_cm + 0.2;
-    let rv_c = add(c, scale(to_rv, rv_dist));
-    let rv_long = 3.0 * (1.0 + 0.3 * (dil - 1.0));
+    let peri_r = st.lv_b_ed * 0.97 + h.wall_thickness_cm + 0.35;
+    // posterior cap only (anteriorly the RV and chest wall lie against it)
+    p.ellipse(
+        c,
+        to_rv_angle,
+        peri_r + 0.22,
+        peri_r + 0.22,
+        -0.2 * peri_r,
+        PERI * 0.85,
+        0.3,
+        Label::Pericardium,
+    );
+    p.ellipse(
+        c,
+        to_rv_angle,
+        peri_r,
+        peri_r,
+        -0.2 * peri_r,
+        FAT,
+        0.3,
+        Label::Tissue,
+    );
+    // RV: a wide ellipse centred in front of the LV; the LV myocardium painted over it leaves
+    // the crescent
+    let outer = st.lv_b_ed * 0.97 + h.wall_thickness_cm;
+    let rv_c = add(c, scale(to_rv, 0.75 * outer));
+    let rv_long = 1.15 * outer * (1.0 + 0.2 * (dil - 1.0));
+    let rv_rad = 0.35 * outer + 0.8 * rv_w;
     let tangent = to_rv_angle + std::f64::consts::FRAC_PI_2;
-    p.ellipse(rv_c, tangent, rv_long + rv_free, rv_w + rv_free, f64::INFINITY, MYO * 0.9, 0.3, Label::RvWall);
-    p.ellipse(rv_c, tangent, rv_long, rv_w, f64::INFINITY, BLOOD, 0.3, Label::RvCavity);
+    p.ellipse(
+        rv_c,
+        tangent,
+        rv_long + rv_free,
+        rv_rad + rv_free,
+        f64::INFINITY,
+        MYO * 0.9,
+        0.3,
+        Label::RvWall,
+    );
+    p.ellipse(
+        rv_c,
+        tangent,
+        rv_long,
+        rv_rad,
+        f64::INFINITY,
+        BLOOD,
+        0.3,
+        Label::RvCavity,
+    );
     // LV myocardium and cavity, cut flat on the septal side
     let sep_cut = (1.0 - flat) * b;
-    p.ellipse(c, to_rv_angle, b + wall, b + wall, sep_cut + wall, MYO, 0.3, Label::LvWall);
+    p.ellipse(
+        c,
+        to_rv_angle,
+        b + wall,
+        b + wall,
+        sep_cut + wall,
+        MYO,
+        0.3,
+        Label::LvWall,
+    );
     p.ellipse(c, to_rv_angle, b, b, sep_cut, BLOOD, 0.28, Label::LvCavity);
     // papillary muscles at ~4 and ~8 o'clock
     for ang in [0.75_f64, 2.35] {
         let pc = add(c, scale(dir(ang), 0.62 * b));
-        p.circle(pc, 0.3 * st.lv_b_ed * (1.0 + 0.25 * st.contraction) * 0.6, MYO * 1.1, 0.25, Label::LvWall);
+        p.circle(
+            pc,
+            0.3 * st.lv_b_ed * (1.0 + 0.25 * st.contraction) * 0.6,
+            MYO * 1.1,
+            0.25,
+            Label::LvWall,
+        );
     }
     p.to_heart(c)
 }

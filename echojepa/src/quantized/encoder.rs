@@ -17,7 +17,7 @@ use echojepa_kernels::{Epilogue, PackedF32Linear, PackedInt8Linear, PackedLinear
 use super::QuantError;
 use super::gguf::{GgufWeights, quantize_q8_0_rows};
 use crate::bundle::Precision;
-use crate::config::{EncoderConfig, VIT_LN_EPS};
+use crate::config::EncoderConfig;
 
 /// Where the encoder's weights come from.
 pub trait WeightSource {
@@ -284,16 +284,16 @@ impl QuantizedEncoder {
             .map(|i| {
                 let p = format!("blocks.{i}");
                 Ok(QBlock {
-                    norm1: Norm::load(src, &format!("{p}.norm1"), d, VIT_LN_EPS)?,
+                    norm1: Norm::load(src, &format!("{p}.norm1"), d, cfg.norm_eps)?,
                     qkv: QLinear::load(src, &format!("{p}.attn.qkv"), 3 * d, d)?,
                     proj: QLinear::load(src, &format!("{p}.attn.proj"), d, d)?,
-                    norm2: Norm::load(src, &format!("{p}.norm2"), d, VIT_LN_EPS)?,
+                    norm2: Norm::load(src, &format!("{p}.norm2"), d, cfg.norm_eps)?,
                     fc1: QLinear::load(src, &format!("{p}.mlp.fc1"), hid, d)?,
                     fc2: QLinear::load(src, &format!("{p}.mlp.fc2"), d, hid)?,
                 })
             })
             .collect::<Result<Vec<_>, QuantError>>()?;
-        let norm = Norm::load(src, "norm", d, VIT_LN_EPS)?;
+        let norm = Norm::load(src, "norm", d, cfg.norm_eps)?;
         Ok(Self {
             cfg: cfg.clone(),
             patch,

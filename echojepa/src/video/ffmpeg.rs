@@ -18,12 +18,18 @@ pub struct FfmpegReader {
 
 impl std::fmt::Debug for FfmpegReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FfmpegReader").field("info", &self.info).finish()
+        f.debug_struct("FfmpegReader")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
 fn container(path: &Path, reason: impl std::fmt::Display) -> VideoError {
-    VideoError::Container { path: path.to_path_buf(), format: "FFmpeg-readable video", reason: reason.to_string() }
+    VideoError::Container {
+        path: path.to_path_buf(),
+        format: "FFmpeg-readable video",
+        reason: reason.to_string(),
+    }
 }
 
 struct Session {
@@ -35,15 +41,29 @@ struct Session {
 fn session(path: &Path) -> Result<Session, VideoError> {
     ff::init().map_err(|e| container(path, e))?;
     let input = ff::format::input(&path).map_err(|e| container(path, e))?;
-    let stream = input.streams().best(ff::media::Type::Video).ok_or_else(|| container(path, "no video stream"))?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .ok_or_else(|| container(path, "no video stream"))?;
     let index = stream.index();
-    let ctx = ff::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| container(path, e))?;
-    let decoder = ctx.decoder().video().map_err(|e| VideoError::Unsupported { path: path.to_path_buf(), what: e.to_string() })?;
-    Ok(Session { input, stream: index, decoder })
+    let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| container(path, e))?;
+    let decoder = ctx.decoder().video().map_err(|e| VideoError::Unsupported {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
+    Ok(Session {
+        input,
+        stream: index,
+        decoder,
+    })
 }
 
 /// Decodes frames in order, calling `f(index, frame)`; `f` returns `false` to stop.
-fn decode_each(path: &Path, mut f: impl FnMut(usize, &ff::frame::Video) -> Result<bool, VideoError>) -> Result<usize, VideoError> {
+fn decode_each(
+    path: &Path,
+    mut f: impl FnMut(usize, &ff::frame::Video) -> Result<bool, VideoError>,
+) -> Result<usize, VideoError> {
     let mut s = session(path)?;
     let mut index = 0usize;
     let mut frame = ff::frame::Video::empty();
@@ -54,7 +74,11 @@ fn decode_each(path: &Path, mut f: impl FnMut(usize, &ff::frame::Video) -> Resul
         }
         s.decoder
             .send_packet(&packet)
-            .map_err(|e| VideoError::Frame { path: path.to_path_buf(), frame: index, reason: e.to_string() })?;
+            .map_err(|e| VideoError::Frame {
+                path: path.to_path_buf(),
+                frame: index,
+                reason: e.to_string(),
+            })?;
         while s.decoder.receive_frame(&mut frame).is_ok() {
             keep_going = f(index, &frame)?;
             index += 1;
@@ -81,18 +105,36 @@ impl FfmpegReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, VideoError> {
         let path = path.as_ref();
         let s = session(path)?;
-        let stream = s.input.stream(s.stream).ok_or_else(|| container(path, "video stream vanished"))?;
+        let stream = s
+            .input
+            .stream(s.stream)
+            .ok_or_else(|| container(path, "video stream vanished"))?;
         let rate = stream.avg_frame_rate();
-        let fps = (rate.denominator() != 0 && rate.numerator() > 0).then(|| rate.numerator() as f64 / rate.denominator() as f64);
+        let fps = (rate.denominator() != 0 && rate.numerator() > 0)
+            .then(|| rate.numerator() as f64 / rate.denominator() as f64);
         let (width, height) = (s.decoder.width() as usize, s.decoder.height() as usize);
         let codec = s.decoder.id().name().to_string();
         let recorded = stream.frames();
         drop(s);
-        let frame_count = if recorded > 0 { recorded as usize } else { decode_each(path, |_, _| Ok(true))? };
+        let frame_count = if recorded > 0 {
+            recorded as usize
+        } else {
+            decode_each(path, |_, _| Ok(true))?
+        };
         if width == 0 || height == 0 {
             return Err(container(path, "video stream has no size"));
         }
-        Ok(Self { path: path.to_path_buf(), info: VideoInfo { path: path.to_path_buf(), frame_count, fps, width, height, codec } })
+        Ok(Self {
+            path: path.to_path_buf(),
+            info: VideoInfo {
+                path: path.to_path_buf(),
+                frame_count,
+                fps,
+                width,
+                height,
+                codec,
+            },
+        })
     }
 }
 
@@ -104,7 +146,11 @@ impl VideoReader for FfmpegReader {
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
         let n = self.info.frame_count;
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange { path: self.path.clone(), frame: bad, count: n });
+            return Err(VideoError::OutOfRange {
+                path: self.path.clone(),
+                frame: bad,
+                count: n,
+            });
         }
         let (w, h) = (self.info.width, self.info.height);
         let last = indices.iter().copied().max().unwrap_or(0);
@@ -118,11 +164,23 @@ impl VideoReader for FfmpegReader {
         let path = self.path.clone();
         decode_each(&self.path, |i, frame| {
             if indices.contains(&i) {
-                let err = |e: ff::Error| VideoError::Frame { path: path.clone(), frame: i, reason: e.to_string() };
+                let err = |e: ff::Error| VideoError::Frame {
+                    path: path.clone(),
+                    frame: i,
+                    reason: e.to_string(),
+                };
                 if scaler.is_none() {
                     scaler = Some(
-                        ff::software::scaling::Context::get(frame.format(), frame.width(), frame.height(), pix, w as u32, h as u32, ff::software::scaling::Flags::BILINEAR)
-                            .map_err(err)?,
+                        ff::software::scaling::Context::get(
+                            frame.format(),
+                            frame.width(),
+                            frame.height(),
+                            pix,
+                            w as u32,
+                            h as u32,
+                            ff::software::scaling::Flags::BILINEAR,
+                        )
+                        .map_err(err)?,
                     );
                 }
                 let mut out = ff::frame::Video::empty();
@@ -139,6 +197,8 @@ impl VideoReader for FfmpegReader {
             }
             Ok(i < last)
         })?;
-        super::gather(&self.path, indices, h, w, ch, |i| frames.get(&i).map(|v| v.as_slice()))
+        super::gather(&self.path, indices, h, w, ch, |i| {
+            frames.get(&i).map(|v| v.as_slice())
+        })
     }
 }

@@ -40,7 +40,10 @@ pub fn avcc_to_annexb(sample: &[u8], length_size: usize, out: &mut Vec<u8>) -> R
     let mut i = 0;
     while i < sample.len() {
         if i + length_size > sample.len() {
-            return Err(format!("NAL length prefix cut off at byte {i} of a {}-byte sample", sample.len()));
+            return Err(format!(
+                "NAL length prefix cut off at byte {i} of a {}-byte sample",
+                sample.len()
+            ));
         }
         let mut len = 0usize;
         for &b in &sample[i..i + length_size] {
@@ -79,7 +82,10 @@ pub struct ColorInfo {
 
 impl Default for ColorInfo {
     fn default() -> Self {
-        Self { full_range: false, matrix: 2 }
+        Self {
+            full_range: false,
+            matrix: 2,
+        }
     }
 }
 
@@ -128,7 +134,11 @@ impl Bits<'_> {
 
     fn se(&mut self) -> Result<i32, String> {
         let k = self.ue()? as i64;
-        Ok(if k % 2 == 1 { ((k + 1) / 2) as i32 } else { -(k / 2) as i32 })
+        Ok(if k % 2 == 1 {
+            ((k + 1) / 2) as i32
+        } else {
+            -(k / 2) as i32
+        })
     }
 }
 
@@ -153,13 +163,19 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, String> {
         return Err(format!("NAL type {} is not an SPS", nal_type(nal)));
     }
     let data = rbsp(&nal[1..]);
-    let mut r = Bits { data: &data, pos: 0 };
+    let mut r = Bits {
+        data: &data,
+        pos: 0,
+    };
     let profile_idc = r.bits(8)? as u8;
     r.bits(16)?; // constraint flags + level
     r.ue()?; // sps id
     let mut chroma_format_idc = 1;
     let mut bit_depth_luma = 8;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             r.bit()?;
@@ -214,7 +230,12 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, String> {
     let mut width = w_mbs * 16;
     let mut height = h_units * 16 * (2 - frame_mbs_only as usize);
     if r.bit()? == 1 {
-        let (l, rt, t, b) = (r.ue()? as usize, r.ue()? as usize, r.ue()? as usize, r.ue()? as usize);
+        let (l, rt, t, b) = (
+            r.ue()? as usize,
+            r.ue()? as usize,
+            r.ue()? as usize,
+            r.ue()? as usize,
+        );
         let (cx, cy) = match chroma_format_idc {
             0 | 3 => (1, 2 - frame_mbs_only as usize),
             2 => (2, 2 - frame_mbs_only as usize),
@@ -241,7 +262,14 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, String> {
             }
         }
     }
-    Ok(SpsInfo { profile_idc, width, height, chroma_format_idc, bit_depth_luma, color })
+    Ok(SpsInfo {
+        profile_idc,
+        width,
+        height,
+        chroma_format_idc,
+        bit_depth_luma,
+        color,
+    })
 }
 
 /// Look-up table from coded luma to full-range gray.
@@ -251,7 +279,9 @@ pub fn luma_lut(color: ColorInfo) -> [u8; 256] {
         *v = if color.full_range {
             y as u8
         } else {
-            ((y as f32 - 16.0) * (255.0 / 219.0)).round().clamp(0.0, 255.0) as u8
+            ((y as f32 - 16.0) * (255.0 / 219.0))
+                .round()
+                .clamp(0.0, 255.0) as u8
         };
     }
     lut
@@ -280,9 +310,17 @@ pub fn yuv420_to(
         return;
     }
     // BT.709 when signalled, else BT.601 (as FFmpeg assumes for unspecified SD video)
-    let (kr, kb) = if color.matrix == 1 { (0.2126f32, 0.0722f32) } else { (0.299f32, 0.114f32) };
+    let (kr, kb) = if color.matrix == 1 {
+        (0.2126f32, 0.0722f32)
+    } else {
+        (0.299f32, 0.114f32)
+    };
     let kg = 1.0 - kr - kb;
-    let (ys, cs) = if color.full_range { (1.0f32, 1.0f32) } else { (255.0 / 219.0, 255.0 / 224.0) };
+    let (ys, cs) = if color.full_range {
+        (1.0f32, 1.0f32)
+    } else {
+        (255.0 / 219.0, 255.0 / 224.0)
+    };
     let y0 = if color.full_range { 0.0 } else { 16.0 };
     out.reserve(width * height * 3);
     for row in 0..height {
@@ -306,9 +344,14 @@ mod tests {
 
     #[test]
     fn annexb_and_avcc_round_trip() {
-        let stream = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9];
+        let stream = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9,
+        ];
         let nals = split_annexb(&stream);
-        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9, 9][..]]);
+        assert_eq!(
+            nals,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9, 9][..]]
+        );
         let mut avcc = Vec::new();
         for n in &nals {
             avcc.extend_from_slice(&(n.len() as u32).to_be_bytes());
@@ -324,9 +367,15 @@ mod tests {
 
     #[test]
     fn luma_range() {
-        let l = luma_lut(ColorInfo { full_range: false, matrix: 2 });
+        let l = luma_lut(ColorInfo {
+            full_range: false,
+            matrix: 2,
+        });
         assert_eq!((l[16], l[235], l[0], l[255]), (0, 255, 0, 255));
-        let f = luma_lut(ColorInfo { full_range: true, matrix: 2 });
+        let f = luma_lut(ColorInfo {
+            full_range: true,
+            matrix: 2,
+        });
         assert_eq!(f[100], 100);
     }
 }

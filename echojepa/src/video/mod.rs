@@ -39,7 +39,13 @@ pub struct Clip {
 impl Clip {
     /// An all-black clip.
     pub fn zeros(frames: usize, height: usize, width: usize, channels: usize) -> Self {
-        Self { frames, height, width, channels, data: vec![0; frames * height * width * channels] }
+        Self {
+            frames,
+            height,
+            width,
+            channels,
+            data: vec![0; frames * height * width * channels],
+        }
     }
 
     /// Bytes of one frame.
@@ -116,16 +122,28 @@ pub enum VideoError {
     },
     /// The container is malformed or truncated.
     #[error("{path}: not a readable {format} file: {reason}")]
-    Container { path: PathBuf, format: &'static str, reason: String },
+    Container {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
     /// The file is valid but uses something this build cannot decode.
     #[error("{path}: unsupported: {what}")]
     Unsupported { path: PathBuf, what: String },
     /// A frame could not be decoded.
     #[error("{path}: frame {frame}: {reason}")]
-    Frame { path: PathBuf, frame: usize, reason: String },
+    Frame {
+        path: PathBuf,
+        frame: usize,
+        reason: String,
+    },
     /// A requested frame index is past the end.
     #[error("{path}: frame {frame} requested but the video has {count} frames")]
-    OutOfRange { path: PathBuf, frame: usize, count: usize },
+    OutOfRange {
+        path: PathBuf,
+        frame: usize,
+        count: usize,
+    },
     /// Encoding or muxing failed.
     #[error("{path}: cannot write video: {reason}")]
     Encode { path: PathBuf, reason: String },
@@ -136,7 +154,10 @@ pub enum VideoError {
 
 impl VideoError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -174,7 +195,12 @@ pub fn sniff(head: &[u8]) -> Format {
     if head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"AVI " {
         return Format::Avi;
     }
-    if head.len() >= 8 && matches!(&head[4..8], b"ftyp" | b"moov" | b"mdat" | b"free" | b"wide" | b"skip") {
+    if head.len() >= 8
+        && matches!(
+            &head[4..8],
+            b"ftyp" | b"moov" | b"mdat" | b"free" | b"wide" | b"skip"
+        )
+    {
         return Format::Mp4;
     }
     Format::Other
@@ -226,7 +252,11 @@ fn open_ffmpeg(path: &Path) -> Result<Box<dyn VideoReader>, VideoError> {
 }
 
 /// Reads the frames at `indices` of the video at `path`.
-pub fn read_frames(path: impl AsRef<Path>, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
+pub fn read_frames(
+    path: impl AsRef<Path>,
+    indices: &[usize],
+    color: ColorMode,
+) -> Result<Clip, VideoError> {
     open(path)?.read_frames(indices, color)
 }
 
@@ -256,7 +286,13 @@ pub(crate) fn gather<'a>(
         }
         data.extend_from_slice(f);
     }
-    Ok(Clip { frames: indices.len(), height, width, channels, data })
+    Ok(Clip {
+        frames: indices.len(),
+        height,
+        width,
+        channels,
+        data,
+    })
 }
 
 /// BT.601 luma of an RGB pixel, rounded.
@@ -270,7 +306,10 @@ pub(crate) fn convert_channels(src: &[u8], from: usize, to: ColorMode) -> Vec<u8
     match (from, to) {
         (1, ColorMode::Gray) | (3, ColorMode::Rgb) => src.to_vec(),
         (1, ColorMode::Rgb) => src.iter().flat_map(|&v| [v, v, v]).collect(),
-        (_, ColorMode::Gray) => src.chunks_exact(3).map(|p| rgb_to_gray(p[0], p[1], p[2])).collect(),
+        (_, ColorMode::Gray) => src
+            .chunks_exact(3)
+            .map(|p| rgb_to_gray(p[0], p[1], p[2]))
+            .collect(),
         _ => src.to_vec(),
     }
 }

@@ -61,7 +61,12 @@ impl<'a> Cur<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.pos + n > self.data.len() {
-            return Err(format!("`{}` box is truncated ({} bytes, needs {})", self.what, self.data.len(), self.pos + n));
+            return Err(format!(
+                "`{}` box is truncated ({} bytes, needs {})",
+                self.what,
+                self.data.len(),
+                self.pos + n
+            ));
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -88,7 +93,11 @@ impl<'a> Cur<'a> {
     fn count(&mut self, entry: usize) -> Result<usize, String> {
         let n = self.u32()? as usize;
         if n.saturating_mul(entry) > self.data.len() - self.pos {
-            return Err(format!("`{}` box claims {n} entries but holds {} bytes", self.what, self.data.len() - self.pos));
+            return Err(format!(
+                "`{}` box claims {n} entries but holds {} bytes",
+                self.what,
+                self.data.len() - self.pos
+            ));
         }
         Ok(n)
     }
@@ -115,7 +124,10 @@ fn children(data: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, String> {
             s => (8, s),
         };
         if size < header || i as u64 + size > data.len() as u64 {
-            return Err(format!("box `{}` at byte {i} has size {size} beyond its parent", fourcc(&kind)));
+            return Err(format!(
+                "box `{}` at byte {i} has size {size} beyond its parent",
+                fourcc(&kind)
+            ));
         }
         out.push((kind, &data[i + header as usize..i + size as usize]));
         i += size as usize;
@@ -124,11 +136,16 @@ fn children(data: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, String> {
 }
 
 fn fourcc(k: &[u8; 4]) -> String {
-    k.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()
+    k.iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect()
 }
 
 fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Result<Option<&'a [u8]>, String> {
-    Ok(children(data)?.into_iter().find(|(k, _)| k == kind).map(|(_, d)| d))
+    Ok(children(data)?
+        .into_iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, d)| d))
 }
 
 fn need<'a>(data: &'a [u8], kind: &[u8; 4], parent: &str) -> Result<&'a [u8], String> {
@@ -150,23 +167,34 @@ fn read_moov(file: &mut File, len: u64) -> Result<Vec<u8>, String> {
         let kind = [h[4], h[5], h[6], h[7]];
         let (header, size) = match size32 {
             0 => (8, len - pos),
-            1 if got >= 16 => (16, u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]])),
+            1 if got >= 16 => (
+                16,
+                u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
+            ),
             1 => return Err(format!("top-level box at byte {pos} is cut off")),
             s => (8, s),
         };
         if size < header {
-            return Err(format!("top-level box `{}` at byte {pos} has invalid size {size}", fourcc(&kind)));
+            return Err(format!(
+                "top-level box `{}` at byte {pos} has invalid size {size}",
+                fourcc(&kind)
+            ));
         }
         if pos + size > len {
             if &kind == b"moov" {
-                return Err(format!("`moov` box at byte {pos} runs past the end of the file (truncated?)"));
+                return Err(format!(
+                    "`moov` box at byte {pos} runs past the end of the file (truncated?)"
+                ));
             }
             if &kind == b"mdat" {
                 // media data cut short: samples past the end are caught below
                 pos = len;
                 continue;
             }
-            return Err(format!("box `{}` at byte {pos} runs past the end of the file (truncated?)", fourcc(&kind)));
+            return Err(format!(
+                "box `{}` at byte {pos} runs past the end of the file (truncated?)",
+                fourcc(&kind)
+            ));
         }
         match &kind {
             b"moov" => {
@@ -174,7 +202,8 @@ fn read_moov(file: &mut File, len: u64) -> Result<Vec<u8>, String> {
                     return Err(format!("`moov` box of {size} bytes is implausibly large"));
                 }
                 let mut buf = vec![0u8; (size - header) as usize];
-                file.seek(SeekFrom::Start(pos + header)).map_err(|e| e.to_string())?;
+                file.seek(SeekFrom::Start(pos + header))
+                    .map_err(|e| e.to_string())?;
                 file.read_exact(&mut buf).map_err(|e| e.to_string())?;
                 moov = Some(buf);
             }
@@ -190,17 +219,27 @@ fn read_moov(file: &mut File, len: u64) -> Result<Vec<u8>, String> {
 pub fn parse(path: &Path) -> Result<Track, VideoError> {
     let mut file = File::open(path).map_err(|e| VideoError::io(path, e))?;
     let len = file.metadata().map_err(|e| VideoError::io(path, e))?.len();
-    let container = |reason: String| VideoError::Container { path: path.to_path_buf(), format: "MP4", reason };
+    let container = |reason: String| VideoError::Container {
+        path: path.to_path_buf(),
+        format: "MP4",
+        reason,
+    };
     let moov = read_moov(&mut file, len).map_err(|r| {
         if r.starts_with("fragmented") {
-            VideoError::Unsupported { path: path.to_path_buf(), what: r }
+            VideoError::Unsupported {
+                path: path.to_path_buf(),
+                what: r,
+            }
         } else {
             container(r)
         }
     })?;
     let track = parse_moov(&moov).map_err(|e| match e {
         ParseError::Bad(r) => container(r),
-        ParseError::Unsupported(r) => VideoError::Unsupported { path: path.to_path_buf(), what: r },
+        ParseError::Unsupported(r) => VideoError::Unsupported {
+            path: path.to_path_buf(),
+            what: r,
+        },
     })?;
     for (i, s) in track.samples.iter().enumerate() {
         if s.offset + s.size as u64 > len {
@@ -258,7 +297,9 @@ fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
             return Err("`stsd` has no sample entry".to_string().into());
         }
         let entry = children(&stsd[8..])?;
-        let (codec, payload) = entry.first().ok_or_else(|| "`stsd` entry missing".to_string())?;
+        let (codec, payload) = entry
+            .first()
+            .ok_or_else(|| "`stsd` entry missing".to_string())?;
         if !matches!(codec, b"avc1" | b"avc3") {
             other_codec = Some(fourcc(codec));
             continue;
@@ -289,12 +330,15 @@ fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
             return Err("`avcC` holds no SPS/PPS".to_string().into());
         }
         let samples = sample_table(stbl)?;
-        let duration = samples.last().map(|s| s.dts).unwrap_or(0)
-            + last_delta(stbl)?;
+        let duration = samples.last().map(|s| s.dts).unwrap_or(0) + last_delta(stbl)?;
         let mut display: Vec<usize> = (0..samples.len()).collect();
         display.sort_by_key(|&i| (samples[i].dts as i128 + samples[i].cts_offset as i128, i));
         return Ok(Track {
-            codec: if codec == b"avc1" { "h264".into() } else { "h264 (avc3)".into() },
+            codec: if codec == b"avc1" {
+                "h264".into()
+            } else {
+                "h264 (avc3)".into()
+            },
             width,
             height,
             timescale,
@@ -307,7 +351,9 @@ fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
         });
     }
     Err(match other_codec {
-        Some(c) => ParseError::Unsupported(format!("video codec `{c}` (only H.264 is built in; the `ffmpeg` feature reads others)")),
+        Some(c) => ParseError::Unsupported(format!(
+            "video codec `{c}` (only H.264 is built in; the `ffmpeg` feature reads others)"
+        )),
         None => ParseError::Bad("no video track".into()),
     })
 }
@@ -358,7 +404,13 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         let raw = c.take(bytes)?;
         (0..n)
             .map(|i| match field {
-                4 => (if i % 2 == 0 { raw[i / 2] >> 4 } else { raw[i / 2] & 15 }) as u32,
+                4 => {
+                    (if i % 2 == 0 {
+                        raw[i / 2] >> 4
+                    } else {
+                        raw[i / 2] & 15
+                    }) as u32
+                }
                 8 => raw[i] as u32,
                 _ => u16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]) as u32,
             })
@@ -375,7 +427,9 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         let mut c = Cur::new(stco, "stco");
         c.take(4)?;
         let k = c.count(4)?;
-        (0..k).map(|_| c.u32().map(|v| v as u64)).collect::<Result<_, _>>()?
+        (0..k)
+            .map(|_| c.u32().map(|v| v as u64))
+            .collect::<Result<_, _>>()?
     } else if let Some(co64) = child(stbl, b"co64")? {
         let mut c = Cur::new(co64, "co64");
         c.take(4)?;
@@ -400,15 +454,23 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
     let mut s = 0usize;
     for (ri, &(first, per)) in runs.iter().enumerate() {
         if first == 0 || per == 0 {
-            return Err(format!("`stsc` entry {ri} is invalid (first chunk {first}, {per} samples per chunk)"));
+            return Err(format!(
+                "`stsc` entry {ri} is invalid (first chunk {first}, {per} samples per chunk)"
+            ));
         }
-        let next_first = runs.get(ri + 1).map(|r| r.0).unwrap_or(offsets.len() as u32 + 1);
+        let next_first = runs
+            .get(ri + 1)
+            .map(|r| r.0)
+            .unwrap_or(offsets.len() as u32 + 1);
         if next_first < first {
             return Err(format!("`stsc` entries out of order at {ri}"));
         }
         for chunk in first..next_first {
             let Some(&base) = offsets.get(chunk as usize - 1) else {
-                return Err(format!("`stsc` refers to chunk {chunk} but there are {} chunks", offsets.len()));
+                return Err(format!(
+                    "`stsc` refers to chunk {chunk} but there are {} chunks",
+                    offsets.len()
+                ));
             };
             let mut off = base;
             for _ in 0..per {
@@ -422,7 +484,10 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         }
     }
     if sample_offsets.len() != n {
-        return Err(format!("chunk tables place {} of {n} samples", sample_offsets.len()));
+        return Err(format!(
+            "chunk tables place {} of {n} samples",
+            sample_offsets.len()
+        ));
     }
     // timing
     let stts = need(stbl, b"stts", "stbl")?;
@@ -455,7 +520,11 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         for _ in 0..k {
             let count = c.u32()? as usize;
             let raw = c.u32()?;
-            let off = if version == 1 { raw as i32 as i64 } else { raw as i64 };
+            let off = if version == 1 {
+                raw as i32 as i64
+            } else {
+                raw as i64
+            };
             for _ in 0..count {
                 if i < n {
                     cts[i] = off;
@@ -478,7 +547,13 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         }
     }
     Ok((0..n)
-        .map(|i| Sample { offset: sample_offsets[i], size: sizes[i], dts: dts[i], cts_offset: cts[i], sync: sync[i] })
+        .map(|i| Sample {
+            offset: sample_offsets[i],
+            size: sizes[i],
+            dts: dts[i],
+            cts_offset: cts[i],
+            sync: sync[i],
+        })
         .collect())
 }
 
@@ -495,7 +570,9 @@ pub struct Mp4Reader {
 
 impl std::fmt::Debug for Mp4Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mp4Reader").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Mp4Reader")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -522,13 +599,31 @@ impl Mp4Reader {
         let secs = track.duration as f64 / track.timescale as f64;
         let n = track.samples.len();
         let fps = (secs > 0.0 && n > 0).then(|| n as f64 / secs);
-        let (width, height) = if sps.width > 0 && sps.height > 0 { (sps.width, sps.height) } else { (track.width, track.height) };
-        let info = VideoInfo { path: path.to_path_buf(), frame_count: n, fps, width, height, codec: track.codec.clone() };
+        let (width, height) = if sps.width > 0 && sps.height > 0 {
+            (sps.width, sps.height)
+        } else {
+            (track.width, track.height)
+        };
+        let info = VideoInfo {
+            path: path.to_path_buf(),
+            frame_count: n,
+            fps,
+            width,
+            height,
+            codec: track.codec.clone(),
+        };
         let mut position = vec![0; n];
         for (k, &d) in track.display.iter().enumerate() {
             position[d] = k;
         }
-        Ok(Self { path: path.to_path_buf(), file, color: sps.color, track, info, position })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            color: sps.color,
+            track,
+            info,
+            position,
+        })
     }
 
     /// The parsed sample table.
@@ -542,12 +637,19 @@ impl Mp4Reader {
         self.file
             .seek(SeekFrom::Start(s.offset))
             .and_then(|_| self.file.read_exact(buf))
-            .map_err(|e| VideoError::Frame { path: self.path.clone(), frame: self.position[i], reason: format!("reading sample: {e}") })
+            .map_err(|e| VideoError::Frame {
+                path: self.path.clone(),
+                frame: self.position[i],
+                reason: format!("reading sample: {e}"),
+            })
     }
 
     /// Decode index of the last sync sample at or before decode index `d`.
     fn sync_before(&self, d: usize) -> usize {
-        (0..=d).rev().find(|&i| self.track.samples[i].sync).unwrap_or(0)
+        (0..=d)
+            .rev()
+            .find(|&i| self.track.samples[i].sync)
+            .unwrap_or(0)
     }
 }
 
@@ -559,13 +661,18 @@ impl VideoReader for Mp4Reader {
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
         let n = self.info.frame_count;
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange { path: self.path.clone(), frame: bad, count: n });
+            return Err(VideoError::OutOfRange {
+                path: self.path.clone(),
+                frame: bad,
+                count: n,
+            });
         }
         let (w, h) = (self.info.width, self.info.height);
         let mut wanted: Vec<usize> = indices.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut frames: std::collections::HashMap<usize, Vec<u8>> = std::collections::HashMap::with_capacity(wanted.len());
+        let mut frames: std::collections::HashMap<usize, Vec<u8>> =
+            std::collections::HashMap::with_capacity(wanted.len());
         let mut next_wanted = 0usize; // position in `wanted`
         let mut sample = Vec::new();
         let mut annexb = Vec::new();
@@ -587,14 +694,31 @@ impl VideoReader for Mp4Reader {
                 header.extend_from_slice(nal);
             }
             let path = self.path.clone();
-            let conv = |yuv: &openh264::decoder::DecodedYUV<'_>, frame: usize, color_info: ColorInfo| -> Result<Vec<u8>, VideoError> {
+            let conv = |yuv: &openh264::decoder::DecodedYUV<'_>,
+                        frame: usize,
+                        color_info: ColorInfo|
+             -> Result<Vec<u8>, VideoError> {
                 use openh264::formats::YUVSource;
                 let (dw, dh) = yuv.dimensions();
                 if dw < w || dh < h {
-                    return Err(VideoError::Frame { path: path.clone(), frame, reason: format!("decoded {dw}x{dh}, expected {w}x{h}") });
+                    return Err(VideoError::Frame {
+                        path: path.clone(),
+                        frame,
+                        reason: format!("decoded {dw}x{dh}, expected {w}x{h}"),
+                    });
                 }
                 let mut out = Vec::new();
-                h264::yuv420_to(yuv.y(), yuv.u(), yuv.v(), yuv.strides(), w, h, color_info, color == ColorMode::Rgb, &mut out);
+                h264::yuv420_to(
+                    yuv.y(),
+                    yuv.u(),
+                    yuv.v(),
+                    yuv.strides(),
+                    w,
+                    h,
+                    color_info,
+                    color == ColorMode::Rgb,
+                    &mut out,
+                );
                 Ok(out)
             };
             let color_info = self.color;
@@ -630,11 +754,13 @@ impl VideoReader for Mp4Reader {
                     annexb.extend_from_slice(&header);
                     fed_header = true;
                 }
-                h264::avcc_to_annexb(&sample, self.track.nal_length_size, &mut annexb).map_err(|r| VideoError::Frame {
-                    path: self.path.clone(),
-                    frame: self.position[d],
-                    reason: r,
-                })?;
+                h264::avcc_to_annexb(&sample, self.track.nal_length_size, &mut annexb).map_err(
+                    |r| VideoError::Frame {
+                        path: self.path.clone(),
+                        frame: self.position[d],
+                        reason: r,
+                    },
+                )?;
                 let pic = decoder.decode(&annexb).map_err(|e| VideoError::Frame {
                     path: self.path.clone(),
                     frame: self.position[d],
@@ -654,15 +780,21 @@ impl VideoReader for Mp4Reader {
             while next_wanted < wanted.len() && frames.contains_key(&wanted[next_wanted]) {
                 next_wanted += 1;
             }
-            if next_wanted < wanted.len() && d >= self.track.samples.len() && !frames.contains_key(&wanted[next_wanted]) {
+            if next_wanted < wanted.len()
+                && d >= self.track.samples.len()
+                && !frames.contains_key(&wanted[next_wanted])
+            {
                 // stream exhausted without producing this frame
                 return Err(VideoError::Frame {
                     path: self.path.clone(),
                     frame: wanted[next_wanted],
-                    reason: "the decoder produced no picture for this frame (corrupt stream?)".into(),
+                    reason: "the decoder produced no picture for this frame (corrupt stream?)"
+                        .into(),
                 });
             }
         }
-        super::gather(&self.path, indices, h, w, color.channels(), |i| frames.get(&i).map(|v| v.as_slice()))
+        super::gather(&self.path, indices, h, w, color.channels(), |i| {
+            frames.get(&i).map(|v| v.as_slice())
+        })
     }
 }

@@ -6,11 +6,19 @@ use super::*;
 use crate::phantom::{Phantom, PhantomParams, View};
 
 fn phantom_clip(seed: u64, frames: usize, w: usize, h: usize) -> Clip {
-    Phantom::new(PhantomParams::sample(seed, View::A4c)).unwrap().render_clip(frames, 30.0, 0.0, w, h).unwrap()
+    Phantom::new(PhantomParams::sample(seed, View::A4c))
+        .unwrap()
+        .render_clip(frames, 30.0, 0.0, w, h)
+        .unwrap()
 }
 
 fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
     10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10()
 }
 
@@ -22,14 +30,29 @@ fn write(dir: &Path, name: &str, clip: &Clip, settings: EncoderSettings) -> Path
 fn mp4_round_trip_gray_and_rgb() {
     let dir = tempfile::tempdir().unwrap();
     let clip = phantom_clip(1, 40, 112, 96);
-    let path = write(dir.path(), "a.mp4", &clip, EncoderSettings { fps: 25.0, ..Default::default() });
+    let path = write(
+        dir.path(),
+        "a.mp4",
+        &clip,
+        EncoderSettings {
+            fps: 25.0,
+            ..Default::default()
+        },
+    );
     let mut r = open(&path).unwrap();
     let info = r.info().clone();
     assert_eq!((info.frame_count, info.width, info.height), (40, 112, 96));
-    assert!((info.fps.unwrap() - 25.0).abs() < 1e-9, "fps {:?}", info.fps);
+    assert!(
+        (info.fps.unwrap() - 25.0).abs() < 1e-9,
+        "fps {:?}",
+        info.fps
+    );
     assert_eq!(info.codec, "h264");
     let gray = r.read_all(ColorMode::Gray).unwrap();
-    assert_eq!((gray.frames, gray.height, gray.width, gray.channels), (40, 96, 112, 1));
+    assert_eq!(
+        (gray.frames, gray.height, gray.width, gray.channels),
+        (40, 96, 112, 1)
+    );
     let p = psnr(&gray.data, &clip.data);
     assert!(p > 33.0, "round-trip PSNR {p:.1} dB");
     let rgb = r.read_frames(&[5], ColorMode::Rgb).unwrap();
@@ -37,7 +60,11 @@ fn mp4_round_trip_gray_and_rgb() {
     let g5 = gray.frame(5).unwrap();
     for (i, px) in rgb.data.chunks_exact(3).enumerate() {
         // neutral chroma: R = G = B = gray (within rounding)
-        assert!(px.iter().all(|&v| (v as i32 - g5[i] as i32).abs() <= 2), "pixel {i}: {px:?} vs {}", g5[i]);
+        assert!(
+            px.iter().all(|&v| (v as i32 - g5[i] as i32).abs() <= 2),
+            "pixel {i}: {px:?} vs {}",
+            g5[i]
+        );
     }
 }
 
@@ -45,7 +72,15 @@ fn mp4_round_trip_gray_and_rgb() {
 fn random_access_matches_sequential_decode() {
     let dir = tempfile::tempdir().unwrap();
     let clip = phantom_clip(2, 70, 64, 64);
-    let path = write(dir.path(), "b.mp4", &clip, EncoderSettings { keyframe_interval: 16, ..Default::default() });
+    let path = write(
+        dir.path(),
+        "b.mp4",
+        &clip,
+        EncoderSettings {
+            keyframe_interval: 16,
+            ..Default::default()
+        },
+    );
     let mut r = open(&path).unwrap();
     let all = r.read_all(ColorMode::Gray).unwrap();
     let idx = [69, 3, 3, 40, 17, 0, 64, 33];
@@ -55,10 +90,27 @@ fn random_access_matches_sequential_decode() {
     }
     // keyframes every 16 frames are marked for seeking
     let m = mp4::Mp4Reader::open(&path).unwrap();
-    let syncs: Vec<usize> = m.track().samples.iter().enumerate().filter(|(_, s)| s.sync).map(|(i, _)| i).collect();
+    let syncs: Vec<usize> = m
+        .track()
+        .samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.sync)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(syncs, vec![0, 16, 32, 48, 64]);
     let err = r.read_frames(&[70], ColorMode::Gray).unwrap_err();
-    assert!(matches!(err, VideoError::OutOfRange { frame: 70, count: 70, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VideoError::OutOfRange {
+                frame: 70,
+                count: 70,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,7 +121,15 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
     let bytes = std::fs::read(&path).unwrap();
 
     // cut anywhere: never a panic, always an error that names the file
-    for cut in [0, 7, 100, bytes.len() / 3, bytes.len() / 2, bytes.len() - 40, bytes.len() - 1] {
+    for cut in [
+        0,
+        7,
+        100,
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 40,
+        bytes.len() - 1,
+    ] {
         let p = dir.path().join(format!("cut{cut}.mp4"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         match open(&p).and_then(|mut r| r.read_all(ColorMode::Gray)) {
@@ -89,7 +149,10 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
     let p = dir.path().join("short_mdat.mp4");
     std::fs::write(&p, &reordered).unwrap();
     let err = open(&p).err().expect("must fail");
-    assert!(err.to_string().contains("short_mdat.mp4") && err.to_string().contains("past the end"), "{err}");
+    assert!(
+        err.to_string().contains("short_mdat.mp4") && err.to_string().contains("past the end"),
+        "{err}"
+    );
 
     // garbage in the media data: decode errors name the frame, or the decoder conceals; no panic
     let mut garbled = bytes.clone();
@@ -111,7 +174,11 @@ fn truncated_and_corrupt_files_are_errors_naming_the_file() {
 
     // not a video at all, an empty file, a missing file
     let p = dir.path().join("text.mp4");
-    std::fs::write(&p, b"this is not a video, just some text that is long enough").unwrap();
+    std::fs::write(
+        &p,
+        b"this is not a video, just some text that is long enough",
+    )
+    .unwrap();
     assert!(open(&p).err().unwrap().to_string().contains("text.mp4"));
     let p = dir.path().join("empty.mp4");
     std::fs::write(&p, b"").unwrap();
@@ -125,12 +192,27 @@ fn writer_rejects_bad_input_and_leaves_no_partial_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("odd.mp4");
     assert!(Mp4Writer::create(&p, 33, 32, EncoderSettings::default()).is_err());
-    assert!(Mp4Writer::create(&p, 32, 32, EncoderSettings { fps: 0.0, ..Default::default() }).is_err());
+    assert!(
+        Mp4Writer::create(
+            &p,
+            32,
+            32,
+            EncoderSettings {
+                fps: 0.0,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
     let mut w = Mp4Writer::create(&p, 32, 32, EncoderSettings::default()).unwrap();
     assert!(w.push_gray(&[0; 10]).is_err());
     w.push_gray(&[100; 32 * 32]).unwrap();
     drop(w); // not finished
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial files left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no partial files left behind"
+    );
     let w = Mp4Writer::create(&p, 32, 32, EncoderSettings::default()).unwrap();
     assert!(w.finish().is_err(), "a video without frames is an error");
 }
@@ -147,15 +229,33 @@ fn rgb_frames_round_trip() {
             }
         }
     }
-    let clip = Clip { frames: 6, height: h, width: w, channels: 3, data };
-    let p = write(dir.path(), "rgb.mp4", &clip, EncoderSettings { qp: 12, ..Default::default() });
+    let clip = Clip {
+        frames: 6,
+        height: h,
+        width: w,
+        channels: 3,
+        data,
+    };
+    let p = write(
+        dir.path(),
+        "rgb.mp4",
+        &clip,
+        EncoderSettings {
+            qp: 12,
+            ..Default::default()
+        },
+    );
     let back = open(&p).unwrap().read_all(ColorMode::Rgb).unwrap();
     let ps = psnr(&back.data, &clip.data);
     assert!(ps > 35.0, "RGB round trip PSNR {ps:.1}");
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
 }
 
 /// Files we write must decode with an independent decoder. Skips (with a note) when FFmpeg is
@@ -163,19 +263,38 @@ fn which(tool: &str) -> Option<PathBuf> {
 #[test]
 fn ffmpeg_decodes_our_files_identically() {
     let (Some(ffprobe), Some(ffmpeg)) = (which("ffprobe"), which("ffmpeg")) else {
-        eprintln!("note: ffprobe/ffmpeg not found; skipping the independent-decoder check (apt-get install ffmpeg)");
+        eprintln!(
+            "note: ffprobe/ffmpeg not found; skipping the independent-decoder check (apt-get install ffmpeg)"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let clip = phantom_clip(4, 24, 112, 112);
-    let path = write(dir.path(), "ff.mp4", &clip, EncoderSettings { fps: 30.0, ..Default::default() });
+    let path = write(
+        dir.path(),
+        "ff.mp4",
+        &clip,
+        EncoderSettings {
+            fps: 30.0,
+            ..Default::default()
+        },
+    );
     let out = std::process::Command::new(ffprobe)
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames,avg_frame_rate", "-of", "csv=p=0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames,avg_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim(), "h264,112,112,30/1,24", "ffprobe says {text}");
     let out = std::process::Command::new(ffmpeg)
@@ -184,11 +303,24 @@ fn ffmpeg_decodes_our_files_identically() {
         .args(["-f", "rawvideo", "-pix_fmt", "gray", "-"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ours = open(&path).unwrap().read_all(ColorMode::Gray).unwrap();
     assert_eq!(out.stdout.len(), ours.data.len());
-    let max = out.stdout.iter().zip(&ours.data).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
-    assert!(max <= 2, "FFmpeg and OpenH264 decodes differ by up to {max} levels");
+    let max = out
+        .stdout
+        .iter()
+        .zip(&ours.data)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .max()
+        .unwrap();
+    assert!(
+        max <= 2,
+        "FFmpeg and OpenH264 decodes differ by up to {max} levels"
+    );
 }
 
 #[test]
@@ -225,12 +357,26 @@ mod dicom_files {
         let dir = tempfile::tempdir().unwrap();
         let clip = gray_clip();
         let p = dir.path().join("mono.dcm");
-        us_multiframe(&p, 64, 80, 6, 1, "MONOCHROME2", 33.333, Pixels::Native(&clip.data)).unwrap();
+        us_multiframe(
+            &p,
+            64,
+            80,
+            6,
+            1,
+            "MONOCHROME2",
+            33.333,
+            Pixels::Native(&clip.data),
+        )
+        .unwrap();
         let mut r = open(&p).unwrap();
         let info = r.info().clone();
         assert_eq!((info.frame_count, info.width, info.height), (6, 80, 64));
         assert!((info.fps.unwrap() - 30.0).abs() < 0.01);
-        assert_eq!(r.read_all(ColorMode::Gray).unwrap().data, clip.data, "lossless");
+        assert_eq!(
+            r.read_all(ColorMode::Gray).unwrap().data,
+            clip.data,
+            "lossless"
+        );
         let rgb = r.read_frames(&[2, 2], ColorMode::Rgb).unwrap();
         assert_eq!(rgb.frames, 2);
         assert_eq!(rgb.data[3 * 100], clip.frame(2).unwrap()[100]);
@@ -242,12 +388,22 @@ mod dicom_files {
         let clip = crate::preprocess::gray_to_rgb(&gray_clip());
         let p = dir.path().join("rgb.dcm");
         us_multiframe(&p, 64, 80, 6, 3, "RGB", 20.0, Pixels::Native(&clip.data)).unwrap();
-        assert_eq!(open(&p).unwrap().read_all(ColorMode::Rgb).unwrap().data, clip.data);
+        assert_eq!(
+            open(&p).unwrap().read_all(ColorMode::Rgb).unwrap().data,
+            clip.data
+        );
         // YBR_FULL of a gray image is (Y, 128, 128)
-        let ybr: Vec<u8> = gray_clip().data.iter().flat_map(|&v| [v, 128, 128]).collect();
+        let ybr: Vec<u8> = gray_clip()
+            .data
+            .iter()
+            .flat_map(|&v| [v, 128, 128])
+            .collect();
         let p = dir.path().join("ybr.dcm");
         us_multiframe(&p, 64, 80, 6, 3, "YBR_FULL", 20.0, Pixels::Native(&ybr)).unwrap();
-        assert_eq!(open(&p).unwrap().read_all(ColorMode::Rgb).unwrap().data, clip.data);
+        assert_eq!(
+            open(&p).unwrap().read_all(ColorMode::Rgb).unwrap().data,
+            clip.data
+        );
     }
 
     #[test]
@@ -259,7 +415,13 @@ mod dicom_files {
         for t in 0..6 {
             let mut buf = Vec::new();
             let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95);
-            enc.encode(rgb.frame(t).unwrap(), 80, 64, image::ExtendedColorType::Rgb8).unwrap();
+            enc.encode(
+                rgb.frame(t).unwrap(),
+                80,
+                64,
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
             jpegs.push(buf);
         }
         let p = dir.path().join("jpeg.dcm");
@@ -276,7 +438,17 @@ mod dicom_files {
         let dir = tempfile::tempdir().unwrap();
         let clip = gray_clip();
         let p = dir.path().join("cut.dcm");
-        us_multiframe(&p, 64, 80, 6, 1, "MONOCHROME2", 33.3, Pixels::Native(&clip.data)).unwrap();
+        us_multiframe(
+            &p,
+            64,
+            80,
+            6,
+            1,
+            "MONOCHROME2",
+            33.3,
+            Pixels::Native(&clip.data),
+        )
+        .unwrap();
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         let res = open(&p).and_then(|mut r| r.read_all(ColorMode::Gray));

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use openh264::OpenH264API;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile, QpRange, RateControlMode,
-    SpsPpsStrategy, UsageType, VuiConfig,
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile, QpRange,
+    RateControlMode, SpsPpsStrategy, UsageType, VuiConfig,
 };
 use openh264::formats::YUVBuffer;
 
@@ -33,7 +33,11 @@ pub struct EncoderSettings {
 
 impl Default for EncoderSettings {
     fn default() -> Self {
-        Self { fps: 30.0, qp: 22, keyframe_interval: 32 }
+        Self {
+            fps: 30.0,
+            qp: 22,
+            keyframe_interval: 32,
+        }
     }
 }
 
@@ -54,20 +58,42 @@ pub struct Mp4Writer {
 
 impl std::fmt::Debug for Mp4Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mp4Writer").field("path", &self.path).field("frames", &self.frames).finish_non_exhaustive()
+        f.debug_struct("Mp4Writer")
+            .field("path", &self.path)
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
     }
 }
 
 impl Mp4Writer {
     /// Prepares to write a `width × height` video to `path` (both even, at least 16).
-    pub fn create(path: impl AsRef<Path>, width: usize, height: usize, settings: EncoderSettings) -> Result<Self, VideoError> {
+    pub fn create(
+        path: impl AsRef<Path>,
+        width: usize,
+        height: usize,
+        settings: EncoderSettings,
+    ) -> Result<Self, VideoError> {
         let path = path.as_ref().to_path_buf();
-        let bad = |reason: String| VideoError::Encode { path: path.clone(), reason };
-        if width % 2 != 0 || height % 2 != 0 || width < 16 || height < 16 || width > 4096 || height > 4096 {
-            return Err(bad(format!("frame size {width}x{height}: H.264 4:2:0 needs even sides in 16..=4096")));
+        let bad = |reason: String| VideoError::Encode {
+            path: path.clone(),
+            reason,
+        };
+        if width % 2 != 0
+            || height % 2 != 0
+            || width < 16
+            || height < 16
+            || width > 4096
+            || height > 4096
+        {
+            return Err(bad(format!(
+                "frame size {width}x{height}: H.264 4:2:0 needs even sides in 16..=4096"
+            )));
         }
         if !(settings.fps.is_finite() && settings.fps > 0.0 && settings.fps <= 1000.0) {
-            return Err(bad(format!("fps {} (expected 0 < fps <= 1000)", settings.fps)));
+            return Err(bad(format!(
+                "fps {} (expected 0 < fps <= 1000)",
+                settings.fps
+            )));
         }
         if settings.qp > 51 {
             return Err(bad(format!("qp {} (expected 0..=51)", settings.qp)));
@@ -85,14 +111,19 @@ impl Mp4Writer {
             .adaptive_quantization(false)
             .complexity(Complexity::Medium)
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
-            .intra_frame_period(IntraFramePeriod::from_num_frames(settings.keyframe_interval))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(
+                settings.keyframe_interval,
+            ))
             .num_threads(1)
             .vui(VuiConfig::bt601());
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| bad(format!("cannot create the H.264 encoder: {e}")))?;
         // exact timing for integer and common NTSC rates: timescale = fps * 1000
         let timescale = (settings.fps * 1000.0).round().clamp(1.0, u32::MAX as f64) as u32;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.partial"));
         Ok(Self {
             tmp,
@@ -113,7 +144,12 @@ impl Mp4Writer {
     pub fn push_gray(&mut self, frame: &[u8]) -> Result<(), VideoError> {
         let n = self.width * self.height;
         if frame.len() != n {
-            return Err(VideoError::InvalidClip(format!("gray frame of {} bytes for {}x{}", frame.len(), self.width, self.height)));
+            return Err(VideoError::InvalidClip(format!(
+                "gray frame of {} bytes for {}x{}",
+                frame.len(),
+                self.width,
+                self.height
+            )));
         }
         for (dst, &g) in self.yuv[..n].iter_mut().zip(frame) {
             *dst = ((g as u32 * 219 + 127) / 255 + 16) as u8;
@@ -126,7 +162,10 @@ impl Mp4Writer {
     pub fn push_rgb(&mut self, frame: &[u8]) -> Result<(), VideoError> {
         let (w, h) = (self.width, self.height);
         if frame.len() != w * h * 3 {
-            return Err(VideoError::InvalidClip(format!("RGB frame of {} bytes for {w}x{h}", frame.len())));
+            return Err(VideoError::InvalidClip(format!(
+                "RGB frame of {} bytes for {w}x{h}",
+                frame.len()
+            )));
         }
         let (ys, uvs) = self.yuv.split_at_mut(w * h);
         let (us, vs) = uvs.split_at_mut(w * h / 4);
@@ -134,7 +173,8 @@ impl Mp4Writer {
             for x in 0..w {
                 let p = &frame[(y * w + x) * 3..];
                 let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
-                ys[y * w + x] = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
+                ys[y * w + x] =
+                    (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
             }
         }
         for y in 0..h / 2 {
@@ -147,15 +187,22 @@ impl Mp4Writer {
                     }
                 }
                 let [r, g, b] = acc;
-                us[y * (w / 2) + x] = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
-                vs[y * (w / 2) + x] = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
+                us[y * (w / 2) + x] = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
+                vs[y * (w / 2) + x] = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
             }
         }
         self.encode_current()
     }
 
     fn err(&self, reason: String) -> VideoError {
-        VideoError::Encode { path: self.path.clone(), reason }
+        VideoError::Encode {
+            path: self.path.clone(),
+            reason,
+        }
     }
 
     fn encode_current(&mut self) -> Result<(), VideoError> {
@@ -163,11 +210,17 @@ impl Mp4Writer {
         let bits = self
             .encoder
             .encode(&src)
-            .map_err(|e| VideoError::Encode { path: self.path.clone(), reason: format!("frame {}: {e}", self.frames) })?
+            .map_err(|e| VideoError::Encode {
+                path: self.path.clone(),
+                reason: format!("frame {}: {e}", self.frames),
+            })?
             .to_vec();
         let nals = h264::split_annexb(&bits);
         if nals.is_empty() {
-            return Err(self.err(format!("frame {}: the encoder produced no data", self.frames)));
+            return Err(self.err(format!(
+                "frame {}: the encoder produced no data",
+                self.frames
+            )));
         }
         let mut sample = Vec::with_capacity(bits.len() + 16);
         let mut sync = false;
@@ -199,7 +252,8 @@ impl Mp4Writer {
                     .map_err(|e| self.err(format!("{e:?}")))?,
                 timescale: self.timescale,
             };
-            let mut mux = mp4::Mp4Writer::write_start(BufWriter::new(file), &config).map_err(|e| self.err(e.to_string()))?;
+            let mut mux = mp4::Mp4Writer::write_start(BufWriter::new(file), &config)
+                .map_err(|e| self.err(e.to_string()))?;
             mux.add_track(&mp4::TrackConfig {
                 track_type: mp4::TrackType::Video,
                 timescale: self.timescale,
@@ -221,9 +275,18 @@ impl Mp4Writer {
         if let Some(mux) = self.mux.as_mut() {
             mux.write_sample(
                 1,
-                &mp4::Mp4Sample { start_time: start, duration, rendering_offset: 0, is_sync: sync, bytes: sample.into() },
+                &mp4::Mp4Sample {
+                    start_time: start,
+                    duration,
+                    rendering_offset: 0,
+                    is_sync: sync,
+                    bytes: sample.into(),
+                },
             )
-            .map_err(|e| VideoError::Encode { path, reason: format!("frame {frame_index}: {e}") })?;
+            .map_err(|e| VideoError::Encode {
+                path,
+                reason: format!("frame {frame_index}: {e}"),
+            })?;
         }
         self.frames += 1;
         Ok(())
@@ -263,12 +326,20 @@ impl Drop for Mp4Writer {
 }
 
 /// Encodes a whole clip (1 or 3 channels) into an H.264 `.mp4` file.
-pub fn write_mp4(path: impl AsRef<Path>, clip: &Clip, settings: EncoderSettings) -> Result<PathBuf, VideoError> {
+pub fn write_mp4(
+    path: impl AsRef<Path>,
+    clip: &Clip,
+    settings: EncoderSettings,
+) -> Result<PathBuf, VideoError> {
     clip.validate()?;
     let mut w = Mp4Writer::create(path, clip.width, clip.height, settings)?;
     for i in 0..clip.frames {
         let f = clip.frame(i).unwrap_or(&[]);
-        if clip.channels == 1 { w.push_gray(f)? } else { w.push_rgb(f)? }
+        if clip.channels == 1 {
+            w.push_gray(f)?
+        } else {
+            w.push_rgb(f)?
+        }
     }
     w.finish()
 }

@@ -1,6 +1,8 @@
 //! Pieces shared by the subcommands: choosing the port (flag or board profile), reading the
 //! per-cart key, waiting for the link with a deadline, and printing frames.
 
+#[cfg(feature = "flash")]
+pub mod flash;
 pub mod monitor;
 pub mod ping;
 pub mod simulate;

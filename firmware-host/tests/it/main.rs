@@ -4,6 +4,8 @@
 mod cli;
 #[cfg(feature = "defmt-elf")]
 mod defmt;
+#[cfg(feature = "flash")]
+mod flash;
 mod link;
 mod slots;
 mod support;

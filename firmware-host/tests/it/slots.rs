@@ -81,7 +81,7 @@ fn id_of(b: &Path) -> String {
 }
 
 /// Every path under `dir` with its content (links as their target), for "nothing changed" checks.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
+pub fn tree(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if !dir.exists() {
         return out;
@@ -108,7 +108,7 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn ok_check() -> HealthCheck {
+pub fn ok_check() -> HealthCheck {
     HealthCheck {
         command: "test -f \"$ECHOJEPA_BUNDLE/model.gguf\"".into(),
         timeout: Duration::from_secs(20),
@@ -327,27 +327,43 @@ fn recover_switches_away_from_a_torn_slot() {
 #[test]
 fn power_loss_at_every_step_boots_old_or_new_never_neither() {
     let tmp = tempfile::tempdir().unwrap();
-    let (v1, v2, v3) = (
+    let v = [
         bundle(tmp.path(), "v1"),
         bundle(tmp.path(), "v2"),
         bundle(tmp.path(), "v3"),
+    ];
+    let (total, outcomes) = power_loss_at_every_step(&HashListVerifier, &v, tmp.path());
+    eprintln!("install has {total} write steps; after power loss the cart booted {outcomes:?}");
+}
+
+/// Installs `v[2]` on a cart holding `v[0]` (previous) and `v[1]` (current), losing power at
+/// step 1, 2, ... until an install completes; after each loss the boot check (itself losing power
+/// at each of its steps) must leave `current` on the old or the new bundle, and the cart must take
+/// a new flash. Returns the number of steps and how often each bundle was booted.
+pub fn power_loss_at_every_step(
+    verifier: &dyn BundleVerifier,
+    v: &[PathBuf; 3],
+    scratch: &Path,
+) -> (usize, BTreeMap<&'static str, usize>) {
+    let (old, new) = (
+        verifier.verify(&v[1]).unwrap().id,
+        verifier.verify(&v[2]).unwrap().id,
     );
-    let (old, new) = (id_of(&v2), id_of(&v3));
     // A cart with v1 (previous) and v2 (current), copied for every run. Power loss is simulated
-    // by the failpoints, so file fsyncs (tested elsewhere) are skipped here to keep it fast.
-    let base = Slots::new(tmp.path().join("base")).durable(false);
-    for b in [&v1, &v2] {
-        base.install(b, &HashListVerifier, None, &mut Failpoints::none())
+    // by the failpoints, so fsyncs (tested elsewhere) are skipped here to keep it fast.
+    let base = Slots::new(scratch.join("base")).durable(false);
+    for b in &v[..2] {
+        base.install(b, verifier, None, &mut Failpoints::none())
             .unwrap();
     }
     let mut outcomes = BTreeMap::new();
     let mut total_steps = None;
     for n in 1.. {
-        let root = tmp.path().join(format!("cart{n}"));
+        let root = scratch.join(format!("cart{n}"));
         copy_tree(base.dir(), &root);
         let slots = Slots::new(&root).durable(false);
         let mut fp = Failpoints::fail_at(n);
-        match slots.install(&v3, &HashListVerifier, Some(&ok_check()), &mut fp) {
+        match slots.install(&v[2], verifier, Some(&ok_check()), &mut fp) {
             Ok(_) => {
                 total_steps = Some(n - 1);
                 break;
@@ -357,14 +373,14 @@ fn power_loss_at_every_step_boots_old_or_new_never_neither() {
         }
         // Power comes back; the boot check may itself lose power at any of its steps.
         for m in 1.. {
-            match slots.recover(&HashListVerifier, &mut Failpoints::fail_at(m)) {
+            match slots.recover(verifier, &mut Failpoints::fail_at(m)) {
                 Ok(_) => break,
                 Err(SlotError::Interrupted { .. }) => {
                     // Whatever it did so far, a full recovery from here must still work.
-                    let again = Slots::new(tmp.path().join(format!("cart{n}-{m}"))).durable(false);
+                    let again = Slots::new(scratch.join(format!("cart{n}-{m}"))).durable(false);
                     copy_tree(&root, again.dir());
                     let r = again
-                        .recover(&HashListVerifier, &mut Failpoints::none())
+                        .recover(verifier, &mut Failpoints::none())
                         .unwrap_or_else(|e| panic!("install step {n}, recover step {m}: {e}"));
                     assert!(r.bundle.id == old || r.bundle.id == new);
                 }
@@ -372,7 +388,7 @@ fn power_loss_at_every_step_boots_old_or_new_never_neither() {
             }
         }
         let r = slots
-            .recover(&HashListVerifier, &mut Failpoints::none())
+            .recover(verifier, &mut Failpoints::none())
             .unwrap_or_else(|e| panic!("install interrupted at step {n}: {e}"));
         let which = if r.bundle.id == old {
             "old"
@@ -382,12 +398,12 @@ fn power_loss_at_every_step_boots_old_or_new_never_neither() {
             panic!("step {n}: boots {} which is neither", r.bundle.label)
         };
         // What `current` resolves to is exactly what recover reported.
-        let via_link = HashListVerifier.verify(&root.join("current")).unwrap();
+        let via_link = verifier.verify(&root.join("current")).unwrap();
         assert_eq!(via_link.id, r.bundle.id);
         *outcomes.entry(which).or_insert(0) += 1;
         // And the cart can be flashed again afterwards.
         let r = slots
-            .install(&v3, &HashListVerifier, None, &mut Failpoints::none())
+            .install(&v[2], verifier, None, &mut Failpoints::none())
             .unwrap_or_else(|e| panic!("reflash after step {n}: {e}"));
         assert_eq!(r.bundle.id, new);
     }
@@ -397,10 +413,10 @@ fn power_loss_at_every_step_boots_old_or_new_never_neither() {
         "only {total} steps: the failpoints do not cover the install"
     );
     assert!(outcomes.get("old").copied().unwrap_or(0) > 0);
-    eprintln!("install has {total} write steps; after power loss the cart booted {outcomes:?}");
+    (total, outcomes)
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -1,0 +1,198 @@
+//! The runtime's one inference engine: the int8 encoder and probes of a verified bundle
+//! (`echojepa::quantized`), fed with clips normalised as the bundle's input spec says.
+
+use std::time::{Duration, Instant};
+
+use boards::{ComputeDevice, ComputeSettings};
+use candle_core::{Device, Tensor};
+use echojepa::bundle::{Precision, VerifiedBundle};
+use echojepa::quantized::{EdgeModel, HeadOutput};
+
+use crate::clip::Clip;
+use crate::engine::{EngineError, EngineOutput, InferenceEngine, ModelInfo};
+use crate::model::HeadPlan;
+
+/// Why a bundle's model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the model of bundle {dir}: {reason}")]
+pub struct LoadError {
+    pub dir: String,
+    pub reason: String,
+}
+
+/// Normalises a grey clip into the encoder's `[1, C, T, H, W]` input: `v / 255`, replicated to
+/// `C` channels, then `(x - mean[c]) / std[c]`.
+pub fn normalise_clip(clip: &Clip, channels: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let t = clip.frames.len();
+    let hw = clip.frames.first().map(|f| f.data.len()).unwrap_or(0);
+    let mut out = vec![0f32; channels * t * hw];
+    for c in 0..channels {
+        let (m, s) = (mean[c.min(2)], std[c.min(2)]);
+        let (scale, offset) = (1.0 / (255.0 * s), -m / s);
+        for (ti, frame) in clip.frames.iter().enumerate() {
+            let dst = &mut out[(c * t + ti) * hw..(c * t + ti + 1) * hw];
+            for (d, &v) in dst.iter_mut().zip(&frame.data) {
+                *d = v as f32 * scale + offset;
+            }
+        }
+    }
+    out
+}
+
+/// A bundle's model, ready to run clips.
+pub struct BundleEngine {
+    info: ModelInfo,
+    model: EdgeModel,
+    plan: HeadPlan,
+    channels: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+impl BundleEngine {
+    /// Loads the model of a verified bundle for the board's compute settings.
+    ///
+    /// The int8 encoder runs on the CPU kernels of `echojepa-kernels` with the per-layer
+    /// precision the bundle chose; a profile asking for CUDA or another precision is told so in
+    /// `runs_on` and the log, not silently obeyed.
+    pub fn load(
+        bundle: &VerifiedBundle,
+        mut info: ModelInfo,
+        plan: HeadPlan,
+        compute: &ComputeSettings,
+    ) -> Result<Self, LoadError> {
+        let dir = bundle.dir().display().to_string();
+        let m = bundle.manifest();
+        let input = &m.input;
+        if input.channels == 0 || input.channels > 3 {
+            return Err(LoadError {
+                dir,
+                reason: format!("input.channels = {} (1 to 3 supported)", input.channels),
+            });
+        }
+        let model = EdgeModel::load(bundle).map_err(|e| LoadError {
+            dir: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let int8 = model
+            .encoder()
+            .linears()
+            .iter()
+            .filter(|l| l.precision() == Precision::Q8_0)
+            .count();
+        let total = model.encoder().linears().len();
+        let mut notes = Vec::new();
+        if compute.device == ComputeDevice::Cuda {
+            notes.push("CUDA asked for by the board; this build runs on the CPU");
+        }
+        if compute.precision != boards::Precision::Int8 {
+            notes.push("the bundle's per-layer precision is used, not the board's");
+        }
+        for n in &notes {
+            tracing::warn!("{n}");
+        }
+        info.runs_on = format!(
+            "cpu, {int8}/{total} encoder layers int8, {} kernel threads{}",
+            echojepa_kernels::pool::num_threads(),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            }
+        );
+        Ok(Self {
+            info,
+            model,
+            plan,
+            channels: input.channels,
+            mean: input.mean,
+            std: input.std,
+        })
+    }
+}
+
+impl InferenceEngine for BundleEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn infer(&mut self, clip: &Clip) -> Result<EngineOutput, EngineError> {
+        let fail = |reason: String| EngineError {
+            clip: clip.id,
+            reason,
+        };
+        let t0 = Instant::now();
+        let (t, r) = (clip.frames.len(), clip.spec.resolution);
+        let x = normalise_clip(clip, self.channels, self.mean, self.std);
+        let video = Tensor::from_vec(x, (1, self.channels, t, r, r), &Device::Cpu)
+            .map_err(|e| fail(e.to_string()))?;
+        let t1 = Instant::now();
+        let tokens = self.model.encode(&video).map_err(|e| fail(e.to_string()))?;
+        let t2 = Instant::now();
+        let mut outs = self
+            .model
+            .run_heads(&tokens)
+            .map_err(|e| fail(e.to_string()))?;
+        let t3 = Instant::now();
+        let heads = outs.pop().ok_or_else(|| fail("no output".into()))?;
+        let view_probs = match heads.get(self.plan.view_head) {
+            Some(HeadOutput::Class { probabilities, .. }) => probabilities.clone(),
+            _ => return Err(fail("the view head gave no class probabilities".into())),
+        };
+        let ef = match self.plan.ef_head {
+            Some((h, target)) => match heads.get(h) {
+                Some(HeadOutput::Targets { values, .. }) => {
+                    values.get(target).map(|v| v.value as f32)
+                }
+                _ => return Err(fail("the EF head gave no values".into())),
+            },
+            None => None,
+        };
+        let stages: Vec<(&'static str, Duration)> = vec![
+            ("normalise", t1 - t0),
+            ("encoder", t2 - t1),
+            ("probes", t3 - t2),
+        ];
+        Ok(EngineOutput {
+            view_probs,
+            ef,
+            stages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::ClipSpec;
+    use crate::frame::GrayImage;
+    use std::sync::Arc;
+
+    #[test]
+    fn normalisation_replicates_grey_and_applies_mean_std() {
+        let frame = |v: u8| Arc::new(GrayImage::from_vec(2, 1, vec![v, 255]).unwrap());
+        let clip = Clip {
+            id: 0,
+            spec: ClipSpec {
+                frames: 2,
+                interval: Duration::from_millis(40),
+                resolution: 2,
+            },
+            frames: vec![frame(0), frame(51)],
+            seqs: vec![0, 1],
+            first_ts: Duration::ZERO,
+            last_ts: Duration::ZERO,
+            arrived: Duration::ZERO,
+            built_at: Duration::ZERO,
+            truth: None,
+        };
+        let x = normalise_clip(&clip, 3, [0.5, 0.0, 0.2], [0.5, 1.0, 0.1]);
+        // Layout [C, T, H*W]: 3 channels x 2 frames x 2 pixels.
+        assert_eq!(x.len(), 12);
+        assert!((x[0] - -1.0).abs() < 1e-6); // c0 t0 p0: (0 - .5)/.5
+        assert!((x[1] - 1.0).abs() < 1e-6); // c0 t0 p1: (1 - .5)/.5
+        assert!((x[2] - (0.2 - 0.5) / 0.5).abs() < 1e-6); // c0 t1 p0
+        assert!((x[4] - 0.0).abs() < 1e-6); // c1 t0 p0
+        assert!((x[10] - (0.2 - 0.2) / 0.1).abs() < 1e-5); // c2 t1 p0
+    }
+}

@@ -1,0 +1,217 @@
+//! `edge-runtime bench`: runs a bundle on a source and reports sustained frames/s, per-stage
+//! latency p50/p99, frames and clips dropped, peak memory and, on the phantom, accuracy against
+//! its ground truth. The numbers go to BENCHMARKS.md with the command, machine and date.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use edge_runtime::clock::SystemClock;
+use edge_runtime::events::{Event, Summary};
+use edge_runtime::pipeline::{Pipeline, Sink};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::BenchArgs;
+use super::common::{build_source, load_board, load_model, pipeline_options, stop_on_signal};
+
+/// Shows progress on stderr while the bench runs.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Sink for Progress {
+    fn emit(&mut self, event: &Event) -> std::io::Result<()> {
+        match event {
+            Event::Prediction(p) => {
+                self.bar.set_position(p.counters.captured);
+                self.bar.set_message(format!(
+                    "{} clips run, {} dropped, last {} {:.0}%",
+                    p.counters.clips_inferred,
+                    p.counters.clips_dropped,
+                    p.view.label,
+                    p.view.confidence * 100.0
+                ));
+            }
+            Event::Status(s) => self.bar.println(format!("{}: {}", s.code, s.message)),
+            Event::Summary(_) => self.bar.finish_and_clear(),
+            Event::Started(_) => {}
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "progress"
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of now.
+fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// CPU model and logical core count.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!("{model}, {cores} logical cores")
+}
+
+pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
+    let board = load_board(&args.model.board)?;
+    let model = load_model(&args.model, &board)?;
+    let clock = SystemClock::shared();
+    let stop = stop_on_signal();
+    let fps = args.source.fps.unwrap_or(board.capture.fps);
+    let frames = (args.seconds * fps).ceil().max(1.0) as u64;
+    let pipeline = Pipeline::new(
+        model.info.clone(),
+        pipeline_options(&board, Some(frames)),
+        clock.clone(),
+    );
+    let source = build_source(
+        &args.source,
+        &board,
+        clock,
+        stop.clone(),
+        pipeline.reporter(),
+    )?;
+    let source_name = source.describe();
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(frames)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} frames {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = pipeline.run(source, model.engine, vec![Box::new(Progress { bar })], stop);
+    let date = today();
+    let machine = machine();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "date": date,
+                "machine": machine,
+                "board": board.name,
+                "bundle": model.dir,
+                "model": {"id": model.info.model_id, "version": model.info.model_version},
+                "runs_on": model.info.runs_on,
+                "source": source_name,
+                "summary": summary,
+            }))?
+        )?;
+    } else {
+        report(
+            out,
+            &date,
+            &machine,
+            &board.name,
+            &model.info,
+            &source_name,
+            &summary,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    out: &mut impl Write,
+    date: &str,
+    machine: &str,
+    board: &str,
+    info: &edge_runtime::engine::ModelInfo,
+    source: &str,
+    s: &Summary,
+) -> std::io::Result<()> {
+    let c = &s.counters;
+    writeln!(out, "edge-runtime bench, {date}, {machine}")?;
+    writeln!(
+        out,
+        "board {board}; model {} {} on {}",
+        info.model_id, info.model_version, info.runs_on
+    )?;
+    writeln!(out, "source {source}")?;
+    writeln!(
+        out,
+        "clip: {} frames every {:.1} ms at {} px",
+        info.clip.frames,
+        info.clip.interval.as_secs_f64() * 1e3,
+        info.clip.resolution
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "frames: {} captured in {:.1} s = {:.1} frames/s sustained; {} processed; lost inside the runtime: {} (overruns); corrupt: {}",
+        c.captured, s.wall_s, s.capture_fps, c.processed, c.frame_overruns, c.corrupt
+    )?;
+    writeln!(
+        out,
+        "clips: {} built, {} run, {} dropped by the inference queue (drop-oldest), {} errors",
+        c.clips_built, c.clips_inferred, c.clips_dropped, c.engine_errors
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<24} {:>8} {:>9} {:>9} {:>9}",
+        "latency (ms)", "n", "p50", "p99", "max"
+    )?;
+    for (stage, p) in &s.latency_ms {
+        writeln!(
+            out,
+            "{:<24} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+            stage, p.n, p.p50, p.p99, p.max
+        )?;
+    }
+    writeln!(out)?;
+    if let Some(mb) = s.peak_rss_mb {
+        writeln!(out, "peak memory (RSS): {mb:.0} MiB")?;
+    }
+    let a = &s.accuracy;
+    if let Some(acc) = a.view_accuracy {
+        writeln!(
+            out,
+            "against the phantom's ground truth: view accuracy {:.1}% ({}/{} clips); EF MAE shown {} ({} predictions); EF MAE per clip on EF views {} ({} clips)",
+            acc * 100.0,
+            a.view_correct,
+            a.clips,
+            a.ef_mae
+                .map(|m| format!("{m:.2} points"))
+                .unwrap_or_else(|| "n/a".into()),
+            a.ef_shown,
+            a.ef_clip_mae
+                .map(|m| format!("{m:.2} points"))
+                .unwrap_or_else(|| "n/a".into()),
+            a.ef_clips
+        )?;
+    }
+    writeln!(out, "{}", "Not for diagnostic use.")?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Command-line interface: arguments, logging, and dispatch to the subcommands.
+
+mod bench;
+mod boards_cmd;
+mod check;
+mod common;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Live ultrasound video to a real-time view label and ejection fraction (EF), on a cart computer.
+///
+/// With no arguments it runs the default board profile (generic-cpu): the synthetic echo phantom
+/// through the bundled demo model, printing one line per prediction. The demo model is trained
+/// on synthetic data; nothing this program shows is for diagnostic use.
+///
+/// Examples:
+///   edge-runtime                                   phantom + demo model, readable lines
+///   edge-runtime --serve                           ...and the live view on http://127.0.0.1:8080/
+///   edge-runtime --json > run.jsonl                JSON lines (schema: edge-runtime/SCHEMA.md)
+///   edge-runtime --board jetson-orin-nano          a cart: V4L2 grabber, its bundle slot, its MCU
+///   edge-runtime --source stdin --stdin-format 640x480:GREY < frames.raw
+///   edge-runtime bench --seconds 30                frames/s, latency p50/p99, drops, memory
+///   edge-runtime check --board jetson-orin-nano    verify and load the cart's bundle (exit 0 = ok)
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-runtime",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the live pipeline (what happens with no subcommand).
+    Run(RunArgs),
+    /// Measure a bundle on a source: sustained frames/s, per-stage latency p50/p99, dropped
+    /// frames and clips, peak memory, and (on the phantom) accuracy against ground truth.
+    Bench(BenchArgs),
+    /// Health check of a board's bundle: verify signature and hashes, load the model, run one
+    /// clip. Exit status 0 means healthy (used by `firmware-host flash` and the systemd unit).
+    Check(CheckArgs),
+    /// List the built-in board profiles, or validate and print one (a name or a .toml file).
+    Boards(BoardsArgs),
+}
+
+/// Which board and which model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Board profile: a built-in name (generic-cpu, jetson-orin-nano, jetson-orin-nx,
+    /// jetson-agx-orin, x86-cuda-workstation) or the path of a .toml profile.
+    #[arg(long, default_value = boards::DEFAULT_BOARD, env = "ECHOJEPA_BOARD")]
+    pub board: String,
+    /// Model bundle directory. Default: the board's current slot (<bundles.slots_dir>/current);
+    /// on generic-cpu, the bundled demo model.
+    #[arg(long, env = "ECHOJEPA_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+    /// Frame rate of the training videos, used when a bundle gives a frame step but no fps.
+    #[arg(long, default_value_t = edge_runtime::model::DEFAULT_REFERENCE_FPS)]
+    pub reference_fps: f64,
+    /// CPU threads for the model (default: the board profile's compute.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Where frames come from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Frame source: phantom | v4l2[:DEVICE] | file:PATH | stdin (default: the board profile's
+    /// capture.source).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Raw frame format on stdin: WIDTHxHEIGHT:FORMAT with FORMAT one of GREY, YUYV, RGB3.
+    #[arg(long, value_name = "WxH:FMT")]
+    pub stdin_format: Option<String>,
+    /// Give stdin frames timestamps at this rate instead of their arrival time.
+    #[arg(long)]
+    pub stdin_fps: Option<f64>,
+    /// Files and the phantom: as fast as possible instead of in real time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Files: start again at the end.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Phantom views in order, repeating (a4c, a2c, a3c, plax, psax, subcostal).
+    #[arg(long, default_value = "a4c,plax,a2c,psax")]
+    pub phantom_views: String,
+    /// Seconds each phantom view (a new synthetic patient) is shown.
+    #[arg(long, default_value_t = 8.0)]
+    pub phantom_seconds: f64,
+    /// Seed of the first synthetic patient.
+    #[arg(long, default_value_t = 1)]
+    pub phantom_seed: u64,
+    /// Capture or phantom frame rate (default: the profile's capture.fps).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Capture or phantom frame size WIDTHxHEIGHT (default: the profile's).
+    #[arg(long, value_name = "WxH")]
+    pub size: Option<String>,
+}
+
+/// `edge-runtime [run]`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Serve the web live view on ADDR (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    pub serve: Option<String>,
+    /// Video frames per second sent to the live view.
+    #[arg(long, default_value_t = 10.0)]
+    pub view_fps: f64,
+    /// Serial port of the cart MCU (default: the profile's serial.port).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Baud rate with --serial (default: the profile's, else 115200).
+    #[arg(long)]
+    pub serial_baud: Option<u32>,
+    /// Do not open the cart MCU link even if the profile names a port.
+    #[arg(long)]
+    pub no_serial: bool,
+    /// JSON lines on stdout (schema: edge-runtime/SCHEMA.md). The default when stdout is not a
+    /// terminal; readable lines otherwise.
+    #[arg(long)]
+    pub json: bool,
+    /// Nothing on stdout (with --serve or a serial link).
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Stop after this many seconds of video.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Stop after this many captured frames.
+    #[arg(long)]
+    pub max_frames: Option<u64>,
+}
+
+/// `edge-runtime bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Seconds of video to run (after the model is loaded).
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// The report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `edge-runtime check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `edge-runtime boards`.
+#[derive(Debug, Clone, Args)]
+pub struct BoardsArgs {
+    /// A built-in name or a .toml file to validate and print; none lists the built-ins.
+    pub board: Option<String>,
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match cli.command {
+        None => run::run(cli.run),
+        Some(Command::Run(args)) => run::run(args),
+        Some(Command::Bench(args)) => bench::run(args, &mut stdout),
+        Some(Command::Check(args)) => check::run(args, &mut stdout),
+        Some(Command::Boards(args)) => boards_cmd::run(args, &mut stdout),
+    }
+}

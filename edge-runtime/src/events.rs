@@ -1,0 +1,178 @@
+//! What the runtime tells the world: one [`Event`] enum, serialised as one JSON object per line on
+//! stdout (schema in `SCHEMA.md`), streamed to the web view and mapped onto the serial protocol.
+//! Every event names the model (id and version) it comes from.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::clinical::{EfEstimate, EfStatus};
+use crate::frame::GroundTruth;
+use crate::stats::{CounterSnapshot, Percentiles};
+
+/// Version of the JSON lines schema (`SCHEMA.md`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The text every output carries.
+pub const NOT_FOR_DIAGNOSTIC_USE: &str = "Not for diagnostic use.";
+/// Added when the bundle says it was trained on synthetic data.
+pub const TRAINED_ON_SYNTHETIC: &str = "Trained on synthetic data.";
+
+/// Model identity carried by every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelRef {
+    pub id: String,
+    pub version: String,
+}
+
+/// One output record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started(Started),
+    Prediction(Box<Prediction>),
+    Status(Status),
+    Summary(Box<Summary>),
+}
+
+impl Event {
+    pub fn model(&self) -> &ModelRef {
+        match self {
+            Event::Started(e) => &e.model,
+            Event::Prediction(e) => &e.model,
+            Event::Status(e) => &e.model,
+            Event::Summary(e) => &e.model,
+        }
+    }
+}
+
+/// First record of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Started {
+    pub schema: u32,
+    pub model: ModelRef,
+    pub board: String,
+    pub source: String,
+    pub runs_on: String,
+    pub view_classes: Vec<String>,
+    /// Views EF is shown for (empty: the model has no EF head).
+    pub ef_views: Vec<String>,
+    pub clip_frames: usize,
+    pub clip_interval_ms: f64,
+    pub resolution: usize,
+    pub clip_every: usize,
+    pub synthetic_training_data: bool,
+    pub notice: String,
+}
+
+/// The view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewOut {
+    pub label: String,
+    pub confidence: f32,
+    pub probs: BTreeMap<String, f32>,
+}
+
+/// EF with its status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EfOut {
+    pub status: EfStatus,
+    /// Smoothed EF (null unless status is `ok`).
+    pub value: Option<f32>,
+    /// Standard deviation of the per-clip estimates in the window.
+    pub spread: Option<f32>,
+    /// Clips in the window.
+    pub clips: Option<usize>,
+    pub window_s: Option<f32>,
+    pub unit: String,
+    /// This clip's own estimate (null when the model has no EF head), for logging and tuning.
+    pub clip_estimate: Option<f32>,
+}
+
+impl EfOut {
+    pub fn new(status: EfStatus, est: Option<EfEstimate>, unit: &str, clip: Option<f32>) -> Self {
+        Self {
+            status,
+            value: est.map(|e| e.value),
+            spread: est.map(|e| e.spread),
+            clips: est.map(|e| e.clips),
+            window_s: est.map(|e| e.window_s),
+            unit: unit.to_string(),
+            clip_estimate: clip,
+        }
+    }
+}
+
+/// One clip's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub model: ModelRef,
+    /// Clip number (counts dropped clips too).
+    pub clip: u64,
+    /// Source time of the newest frame of the clip, seconds.
+    pub time_s: f64,
+    /// Source sequence numbers of the first and newest frame.
+    pub frames: [u64; 2],
+    pub view: ViewOut,
+    pub ef: EfOut,
+    /// Milliseconds from the newest frame's arrival to this prediction, and per stage.
+    pub latency_ms: BTreeMap<String, f32>,
+    pub counters: CounterSnapshot,
+    pub synthetic_training_data: bool,
+    pub notice: String,
+    /// Ground truth of synthetic sources (the phantom), for scoring; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truth: Option<GroundTruth>,
+}
+
+/// Severity of a status record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Something happened that is not a prediction.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub model: ModelRef,
+    pub level: Level,
+    /// Machine-readable code (see SCHEMA.md).
+    pub code: String,
+    pub message: String,
+    pub counters: CounterSnapshot,
+}
+
+/// Scores against a synthetic source's ground truth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Accuracy {
+    /// Clips with ground truth.
+    pub clips: u64,
+    pub view_correct: u64,
+    pub view_accuracy: Option<f64>,
+    /// Predictions with EF shown (status ok) and ground truth.
+    pub ef_shown: u64,
+    /// Mean absolute error of the shown (smoothed) EF, points.
+    pub ef_mae: Option<f64>,
+    /// Clips of an EF view with ground truth (every clip's own estimate, shown or not).
+    pub ef_clips: u64,
+    /// Mean absolute error of the per-clip estimates on EF views, points.
+    pub ef_clip_mae: Option<f64>,
+}
+
+/// Last record of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub model: ModelRef,
+    /// Why the run ended.
+    pub reason: String,
+    pub wall_s: f64,
+    /// Frames captured per wall-clock second.
+    pub capture_fps: f64,
+    pub counters: CounterSnapshot,
+    pub latency_ms: BTreeMap<String, Percentiles>,
+    pub peak_rss_mb: Option<f64>,
+    pub accuracy: Accuracy,
+}

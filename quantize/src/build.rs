@@ -1,0 +1,469 @@
+//! `quantize build`: checkpoint (+ probes) → signed bundle. The output directory and the key are
+//! opened first, so a bad path or key fails before any work; then calibration clips are
+//! rendered, every encoder layer is measured int8 vs f32 (speed on this CPU and output error),
+//! the weights file is written with the chosen precisions, and the manifest is hashed, signed and
+//! verified. A failed build removes the directory it created.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::gguf_file::Value;
+use echojepa::bundle::{
+    BundleBuilder, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision, Manifest,
+    Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo, ToolInfo,
+};
+use echojepa::phantom::View;
+use echojepa::quantized::calibrate::{
+    self, CalibrationOptions, Clip, encoder_tensors, probe_prefix, probe_tensors,
+};
+use echojepa::quantized::gguf::write_gguf;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data;
+use crate::source::{self, SourceArgs};
+
+/// Name of the weights file inside a bundle.
+pub const WEIGHTS_FILE: &str = "model.gguf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sector {
+    /// The whole frame was resized.
+    Full,
+    /// Cropped to the sector's bounding box.
+    Crop,
+    /// Cropped, and pixels outside the sector zeroed.
+    CropMask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    F16,
+    F32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Native checkpoint stem (`run/model` for run/model.safetensors + run/model.json) or an
+    /// official `.pt` pretraining checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Architecture preset of a `.pt` checkpoint (vit_tiny … vit_giant_xformers).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Encoder to export: `target_encoder` (default when present) or `encoder`.
+    #[arg(long)]
+    pub encoder_key: Option<String>,
+    /// Add a probe from an official probe file: NAME=PATH[#INDEX] (INDEX into `classifiers`).
+    #[arg(long = "probe")]
+    pub probes: Vec<String>,
+    /// Attention heads of `.pt` probes (default: the encoder's).
+    #[arg(long)]
+    pub probe_heads: Option<usize>,
+    /// Class names of a classifier probe, in logit order: NAME=A4C,A2C,...
+    #[arg(long = "classes")]
+    pub classes: Vec<String>,
+    /// A regression target of a probe: NAME=TARGET:UNIT:MEAN:STD (label scaler of the training split).
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Views a head is valid for (e.g. ef=a4c,a2c); the runtime withholds it on other views.
+    #[arg(long = "valid-views")]
+    pub valid_views: Vec<String>,
+
+    /// Model id written to the manifest (default: the checkpoint's).
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Model version written to the manifest.
+    #[arg(long)]
+    pub model_version: String,
+    /// One line describing the model.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// The model (or a probe) was trained on synthetic data (also detected from checkpoint notes).
+    #[arg(long)]
+    pub synthetic: bool,
+    /// Text a runtime shows beside predictions (default: a not-for-diagnostic-use line).
+    #[arg(long)]
+    pub notice: Option<String>,
+
+    /// Frames per clip (default: the checkpoint's input spec).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Frame step (default: the checkpoint's).
+    #[arg(long)]
+    pub frame_step: Option<usize>,
+    /// Resample clips to this frame rate instead of a frame step.
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Square input resolution in pixels (default: the checkpoint's).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// How the ultrasound sector was handled in training.
+    #[arg(long, value_enum, default_value = "full")]
+    pub sector: Sector,
+
+    /// Secret signing key (from `quantize keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Output bundle directory (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Phantom clips used to measure each layer (speed and int8 error).
+    #[arg(long, default_value_t = 4)]
+    pub calibration_clips: usize,
+    /// Seed of the first calibration clip.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub calibration_seed: u64,
+    /// Frame rate of the phantom source video the frame step applies to.
+    #[arg(long, default_value_t = 50.0)]
+    pub source_fps: f64,
+    /// Largest relative output error of an int8 layer.
+    #[arg(long, default_value_t = 0.05)]
+    pub error_budget: f64,
+    /// int8 must take at most this fraction of the f32 time to be chosen.
+    #[arg(long, default_value_t = 0.95)]
+    pub max_time_ratio: f64,
+    /// Storage of layers that stay full precision.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub fallback: Fallback,
+    /// Timed repetitions per layer and precision.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn progress(len: u64, msg: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
+    // Fail before the work: key, then output directory.
+    let key = SecretKey::load(&a.key).context("signing key")?;
+    let existed = a.out.exists();
+    let builder = BundleBuilder::create(&a.out).context("output bundle")?;
+    let result = build(&a, builder, &key, out);
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir_all(&a.out);
+    }
+    result
+}
+
+fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write) -> Result<()> {
+    let quiet = a.json;
+    let spin = progress(1, "loading checkpoint", quiet);
+    let src = source::load(&SourceArgs {
+        checkpoint: a.checkpoint.clone(),
+        arch: a.arch.clone(),
+        encoder_key: a.encoder_key.clone(),
+        probes: a.probes.clone(),
+        probe_heads: a.probe_heads,
+        classes: a.classes.clone(),
+        targets: a.targets.clone(),
+    })?;
+    spin.finish_and_clear();
+    let input = input_spec(a, &src)?;
+    let cfg = src.encoder_cfg.clone();
+    if input.resolution[0] % cfg.patch_size != 0 || input.frames % cfg.tubelet_size != 0 {
+        bail!(
+            "input {} frames at {}x{} does not divide into tubelets of {} and patches of {}",
+            input.frames,
+            input.resolution[0],
+            input.resolution[1],
+            cfg.tubelet_size,
+            cfg.patch_size
+        );
+    }
+
+    // Calibration clips (synthetic phantom).
+    let n = a.calibration_clips.max(1);
+    let pb = progress(n as u64, "rendering phantom", quiet);
+    let samples = data::phantom_samples(
+        n,
+        a.calibration_seed,
+        &input,
+        a.source_fps,
+        &View::ALL,
+        || pb.inc(1),
+    )?;
+    pb.finish_and_clear();
+    let clips: Vec<Clip> = samples.into_iter().map(|s| (s.clip, s.thw)).collect();
+
+    let opts = CalibrationOptions {
+        error_budget: a.error_budget,
+        max_time_ratio: a.max_time_ratio,
+        fallback: match a.fallback {
+            Fallback::F16 => Precision::F16,
+            Fallback::F32 => Precision::F32,
+        },
+        reps: a.reps.max(1),
+        ..CalibrationOptions::default()
+    };
+    let origin = src.checkpoint.display().to_string();
+    let pb = progress(n as u64, "measuring layers", quiet);
+    let mut layers = calibrate::choose_encoder_precisions(
+        &cfg,
+        &src.encoder,
+        &origin,
+        &clips,
+        &opts,
+        &mut |d, _| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    let source_desc = format!(
+        "{} synthetic phantom clips (seeds {}..{}), {} frames {}x{}",
+        clips.len(),
+        a.calibration_seed,
+        a.calibration_seed + clips.len() as u64 - 1,
+        input.frames,
+        input.resolution[0],
+        input.resolution[1]
+    );
+    let spin = progress(1, "checking end to end", quiet);
+    let summary = calibrate::summarize(
+        &cfg,
+        &src.encoder,
+        &origin,
+        &layers,
+        &clips,
+        &source_desc,
+        opts.reps,
+    )?;
+    spin.finish_and_clear();
+
+    // Weights file.
+    let mut tensors = encoder_tensors(&cfg, &src.encoder, &layers)?;
+    let mut heads = Vec::new();
+    let valid: HashMap<String, Vec<String>> = a
+        .valid_views
+        .iter()
+        .map(|s| {
+            let (k, v) = s
+                .split_once('=')
+                .with_context(|| format!("--valid-views `{s}` must look like NAME=a4c,a2c"))?;
+            Ok((
+                k.to_string(),
+                v.split(',').map(|x| x.trim().to_string()).collect(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    for name in valid.keys() {
+        if !src.probes.iter().any(|p| &p.name == name) {
+            bail!("--valid-views names probe `{name}`, which the checkpoint does not have");
+        }
+    }
+    for p in &src.probes {
+        let prefix = probe_prefix(&p.name);
+        let (t, l) = probe_tensors(&p.tensors, &prefix, &opts)?;
+        tensors.extend(t);
+        layers.extend(l);
+        heads.push(HeadSpec {
+            name: p.name.clone(),
+            probe: p.cfg.clone(),
+            tensor_prefix: prefix,
+            classes: p.classes.clone(),
+            targets: p.targets.clone(),
+            valid_views: valid.get(&p.name).cloned().unwrap_or_default(),
+        });
+    }
+    let model_id = a
+        .model_id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| (!src.model_id.is_empty()).then(|| src.model_id.clone()))
+        .context("no model id: give --model-id (the checkpoint has none)")?;
+    let weights_path = builder.file_path(WEIGHTS_FILE)?;
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String("echojepa".into()),
+        ),
+        ("general.name".to_string(), Value::String(model_id.clone())),
+        (
+            "echojepa.encoder".to_string(),
+            Value::String(serde_json::to_string(&cfg)?),
+        ),
+    ];
+    let spin = progress(1, "writing weights", quiet);
+    write_gguf(&weights_path, &metadata, &tensors)?;
+    spin.finish_and_clear();
+
+    let synthetic = a.synthetic || src.notes_say_synthetic;
+    let notice = a.notice.clone().unwrap_or_else(|| {
+        if synthetic {
+            "Trained on synthetic (phantom) data. Not for diagnostic use.".into()
+        } else {
+            "Research model. Not for diagnostic use.".into()
+        }
+    });
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        model_id,
+        model_version: a.model_version.clone(),
+        description: a.description.clone(),
+        synthetic_training_data: synthetic,
+        notice,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        tool: ToolInfo {
+            name: "quantize".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        encoder: cfg.clone(),
+        input,
+        heads,
+        weights: WEIGHTS_FILE.into(),
+        source: SourceInfo {
+            checkpoint: file_name(&src.checkpoint),
+            checkpoint_sha256: src.checkpoint_sha256.clone(),
+            other_files: src.other_files.clone(),
+        },
+        quantization: QuantizationInfo {
+            container: "gguf".into(),
+            linear_weights: Precision::Q8_0,
+            other_tensors: Precision::F32,
+            measured_on: echojepa_kernels::cpu::describe(),
+            error_budget: Some(a.error_budget),
+            calibration: Some(summary.clone()),
+            layers: layers.clone(),
+        },
+        files: Default::default(),
+    };
+    let bundle = builder.finish(manifest, key)?;
+    let m = bundle.manifest();
+    let size = m.files.values().map(|f| f.bytes).sum::<u64>();
+    let f32_size = f32_bytes(&src);
+    if a.json {
+        let v = serde_json::json!({
+            "bundle": a.out, "model_id": m.model_id, "model_version": m.model_version,
+            "manifest_sha256": bundle.manifest_sha256(), "signer": bundle.signer().name(),
+            "signer_id": bundle.signer().id(),
+            "bytes": size, "f32_bytes": f32_size, "size_ratio": size as f64 / f32_size as f64,
+            "calibration": summary, "layers": layers,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        print_summary(out, a, &bundle, &layers, &summary, size, f32_size)?;
+    }
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Size of every tensor of the source in f32.
+pub fn f32_bytes(src: &source::Source) -> u64 {
+    let enc: usize = src.encoder.values().map(|t| t.elem_count()).sum();
+    let probes: usize = src
+        .probes
+        .iter()
+        .flat_map(|p| p.tensors.values())
+        .map(|t| t.elem_count())
+        .sum();
+    4 * (enc + probes) as u64
+}
+
+fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {
+    let ck = src.input.as_ref();
+    let need = |v: Option<usize>, ckv: Option<usize>, flag: &str| {
+        v.or(ckv).with_context(|| {
+            format!("{flag} is required: the checkpoint has no input spec (native checkpoints carry one)")
+        })
+    };
+    let frames = need(a.frames, ck.map(|c| c.frames_per_clip), "--frames")?;
+    let res = need(a.resolution, ck.map(|c| c.resolution), "--resolution")?;
+    let fps = a.fps.or(ck.and_then(|c| c.fps));
+    let frame_step = a.frame_step.or(ck.and_then(|c| c.frame_step));
+    if fps.is_none() && frame_step.is_none() {
+        bail!("give --frame-step or --fps: the checkpoint does not say how clips were sampled");
+    }
+    Ok(InputSpec {
+        frames,
+        frame_step,
+        fps,
+        resolution: [res, res],
+        channels: src.encoder_cfg.in_chans,
+        mean: ck.map_or([0.485, 0.456, 0.406], |c| c.mean),
+        std: ck.map_or([0.229, 0.224, 0.225], |c| c.std),
+        sector: match a.sector {
+            Sector::Full => SectorHandling::FullFrame,
+            Sector::Crop => SectorHandling::CropToSector,
+            Sector::CropMask => SectorHandling::CropAndMaskOutside,
+        },
+    })
+}
+
+fn print_summary(
+    out: &mut impl Write,
+    a: &Args,
+    bundle: &echojepa::bundle::VerifiedBundle,
+    layers: &[LayerPrecision],
+    s: &echojepa::bundle::CalibrationSummary,
+    size: u64,
+    f32_size: u64,
+) -> Result<()> {
+    let m = bundle.manifest();
+    writeln!(
+        out,
+        "bundle {} ({} {})",
+        a.out.display(),
+        m.model_id,
+        m.model_version
+    )?;
+    writeln!(
+        out,
+        "  signed by {}; manifest sha256 {}",
+        bundle.signer(),
+        bundle.manifest_sha256()
+    )?;
+    writeln!(
+        out,
+        "  size {:.2} MB = {:.3} of f32 ({:.2} MB)",
+        size as f64 / 1e6,
+        size as f64 / f32_size as f64,
+        f32_size as f64 / 1e6
+    )?;
+    let count = |p| layers.iter().filter(|l| l.precision == p).count();
+    writeln!(
+        out,
+        "  layers: {} q8_0, {} f16, {} f32",
+        count(Precision::Q8_0),
+        count(Precision::F16),
+        count(Precision::F32)
+    )?;
+    writeln!(
+        out,
+        "  calibration ({}): token cosine min {:.5} mean {:.5}; encoder {:.1} ms vs f32 kernels {:.1} ms",
+        s.source, s.token_cosine_min, s.token_cosine_mean, s.chosen_ms, s.f32_ms
+    )?;
+    for l in layers.iter().filter(|l| l.precision != Precision::Q8_0) {
+        writeln!(out, "  kept {} at {}: {}", l.tensor, l.precision, l.reason)?;
+    }
+    if m.synthetic_training_data {
+        writeln!(
+            out,
+            "  NOTE: trained on synthetic data; the manifest says so."
+        )?;
+    }
+    Ok(())
+}

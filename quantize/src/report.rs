@@ -1,0 +1,708 @@
+//! `quantize report`: what int8 costs. The bundle (verified like a cart verifies it) runs next
+//! to the full-precision checkpoint it was built from, on the same synthetic phantom clips:
+//! per-layer relative error, token cosine similarity, view top-1 agreement and accuracy, EF
+//! error both ways, bundle size and encoder time both ways. Markdown for people, JSON for
+//! programs. The clips are synthetic; the report says so.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use echojepa::bundle::{PublicKey, verify_bundle};
+use echojepa::config::ProbeKind;
+use echojepa::phantom::View;
+use echojepa::quantized::calibrate::{flatten_patch, rel_error, token_cosine};
+use echojepa::quantized::{EdgeModel, QuantizedEncoder, Tap, TensorSource};
+use echojepa_kernels::Epilogue;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::data::{self, Sample};
+use crate::source::{self, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Bundle directory.
+    bundle: PathBuf,
+    /// Trusted public key file(s).
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// The full-precision checkpoint the bundle was built from (native stem or `.pt`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Architecture of a `.pt` checkpoint.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Encoder of a pretraining checkpoint.
+    #[arg(long)]
+    encoder_key: Option<String>,
+    /// Probe files, class names and targets as given to `build`.
+    #[arg(long = "probe")]
+    probes: Vec<String>,
+    #[arg(long)]
+    probe_heads: Option<usize>,
+    #[arg(long = "classes")]
+    classes: Vec<String>,
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Compare even if the checkpoint's sha256 differs from the one in the manifest.
+    #[arg(long)]
+    allow_other_source: bool,
+
+    /// Number of phantom validation clips.
+    #[arg(long, default_value_t = 60)]
+    phantom: usize,
+    /// Seed of the first validation clip (keep it away from training and calibration seeds).
+    #[arg(long, default_value_t = 2_000_000)]
+    seed: u64,
+    /// Views to render (`all` or e.g. `a4c,a2c,plax`); default: the view head's classes.
+    #[arg(long)]
+    views: Option<String>,
+    /// Frame rate of the phantom source the frame step applies to.
+    #[arg(long, default_value_t = 50.0)]
+    source_fps: f64,
+    /// Clips used for the per-layer error table (the slowest part).
+    #[arg(long, default_value_t = 4)]
+    layer_clips: usize,
+    /// Timed repetitions for the encoder times.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Write the markdown report here (default: stdout).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Write the JSON report here; `-` prints JSON to stdout instead of markdown.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The report (also the JSON schema).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub model_id: String,
+    pub model_version: String,
+    pub manifest_sha256: String,
+    pub data: String,
+    pub clips: usize,
+    pub bundle_bytes: u64,
+    pub f32_bytes: u64,
+    pub size_ratio: f64,
+    pub token_cosine_min: f64,
+    pub token_cosine_mean: f64,
+    pub encoder_ms: Timing,
+    pub layers: Vec<LayerError>,
+    pub blocks: Vec<BlockError>,
+    pub classifiers: Vec<ClassifierResult>,
+    pub regressors: Vec<RegressorResult>,
+    pub checks: Vec<Check>,
+    pub machine: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    /// f32 candle model (the reference implementation).
+    pub f32_reference: f64,
+    /// f32 on the packed kernels.
+    pub f32_kernels: f64,
+    /// The bundle's mixed int8 encoder.
+    pub bundle: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerError {
+    pub tensor: String,
+    pub precision: String,
+    pub rel_error: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockError {
+    pub block: usize,
+    pub rel_error: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassifierResult {
+    pub head: String,
+    pub agreement: f64,
+    /// Accuracy against the phantom's view (when the classes are phantom views).
+    pub accuracy_f32: Option<f64>,
+    pub accuracy_int8: Option<f64>,
+    pub max_prob_diff: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RegressorResult {
+    pub head: String,
+    pub target: String,
+    pub unit: String,
+    pub clips: usize,
+    /// Mean |int8 − f32|.
+    pub mean_abs_diff: f64,
+    pub max_abs_diff: f64,
+    /// MAE against the phantom's ground-truth EF (EF targets only).
+    pub mae_f32: Option<f64>,
+    pub mae_int8: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub value: f64,
+    pub limit: String,
+    pub pass: bool,
+}
+
+fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut v = Vec::new();
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        f()?;
+        v.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+fn is_ef(name: &str) -> bool {
+    let n = name.to_lowercase();
+    n.contains("ef") || n.contains("ejection")
+}
+
+pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
+    let json_stdout = a.json.as_deref() == Some(std::path::Path::new("-"));
+    let keys = a
+        .keys
+        .iter()
+        .map(|p| PublicKey::load(p).with_context(|| format!("trusted key {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let bundle = verify_bundle(&a.bundle, &keys)?;
+    let m = bundle.manifest().clone();
+    let edge = EdgeModel::load(&bundle)?;
+    let src = source::load(&SourceArgs {
+        checkpoint: a.checkpoint.clone(),
+        arch: a.arch.clone(),
+        encoder_key: a.encoder_key.clone(),
+        probes: a.probes.clone(),
+        probe_heads: a.probe_heads,
+        classes: a.classes.clone(),
+        targets: a.targets.clone(),
+    })?;
+    if src.checkpoint_sha256 != m.source.checkpoint_sha256 && !a.allow_other_source {
+        bail!(
+            "{} (sha256 {}) is not the checkpoint the bundle was built from ({} sha256 {}); pass --allow-other-source to compare anyway",
+            src.checkpoint.display(),
+            src.checkpoint_sha256,
+            m.source.checkpoint,
+            m.source.checkpoint_sha256
+        );
+    }
+    let reference = source::reference(&src)?;
+    let ref_probes: HashMap<&str, &echojepa::probe::AttentiveProbe> = reference
+        .probes
+        .iter()
+        .map(|(n, p)| (n.as_str(), p))
+        .collect();
+    for h in &m.heads {
+        if !ref_probes.contains_key(h.name.as_str()) {
+            bail!(
+                "the checkpoint has no probe `{}` that the bundle has",
+                h.name
+            );
+        }
+    }
+
+    // Which phantom views to render.
+    let view_head = m.heads.iter().find(|h| {
+        h.probe.kind == ProbeKind::Classifier && h.classes.iter().all(|c| c.parse::<View>().is_ok())
+    });
+    let views = match (&a.views, view_head) {
+        (Some(v), _) => data::parse_views(v)?,
+        (None, Some(h)) => h.classes.iter().filter_map(|c| c.parse().ok()).collect(),
+        (None, None) => View::ALL.to_vec(),
+    };
+    let pb = bar(a.phantom as u64, "rendering phantom", json_stdout);
+    let samples = data::phantom_samples(a.phantom, a.seed, &m.input, a.source_fps, &views, || {
+        pb.inc(1)
+    })?;
+    pb.finish_and_clear();
+    if samples.is_empty() {
+        bail!("--phantom must be at least 1");
+    }
+
+    let cfg = m.encoder.clone();
+    let flat = flatten_patch(&cfg, &src.encoder);
+    let none = HashMap::new();
+    let origin = src.checkpoint.display().to_string();
+    let f32k = QuantizedEncoder::load(
+        &cfg,
+        &TensorSource {
+            tensors: &flat,
+            origin: &origin,
+            precision: &none,
+        },
+    )?;
+
+    // Per clip: tokens and head outputs both ways.
+    let d = cfg.embed_dim;
+    let (mut cmin, mut csum) = (f64::INFINITY, 0.0);
+    let mut head_f: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
+    let mut head_q: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
+    let pb = bar(samples.len() as u64, "comparing", json_stdout);
+    for s in &samples {
+        let video = to_video(s)?;
+        let tf = reference.encoder.forward(&video)?;
+        let tq = edge.encode(&video)?;
+        let (mn, mean) = token_cosine(
+            &tq.flatten_all()?.to_vec1::<f32>()?,
+            &tf.flatten_all()?.to_vec1::<f32>()?,
+            d,
+        );
+        cmin = cmin.min(mn);
+        csum += mean;
+        let q_raw = edge.head_logits(&tq)?;
+        for (i, h) in m.heads.iter().enumerate() {
+            let f_raw = ref_probes[h.name.as_str()].forward(&tf, None)?;
+            let (f_row, q_row) = match h.probe.kind {
+                ProbeKind::Classifier => (
+                    echojepa::probe::probabilities(&f_raw)?,
+                    echojepa::probe::probabilities(&q_raw[i])?,
+                ),
+                ProbeKind::Regressor => (f_raw, q_raw[i].clone()),
+            };
+            head_f[i].push(f_row.flatten_all()?.to_vec1::<f32>()?);
+            head_q[i].push(q_row.flatten_all()?.to_vec1::<f32>()?);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    let mut classifiers = Vec::new();
+    let mut regressors = Vec::new();
+    for (i, h) in m.heads.iter().enumerate() {
+        match h.probe.kind {
+            ProbeKind::Classifier => {
+                let argmax = |v: &Vec<f32>| {
+                    v.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (j, &p)| if p > b.1 { (j, p) } else { b },
+                        )
+                        .0
+                };
+                let n = samples.len() as f64;
+                let agree = head_f[i]
+                    .iter()
+                    .zip(&head_q[i])
+                    .filter(|(f, q)| argmax(f) == argmax(q))
+                    .count() as f64
+                    / n;
+                let maxdiff = head_f[i]
+                    .iter()
+                    .zip(&head_q[i])
+                    .flat_map(|(f, q)| f.iter().zip(q).map(|(a, b)| (a - b).abs() as f64))
+                    .fold(0.0, f64::max);
+                let truth: Option<Vec<usize>> = samples
+                    .iter()
+                    .map(|s| {
+                        h.classes
+                            .iter()
+                            .position(|c| c.eq_ignore_ascii_case(&s.view))
+                    })
+                    .collect();
+                let acc = |preds: &Vec<Vec<f32>>| {
+                    truth.as_ref().map(|t| {
+                        preds
+                            .iter()
+                            .zip(t)
+                            .filter(|(p, t)| argmax(p) == **t)
+                            .count() as f64
+                            / n
+                    })
+                };
+                classifiers.push(ClassifierResult {
+                    head: h.name.clone(),
+                    agreement: agree,
+                    accuracy_f32: acc(&head_f[i]),
+                    accuracy_int8: acc(&head_q[i]),
+                    max_prob_diff: maxdiff,
+                });
+            }
+            ProbeKind::Regressor => {
+                for (j, t) in h.targets.iter().enumerate() {
+                    let mut diffs = Vec::new();
+                    let (mut ef_f, mut ef_q) = (Vec::new(), Vec::new());
+                    for (k, s) in samples.iter().enumerate() {
+                        if !h.valid_views.is_empty()
+                            && !h
+                                .valid_views
+                                .iter()
+                                .any(|v| v.eq_ignore_ascii_case(&s.view))
+                        {
+                            continue;
+                        }
+                        let vf = t.scaler.denormalize(head_f[i][k][j] as f64);
+                        let vq = t.scaler.denormalize(head_q[i][k][j] as f64);
+                        diffs.push((vq - vf).abs());
+                        ef_f.push((vf - s.ef).abs());
+                        ef_q.push((vq - s.ef).abs());
+                    }
+                    let mean = |v: &[f64]| {
+                        if v.is_empty() {
+                            f64::NAN
+                        } else {
+                            v.iter().sum::<f64>() / v.len() as f64
+                        }
+                    };
+                    let ef = is_ef(&t.name) || is_ef(&h.name);
+                    regressors.push(RegressorResult {
+                        head: h.name.clone(),
+                        target: t.name.clone(),
+                        unit: t.unit.clone(),
+                        clips: diffs.len(),
+                        mean_abs_diff: mean(&diffs),
+                        max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
+                        mae_f32: ef.then(|| mean(&ef_f)),
+                        mae_int8: ef.then(|| mean(&ef_q)),
+                    });
+                }
+            }
+        }
+    }
+
+    // Per-layer errors on the first clips: the bundle's layer vs the f32 layer on the f32
+    // model's own input; per-block residual stream error.
+    let nl = a.layer_clips.clamp(1, samples.len());
+    let qlayers: HashMap<String, &echojepa::quantized::QLinear> = edge
+        .encoder()
+        .linears()
+        .into_iter()
+        .map(|l| (l.name().to_string(), l))
+        .collect();
+    let mut lerr: HashMap<String, (f64, f64)> = HashMap::new();
+    let mut berr: Vec<(f64, f64)> = vec![(0.0, 0.0); cfg.depth];
+    let pb = bar(nl as u64, "per-layer errors", json_stdout);
+    for s in &samples[..nl] {
+        let mut failure = None;
+        let mut fblocks: Vec<Vec<f32>> = Vec::new();
+        f32k.forward_clip_tapped(&s.clip, s.thw, &mut |t| match t {
+            Tap::LinearInput { layer, x, rows } => {
+                let Some(q) = qlayers.get(layer.name()) else {
+                    return;
+                };
+                let n = layer.out_features();
+                let (mut yf, mut yq) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+                if let Err(e) = layer
+                    .forward(x, rows, &mut yf, Epilogue::None)
+                    .and_then(|_| q.forward(x, rows, &mut yq, Epilogue::None))
+                {
+                    failure = Some(e);
+                    return;
+                }
+                let e = lerr.entry(layer.name().to_string()).or_default();
+                for (a, b) in yq.iter().zip(&yf) {
+                    e.0 += (*a as f64 - *b as f64).powi(2);
+                    e.1 += (*b as f64).powi(2);
+                }
+            }
+            Tap::Block { x, .. } => fblocks.push(x.to_vec()),
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let mut qi = 0;
+        edge.encoder()
+            .forward_clip_tapped(&s.clip, s.thw, &mut |t| {
+                if let Tap::Block { index, x } = t {
+                    let f = &fblocks[index];
+                    for (a, b) in x.iter().zip(f) {
+                        berr[index].0 += (*a as f64 - *b as f64).powi(2);
+                        berr[index].1 += (*b as f64).powi(2);
+                    }
+                    qi += 1;
+                }
+            })?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let precision_of: HashMap<String, String> = m
+        .quantization
+        .layers
+        .iter()
+        .map(|l| (l.tensor.clone(), l.precision.to_string()))
+        .collect();
+    let layers: Vec<LayerError> = QuantizedEncoder::linear_shapes(&cfg)
+        .into_iter()
+        .map(|(name, _)| {
+            let (e, r) = lerr.get(&name).copied().unwrap_or((0.0, 1.0));
+            LayerError {
+                precision: precision_of
+                    .get(&format!("encoder.{name}.weight"))
+                    .cloned()
+                    .unwrap_or_else(|| "f32".into()),
+                tensor: format!("encoder.{name}.weight"),
+                rel_error: (e / r.max(f64::MIN_POSITIVE)).sqrt(),
+            }
+        })
+        .collect();
+    let blocks: Vec<BlockError> = berr
+        .iter()
+        .enumerate()
+        .map(|(i, (e, r))| BlockError {
+            block: i,
+            rel_error: (e / r.max(f64::MIN_POSITIVE)).sqrt(),
+        })
+        .collect();
+
+    // Encoder times on one clip.
+    let s0 = &samples[0];
+    let video = to_video(s0)?;
+    let pb = bar(3, "timing encoders", json_stdout);
+    let t_ref = median_ms(a.reps, || {
+        Ok(reference.encoder.forward(&video).map(|_| ())?)
+    })?;
+    pb.inc(1);
+    let t_f32k = median_ms(a.reps, || {
+        Ok(f32k.forward_clip(&s0.clip, s0.thw).map(|_| ())?)
+    })?;
+    pb.inc(1);
+    let t_q = median_ms(a.reps, || {
+        Ok(edge.encoder().forward_clip(&s0.clip, s0.thw).map(|_| ())?)
+    })?;
+    pb.finish_and_clear();
+
+    let bundle_bytes: u64 = m.files.values().map(|f| f.bytes).sum();
+    let f32_bytes = crate::build::f32_bytes(&src);
+    let size_ratio = bundle_bytes as f64 / f32_bytes as f64;
+    let token_cosine_mean = csum / samples.len() as f64;
+
+    let mut checks = vec![
+        Check {
+            what: "token cosine (min over tokens and clips)".into(),
+            value: cmin,
+            limit: ">= 0.999".into(),
+            pass: cmin >= 0.999,
+        },
+        Check {
+            what: "bundle size / f32 size".into(),
+            value: size_ratio,
+            limit: "<= 0.30 (about a quarter)".into(),
+            pass: size_ratio <= 0.30,
+        },
+    ];
+    for c in &classifiers {
+        checks.push(Check {
+            what: format!("`{}` top-1 agreement int8 vs f32", c.head),
+            value: c.agreement,
+            limit: ">= 0.99".into(),
+            pass: c.agreement >= 0.99,
+        });
+    }
+    for r in regressors.iter().filter(|r| r.mae_f32.is_some()) {
+        checks.push(Check {
+            what: format!("`{}` mean |int8 - f32| ({})", r.target, r.unit),
+            value: r.mean_abs_diff,
+            limit: "<= 0.3".into(),
+            pass: r.mean_abs_diff <= 0.3,
+        });
+    }
+    let report = Report {
+        model_id: m.model_id.clone(),
+        model_version: m.model_version.clone(),
+        manifest_sha256: bundle.manifest_sha256().to_string(),
+        data: format!(
+            "{} SYNTHETIC phantom clips (seeds {}..{}, views {}), {} frames {}x{}",
+            samples.len(),
+            a.seed,
+            a.seed + samples.len() as u64 - 1,
+            views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
+            m.input.frames,
+            m.input.resolution[0],
+            m.input.resolution[1]
+        ),
+        clips: samples.len(),
+        bundle_bytes,
+        f32_bytes,
+        size_ratio,
+        token_cosine_min: cmin,
+        token_cosine_mean,
+        encoder_ms: Timing {
+            f32_reference: t_ref,
+            f32_kernels: t_f32k,
+            bundle: t_q,
+        },
+        layers,
+        blocks,
+        classifiers,
+        regressors,
+        checks,
+        machine: echojepa_kernels::cpu::describe(),
+    };
+    if let Some(p) = a.json.as_ref().filter(|_| !json_stdout) {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if json_stdout {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        let md = markdown(&report);
+        match &a.markdown {
+            Some(p) => {
+                std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+                write_checks(out, &report)?;
+            }
+            None => out.write_all(md.as_bytes())?,
+        }
+    }
+    Ok(())
+}
+
+fn to_video(s: &Sample) -> Result<Tensor> {
+    let (t, h, w) = s.thw;
+    let c = s.clip.len() / (t * h * w);
+    Ok(Tensor::from_slice(&s.clip, (1, c, t, h, w), &Device::Cpu)?)
+}
+
+fn write_checks(out: &mut impl Write, r: &Report) -> Result<()> {
+    for c in &r.checks {
+        writeln!(
+            out,
+            "{} {}: {:.5} (limit {})",
+            if c.pass { "PASS" } else { "FAIL" },
+            c.what,
+            c.value,
+            c.limit
+        )?;
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The markdown report.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    use std::fmt::Write as _;
+    let _ = writeln!(w, "# int8 report: {} {}\n", r.model_id, r.model_version);
+    let _ = writeln!(
+        w,
+        "Data: {}. **Synthetic data: these numbers say how closely int8 follows full precision on the phantom, not how the model performs on patients.**\n",
+        r.data
+    );
+    let _ = writeln!(
+        w,
+        "Bundle manifest sha256 `{}`; machine: {}.\n",
+        r.manifest_sha256, r.machine
+    );
+    let _ = writeln!(
+        w,
+        "## Checks\n\n| check | value | limit | |\n|---|---|---|---|"
+    );
+    for c in &r.checks {
+        let _ = writeln!(
+            w,
+            "| {} | {:.5} | {} | {} |",
+            c.what,
+            c.value,
+            c.limit,
+            if c.pass { "pass" } else { "**FAIL**" }
+        );
+    }
+    let _ = writeln!(w, "\n## Size and speed\n");
+    let _ = writeln!(
+        w,
+        "| bundle | f32 weights | ratio |\n|---|---|---|\n| {:.2} MB | {:.2} MB | {:.3} |\n",
+        r.bundle_bytes as f64 / 1e6,
+        r.f32_bytes as f64 / 1e6,
+        r.size_ratio
+    );
+    let e = &r.encoder_ms;
+    let _ = writeln!(
+        w,
+        "Encoder time per clip (median): f32 reference (candle) {:.1} ms, f32 kernels {:.1} ms, bundle {:.1} ms (bundle / f32 kernels = {:.2}, bundle / f32 reference = {:.2}).\n",
+        e.f32_reference,
+        e.f32_kernels,
+        e.bundle,
+        e.bundle / e.f32_kernels,
+        e.bundle / e.f32_reference
+    );
+    let _ = writeln!(
+        w,
+        "Token cosine int8 vs f32 reference: min {:.6}, mean {:.6}.\n",
+        r.token_cosine_min, r.token_cosine_mean
+    );
+    let _ = writeln!(w, "## Heads\n");
+    if !r.classifiers.is_empty() {
+        let _ = writeln!(
+            w,
+            "| classifier | top-1 agreement | accuracy f32 | accuracy int8 | max |Δp| |\n|---|---|---|---|---|"
+        );
+        for c in &r.classifiers {
+            let _ = writeln!(
+                w,
+                "| {} | {:.4} | {} | {} | {:.5} |",
+                c.head,
+                c.agreement,
+                opt(c.accuracy_f32, 4),
+                opt(c.accuracy_int8, 4),
+                c.max_prob_diff
+            );
+        }
+        let _ = writeln!(w);
+    }
+    if !r.regressors.is_empty() {
+        let _ = writeln!(
+            w,
+            "| regressor | target | clips | mean |int8−f32| | max |int8−f32| | MAE f32 vs truth | MAE int8 vs truth |\n|---|---|---|---|---|---|---|"
+        );
+        for g in &r.regressors {
+            let _ = writeln!(
+                w,
+                "| {} | {} ({}) | {} | {:.4} | {:.4} | {} | {} |",
+                g.head,
+                g.target,
+                g.unit,
+                g.clips,
+                g.mean_abs_diff,
+                g.max_abs_diff,
+                opt(g.mae_f32, 3),
+                opt(g.mae_int8, 3)
+            );
+        }
+        let _ = writeln!(w);
+    }
+    let _ = writeln!(
+        w,
+        "## Per layer\n\nRelative L2 error of each encoder linear layer (bundle layer vs f32 layer on the f32 model's input), and of the residual stream after each block (bundle encoder vs f32 kernels).\n"
+    );
+    let _ = writeln!(w, "| tensor | precision | rel. error |\n|---|---|---|");
+    for l in &r.layers {
+        let _ = writeln!(w, "| {} | {} | {:.5} |", l.tensor, l.precision, l.rel_error);
+    }
+    let _ = writeln!(w, "\n| block | residual rel. error |\n|---|---|");
+    for b in &r.blocks {
+        let _ = writeln!(w, "| {} | {:.5} |", b.block, b.rel_error);
+    }
+    s
+}

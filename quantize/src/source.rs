@@ -1,0 +1,391 @@
+//! The full-precision model a bundle is built from (and compared against): a native checkpoint
+//! (`stem.safetensors` + `stem.json`, see `echojepa::checkpoint`) or an official `.pt` with probe
+//! `.pt` files. Everything is loaded strictly: a missing tensor or a wrong shape names the tensor
+//! and the file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use echojepa::bundle::{SourceFile, TargetSpec, sha256_file};
+use echojepa::checkpoint::{self, NativeCheckpoint, PtFile, Scaler, TensorMap};
+use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind, SlotConfig};
+use echojepa::encoder::VisionTransformer;
+use echojepa::probe::AttentiveProbe;
+
+/// One probe head of the source.
+#[derive(Debug, Clone)]
+pub struct ProbeSource {
+    pub name: String,
+    pub cfg: ProbeConfig,
+    pub tensors: TensorMap,
+    pub classes: Vec<String>,
+    pub targets: Vec<TargetSpec>,
+    /// Where the tensors came from (for errors).
+    pub origin: PathBuf,
+}
+
+/// The loaded full-precision model.
+#[derive(Debug)]
+pub struct Source {
+    /// The file whose hash identifies the source (safetensors or .pt).
+    pub checkpoint: PathBuf,
+    pub checkpoint_sha256: String,
+    /// Other source files (native JSON config, probe files) with their hashes.
+    pub other_files: Vec<SourceFile>,
+    pub encoder_cfg: EncoderConfig,
+    pub encoder: TensorMap,
+    pub probes: Vec<ProbeSource>,
+    /// Input spec stored in a native checkpoint.
+    pub input: Option<checkpoint::InputSpec>,
+    pub model_id: String,
+    /// Whether the checkpoint's notes say it was trained on synthetic data.
+    pub notes_say_synthetic: bool,
+}
+
+/// What the command line says about the source.
+#[derive(Debug, Clone, Default)]
+pub struct SourceArgs {
+    pub checkpoint: PathBuf,
+    /// Architecture preset for `.pt` files.
+    pub arch: Option<String>,
+    /// Which encoder of a pretraining checkpoint (`target_encoder` or `encoder`).
+    pub encoder_key: Option<String>,
+    /// `NAME=PATH[#INDEX]` probe files.
+    pub probes: Vec<String>,
+    /// Probe heads for `.pt` probes (default: the encoder's).
+    pub probe_heads: Option<usize>,
+    /// `NAME=A,B,C` class names.
+    pub classes: Vec<String>,
+    /// `NAME=TARGET:UNIT:MEAN:STD` regression targets.
+    pub targets: Vec<String>,
+}
+
+fn is_pt(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("pt" | "pth" | "tar")
+    )
+}
+
+fn kv(s: &str, what: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{what} `{s}` must look like NAME=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+/// `"LVEF (%)"` → (`LVEF`, `%`).
+fn split_unit(s: &str) -> (String, String) {
+    if let (Some(a), true) = (s.rfind('('), s.ends_with(')')) {
+        return (
+            s[..a].trim().to_string(),
+            s[a + 1..s.len() - 1].trim().to_string(),
+        );
+    }
+    (s.trim().to_string(), String::new())
+}
+
+pub fn load(a: &SourceArgs) -> Result<Source> {
+    let dev = Device::Cpu;
+    let mut src = if is_pt(&a.checkpoint) {
+        load_pt(a, &dev)?
+    } else {
+        load_native(a, &dev)?
+    };
+    // Extra probe files.
+    for spec in &a.probes {
+        let (name, rest) = kv(spec, "--probe")?;
+        let (path, index) = match rest.rsplit_once('#') {
+            Some((p, i)) => (
+                PathBuf::from(p),
+                i.parse::<usize>()
+                    .with_context(|| format!("--probe {spec}: `{i}` is not a head index"))?,
+            ),
+            None => (PathBuf::from(&rest), 0),
+        };
+        let pt = PtFile::open(&path)?;
+        let tensors = pt
+            .state_dict(&["classifiers", &index.to_string()], &dev)
+            .with_context(|| format!("probe `{name}` from {}", path.display()))?;
+        let heads = a.probe_heads.unwrap_or(src.encoder_cfg.num_heads);
+        let cfg = infer_probe_config(&tensors, heads, &path)?;
+        let (sha, _) = sha256_file(&path)?;
+        src.other_files.push(SourceFile {
+            file: file_name(&path),
+            sha256: sha,
+        });
+        src.probes.retain(|p| p.name != name);
+        src.probes.push(ProbeSource {
+            name,
+            cfg,
+            tensors,
+            classes: vec![],
+            targets: vec![],
+            origin: path,
+        });
+    }
+    for spec in &a.classes {
+        let (name, list) = kv(spec, "--classes")?;
+        let p = find_probe(&mut src.probes, &name)?;
+        p.classes = list.split(',').map(|c| c.trim().to_string()).collect();
+    }
+    for spec in &a.targets {
+        let (name, t) = kv(spec, "--target")?;
+        let parts: Vec<&str> = t.split(':').collect();
+        let [tname, unit, mean, std] = parts.as_slice() else {
+            bail!("--target {spec}: expected NAME=TARGET:UNIT:MEAN:STD, e.g. lvef=LVEF:%:55.1:9.8");
+        };
+        let parse = |v: &str| {
+            v.parse::<f64>()
+                .with_context(|| format!("--target {spec}: `{v}` is not a number"))
+        };
+        let p = find_probe(&mut src.probes, &name)?;
+        let target = TargetSpec {
+            name: tname.to_string(),
+            unit: unit.to_string(),
+            scaler: Scaler {
+                mean: parse(mean)?,
+                std: parse(std)?,
+            },
+        };
+        if let Some(t) = p.targets.iter_mut().find(|t| t.name == *tname) {
+            *t = target;
+        } else {
+            p.targets.push(target);
+        }
+    }
+    for p in &src.probes {
+        let n = p.cfg.num_outputs;
+        match p.cfg.kind {
+            ProbeKind::Classifier if p.classes.len() != n => bail!(
+                "probe `{}` has {n} classes; give their names with --classes {}=NAME1,NAME2,...",
+                p.name,
+                p.name
+            ),
+            ProbeKind::Regressor if p.targets.len() != n => bail!(
+                "probe `{}` has {n} regression target(s) but {} are described; give each with --target {}=NAME:UNIT:MEAN:STD (mean/std of the training labels)",
+                p.name,
+                p.targets.len(),
+                p.name
+            ),
+            _ => {}
+        }
+    }
+    Ok(src)
+}
+
+fn find_probe<'a>(probes: &'a mut [ProbeSource], name: &str) -> Result<&'a mut ProbeSource> {
+    let known: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
+    probes
+        .iter_mut()
+        .find(|p| p.name == name)
+        .with_context(|| format!("no probe `{name}` (probes: {})", known.join(", ")))
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
+    let stem = &a.checkpoint;
+    let (st, js) = checkpoint::native_paths(stem);
+    let ck = NativeCheckpoint::load(stem, dev)
+        .with_context(|| format!("loading native checkpoint {}", stem.display()))?;
+    let cfg = ck.config.clone();
+    let which = match &a.encoder_key {
+        Some(k) => k.clone(),
+        None if cfg.encoders.iter().any(|e| e == "target_encoder") => "target_encoder".into(),
+        None => "encoder".into(),
+    };
+    if !cfg.encoders.iter().any(|e| *e == which) {
+        bail!(
+            "{}: no `{which}` encoder (has: {})",
+            js.display(),
+            cfg.encoders.join(", ")
+        );
+    }
+    let encoder = ck.part(&which);
+    let expected = checkpoint::expected_tensors(|vb| VisionTransformer::new(&cfg.encoder, vb))?;
+    checkpoint::check_tensors(&st, &encoder, &expected)?;
+    let mut probes = Vec::new();
+    for (name, entry) in &cfg.probes {
+        let tensors = ck.part(&format!("probes.{name}"));
+        let pc = entry.config.clone();
+        let expected = checkpoint::expected_tensors(|vb| AttentiveProbe::new(&pc, vb))?;
+        checkpoint::check_tensors(&st, &tensors, &expected)
+            .with_context(|| format!("probe `{name}`"))?;
+        let targets = entry
+            .targets
+            .iter()
+            .map(|t| {
+                let (n, u) = split_unit(t);
+                TargetSpec {
+                    name: n,
+                    unit: u,
+                    scaler: entry.scaler.unwrap_or(Scaler {
+                        mean: 0.0,
+                        std: 1.0,
+                    }),
+                }
+            })
+            .collect();
+        if entry.config.kind == ProbeKind::Regressor && entry.scaler.is_none() {
+            tracing::warn!(probe = %name, "regressor without a scaler: outputs are reported as z-scores");
+        }
+        probes.push(ProbeSource {
+            name: name.clone(),
+            cfg: entry.config.clone(),
+            tensors,
+            classes: entry.classes.clone(),
+            targets,
+            origin: st.clone(),
+        });
+    }
+    let (sha, _) = sha256_file(&st)?;
+    let (jsha, _) = sha256_file(&js)?;
+    let synthetic = cfg.notes.iter().any(|(k, v)| {
+        let (k, v) = (k.to_lowercase(), v.to_lowercase());
+        (k.contains("synthetic") && !matches!(v.as_str(), "false" | "no" | "0"))
+            || v.contains("synthetic")
+            || v.contains("phantom")
+    });
+    Ok(Source {
+        checkpoint: st,
+        checkpoint_sha256: sha,
+        other_files: vec![SourceFile {
+            file: file_name(&js),
+            sha256: jsha,
+        }],
+        encoder_cfg: cfg.encoder.clone(),
+        encoder,
+        probes,
+        input: cfg.input.clone(),
+        model_id: cfg.model_id.clone(),
+        notes_say_synthetic: synthetic,
+    })
+}
+
+fn load_pt(a: &SourceArgs, dev: &Device) -> Result<Source> {
+    let arch = a.arch.as_deref().with_context(|| {
+        format!(
+            "{} is an official .pt checkpoint: give its architecture with --arch (e.g. vit_large)",
+            a.checkpoint.display()
+        )
+    })?;
+    let cfg = EncoderConfig::preset(arch)?;
+    let key = a.encoder_key.as_deref().unwrap_or("target_encoder");
+    let pt = PtFile::open(&a.checkpoint)?;
+    let encoder = pt.state_dict(&[key], dev)?;
+    let expected = checkpoint::expected_tensors(|vb| VisionTransformer::new(&cfg, vb))?;
+    checkpoint::check_tensors(&a.checkpoint, &encoder, &expected)?;
+    let (sha, _) = sha256_file(&a.checkpoint)?;
+    Ok(Source {
+        checkpoint: a.checkpoint.clone(),
+        checkpoint_sha256: sha,
+        other_files: vec![],
+        encoder_cfg: cfg,
+        encoder,
+        probes: vec![],
+        input: None,
+        model_id: String::new(),
+        notes_say_synthetic: false,
+    })
+}
+
+/// Probe architecture from the tensors of an official probe file.
+pub fn infer_probe_config(t: &TensorMap, num_heads: usize, path: &Path) -> Result<ProbeConfig> {
+    let (kind, head) = if let Some(w) = t.get("linear.weight") {
+        (ProbeKind::Classifier, w)
+    } else if let Some(w) = t.get("regressor.weight") {
+        (ProbeKind::Regressor, w)
+    } else {
+        bail!(
+            "{}: no `linear.weight` or `regressor.weight`: not an attentive probe",
+            path.display()
+        );
+    };
+    let (outputs, d) = head.dims2()?;
+    let blocks = t
+        .keys()
+        .filter_map(|k| k.strip_prefix("pooler.blocks."))
+        .filter_map(|k| k.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    let fc1 = t
+        .get("pooler.cross_attention_block.mlp.fc1.weight")
+        .with_context(|| {
+            format!(
+                "{}: missing `pooler.cross_attention_block.mlp.fc1.weight`",
+                path.display()
+            )
+        })?;
+    let hidden = fc1.dim(0)?;
+    let slots = match (
+        t.get("view_embed.weight"),
+        t.get("clip_embed.weight"),
+        t.get("slot_embed.weight"),
+    ) {
+        (Some(v), Some(c), _) => Some(SlotConfig {
+            num_views: v.dim(0)?,
+            clips_per_view: c.dim(0)?,
+            use_factorized: true,
+        }),
+        (_, _, Some(s)) => Some(SlotConfig {
+            num_views: s.dim(0)?,
+            clips_per_view: 1,
+            use_factorized: false,
+        }),
+        _ => None,
+    };
+    let cfg = ProbeConfig {
+        kind,
+        embed_dim: d,
+        num_heads,
+        depth: blocks + 1,
+        num_outputs: outputs,
+        mlp_ratio: hidden as f64 / d as f64,
+        slots,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The f32 reference models built from the source (for the report).
+pub struct Reference {
+    pub encoder: VisionTransformer,
+    pub probes: Vec<(String, AttentiveProbe)>,
+}
+
+pub fn reference(src: &Source) -> Result<Reference> {
+    let dev = Device::Cpu;
+    let cfg = src.encoder_cfg.clone();
+    let encoder = checkpoint::load_strict(
+        &src.checkpoint,
+        src.encoder.clone(),
+        DType::F32,
+        &dev,
+        |vb| VisionTransformer::new(&cfg, vb),
+    )?;
+    let probes = src
+        .probes
+        .iter()
+        .map(|p| {
+            let pc = p.cfg.clone();
+            let m =
+                checkpoint::load_strict(&p.origin, p.tensors.clone(), DType::F32, &dev, |vb| {
+                    AttentiveProbe::new(&pc, vb)
+                })?;
+            Ok((p.name.clone(), m))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Reference { encoder, probes })
+}
+
+/// Tensors as the calibration code wants them (owned map).
+pub fn tensor_map(t: &TensorMap) -> HashMap<String, Tensor> {
+    t.clone()
+}

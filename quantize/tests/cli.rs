@@ -1,0 +1,369 @@
+//! End-to-end tests of the `quantize` binary on a tiny native checkpoint with a view classifier
+//! and an EF regressor (deterministic weights, synthetic phantom clips): keygen, build, verify
+//! (good, tampered, untrusted), report, and the fail-before-work paths.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use echojepa::checkpoint::{
+    InputSpec, NativeCheckpoint, NativeConfig, ProbeEntry, Scaler, expected_tensors,
+};
+use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind};
+use echojepa::encoder::VisionTransformer;
+use echojepa::probe::AttentiveProbe;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quantize"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run quantize")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn det(
+    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<()>,
+    seed: u64,
+) -> HashMap<String, Tensor> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    expected_tensors(build)
+        .unwrap()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> =
+                if shape.len() == 1 && name.contains("norm") && name.ends_with("weight") {
+                    (0..n).map(|_| 1.0 + 0.1 * next()).collect()
+                } else if shape.len() == 1 {
+                    (0..n).map(|_| 0.05 * next()).collect()
+                } else {
+                    let fan: usize = shape[1..].iter().product();
+                    let sc = 3f32.sqrt() / (fan as f32).sqrt();
+                    (0..n).map(|_| sc * next()).collect()
+                };
+            (name, Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+fn probe(kind: ProbeKind, n: usize) -> ProbeConfig {
+    ProbeConfig {
+        kind,
+        embed_dim: 64,
+        num_heads: 4,
+        depth: 1,
+        num_outputs: n,
+        mlp_ratio: 4.0,
+        slots: None,
+    }
+}
+
+/// Writes `dir/tiny.safetensors` + `dir/tiny.json`; returns the stem.
+fn tiny_checkpoint(dir: &Path) -> PathBuf {
+    let enc = EncoderConfig::custom(64, 2, 4, 4.0);
+    let mut cfg = NativeConfig::new(enc.clone());
+    cfg.model_id = "tiny-phantom".into();
+    cfg.encoders = vec!["target_encoder".into()];
+    cfg.input = Some(InputSpec::imagenet(48, 4, 2));
+    cfg.notes
+        .insert("training_data".into(), "synthetic phantom".into());
+    let view = probe(ProbeKind::Classifier, 3);
+    let ef = probe(ProbeKind::Regressor, 1);
+    cfg.probes = BTreeMap::from([
+        (
+            "view".to_string(),
+            ProbeEntry {
+                config: view.clone(),
+                classes: vec!["a4c".into(), "a2c".into(), "plax".into()],
+                targets: vec![],
+                scaler: None,
+            },
+        ),
+        (
+            "ef".to_string(),
+            ProbeEntry {
+                config: ef.clone(),
+                classes: vec![],
+                targets: vec!["LVEF (%)".into()],
+                scaler: Some(Scaler {
+                    mean: 55.0,
+                    std: 10.0,
+                }),
+            },
+        ),
+    ]);
+    let mut ck = NativeCheckpoint::new(cfg);
+    ck.insert_part(
+        "target_encoder",
+        det(|vb| VisionTransformer::new(&enc, vb).map(|_| ()), 1),
+    );
+    ck.insert_part(
+        "probes.view",
+        det(|vb| AttentiveProbe::new(&view, vb).map(|_| ()), 2),
+    );
+    ck.insert_part(
+        "probes.ef",
+        det(|vb| AttentiveProbe::new(&ef, vb).map(|_| ()), 3),
+    );
+    let stem = dir.join("tiny");
+    ck.save(&stem).unwrap();
+    stem
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    stem: PathBuf,
+    bundle: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let stem = tiny_checkpoint(&root);
+    let o = run(&[
+        "keygen",
+        "--name",
+        "maker",
+        "--out-dir",
+        root.join("keys").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let bundle = root.join("bundle");
+    let o = run(&[
+        "build",
+        "--checkpoint",
+        stem.to_str().unwrap(),
+        "--model-version",
+        "1",
+        "--key",
+        root.join("keys/maker.secret").to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--valid-views",
+        "ef=a4c,a2c",
+        "--calibration-clips",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["model_id"], "tiny-phantom");
+    assert!(v["size_ratio"].as_f64().unwrap() < 0.6, "{v}");
+    Fixture {
+        _tmp: tmp,
+        root,
+        stem,
+        bundle,
+    }
+}
+
+#[test]
+fn build_verify_report_and_refusals() {
+    let f = fixture();
+    let pubkey = f.root.join("keys/maker.pub");
+    let b = f.bundle.to_str().unwrap();
+
+    // The manifest records a precision and a reason for every layer, and the synthetic origin.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["synthetic_training_data"], true);
+    assert!(m["notice"].as_str().unwrap().contains("synthetic"));
+    let layers = m["quantization"]["layers"].as_array().unwrap();
+    assert_eq!(
+        layers
+            .iter()
+            .filter(|l| l["tensor"].as_str().unwrap().starts_with("encoder."))
+            .count(),
+        1 + 4 * 2
+    );
+    for l in layers {
+        assert!(!l["reason"].as_str().unwrap().is_empty(), "{l}");
+    }
+    assert_eq!(m["heads"][0]["name"], "ef");
+    assert_eq!(m["heads"][0]["valid_views"][0], "a4c");
+    assert_eq!(m["heads"][0]["targets"][0]["unit"], "%");
+
+    // verify: good.
+    let o = run(&["verify", b, "--key", pubkey.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.starts_with("OK: tiny-phantom 1 signed by `maker`"),
+        "{out}"
+    );
+
+    // report on phantom clips, JSON to stdout.
+    let o = run(&[
+        "report",
+        b,
+        "--key",
+        pubkey.to_str().unwrap(),
+        "--checkpoint",
+        f.stem.to_str().unwrap(),
+        "--phantom",
+        "3",
+        "--layer-clips",
+        "1",
+        "--reps",
+        "1",
+        "--json",
+        "-",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["clips"], 3);
+    assert!(r["data"].as_str().unwrap().contains("SYNTHETIC"));
+    assert!(r["token_cosine_min"].as_f64().unwrap() > 0.99, "{r}");
+    assert_eq!(r["layers"].as_array().unwrap().len(), 9);
+    assert_eq!(r["classifiers"][0]["head"], "view");
+    assert!(r["classifiers"][0]["accuracy_f32"].is_number());
+    assert_eq!(r["regressors"][0]["unit"], "%");
+    assert!(r["regressors"][0]["mae_int8"].is_number());
+    assert!(!r["checks"].as_array().unwrap().is_empty());
+
+    // Markdown to a file.
+    let md = f.root.join("r.md");
+    let o = run(&[
+        "report",
+        b,
+        "--key",
+        pubkey.to_str().unwrap(),
+        "--checkpoint",
+        f.stem.to_str().unwrap(),
+        "--phantom",
+        "1",
+        "--layer-clips",
+        "1",
+        "--reps",
+        "1",
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(
+        md.contains("Synthetic data") && md.contains("| encoder.blocks.1.mlp.fc2.weight |"),
+        "{md}"
+    );
+
+    // An untrusted key is named.
+    let o = run(&[
+        "keygen",
+        "--name",
+        "stranger",
+        "--out-dir",
+        f.root.join("k2").to_str().unwrap(),
+        "--json",
+    ]);
+    let stranger: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    let o = run(&[
+        "verify",
+        b,
+        "--key",
+        f.root.join("k2/stranger.pub").to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("not trusted") && err.contains("`stranger`"),
+        "{err}"
+    );
+    let _ = stranger;
+
+    // One flipped byte in the weights is named, also in JSON.
+    let w = f.bundle.join("model.gguf");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let i = bytes.len() - 3;
+    bytes[i] ^= 0x10;
+    std::fs::write(&w, &bytes).unwrap();
+    let o = run(&["verify", b, "--key", pubkey.to_str().unwrap(), "--json"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("`model.gguf` is corrupt or tampered"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    bytes[i] ^= 0x10;
+    std::fs::write(&w, &bytes).unwrap();
+
+    // A manifest edited after signing.
+    let mp = f.bundle.join("manifest.json");
+    let t = std::fs::read_to_string(&mp).unwrap();
+    std::fs::write(
+        &mp,
+        t.replace("\"model_version\": \"1\"", "\"model_version\": \"2\""),
+    )
+    .unwrap();
+    let o = run(&["verify", b, "--key", pubkey.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("manifest.json does not match the signature"),
+        "{err}"
+    );
+    std::fs::write(&mp, t).unwrap();
+
+    // build fails before the work: existing output, and a missing key leaves nothing behind.
+    let o = run(&[
+        "build",
+        "--checkpoint",
+        f.stem.to_str().unwrap(),
+        "--model-version",
+        "1",
+        "--key",
+        f.root.join("keys/maker.secret").to_str().unwrap(),
+        "--out",
+        b,
+    ]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("already exists"),
+        "{err}"
+    );
+    let out2 = f.root.join("b2");
+    let o = run(&[
+        "build",
+        "--checkpoint",
+        f.stem.to_str().unwrap(),
+        "--model-version",
+        "1",
+        "--key",
+        f.root.join("keys/nope.secret").to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("nope.secret"), "{err}");
+    assert!(!out2.exists());
+
+    // keygen refuses to overwrite.
+    let o = run(&[
+        "keygen",
+        "--name",
+        "maker",
+        "--out-dir",
+        f.root.join("keys").to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("already exists"),
+        "{err}"
+    );
+}

@@ -1,0 +1,120 @@
+//! The reference YAML schemas (pretraining and frozen evaluation) as typed Rust structs, and the
+//! loader that reads them: unknown keys become warnings that name the key path, wrong types are
+//! errors that name the key path and the line, so an EchoJEPA config runs with only paths changed.
+
+pub mod eval;
+pub mod pretrain;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+
+/// A parsed config plus the keys the schema does not know.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    pub config: T,
+    /// `path.to.key` of every key the schema ignored.
+    pub unknown_keys: Vec<String>,
+    pub path: PathBuf,
+}
+
+/// Parses `text` (the contents of `path`) into `T`.
+///
+/// Unknown keys are collected (and logged as warnings); a value of the wrong type, a missing
+/// required key or malformed YAML is an error naming the file and the key path.
+pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<T>> {
+    let mut unknown = Vec::new();
+    let err_path: RefCell<Option<String>> = RefCell::new(None);
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut on_ignored = |p: serde_ignored::Path| unknown.push(p.to_string());
+        let de = serde_ignored::Deserializer::new(de, &mut on_ignored);
+        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+            let p = e.path().to_string();
+            if p != "." {
+                *err_path.borrow_mut() = Some(p);
+            }
+            e.into_inner()
+        })
+    });
+    match parsed {
+        Ok(config) => {
+            for key in &unknown {
+                tracing::warn!("{}: unknown key `{key}` (ignored)", path.display());
+            }
+            Ok(Loaded {
+                config,
+                unknown_keys: unknown,
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => match err_path.into_inner() {
+            Some(key) => bail!("{}: key `{key}`: {e}", path.display()),
+            None => bail!("{}: {e}", path.display()),
+        },
+    }
+}
+
+/// Reads and parses a YAML config file.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    parse_str(&text, path)
+}
+
+/// A value that SLURM-style keys carry (`mem_per_gpu: 80G` or `mem_per_gpu: 80`): kept verbatim.
+pub type Opaque = Option<serde_json::Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Inner {
+        batch_size: usize,
+        #[serde(default)]
+        flag: bool,
+    }
+    #[derive(Debug, Deserialize)]
+    struct Outer {
+        data: Inner,
+    }
+
+    #[test]
+    fn unknown_keys_are_collected_with_their_path() {
+        let y = "data:\n  batch_size: 4\n  colour: blue\nextra: 1\n";
+        let l: Loaded<Outer> = parse_str(y, Path::new("x.yaml")).unwrap();
+        assert_eq!(l.config.data.batch_size, 4);
+        assert_eq!(
+            l.unknown_keys,
+            vec!["data.colour".to_string(), "extra".into()]
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let y = "data:\n  batch_size: lots\n";
+        let e = parse_str::<Outer>(y, Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.yaml"), "{e}");
+        assert!(e.contains("data.batch_size"), "{e}");
+    }
+
+    #[test]
+    fn yaml11_booleans_are_accepted() {
+        let y = "data:\n  batch_size: 2\n  flag: yes\n";
+        let l: Loaded<Outer> = parse_str(y, Path::new("x.yaml")).unwrap();
+        assert!(l.config.data.flag);
+    }
+
+    #[test]
+    fn missing_key_is_an_error() {
+        let e = parse_str::<Outer>("data:\n  flag: true\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+}

@@ -1,0 +1,124 @@
+//! `--devices cpu|cuda:N` parsing and the compute precision a run uses there: the config's
+//! `bfloat16` on CUDA (f32 master weights), f32 on CPU where bf16 brings no speed.
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+/// A device as the user named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(Self::Cpu);
+        }
+        if s.eq_ignore_ascii_case("cuda") {
+            return Ok(Self::Cuda(0));
+        }
+        if let Some(n) = s.strip_prefix("cuda:")
+            && let Ok(i) = n.parse()
+        {
+            return Ok(Self::Cuda(i));
+        }
+        bail!("unknown device `{s}`: use cpu or cuda:N (e.g. cuda:0)")
+    }
+
+    /// The first of `--devices` (one device per process; several are refused).
+    pub fn from_list(list: &[String]) -> Result<Self> {
+        match list {
+            [] => Ok(Self::Cpu),
+            [one] => Self::parse(one),
+            many => bail!(
+                "--devices {}: one device per run is supported (no multi-GPU data parallelism)",
+                many.join(" ")
+            ),
+        }
+    }
+
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(i) => open_cuda(i),
+        }
+    }
+
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Self::Cuda(_))
+    }
+
+    /// Compute precision for a requested `meta.dtype` / `use_bfloat16`.
+    pub fn compute_dtype(self, requested_bf16: bool) -> DType {
+        if requested_bf16 && self.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(i) => format!("cuda:{i}"),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(i: usize) -> Result<Device> {
+    Ok(Device::new_cuda(i)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(i: usize) -> Result<Device> {
+    bail!(
+        "device cuda:{i}: this trainer was built without CUDA; rebuild with \
+         `cargo build --release -p trainer --features cuda` (needs the CUDA toolkit)"
+    )
+}
+
+/// Whether a config dtype string asks for reduced precision.
+pub fn wants_bf16(dtype: &str) -> bool {
+    matches!(
+        dtype.to_ascii_lowercase().as_str(),
+        "bfloat16" | "bf16" | "float16" | "fp16" | "half"
+    )
+}
+
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F32 => "float32",
+        DType::F64 => "float64",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
+        assert!(DeviceSpec::parse("tpu").is_err());
+        assert!(DeviceSpec::from_list(&["cuda:0".into(), "cuda:1".into()]).is_err());
+        assert_eq!(DeviceSpec::Cpu.compute_dtype(true), DType::F32);
+        assert_eq!(DeviceSpec::Cuda(0).compute_dtype(true), DType::BF16);
+        assert!(wants_bf16("bfloat16") && !wants_bf16("float32"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        let e = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Pretraining clips from the config's datasets: the reference clip sampling (`fps`,
+//! `frame_step` or `duration`; one clip per video, random placement), random resized crop, the
+//! weighted mixture of several CSVs, and a deterministic position `(epoch, batches consumed)`
+//! so that a resumed run continues with exactly the batches it would have seen.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
+use echojepa::bundle::SectorHandling;
+use echojepa::video::ColorMode;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::pretrain::PretrainConfig;
+use crate::data::augment::RandomResizedCrop;
+use crate::data::csv::{VideoEntry, read_video_csv};
+use crate::data::dataset::{ClipPipeline, Dataset, Sample, Transform, VideoDataset};
+use crate::data::loader::{Epoch, Loader, LoaderConfig};
+use crate::data::sampling::{ClipSampling, StepRule};
+
+/// Where the loader stands: the epoch and how many of its batches were consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderPos {
+    pub epoch: u64,
+    pub consumed: usize,
+}
+
+/// A source of pretraining batches `[B, 3, T, H, W]` in a reproducible order.
+pub trait ClipSource {
+    /// The next batch (moving to the next epoch when one is exhausted).
+    fn next_batch(&mut self) -> Result<Tensor>;
+    fn position(&self) -> LoaderPos;
+    /// Continues from `pos` (re-reads and discards the consumed batches of that epoch).
+    fn seek(&mut self, pos: LoaderPos) -> Result<()>;
+    /// Batches per epoch.
+    fn iterations_per_epoch(&self) -> usize;
+    /// Samples skipped because they could not be read (all epochs so far).
+    fn skipped(&self) -> u64;
+}
+
+/// Several CSVs mixed with sampling weights: dataset `i` contributes
+/// `round(w_i / Σw · N)` samples per epoch (`N` = total size), repeating or sub-sampling its
+/// entries deterministically.
+pub struct Mixture {
+    parts: Vec<VideoDataset>,
+    /// `(part, entry)` for each virtual index.
+    index: Vec<(usize, usize)>,
+}
+
+impl Mixture {
+    pub fn new(parts: Vec<VideoDataset>, weights: Option<&[f64]>, seed: u64) -> Result<Self> {
+        let total: usize = parts.iter().map(|p| p.entries.len()).sum();
+        if total == 0 {
+            bail!("the pretraining datasets are empty");
+        }
+        let mut index = Vec::new();
+        match weights {
+            None => {
+                for (pi, p) in parts.iter().enumerate() {
+                    index.extend((0..p.entries.len()).map(|e| (pi, e)));
+                }
+            }
+            Some(w) => {
+                let sum: f64 = w.iter().sum();
+                for (pi, p) in parts.iter().enumerate() {
+                    let n = p.entries.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    let want = (w[pi] / sum * total as f64).round() as usize;
+                    let mut order: Vec<usize> = (0..n).collect();
+                    use rand::seq::SliceRandom;
+                    order.shuffle(&mut crate::rng::rng_for(&[seed, 0x3a7e, pi as u64]));
+                    index.extend((0..want).map(|k| (pi, order[k % n])));
+                }
+            }
+        }
+        Ok(Self { parts, index })
+    }
+}
+
+impl Dataset for Mixture {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+    fn slots(&self) -> usize {
+        1
+    }
+    fn load(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample> {
+        let (p, e) = self.index[index];
+        self.parts[p].load(e, rng)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.index
+            .get(index)
+            .map(|&(p, e)| self.parts[p].describe(e))
+            .unwrap_or_default()
+    }
+}
+
+/// The clip pipeline of a pretraining config.
+pub fn pipeline(cfg: &PretrainConfig) -> ClipPipeline {
+    let d = &cfg.data;
+    let step = match (d.fps, d.frame_step, d.duration) {
+        (Some(f), _, _) => StepRule::Fps(f),
+        (_, Some(s), _) => StepRule::FrameStep(s),
+        (_, _, Some(s)) => StepRule::Duration(s),
+        _ => StepRule::FrameStep(4),
+    };
+    let a = &cfg.data_aug;
+    ClipPipeline {
+        sampling: ClipSampling {
+            frames_per_clip: cfg.frames_per_clip(),
+            step,
+            num_clips: 1,
+            random_clip_sampling: true,
+            allow_clip_overlap: false,
+            filter_short_videos: false,
+        },
+        transform: Transform::Train(RandomResizedCrop {
+            size: d.crop_size,
+            scale: (a.random_resize_scale[0], a.random_resize_scale[1]),
+            ratio: (
+                a.random_resize_aspect_ratio[0],
+                a.random_resize_aspect_ratio[1],
+            ),
+            horizontal_flip: a.horizontal_flip,
+        }),
+        sector: SectorHandling::FullFrame,
+        color: ColorMode::Rgb,
+        perturbation: None,
+    }
+}
+
+/// The data loader wrapped as a [`ClipSource`].
+pub struct LoaderSource {
+    loader: Loader,
+    epoch: Option<Epoch>,
+    pos: LoaderPos,
+    skipped_before: u64,
+    per_epoch: usize,
+}
+
+impl LoaderSource {
+    pub fn new(dataset: Arc<dyn Dataset>, cfg: LoaderConfig) -> Self {
+        let loader = Loader::new(dataset, cfg);
+        let per_epoch = loader.batches_per_epoch();
+        Self {
+            loader,
+            epoch: None,
+            pos: LoaderPos::default(),
+            skipped_before: 0,
+            per_epoch,
+        }
+    }
+
+    fn finish_epoch(&mut self) {
+        if let Some(e) = self.epoch.take() {
+            self.skipped_before += e.stats().skipped.len() as u64;
+        }
+    }
+}
+
+impl ClipSource for LoaderSource {
+    fn next_batch(&mut self) -> Result<Tensor> {
+        for _ in 0..3 {
+            if self.epoch.is_none() {
+                self.epoch = Some(self.loader.epoch(self.pos.epoch));
+            }
+            let ep = self.epoch.as_mut().context("loader epoch")?;
+            match ep.next() {
+                Some(b) => {
+                    let b = b?;
+                    self.pos.consumed += 1;
+                    return b.clips.into_iter().next().context("a batch without clips");
+                }
+                None => {
+                    self.finish_epoch();
+                    self.pos = LoaderPos {
+                        epoch: self.pos.epoch + 1,
+                        consumed: 0,
+                    };
+                }
+            }
+        }
+        bail!(
+            "the loader produced no readable batch in two consecutive epochs (every video unreadable?)"
+        )
+    }
+
+    fn position(&self) -> LoaderPos {
+        self.pos
+    }
+
+    fn seek(&mut self, pos: LoaderPos) -> Result<()> {
+        self.finish_epoch();
+        self.pos = LoaderPos {
+            epoch: pos.epoch,
+            consumed: 0,
+        };
+        let mut ep = self.loader.epoch(pos.epoch);
+        for _ in 0..pos.consumed {
+            if ep.next().transpose()?.is_none() {
+                break;
+            }
+            self.pos.consumed += 1;
+        }
+        self.epoch = Some(ep);
+        Ok(())
+    }
+
+    fn iterations_per_epoch(&self) -> usize {
+        self.per_epoch
+    }
+
+    fn skipped(&self) -> u64 {
+        self.skipped_before
+            + self
+                .epoch
+                .as_ref()
+                .map_or(0, |e| e.stats().skipped.len() as u64)
+    }
+}
+
+/// Opens the config's datasets as a batch source.
+pub fn open(cfg: &PretrainConfig) -> Result<Box<dyn ClipSource>> {
+    let pipe = pipeline(cfg);
+    let mut parts = Vec::new();
+    for csv in &cfg.data.datasets {
+        let entries: Vec<VideoEntry> = read_video_csv(csv)
+            .with_context(|| format!("pretraining dataset {}", csv.display()))?;
+        parts.push(VideoDataset {
+            entries,
+            pipeline: pipe.clone(),
+        });
+    }
+    let mixture = Mixture::new(parts, cfg.data.datasets_weights.as_deref(), cfg.meta.seed)?;
+    if mixture.len() < cfg.data.batch_size {
+        bail!(
+            "{} clips in {} but data.batch_size is {}",
+            mixture.len(),
+            cfg.data
+                .datasets
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.data.batch_size
+        );
+    }
+    let workers = cfg.data.num_workers.max(1);
+    let lc = LoaderConfig {
+        batch_size: cfg.data.batch_size,
+        workers,
+        prefetch: 2 * workers,
+        shuffle: true,
+        drop_last: true,
+        seed: cfg.meta.seed,
+    };
+    Ok(Box::new(LoaderSource::new(Arc::new(mixture), lc)))
+}
