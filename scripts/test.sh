@@ -25,3 +25,13 @@ if need "ffmpeg feature" libavcodec libavformat libswscale; then
     echo "== echojepa with ffmpeg + dicom features"
     cargo test -p echojepa --features ffmpeg,dicom --quiet
 fi
+if need "libudev feature" libudev; then
+    echo "== firmware-host with libudev (serial port enumeration)"
+    cargo test -p firmware-host --features libudev --quiet
+fi
+if [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || [ -n "${LIBCLANG_PATH:-}" ]; then
+    echo "== edge-runtime with v4l (V4L2 capture)"
+    cargo test -p edge-runtime --features v4l --quiet
+elif [ "${CI:-}" = "true" ]; then
+    echo "CI: libclang missing for the v4l feature (see .ci/run)" >&2; exit 1
+fi

@@ -44,8 +44,12 @@ fn main() -> anyhow::Result<()> {
     );
     for name in &models {
         let cfg = EncoderConfig::preset(name)?;
+        // random init through a VarMap, then plain tensors: variables would switch the model
+        // to its differentiable (unfused) training path
         let vm = VarMap::new();
-        let enc = VisionTransformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        VisionTransformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        let weights = echojepa::checkpoint::varmap_tensors(&vm)?;
+        let enc = VisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
         for &s in &sizes {
             let video = random_video(1, 16, s, s, &dev)?;
             let tokens = 8 * (s / 16) * (s / 16);

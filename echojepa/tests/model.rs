@@ -118,7 +118,8 @@ fn native_checkpoint_round_trips() -> anyhow::Result<()> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     let cfg = tiny_encoder();
-    let enc = VisionTransformer::new(&cfg, vb.clone())?;
+    // initialise the weights in the VarMaps
+    VisionTransformer::new(&cfg, vb.clone())?;
     let probe_cfg = ProbeConfig {
         kind: ProbeKind::Classifier,
         embed_dim: 48,
@@ -129,7 +130,7 @@ fn native_checkpoint_round_trips() -> anyhow::Result<()> {
         slots: None,
     };
     let pvm = VarMap::new();
-    let probe = AttentiveProbe::new(&probe_cfg, VarBuilder::from_varmap(&pvm, DType::F32, &dev))?;
+    AttentiveProbe::new(&probe_cfg, VarBuilder::from_varmap(&pvm, DType::F32, &dev))?;
 
     let mut config = NativeConfig::new(cfg.clone());
     config.encoders = vec!["target_encoder".into()];
