@@ -56,7 +56,9 @@ pub struct Args {
     /// Encoder to export: `target_encoder` (default when present) or `encoder`.
     #[arg(long)]
     pub encoder_key: Option<String>,
-    /// Add a probe from an official probe file: NAME=PATH[#INDEX] (INDEX into `classifiers`).
+    /// Add a probe: NAME=PATH[#INDEX], an official `.pt` probe file (INDEX into `classifiers`) or
+    /// the native checkpoint stem `trainer probe` wrote (e.g. runs/phantom/evals/.../ef/probe),
+    /// which must hold the same encoder.
     #[arg(long = "probe")]
     pub probes: Vec<String>,
     /// Attention heads of `.pt` probes (default: the encoder's).

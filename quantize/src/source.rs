@@ -52,7 +52,8 @@ pub struct SourceArgs {
     pub arch: Option<String>,
     /// Which encoder of a pretraining checkpoint (`target_encoder` or `encoder`).
     pub encoder_key: Option<String>,
-    /// `NAME=PATH[#INDEX]` probe files.
+    /// `NAME=PATH[#INDEX]` probe files: official `.pt` (INDEX into `classifiers`) or native
+    /// probe checkpoints of `trainer probe` (INDEX among its probes).
     pub probes: Vec<String>,
     /// Probe heads for `.pt` probes (default: the encoder's).
     pub probe_heads: Option<usize>,
@@ -105,6 +106,34 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
             ),
             None => (PathBuf::from(&rest), 0),
         };
+        if !is_pt(&path) {
+            // a native probe checkpoint (`trainer probe` writes probe.safetensors + probe.json):
+            // its head with class names or label scaler, trained on this very encoder
+            let other = load_native(
+                &SourceArgs {
+                    checkpoint: path.clone(),
+                    encoder_key: a.encoder_key.clone(),
+                    ..SourceArgs::default()
+                },
+                &dev,
+            )
+            .with_context(|| format!("probe `{name}` from {}", path.display()))?;
+            same_encoder(&src, &other)?;
+            let count = other.probes.len();
+            let mut head = other.probes.into_iter().nth(index).with_context(|| {
+                format!("--probe {spec}: {} has {count} probe(s), no #{index}", path.display())
+            })?;
+            head.name = name.clone();
+            src.other_files.push(SourceFile {
+                file: file_name(&other.checkpoint),
+                sha256: other.checkpoint_sha256,
+            });
+            src.other_files.extend(other.other_files);
+            src.notes_say_synthetic |= other.notes_say_synthetic;
+            src.probes.retain(|p| p.name != name);
+            src.probes.push(head);
+            continue;
+        }
         let pt = PtFile::open(&path)?;
         let tensors = pt
             .state_dict(&["classifiers", &index.to_string()], &dev)
@@ -174,6 +203,38 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
         }
     }
     Ok(src)
+}
+
+/// A probe trained on a frozen encoder is only valid on that encoder: every tensor must match.
+fn same_encoder(src: &Source, other: &Source) -> Result<()> {
+    let differs = |k: &str| -> Result<bool> {
+        let (Some(a), Some(b)) = (src.encoder.get(k), other.encoder.get(k)) else {
+            return Ok(true);
+        };
+        if a.dims() != b.dims() {
+            return Ok(true);
+        }
+        let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        Ok(d != 0.0)
+    };
+    let mut names: Vec<&String> = src.encoder.keys().chain(other.encoder.keys()).collect();
+    names.sort();
+    names.dedup();
+    for k in names {
+        if differs(k)? {
+            bail!(
+                "{} was trained on another encoder than {} (tensor `{k}` differs): a probe only \
+                 fits the frozen encoder it was trained on",
+                other.checkpoint.display(),
+                src.checkpoint.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn find_probe<'a>(probes: &'a mut [ProbeSource], name: &str) -> Result<&'a mut ProbeSource> {
