@@ -49,7 +49,8 @@ fn main() -> anyhow::Result<()> {
         let vm = VarMap::new();
         VisionTransformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
         let weights = echojepa::checkpoint::varmap_tensors(&vm)?;
-        let enc = VisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+        let enc =
+            VisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
         for &s in &sizes {
             let video = random_video(1, 16, s, s, &dev)?;
             let tokens = 8 * (s / 16) * (s / 16);

@@ -130,7 +130,7 @@ impl EncoderConfig {
                 self.name
             )));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::Config(format!(
                 "encoder `{}`: embed_dim {} is not divisible by num_heads {}",
                 self.name, self.embed_dim, self.num_heads
@@ -213,7 +213,11 @@ impl PredictorConfig {
 
     pub fn validate(&self) -> Result<()> {
         let d = self.predictor_embed_dim;
-        if d == 0 || self.num_heads == 0 || d % self.num_heads != 0 || d / self.num_heads < 6 {
+        if d == 0
+            || self.num_heads == 0
+            || !d.is_multiple_of(self.num_heads)
+            || d / self.num_heads < 6
+        {
             return Err(Error::Config(format!(
                 "predictor: predictor_embed_dim {d} must be divisible by num_heads {} with head dim >= 6",
                 self.num_heads
@@ -276,7 +280,7 @@ impl ProbeConfig {
         if self.depth == 0 {
             return Err(Error::Config("probe depth must be >= 1".into()));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::Config(format!(
                 "probe: embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads

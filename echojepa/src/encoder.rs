@@ -307,10 +307,10 @@ impl VisionTransformer {
             }
             None => RopeTables::full(head_dim, grid, x.dtype(), x.device())?,
         };
-        if let Some(layers) = opts.out_layers {
-            if let Some(bad) = layers.iter().find(|&&l| l >= self.blocks.len()) {
-                candle_core::bail!("out_layers: block {bad} >= depth {}", self.blocks.len());
-            }
+        if let Some(layers) = opts.out_layers
+            && let Some(bad) = layers.iter().find(|&&l| l >= self.blocks.len())
+        {
+            candle_core::bail!("out_layers: block {bad} >= depth {}", self.blocks.len());
         }
         let mut outs = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {

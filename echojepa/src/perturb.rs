@@ -119,7 +119,7 @@ impl FromStr for Perturbation {
                     Some((a, b)) => (num(a)?, num(b)?),
                     None => (num(rest)?, 0.5),
                 };
-                if !(sigma > 0.0 && sigma <= 2.0) || !(0.0..=1.0).contains(&centre) {
+                if !(sigma > 0.0 && sigma <= 2.0 && (0.0..=1.0).contains(&centre)) {
                     return Err(err("sigma must be in (0, 2] and the centre in [0, 1]"));
                 }
                 Ok(Perturbation::AcousticShadow { sigma, centre })

@@ -109,8 +109,10 @@ pub fn model_info(
         h.targets
             .iter()
             .position(|t| {
+                // `LVEF`, `ef`, `ef_percent` (what `trainer synth` names it), `LVEF (%)`
                 let n = t.name.to_ascii_lowercase();
-                n == "lvef" || n == "ef"
+                let first = n.split(|c: char| !c.is_ascii_alphanumeric()).next();
+                matches!(first, Some("lvef" | "ef"))
             })
             .map(|ti| (hi, ti))
     });

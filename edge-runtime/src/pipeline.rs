@@ -340,16 +340,12 @@ impl Pipeline {
 
         // Outputs.
         let mut acc = AccuracyAcc::new(&ef_views);
-        loop {
-            match rx.recv() {
-                Ok(Msg::Event(ev)) => {
-                    acc.observe(&ev);
-                    emit_all(&mut sinks, &ev);
-                    if sinks.is_empty() {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                }
-                Ok(Msg::InferenceDone) | Err(_) => break,
+        // until inference is done (`InferenceDone`) or every sender is gone
+        while let Ok(Msg::Event(ev)) = rx.recv() {
+            acc.observe(&ev);
+            emit_all(&mut sinks, &ev);
+            if sinks.is_empty() {
+                stop.store(true, Ordering::Relaxed);
             }
         }
         // Status records sent after inference finished (source end, errors).

@@ -19,7 +19,6 @@ pub struct Sample {
     pub view: String,
     /// Ground-truth ejection fraction in percent.
     pub ef: f64,
-    pub seed: u64,
 }
 
 /// Frame rate the clip is sampled at: `fps` of the spec, else `source_fps / frame_step`.
@@ -73,7 +72,6 @@ pub fn phantom_samples(
             thw: (t, h, w),
             view: view.name().to_string(),
             ef: ph.ground_truth().ef_percent,
-            seed: s,
         });
         progress();
     }

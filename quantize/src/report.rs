@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use echojepa::bundle::{PublicKey, verify_bundle};
 use echojepa::config::ProbeKind;
 use echojepa::phantom::View;
-use echojepa::quantized::calibrate::{flatten_patch, rel_error, token_cosine};
+use echojepa::quantized::calibrate::{flatten_patch, token_cosine};
 use echojepa::quantized::{EdgeModel, QuantizedEncoder, Tap, TensorSource};
 use echojepa_kernels::Epilogue;
 use indicatif::{ProgressBar, ProgressStyle};

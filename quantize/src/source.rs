@@ -3,11 +3,10 @@
 //! `.pt` files. Everything is loaded strictly: a missing tensor or a wrong shape names the tensor
 //! and the file.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use echojepa::bundle::{SourceFile, TargetSpec, sha256_file};
 use echojepa::checkpoint::{self, NativeCheckpoint, PtFile, Scaler, TensorMap};
 use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind, SlotConfig};
@@ -121,7 +120,10 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
             same_encoder(&src, &other)?;
             let count = other.probes.len();
             let mut head = other.probes.into_iter().nth(index).with_context(|| {
-                format!("--probe {spec}: {} has {count} probe(s), no #{index}", path.display())
+                format!(
+                    "--probe {spec}: {} has {count} probe(s), no #{index}",
+                    path.display()
+                )
             })?;
             head.name = name.clone();
             src.other_files.push(SourceFile {
@@ -262,7 +264,7 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
         None if cfg.encoders.iter().any(|e| e == "target_encoder") => "target_encoder".into(),
         None => "encoder".into(),
     };
-    if !cfg.encoders.iter().any(|e| *e == which) {
+    if !cfg.encoders.contains(&which) {
         bail!(
             "{}: no `{which}` encoder (has: {})",
             js.display(),
@@ -444,9 +446,4 @@ pub fn reference(src: &Source) -> Result<Reference> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Reference { encoder, probes })
-}
-
-/// Tensors as the calibration code wants them (owned map).
-pub fn tensor_map(t: &TensorMap) -> HashMap<String, Tensor> {
-    t.clone()
 }

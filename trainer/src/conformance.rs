@@ -88,7 +88,7 @@ enum ImgSize {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
-struct Tolerance {
+pub(crate) struct Tolerance {
     max_abs: f64,
     rel_l2: f64,
 }

@@ -289,7 +289,7 @@ impl Run {
     #[allow(clippy::too_many_arguments)]
     fn resume(
         cfg: PretrainConfig,
-        folder: PathBuf,
+        _folder: PathBuf,
         device: Device,
         dtype: DType,
         sched: Schedules,
@@ -692,7 +692,10 @@ pub fn train(
         if end_of_epoch || by_steps || done == stop {
             run.save(&folder.join("latest"), &data_note)?;
         }
-        if end_of_epoch && save_every_epochs > 0 && (done / ipe) % save_every_epochs as usize == 0 {
+        if end_of_epoch
+            && save_every_epochs > 0
+            && (done / ipe).is_multiple_of(save_every_epochs as usize)
+        {
             run.save(&folder.join(format!("e{}", done / ipe)), &data_note)?;
         }
     }

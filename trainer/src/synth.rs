@@ -150,7 +150,11 @@ fn validate(args: &Args) -> Result<()> {
     if args.frames == 0 || args.frames > 10_000 {
         bail!("--frames {} : expected 1..=10000", args.frames);
     }
-    if args.width % 2 != 0 || args.height % 2 != 0 || args.width < 16 || args.height < 16 {
+    if !args.width.is_multiple_of(2)
+        || !args.height.is_multiple_of(2)
+        || args.width < 16
+        || args.height < 16
+    {
         bail!(
             "--width/--height {}x{} : H.264 needs even sizes of at least 16",
             args.width,

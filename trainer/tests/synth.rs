@@ -9,7 +9,14 @@ const FRAMES: usize = 12;
 
 fn synth(out: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["synth", "--patients", "4", "--views", "a4c,psax", "--frames"])
+        .args([
+            "synth",
+            "--patients",
+            "4",
+            "--views",
+            "a4c,psax",
+            "--frames",
+        ])
         .arg(FRAMES.to_string())
         .args(["--width", "64", "--height", "48", "--seed", "11", "--out"])
         .arg(out)
@@ -81,13 +88,21 @@ fn synth_is_reproducible_decodable_and_in_reference_format() {
         for v in &va {
             let out = Command::new(&ffprobe)
                 .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-                .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames"])
+                .args([
+                    "-show_entries",
+                    "stream=codec_name,width,height,nb_read_frames",
+                ])
                 .args(["-of", "csv=p=0"])
                 .arg(v)
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert!(out.status.success(), "{}: {}", v.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                v.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert_eq!(text, format!("h264,64,48,{FRAMES}"), "{}", v.display());
         }
     }
@@ -111,21 +126,32 @@ fn synth_is_reproducible_decodable_and_in_reference_format() {
     let scaler: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("ef/scaler.json")).unwrap()).unwrap();
     assert_eq!(scaler["fitted_on"], "train");
-    let (mean, std) = (scaler["mean"].as_f64().unwrap(), scaler["std"].as_f64().unwrap());
+    let (mean, std) = (
+        scaler["mean"].as_f64().unwrap(),
+        scaler["std"].as_f64().unwrap(),
+    );
     let truth = std::fs::read_to_string(a.join("ground_truth.csv")).unwrap();
     let mut rows = truth.lines();
     let header: Vec<&str> = rows.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (path_c, ef_c, edv_c, esv_c, split_c) =
-        (col("path"), col("ef_percent"), col("edv_ml"), col("esv_ml"), col("split"));
+    let (path_c, ef_c, edv_c, esv_c, split_c) = (
+        col("path"),
+        col("ef_percent"),
+        col("edv_ml"),
+        col("esv_ml"),
+        col("split"),
+    );
     let truth: Vec<Vec<String>> = rows
         .map(|l| l.split(',').map(str::to_string).collect())
         .collect();
     assert_eq!(truth.len(), 8);
     let mut train_ef = Vec::new();
     for r in &truth {
-        let (ef, edv, esv): (f64, f64, f64) =
-            (r[ef_c].parse().unwrap(), r[edv_c].parse().unwrap(), r[esv_c].parse().unwrap());
+        let (ef, edv, esv): (f64, f64, f64) = (
+            r[ef_c].parse().unwrap(),
+            r[edv_c].parse().unwrap(),
+            r[esv_c].parse().unwrap(),
+        );
         // the table rounds to 4 / 3 decimals
         assert!((ef - 100.0 * (edv - esv) / edv).abs() < 0.01, "{r:?}");
         assert!((10.0..=85.0).contains(&ef), "{r:?}");
@@ -134,12 +160,18 @@ fn synth_is_reproducible_decodable_and_in_reference_format() {
         }
     }
     let m = train_ef.iter().sum::<f64>() / train_ef.len() as f64;
-    assert!((m - mean).abs() < 1e-3, "scaler mean {mean} vs train EF mean {m}");
+    assert!(
+        (m - mean).abs() < 1e-3,
+        "scaler mean {mean} vs train EF mean {m}"
+    );
     for split in ["train", "val", "test"] {
         for row in lines(&a.join(format!("ef/{split}.csv"))) {
             assert_eq!(row.len(), 2, "{row:?}");
             let z: f64 = row[1].parse().unwrap();
-            let r = truth.iter().find(|r| r[path_c] == row[0]).expect("listed video has truth");
+            let r = truth
+                .iter()
+                .find(|r| r[path_c] == row[0])
+                .expect("listed video has truth");
             let ef: f64 = r[ef_c].parse().unwrap();
             assert!((z * std + mean - ef).abs() < 1e-3, "{row:?} vs EF {ef}");
         }

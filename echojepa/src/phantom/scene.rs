@@ -400,6 +400,7 @@ fn liver(out: &mut Vec<Prim>, heart_depth: f64) {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the views' own names
 enum Apical {
     FourChamber,
     TwoChamber,

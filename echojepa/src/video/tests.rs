@@ -452,7 +452,7 @@ mod dicom_files {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         let res = open(&p).and_then(|mut r| r.read_all(ColorMode::Gray));
-        let err = res.err().expect("truncated DICOM must fail").to_string();
+        let err = res.expect_err("truncated DICOM must fail").to_string();
         assert!(err.contains("cut.dcm"), "{err}");
     }
 }

@@ -78,8 +78,8 @@ impl Mp4Writer {
             path: path.clone(),
             reason,
         };
-        if width % 2 != 0
-            || height % 2 != 0
+        if !width.is_multiple_of(2)
+            || !height.is_multiple_of(2)
             || width < 16
             || height < 16
             || width > 4096

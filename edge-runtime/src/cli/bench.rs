@@ -212,6 +212,6 @@ fn report(
             a.ef_clips
         )?;
     }
-    writeln!(out, "{}", "Not for diagnostic use.")?;
+    writeln!(out, "Not for diagnostic use.")?;
     Ok(())
 }

@@ -63,7 +63,7 @@ impl RawFormat {
                 self.width, self.height
             ));
         }
-        if self.format == PixelFormat::Yuyv && self.width % 2 != 0 {
+        if self.format == PixelFormat::Yuyv && !self.width.is_multiple_of(2) {
             return Err("YUYV needs an even width".into());
         }
         Ok(self.width as usize * self.height as usize * bpp)

@@ -468,14 +468,14 @@ impl EvalConfig {
                 );
             }
         }
-        if d.resolution == 0 || d.resolution % enc.patch_size != 0 {
+        if d.resolution == 0 || !d.resolution.is_multiple_of(enc.patch_size) {
             bail!(
                 "experiment.data.resolution {} must be a positive multiple of the patch size {}",
                 d.resolution,
                 enc.patch_size
             );
         }
-        if d.frames_per_clip == 0 || d.frames_per_clip % enc.tubelet_size != 0 {
+        if d.frames_per_clip == 0 || !d.frames_per_clip.is_multiple_of(enc.tubelet_size) {
             bail!(
                 "experiment.data.frames_per_clip {} must be a positive multiple of the tubelet size {}",
                 d.frames_per_clip,

@@ -459,7 +459,7 @@ impl PretrainConfig {
         if self.data.batch_size == 0 {
             bail!("data.batch_size must be >= 1");
         }
-        if self.data.crop_size == 0 || self.data.crop_size % self.data.patch_size != 0 {
+        if self.data.crop_size == 0 || !self.data.crop_size.is_multiple_of(self.data.patch_size) {
             bail!(
                 "data.crop_size {} must be a positive multiple of data.patch_size {}",
                 self.data.crop_size,

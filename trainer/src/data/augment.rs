@@ -24,6 +24,7 @@ pub struct RandomResizedCrop {
 
 impl RandomResizedCrop {
     /// EchoJEPA's pretraining settings at `size`.
+    #[allow(dead_code)] // the configs give their own; kept as the documented default
     pub fn echojepa(size: usize) -> Self {
         Self {
             size,

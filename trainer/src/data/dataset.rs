@@ -189,6 +189,7 @@ pub struct Sample {
 }
 
 /// Something the loader can draw samples from.
+#[allow(dead_code)] // `is_empty` and `slots` complete the interface; not every binary path uses them
 pub trait Dataset: Send + Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {

@@ -66,6 +66,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.indices.len()
     }
+    #[allow(dead_code)] // pairs with `len`
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }

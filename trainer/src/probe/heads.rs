@@ -613,7 +613,7 @@ mod tests {
             present: Some(vec![true, false]),
             id: "x".into(),
         };
-        let (x, kpm, _) = t.assemble(&[&s], &[s.present.clone()]).unwrap();
+        let (x, kpm, _) = t.assemble(&[&s], std::slice::from_ref(&s.present)).unwrap();
         let kpm = kpm.unwrap().to_vec2::<u8>().unwrap();
         assert_eq!(kpm[0], vec![0, 0, 0, 1, 1, 1]);
         let x = x.sum(2).unwrap().to_vec2::<f32>().unwrap();

@@ -203,7 +203,7 @@ pub fn probe_config(cfg: &EvalConfig, embed_dim: usize) -> Result<ProbeConfig> {
 }
 
 fn multi_view(cfg: &EvalConfig, train: bool) -> Option<MultiView> {
-    cfg.is_multi().then(|| MultiView {
+    cfg.is_multi().then_some(MultiView {
         views: cfg.experiment.classifier.num_views,
         clips_per_view: cfg.experiment.classifier.clips_per_view,
         miss_prob: if train {
