@@ -270,3 +270,20 @@ fn builtin_profiles_refuse_relative_paths() {
         .to_string();
     assert!(e.contains("capture.device"), "{e}");
 }
+
+/// The default profile trusts exactly the demo key whose public half ships with the demo bundle.
+#[test]
+fn generic_cpu_trusts_the_published_demo_key() {
+    let p = BoardProfile::builtin("generic-cpu").unwrap();
+    assert_eq!(p.trust.keys.len(), 1);
+    let k = &p.trust.keys[0];
+    assert_eq!(k.name, "echojepa-demo");
+    let pub_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../edge-runtime/demo/keys/echojepa-demo.pub");
+    let text = std::fs::read_to_string(&pub_file).unwrap();
+    let hex = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("key line");
+    assert_eq!(k.ed25519.as_deref(), Some(hex.trim()));
+}
