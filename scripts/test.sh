@@ -21,17 +21,22 @@ need() { # need FEATURE-LABEL CHECK...
     done
 }
 
+# The opt-in features, in one build (one feature resolution, so candle is compiled once more,
+# not once per feature).
+features=()
 if need "ffmpeg feature" libavcodec libavformat libswscale; then
-    echo "== echojepa with ffmpeg + dicom features"
-    cargo test -p echojepa --features ffmpeg,dicom --quiet
+    features+=(echojepa/ffmpeg echojepa/dicom)
 fi
 if need "libudev feature" libudev; then
-    echo "== firmware-host with libudev (serial port enumeration)"
-    cargo test -p firmware-host --features libudev --quiet
+    features+=(firmware-host/libudev)
 fi
 if [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || [ -n "${LIBCLANG_PATH:-}" ]; then
-    echo "== edge-runtime with v4l (V4L2 capture)"
-    cargo test -p edge-runtime --features v4l --quiet
+    features+=(edge-runtime/v4l)
 elif [ "${CI:-}" = "true" ]; then
     echo "CI: libclang missing for the v4l feature (see .ci/run)" >&2; exit 1
+fi
+if [ ${#features[@]} -gt 0 ]; then
+    list=$(IFS=,; echo "${features[*]}")
+    echo "== opt-in features: $list"
+    cargo test -p echojepa -p firmware-host -p edge-runtime --features "$list" --quiet
 fi

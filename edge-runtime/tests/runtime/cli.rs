@@ -132,3 +132,36 @@ fn a_missing_bundle_says_where_it_looked() {
         "{err}"
     );
 }
+
+/// The README's main job: no arguments but a frame limit runs the phantom through the committed
+/// demo bundle (verified against the generic-cpu profile's demo key) and prints predictions that
+/// say they come from synthetic training data.
+#[test]
+fn the_default_run_uses_the_demo_bundle_and_says_it_is_synthetic() {
+    let o = Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
+        .args(["--json", "--max-frames", "120"])
+        .env_remove("ECHOJEPA_BUNDLE")
+        .env_remove("ECHOJEPA_BOARD")
+        .env_remove("ECHOJEPA_DEMO_BUNDLE")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines[0]["type"], "started");
+    assert_eq!(lines[0]["board"], "generic-cpu");
+    assert_eq!(lines[0]["model"]["id"], "echojepa-demo-phantom");
+    let preds: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "prediction").collect();
+    assert!(preds.len() >= 5, "{} predictions", preds.len());
+    for p in &preds {
+        assert_eq!(p["synthetic_training_data"], true);
+        assert!(p["notice"].as_str().unwrap().contains("synthetic"));
+        assert!(p["view"]["label"].is_string());
+    }
+    // the demo view head knows the phantom: most clips get the true view
+    let right = preds.iter().filter(|p| p["view"]["label"] == p["truth"]["view"]).count();
+    assert!(right * 2 > preds.len(), "{right} of {} views right", preds.len());
+}
