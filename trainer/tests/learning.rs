@@ -129,27 +129,22 @@ fn synth(root: &Path) -> PathBuf {
     data
 }
 
-#[test]
-fn pretraining_learns_and_resume_is_exact() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let t0 = Instant::now();
-    let data = synth(root);
-    eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
+const STEPS_PER_EPOCH: usize = 20;
+const EPOCHS: usize = 6;
 
-    // --- pretraining, uninterrupted (also the encoder the probes use)
-    let steps_per_epoch = 20;
-    let epochs = 6;
+/// Pretrains into `straight/` without interruption; checks the loss falls and the plot is
+/// written; returns the loss curve.
+fn pretrain_straight(root: &Path, data: &Path) -> Vec<(usize, String)> {
     std::fs::write(
         root.join("pre.yaml"),
-        pretrain_yaml(&data, "straight", steps_per_epoch, epochs, 10),
+        pretrain_yaml(data, "straight", STEPS_PER_EPOCH, EPOCHS, 10),
     )
     .unwrap();
     let t1 = Instant::now();
     run(&["pretrain", "--config", "pre.yaml"], root);
     eprintln!("pretrain: {:.1} s", t1.elapsed().as_secs_f64());
     let straight = losses(&root.join("straight/metrics.csv"));
-    assert_eq!(straight.len(), steps_per_epoch * epochs);
+    assert_eq!(straight.len(), STEPS_PER_EPOCH * EPOCHS);
     let first: f64 = straight[..10]
         .iter()
         .map(|l| l.1.parse::<f64>().unwrap())
@@ -165,11 +160,24 @@ fn pretraining_learns_and_resume_is_exact() {
         "the pretraining loss falls: {first} -> {last}"
     );
     assert!(root.join("straight/loss.png").exists());
+    straight
+}
+
+#[test]
+fn pretraining_learns_and_resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t0 = Instant::now();
+    let data = synth(root);
+    eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
+
+    // --- pretraining, uninterrupted (also the encoder the probes use)
+    let straight = pretrain_straight(root, &data);
 
     // --- the same run killed after its first checkpoints, then resumed
     std::fs::write(
         root.join("kill.yaml"),
-        pretrain_yaml(&data, "killed", steps_per_epoch, epochs, 10),
+        pretrain_yaml(&data, "killed", STEPS_PER_EPOCH, EPOCHS, 10),
     )
     .unwrap();
     let mut child = trainer()
@@ -201,7 +209,7 @@ fn pretraining_learns_and_resume_is_exact() {
     child.wait().unwrap();
     let partial = losses(&root.join("killed/metrics.csv"));
     assert!(
-        partial.len() < steps_per_epoch * epochs,
+        partial.len() < STEPS_PER_EPOCH * EPOCHS,
         "killed before the end"
     );
     run(&["pretrain", "--config", "kill.yaml", "--resume"], root);
@@ -225,38 +233,12 @@ fn pretraining_helps_probes() {
     eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
 
     // --- pretraining, uninterrupted (also the encoder the probes use)
-    let steps_per_epoch = 20;
-    let epochs = 6;
-    std::fs::write(
-        root.join("pre.yaml"),
-        pretrain_yaml(&data, "straight", steps_per_epoch, epochs, 10),
-    )
-    .unwrap();
-    let t1 = Instant::now();
-    run(&["pretrain", "--config", "pre.yaml"], root);
-    eprintln!("pretrain: {:.1} s", t1.elapsed().as_secs_f64());
-    let straight = losses(&root.join("straight/metrics.csv"));
-    assert_eq!(straight.len(), steps_per_epoch * epochs);
-    let first: f64 = straight[..10]
-        .iter()
-        .map(|l| l.1.parse::<f64>().unwrap())
-        .sum::<f64>()
-        / 10.0;
-    let last: f64 = straight[straight.len() - 10..]
-        .iter()
-        .map(|l| l.1.parse::<f64>().unwrap())
-        .sum::<f64>()
-        / 10.0;
-    assert!(
-        last < first,
-        "the pretraining loss falls: {first} -> {last}"
-    );
-    assert!(root.join("straight/loss.png").exists());
+    pretrain_straight(root, &data);
 
     // --- a random-initialised encoder of the same architecture and seed (0 steps)
     std::fs::write(
         root.join("rand.yaml"),
-        pretrain_yaml(&data, "random", steps_per_epoch, epochs, 10),
+        pretrain_yaml(&data, "random", STEPS_PER_EPOCH, EPOCHS, 10),
     )
     .unwrap();
     run(

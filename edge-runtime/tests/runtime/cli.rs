@@ -154,7 +154,8 @@ fn the_default_run_uses_the_demo_bundle_and_says_it_is_synthetic() {
     assert_eq!(lines[0]["type"], "started");
     assert_eq!(lines[0]["board"], "generic-cpu");
     assert_eq!(lines[0]["model"]["id"], "echojepa-demo-phantom");
-    let preds: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "prediction").collect();
+    let preds: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["type"] == "prediction").collect();
     assert!(preds.len() >= 5, "{} predictions", preds.len());
     for p in &preds {
         assert_eq!(p["synthetic_training_data"], true);
@@ -162,6 +163,13 @@ fn the_default_run_uses_the_demo_bundle_and_says_it_is_synthetic() {
         assert!(p["view"]["label"].is_string());
     }
     // the demo view head knows the phantom: most clips get the true view
-    let right = preds.iter().filter(|p| p["view"]["label"] == p["truth"]["view"]).count();
-    assert!(right * 2 > preds.len(), "{right} of {} views right", preds.len());
+    let right = preds
+        .iter()
+        .filter(|p| p["view"]["label"] == p["truth"]["view"])
+        .count();
+    assert!(
+        right * 2 > preds.len(),
+        "{right} of {} views right",
+        preds.len()
+    );
 }
