@@ -28,7 +28,7 @@ rm -rf "$out.new"
 "$Q" build \
     --checkpoint runs/phantom/pretrain-tiny/latest \
     --probe "view=$view/probe" --probe "ef=$ef/probe" \
-    --valid-views ef=A4C \
+    --valid-views ef=a4c \
     --model-id echojepa-demo-phantom --model-version "$(date -u +%Y.%m.%d)" \
     --description "demo: 4-block 96-wide EchoJEPA-style encoder pretrained on the synthetic phantom" \
     --synthetic --sector full \
