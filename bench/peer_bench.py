@@ -58,7 +58,7 @@ from vjepa_encoder import PRESETS, Encoder, benchmark_weights, load_official  # 
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "conformance"
 DEFAULT_MODELS = "vit_tiny@112,vit_small@112,vit_base@112,vit_tiny@224,vit_small@224"
-DEFAULT_RUST = ("cargo run --release -q -p echojepa-kernels --example encoder_bench --")
+DEFAULT_RUST = "cargo run --release -q -p edge-runtime -- bench-encoder"
 
 
 def conformance(fixture):
@@ -96,12 +96,14 @@ def token_cosine(a, b):
     return float(cos.mean()), float(cos.min())
 
 
-def run_rust(cmd, weights, video, reps, out_dir, name):
+def run_rust(cmd, weights, video, reps, out_dir, name, threads):
     """Run one Rust encoder command; returns {label: (times_ms, tokens)} or an error string."""
     out_prefix = out_dir / f"{name}.rust"
     args = shlex.split(cmd) + ["--weights", str(weights), "--input", str(video), "--reps", str(reps),
                                "--output-prefix", str(out_prefix), "--json"]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ)
+    env.setdefault("ECHOJEPA_THREADS", str(threads))
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return f"`{cmd}` failed ({proc.returncode}): {proc.stderr.strip()[-400:]}"
     results = {}
@@ -195,7 +197,7 @@ def main():
                 times[k].append((time.perf_counter() - t0) * 1e3)
 
         for cmd in rust_cmds:
-            res = run_rust(cmd, weights_path, video_path, args.reps, args.out, name)
+            res = run_rust(cmd, weights_path, video_path, args.reps, args.out, name, args.threads)
             if isinstance(res, str):
                 print("  rust:", res, flush=True)
                 continue

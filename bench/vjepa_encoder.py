@@ -17,6 +17,8 @@ PRESETS = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
     "vit_large": (1024, 24, 16),
+    # the demo bundle's encoder (configs/quickstart, edge-runtime/demo/bundle): 96 wide, 4 blocks
+    "demo": (96, 4, 4),
 }
 
 

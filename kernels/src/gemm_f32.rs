@@ -279,7 +279,7 @@ impl GemmF32 {
                     scalar_micro(kc, a, self.lda, rows, b, c, self.ldc, cols, acc, alpha)
                 }
                 #[cfg(target_arch = "x86_64")]
-                F32Kernel::Avx2Fma => crate::x86::avx2::f32_4x16(
+                F32Kernel::Avx2Fma => crate::x86::avx2::f32_6x16(
                     kc, a, self.lda, rows, b, c, self.ldc, cols, acc, alpha,
                 ),
                 #[cfg(target_arch = "x86_64")]

@@ -297,11 +297,13 @@ pub(crate) fn gather<'a>(
 
 /// BT.601 luma of an RGB pixel, rounded.
 #[inline]
+#[cfg_attr(not(feature = "dicom"), allow(dead_code))] // only the DICOM reader converts colour
 pub(crate) fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     ((299 * r as u32 + 587 * g as u32 + 114 * b as u32 + 500) / 1000) as u8
 }
 
 /// Converts interleaved pixels between 1 and 3 channels.
+#[cfg_attr(not(feature = "dicom"), allow(dead_code))]
 pub(crate) fn convert_channels(src: &[u8], from: usize, to: ColorMode) -> Vec<u8> {
     match (from, to) {
         (1, ColorMode::Gray) | (3, ColorMode::Rgb) => src.to_vec(),

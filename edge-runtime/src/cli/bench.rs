@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use edge_runtime::clip::Clip;
 use edge_runtime::clock::SystemClock;
+use edge_runtime::engine::InferenceEngine;
 use edge_runtime::events::{Event, Summary};
+use edge_runtime::frame::GrayImage;
 use edge_runtime::pipeline::{Pipeline, Sink};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -81,9 +84,61 @@ fn machine() -> String {
     format!("{model}, {cores} logical cores")
 }
 
+/// Untimed warm-up runs, then timed runs, of the model alone before the live run.
+const ALONE_WARMUP: usize = 3;
+const ALONE_RUNS: usize = 30;
+
+/// Encoder time of `engine` with nothing else running: the model's own clip shape, filled with
+/// seeded noise, [`ALONE_RUNS`] times after [`ALONE_WARMUP`] untimed runs. Median and minimum
+/// in ms; `None` when the engine reports no `encoder` stage.
+fn encoder_alone(engine: &mut dyn InferenceEngine) -> Result<Option<(f64, f64)>> {
+    let spec = engine.info().clip;
+    let r = spec.resolution;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 56) as u8
+    };
+    let frames = (0..spec.frames)
+        .map(|_| {
+            let mut img = GrayImage::new(r, r);
+            img.data.iter_mut().for_each(|p| *p = noise());
+            std::sync::Arc::new(img)
+        })
+        .collect::<Vec<_>>();
+    let clip = Clip {
+        id: 0,
+        spec,
+        seqs: (0..frames.len() as u64).collect(),
+        frames,
+        first_ts: std::time::Duration::ZERO,
+        last_ts: spec.span(),
+        arrived: std::time::Duration::ZERO,
+        built_at: std::time::Duration::ZERO,
+        truth: None,
+    };
+    let mut times = Vec::with_capacity(ALONE_RUNS);
+    for i in 0..ALONE_WARMUP + ALONE_RUNS {
+        let out = engine
+            .infer(&clip)
+            .map_err(|e| anyhow::anyhow!("encoder-alone run {i}: {}", e.reason))?;
+        let Some((_, d)) = out.stages.iter().find(|(name, _)| *name == "encoder") else {
+            return Ok(None);
+        };
+        if i >= ALONE_WARMUP {
+            times.push(d.as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Some((times[times.len() / 2], times[0])))
+}
+
 pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
     let board = load_board(&args.model.board)?;
-    let model = load_model(&args.model, &board)?;
+    let mut model = load_model(&args.model, &board)?;
+    let alone = encoder_alone(model.engine.as_mut())?;
     let clock = SystemClock::shared();
     let stop = stop_on_signal();
     let fps = args.source.fps.unwrap_or(board.capture.fps);
@@ -125,6 +180,9 @@ pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
                 "model": {"id": model.info.model_id, "version": model.info.model_version},
                 "runs_on": model.info.runs_on,
                 "source": source_name,
+                "encoder_alone_ms": alone.map(|(median, min)| serde_json::json!({
+                    "median": median, "min": min, "runs": ALONE_RUNS,
+                })),
                 "summary": summary,
             }))?
         )?;
@@ -137,6 +195,7 @@ pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
             &model.info,
             &source_name,
             &summary,
+            alone,
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -150,6 +209,7 @@ fn report(
     info: &edge_runtime::engine::ModelInfo,
     source: &str,
     s: &Summary,
+    alone: Option<(f64, f64)>,
 ) -> std::io::Result<()> {
     let c = &s.counters;
     writeln!(out, "edge-runtime bench, {date}, {machine}")?;
@@ -188,6 +248,16 @@ fn report(
             out,
             "{:<24} {:>8} {:>9.2} {:>9.2} {:>9.2}",
             stage, p.n, p.p50, p.p99, p.max
+        )?;
+    }
+    if let Some((median, min)) = alone {
+        writeln!(
+            out,
+            "encoder alone (before the run, nothing else running, {ALONE_RUNS} runs): median {median:.2} ms, min {min:.2} ms"
+        )?;
+        writeln!(
+            out,
+            "  (what `edge-runtime bench-encoder` and bench/peer_bench.py measure; the encoder row above shares the cores with capture and preprocessing)"
         )?;
     }
     writeln!(out)?;

@@ -1,6 +1,7 @@
 //! Command-line interface: arguments, logging, and dispatch to the subcommands.
 
 mod bench;
+mod bench_encoder;
 mod boards_cmd;
 mod check;
 mod common;
@@ -54,6 +55,42 @@ pub enum Command {
     Check(CheckArgs),
     /// List the built-in board profiles, or validate and print one (a name or a .toml file).
     Boards(BoardsArgs),
+    /// Time the runtime's encoder alone (f32 and int8) on given f32 weights and one clip, and
+    /// write its tokens: what `bench/peer_bench.py` compares with ONNX Runtime.
+    BenchEncoder(BenchEncoderArgs),
+}
+
+/// `edge-runtime bench-encoder`.
+///
+/// Example: edge-runtime bench-encoder --weights bench/out/vit_small_112.weights.safetensors
+///            --input bench/out/vit_small_112.input.safetensors --reps 10
+#[derive(Debug, Clone, Args)]
+#[command(verbatim_doc_comment)]
+pub struct BenchEncoderArgs {
+    /// f32 encoder weights (safetensors, reference tensor names: `patch_embed.proj.weight`,
+    /// `blocks.{i}.attn.qkv.weight`, ...) with `embed_dim`, `depth`, `num_heads` (and optionally
+    /// `mlp_ratio`, `patch_size`, `tubelet_size`) in the file's metadata.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input clip: safetensors with `video` `[1, 3, T, H, W]` f32 (already normalised).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Timed repetitions per variant, after one untimed warm-up run.
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Variants to time: f32 (every linear f32) and/or int8 (block linears int8, patch
+    /// embedding f32, as bundles store them).
+    #[arg(long, default_value = "f32,int8")]
+    pub precision: String,
+    /// Write each variant's tokens to PREFIX.<label>.safetensors (`tokens` `[1, N, D]`).
+    #[arg(long)]
+    pub output_prefix: Option<PathBuf>,
+    /// Kernel threads (default: ECHOJEPA_THREADS, else all CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// One JSON line per variant: label, median_ms, times_ms, tokens, threads, output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which board and which model.
@@ -202,5 +239,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench(args)) => bench::run(args, &mut stdout),
         Some(Command::Check(args)) => check::run(args, &mut stdout),
         Some(Command::Boards(args)) => boards_cmd::run(args, &mut stdout),
+        Some(Command::BenchEncoder(args)) => bench_encoder::run(args, &mut stdout),
     }
 }

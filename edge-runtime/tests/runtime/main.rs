@@ -3,6 +3,7 @@
 //! paths, bundle verification, the web live view in headless Chromium, and the serial link to a
 //! simulated cart MCU over a real pseudo-terminal.
 
+mod bench_encoder;
 mod bundle;
 mod cli;
 mod common;

@@ -1,0 +1,257 @@
+//! `edge-runtime bench-encoder`: times the runtime's own encoder (the packed-kernel
+//! [`QuantizedEncoder`] a bundle runs on) on given f32 weights and one input clip, in f32 and in
+//! int8, and writes each variant's tokens so another program can compare them. This is the
+//! `--rust-cmd` interface of `bench/peer_bench.py`, which times ONNX Runtime on the same weights
+//! and input in the same run.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use echojepa::bundle::Precision;
+use echojepa::config::EncoderConfig;
+use echojepa::quantized::calibrate::flatten_patch;
+use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource};
+
+use super::BenchEncoderArgs;
+
+/// The safetensors header's `__metadata__` map (string to string), empty when absent.
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).with_context(|| {
+        format!(
+            "{}: not a safetensors file (no header length)",
+            path.display()
+        )
+    })?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!(
+            "{}: safetensors header claims {len} bytes; not a safetensors file",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: safetensors header is truncated", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: safetensors header is not JSON", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Encoder architecture from the weights file's metadata (`embed_dim`, `depth`, `num_heads`,
+/// optional `mlp_ratio`, `patch_size`, `tubelet_size`).
+fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<EncoderConfig> {
+    let get = |key: &str| -> Result<Option<f64>> {
+        meta.get(key)
+            .map(|s| {
+                s.parse::<f64>().with_context(|| {
+                    format!(
+                        "{}: metadata `{key}` = {s:?} is not a number",
+                        path.display()
+                    )
+                })
+            })
+            .transpose()
+    };
+    let need = |key: &str| -> Result<usize> {
+        get(key)?.map(|v| v as usize).with_context(|| {
+            format!(
+                "{}: metadata `{key}` is missing (needed: embed_dim, depth, num_heads)",
+                path.display()
+            )
+        })
+    };
+    let mut cfg = EncoderConfig::custom(
+        need("embed_dim")?,
+        need("depth")?,
+        need("num_heads")?,
+        get("mlp_ratio")?.unwrap_or(4.0),
+    );
+    if let Some(p) = get("patch_size")? {
+        cfg.patch_size = p as usize;
+    }
+    if let Some(t) = get("tubelet_size")? {
+        cfg.tubelet_size = t as usize;
+    }
+    Ok(cfg)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// One timed variant.
+struct Variant {
+    label: &'static str,
+    /// Precision of the block linears (the patch embedding stays f32, as bundles keep it).
+    blocks: Precision,
+}
+
+pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
+    if let Some(t) = args.threads
+        && std::env::var_os("ECHOJEPA_THREADS").is_none()
+    {
+        // SAFETY: set before the kernel pool starts; no other thread reads the environment yet.
+        unsafe { std::env::set_var("ECHOJEPA_THREADS", t.to_string()) };
+    }
+    let meta = read_metadata(&args.weights)?;
+    let cfg = config_from_metadata(&args.weights, &meta)?;
+    let tensors = candle_core::safetensors::load(&args.weights, &Device::Cpu)
+        .with_context(|| format!("cannot read weights {}", args.weights.display()))?;
+    let tensors = flatten_patch(&cfg, &tensors);
+    let inputs = candle_core::safetensors::load(&args.input, &Device::Cpu)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let video = inputs.get("video").with_context(|| {
+        format!(
+            "{}: no tensor `video` (expected [1, 3, T, H, W] f32)",
+            args.input.display()
+        )
+    })?;
+    let dims = video.dims().to_vec();
+    if dims.len() != 5 || dims[0] != 1 || dims[1] != cfg.in_chans {
+        bail!(
+            "{}: `video` is {dims:?}, expected [1, {}, T, H, W]",
+            args.input.display(),
+            cfg.in_chans
+        );
+    }
+    let (t, h, w) = (dims[2], dims[3], dims[4]);
+    let clip = video
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+
+    let mut variants = Vec::new();
+    for p in args.precision.split(',').map(str::trim) {
+        variants.push(match p {
+            "f32" => Variant {
+                label: "edge_f32",
+                blocks: Precision::F32,
+            },
+            "int8" => Variant {
+                label: "edge_int8",
+                blocks: Precision::Q8_0,
+            },
+            other => bail!("--precision: unknown `{other}` (use f32, int8 or both)"),
+        });
+    }
+    let origin = args.weights.display().to_string();
+    for v in variants {
+        let precision: HashMap<String, Precision> = QuantizedEncoder::linear_shapes(&cfg)
+            .into_iter()
+            .filter(|(name, _)| name != "patch_embed.proj")
+            .map(|(name, _)| (name, v.blocks))
+            .collect();
+        let src = TensorSource {
+            tensors: &tensors,
+            origin: &origin,
+            precision: &precision,
+        };
+        let enc = QuantizedEncoder::load(&cfg, &src)
+            .with_context(|| format!("cannot build the {} encoder from {origin}", v.label))?;
+        let mut tokens = enc.forward_clip(&clip, (t, h, w))?; // warm-up (packing, RoPE tables)
+        let mut times = Vec::with_capacity(args.reps);
+        for _ in 0..args.reps {
+            let t0 = Instant::now();
+            tokens = enc.forward_clip(&clip, (t, h, w))?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let n = tokens.len() / cfg.embed_dim;
+        let output = args
+            .output_prefix
+            .as_ref()
+            .map(|prefix| -> Result<PathBuf> {
+                let path = PathBuf::from(format!("{}.{}.safetensors", prefix.display(), v.label));
+                let t = Tensor::from_vec(tokens.clone(), (1, n, cfg.embed_dim), &Device::Cpu)?;
+                candle_core::safetensors::save(&HashMap::from([("tokens", t)]), &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(path)
+            })
+            .transpose()?;
+        let med = median(&times);
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "label": v.label,
+                    "median_ms": med,
+                    "times_ms": times,
+                    "tokens": n,
+                    "threads": echojepa_kernels::pool::num_threads(),
+                    "output": output.map(|p| p.display().to_string()),
+                })
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{:<10} {n} tokens × {}: median {med:.1} ms over {} runs ({} threads)",
+                v.label,
+                cfg.embed_dim,
+                times.len(),
+                echojepa_kernels::pool::num_threads()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn metadata_must_name_the_architecture() {
+        let p = Path::new("w.safetensors");
+        let mut m = HashMap::from([
+            ("embed_dim".to_string(), "64".to_string()),
+            ("depth".to_string(), "2".to_string()),
+        ]);
+        let err = config_from_metadata(p, &m).unwrap_err().to_string();
+        assert!(
+            err.contains("num_heads") && err.contains("w.safetensors"),
+            "{err}"
+        );
+        m.insert("num_heads".into(), "four".into());
+        let err = config_from_metadata(p, &m).unwrap_err().to_string();
+        assert!(err.contains("num_heads") && err.contains("four"), "{err}");
+        m.insert("num_heads".into(), "4".into());
+        let cfg = config_from_metadata(p, &m).unwrap();
+        assert_eq!(
+            (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_hidden),
+            (64, 2, 4, 256)
+        );
+    }
+}
