@@ -128,11 +128,11 @@ fn encoder_alone(engine: &mut dyn InferenceEngine) -> Result<Option<(f64, f64)>>
             return Ok(None);
         };
         if i >= ALONE_WARMUP {
-            times.push(d.as_secs_f64() * 1e3);
+            times.push(d.as_secs_f32() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(Some((times[times.len() / 2], times[0])))
+    let min = times.iter().copied().fold(f32::INFINITY, f32::min);
+    Ok(edge_runtime::stats::percentiles(&times).map(|p| (p.p50 as f64, min as f64)))
 }
 
 pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {

@@ -16,41 +16,18 @@ use echojepa::bundle::Precision;
 use echojepa::config::EncoderConfig;
 use echojepa::quantized::calibrate::flatten_patch;
 use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource};
+use edge_runtime::stats::percentiles;
 
 use super::BenchEncoderArgs;
 
-/// The safetensors header's `__metadata__` map (string to string), empty when absent.
-fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(|| {
-        format!(
-            "{}: not a safetensors file (no header length)",
-            path.display()
-        )
-    })?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        bail!(
-            "{}: safetensors header claims {len} bytes; not a safetensors file",
-            path.display()
-        );
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .with_context(|| format!("{}: safetensors header is truncated", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: safetensors header is not JSON", path.display()))?;
-    Ok(v.get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
+/// Reads a safetensors file once: its tensors (on the CPU) and its `__metadata__` map.
+fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{}: cannot load its tensors", path.display()))?;
+    Ok((tensors, header.metadata().clone().unwrap_or_default()))
 }
 
 /// Encoder architecture from the weights file's metadata (`embed_dim`, `depth`, `num_heads`,
@@ -91,20 +68,6 @@ fn config_from_metadata(path: &Path, meta: &HashMap<String, String>) -> Result<E
     Ok(cfg)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
-
 /// One timed variant.
 struct Variant {
     label: &'static str,
@@ -119,13 +82,10 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
         // SAFETY: set before the kernel pool starts; no other thread reads the environment yet.
         unsafe { std::env::set_var("ECHOJEPA_THREADS", t.to_string()) };
     }
-    let meta = read_metadata(&args.weights)?;
+    let (tensors, meta) = read_safetensors(&args.weights)?;
     let cfg = config_from_metadata(&args.weights, &meta)?;
-    let tensors = candle_core::safetensors::load(&args.weights, &Device::Cpu)
-        .with_context(|| format!("cannot read weights {}", args.weights.display()))?;
     let tensors = flatten_patch(&cfg, &tensors);
-    let inputs = candle_core::safetensors::load(&args.input, &Device::Cpu)
-        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let (inputs, _) = read_safetensors(&args.input)?;
     let video = inputs.get("video").with_context(|| {
         format!(
             "{}: no tensor `video` (expected [1, 3, T, H, W] f32)",
@@ -179,7 +139,7 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
         for _ in 0..args.reps {
             let t0 = Instant::now();
             tokens = enc.forward_clip(&clip, (t, h, w))?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(t0.elapsed().as_secs_f32() * 1e3);
         }
         let n = tokens.len() / cfg.embed_dim;
         let output = args
@@ -193,7 +153,7 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
                 Ok(path)
             })
             .transpose()?;
-        let med = median(&times);
+        let med = percentiles(&times).map_or(f32::NAN, |p| p.p50);
         if args.json {
             writeln!(
                 out,
@@ -224,13 +184,6 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&[]).is_nan());
-    }
 
     #[test]
     fn metadata_must_name_the_architecture() {
