@@ -48,7 +48,8 @@ pub enum Command {
     /// Run the live pipeline (what happens with no subcommand).
     Run(RunArgs),
     /// Measure a bundle on a source: sustained frames/s, per-stage latency p50/p99, dropped
-    /// frames and clips, peak memory, and (on the phantom) accuracy against ground truth.
+    /// frames and clips, peak memory, the encoder's time alone (before the live run), and (on
+    /// the phantom) accuracy against ground truth.
     Bench(BenchArgs),
     /// Health check of a board's bundle: verify signature and hashes, load the model, run one
     /// clip. Exit status 0 means healthy (used by `firmware-host flash` and the systemd unit).
