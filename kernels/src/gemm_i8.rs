@@ -293,6 +293,8 @@ impl GemmI8<'_> {
             Int8Kernel::Avx512Vnni => (8, 2),
         };
         let simd = l.kernel != Int8Kernel::Scalar;
+        // AVX2 finishes full 16-column tiles in registers (`i8_4x16_fused`).
+        let fused = cfg!(target_arch = "x86_64") && l.kernel == Int8Kernel::Avx2;
         let mut tile = [[0i32; 2 * NR]; MR_MAX];
         let mut mb = rows.start;
         while mb < rows.end {
@@ -309,8 +311,12 @@ impl GemmI8<'_> {
                     unsafe {
                         let a = self.a.add(r * l.kp);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
-                        self.micro(kg, a, rcount, b, pcount, &mut tile);
-                        self.finish_tile(&tile, r, rcount, col0, cols, simd);
+                        if fused && cols == NR {
+                            self.fused_tile(kg, a, r, rcount, b, col0);
+                        } else {
+                            self.micro(kg, a, rcount, b, pcount, &mut tile);
+                            self.finish_tile(&tile, r, rcount, col0, cols, simd);
+                        }
                     }
                     r += rcount;
                 }
@@ -351,6 +357,50 @@ impl GemmI8<'_> {
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => unreachable!("unsupported kernels are rejected at packing"),
             }
+        }
+    }
+
+    /// One full 16-column AVX2 tile, dequantized in registers.
+    #[inline]
+    unsafe fn fused_tile(
+        &self,
+        kg: usize,
+        a: *const u8,
+        r0: usize,
+        rows: usize,
+        b: *const i8,
+        col0: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let l = self.layer;
+            let n = l.n;
+            // SAFETY (pointer arithmetic): row r0 < m, column col0 + 16 <= n of C and of the
+            // residual; the per-channel vectors are padded to whole panels.
+            unsafe {
+                let e = crate::x86::avx2::TileEpi {
+                    sa: self.sa.add(r0),
+                    za: self.za.add(r0),
+                    wscale: l.wscale.as_ptr().add(col0),
+                    colsum: l.colsum.as_ptr().add(col0),
+                    bias: l.bias.as_ref().map(|v| v.as_ptr().add(col0)),
+                    res: match self.epilogue {
+                        Epi::Residual(p, _) => Some(p.add(r0 * n + col0)),
+                        _ => None,
+                    },
+                    c: self.c.add(r0 * n + col0),
+                    ldc: n,
+                    gelu: matches!(self.epilogue, Epi::Gelu),
+                    accumulate: matches!(self.epilogue, Epi::Accumulate),
+                };
+                // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above.
+                crate::x86::avx2::i8_4x16_fused(kg, a, l.kp, rows, b, &e);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kg, a, r0, rows, b, col0);
+            unreachable!("the fused tile is x86-only");
         }
     }
 

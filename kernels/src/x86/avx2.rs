@@ -127,6 +127,113 @@ pub(crate) unsafe fn i8_4x16(
     }
 }
 
+/// Per-tile dequantization inputs of the fused 4×16 int8 tile: everything is already offset to
+/// the tile's first row (`sa`, `za`, `c`, `res`) and first column (`wscale`, `colsum`, `bias`,
+/// `c`, `res`); `c` and `res` rows are `ldc` apart.
+pub(crate) struct TileEpi {
+    pub sa: *const f32,
+    pub za: *const i32,
+    pub wscale: *const f32,
+    pub colsum: *const i32,
+    pub bias: Option<*const f32>,
+    pub res: Option<*const f32>,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub gelu: bool,
+    pub accumulate: bool,
+}
+
+/// [`i8_4x16`] with the dequantization epilogue applied straight from the accumulator
+/// registers, for a full 16-column panel: no i32 tile round trip through memory, the
+/// per-column vectors loaded once for all rows, and the output (or residual) rows prefetched
+/// before the k loop so that `Accumulate` does not wait on a cache miss at the end. The
+/// arithmetic is the same, in the same order, as [`dequant_row`], so the results are
+/// bit-identical to the unfused path.
+///
+/// # Safety
+/// As [`i8_4x16`]; `e` points at `rows` rows of 16 writable (`c`) / readable (`res`) floats at
+/// stride `ldc`, 16 column entries of `wscale`, `colsum`, `bias`, and `rows` entries of
+/// `sa`, `za`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn i8_4x16_fused(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    e: &TileEpi,
+) {
+    let ap: [*const u8; 4] =
+        std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
+    // The tile's output rows are read at the end (`Accumulate` / residual); start loading them
+    // now. Prefetch never faults, so the second line of each row may safely lie past the end.
+    let pre = if e.accumulate {
+        Some(e.c as *const f32)
+    } else {
+        e.res
+    };
+    if let Some(p) = pre {
+        for r in 0..rows {
+            let row = p.wrapping_add(r * e.ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
+        }
+    }
+    let ones = _mm256_set1_epi16(1);
+    let mut t = [[_mm256_setzero_si256(); 2]; 4];
+    for g in 0..kg {
+        // SAFETY: g < kg; each row has 4·kg bytes; B has kg groups of 64 bytes.
+        unsafe {
+            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
+            for r in 0..4 {
+                let av = _mm256_set1_epi32((ap[r].add(4 * g) as *const i32).read_unaligned());
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
+                t[r][0] = _mm256_add_epi32(t[r][0], p0);
+                t[r][1] = _mm256_add_epi32(t[r][1], p1);
+            }
+        }
+    }
+    // SAFETY: 16 column entries behind each per-column pointer (caller).
+    let (cs, ws, bias) = unsafe {
+        let cs = [
+            _mm256_loadu_si256(e.colsum as *const __m256i),
+            _mm256_loadu_si256(e.colsum.add(8) as *const __m256i),
+        ];
+        let ws = [_mm256_loadu_ps(e.wscale), _mm256_loadu_ps(e.wscale.add(8))];
+        let bias = e
+            .bias
+            .map(|b| [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))]);
+        (cs, ws, bias)
+    };
+    for (r, tr) in t.iter().enumerate().take(rows) {
+        // SAFETY: r < rows; row r of `c` / `res` has 16 floats (caller).
+        unsafe {
+            let vsa = _mm256_set1_ps(*e.sa.add(r));
+            let vza = _mm256_set1_epi32(*e.za.add(r));
+            for h in 0..2 {
+                let s = _mm256_sub_epi32(tr[h], _mm256_mullo_epi32(vza, cs[h]));
+                let mut y = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(vsa, ws[h]));
+                if let Some(bv) = &bias {
+                    y = _mm256_add_ps(y, bv[h]);
+                }
+                if let Some(res) = e.res {
+                    y = _mm256_add_ps(y, _mm256_loadu_ps(res.add(r * e.ldc + 8 * h)));
+                }
+                if e.gelu {
+                    y = gelu8(y);
+                }
+                let op = e.c.add(r * e.ldc + 8 * h);
+                if e.accumulate {
+                    y = _mm256_add_ps(y, _mm256_loadu_ps(op));
+                }
+                _mm256_storeu_ps(op, y);
+            }
+        }
+    }
+}
+
 /// Quantize one row to u8 (asymmetric, range widened to include 0); bytes past `x.len()` in
 /// `dst` are zeroed. Returns (scale, zero point). Bit-identical to the scalar path.
 ///
