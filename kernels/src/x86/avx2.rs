@@ -85,21 +85,20 @@ pub(crate) unsafe fn f32_6x16(
     }
 }
 
-/// int8 tile: `tile[r][0..16] = Σ_g A_u8[r, 4g..4g+4] · B_i8[g][16 × 4]` with
-/// `vpmaddubsw` (pairs → i16; cannot saturate because |w| ≤ 64) and `vpmaddwd` (→ i32).
+/// The k loop of the 4×16 int8 tile: the i32 sums of rows `0..rows` (rows past `rows` repeat
+/// row 0 and are ignored), two 8-column halves each.
 ///
 /// # Safety
-/// AVX2 present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`; `b` for
-/// `kg × 64` bytes; 1 ≤ rows ≤ 4.
+/// As [`i8_4x16`].
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn i8_4x16(
+unsafe fn i8_4x16_sums(
     kg: usize,
     a: *const u8,
     lda: usize,
     rows: usize,
     b: *const i8,
-    tile: &mut [[i32; 32]; 12],
-) {
+) -> [[__m256i; 2]; 4] {
     let ap: [*const u8; 4] =
         std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
     let ones = _mm256_set1_epi16(1);
@@ -118,6 +117,26 @@ pub(crate) unsafe fn i8_4x16(
             }
         }
     }
+    t
+}
+
+/// int8 tile: `tile[r][0..16] = Σ_g A_u8[r, 4g..4g+4] · B_i8[g][16 × 4]` with
+/// `vpmaddubsw` (pairs → i16; cannot saturate because |w| ≤ 64) and `vpmaddwd` (→ i32).
+///
+/// # Safety
+/// AVX2 present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`; `b` for
+/// `kg × 64` bytes; 1 ≤ rows ≤ 4.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn i8_4x16(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    tile: &mut [[i32; 32]; 12],
+) {
+    // SAFETY: forwarded.
+    let t = unsafe { i8_4x16_sums(kg, a, lda, rows, b) };
     for (r, tr) in t.iter().enumerate().take(rows) {
         // SAFETY: tile rows hold 32 i32; we write the first 16.
         unsafe {
@@ -163,8 +182,6 @@ pub(crate) unsafe fn i8_4x16_fused(
     b: *const i8,
     e: &TileEpi,
 ) {
-    let ap: [*const u8; 4] =
-        std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
     // The tile's output rows are read at the end (`Accumulate` / residual); start loading them
     // now. Prefetch never faults, so the second line of each row may safely lie past the end.
     let pre = if e.accumulate {
@@ -179,22 +196,8 @@ pub(crate) unsafe fn i8_4x16_fused(
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
         }
     }
-    let ones = _mm256_set1_epi16(1);
-    let mut t = [[_mm256_setzero_si256(); 2]; 4];
-    for g in 0..kg {
-        // SAFETY: g < kg; each row has 4·kg bytes; B has kg groups of 64 bytes.
-        unsafe {
-            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
-            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
-            for r in 0..4 {
-                let av = _mm256_set1_epi32((ap[r].add(4 * g) as *const i32).read_unaligned());
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
-                t[r][0] = _mm256_add_epi32(t[r][0], p0);
-                t[r][1] = _mm256_add_epi32(t[r][1], p1);
-            }
-        }
-    }
+    // SAFETY: forwarded.
+    let t = unsafe { i8_4x16_sums(kg, a, lda, rows, b) };
     // SAFETY: 16 column entries behind each per-column pointer (caller).
     let (cs, ws, bias) = unsafe {
         let cs = [
