@@ -77,6 +77,26 @@ fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
         );
     }
 
+    // A layer without bias, accumulating into `out`: also bit-identical to the portable kernel.
+    let nb = PackedInt8Linear::from_f32_with(kernel, &w, n, k, None).unwrap();
+    let nb_scal = nb.retarget(Int8Kernel::Scalar).unwrap();
+    let (mut got, mut want) = (res.clone(), res.clone());
+    nb.forward(&x, m, &mut got, Epilogue::Accumulate).unwrap();
+    nb_scal
+        .forward(&x, m, &mut want, Epilogue::Accumulate)
+        .unwrap();
+    for i in 0..m * n {
+        assert_eq!(
+            got[i].to_bits(),
+            want[i].to_bits(),
+            "{name} vs scalar, no bias, accumulate ({m},{k},{n}) elem {i}"
+        );
+    }
+    assert!(
+        got.iter().zip(&res).any(|(g, r)| g != r),
+        "{name} ({m},{k},{n}): accumulate changed nothing"
+    );
+
     let mut out = vec![f32::NAN; m * n];
     lin.forward(&x, m, &mut out, Epilogue::Gelu).unwrap();
     for i in 0..m * n {

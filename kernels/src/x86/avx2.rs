@@ -165,9 +165,9 @@ pub(crate) struct TileEpi {
 /// [`i8_4x16`] with the dequantization epilogue applied straight from the accumulator
 /// registers, for a full 16-column panel: no i32 tile round trip through memory, the
 /// per-column vectors loaded once for all rows, and the output (or residual) rows prefetched
-/// before the k loop so that `Accumulate` does not wait on a cache miss at the end. The
-/// arithmetic is the same, in the same order, as [`dequant_row`], so the results are
-/// bit-identical to the unfused path.
+/// before the k loop so that `Accumulate` does not wait on a cache miss at the end. Both this
+/// and [`dequant_row`] finish 8 lanes with [`dequant8`], so the results are bit-identical to the
+/// unfused path.
 ///
 /// # Safety
 /// As [`i8_4x16`]; `e` points at `rows` rows of 16 writable (`c`) / readable (`res`) floats at
@@ -216,22 +216,19 @@ pub(crate) unsafe fn i8_4x16_fused(
             let vsa = _mm256_set1_ps(*e.sa.add(r));
             let vza = _mm256_set1_epi32(*e.za.add(r));
             for h in 0..2 {
-                let s = _mm256_sub_epi32(tr[h], _mm256_mullo_epi32(vza, cs[h]));
-                let mut y = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(vsa, ws[h]));
-                if let Some(bv) = &bias {
-                    y = _mm256_add_ps(y, bv[h]);
-                }
-                if let Some(res) = e.res {
-                    y = _mm256_add_ps(y, _mm256_loadu_ps(res.add(r * e.ldc + 8 * h)));
-                }
-                if e.gelu {
-                    y = gelu8(y);
-                }
-                let op = e.c.add(r * e.ldc + 8 * h);
-                if e.accumulate {
-                    y = _mm256_add_ps(y, _mm256_loadu_ps(op));
-                }
-                _mm256_storeu_ps(op, y);
+                let at = r * e.ldc + 8 * h;
+                dequant8(
+                    tr[h],
+                    vsa,
+                    vza,
+                    cs[h],
+                    ws[h],
+                    bias.map(|b| b[h]),
+                    e.res.map(|p| p.add(at)),
+                    e.gelu,
+                    e.accumulate,
+                    e.c.add(at),
+                );
             }
         }
     }
@@ -297,6 +294,48 @@ pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> (f32, i32) {
     (scale, zero)
 }
 
+/// Finish 8 lanes of one output row: `y = (acc − za·colsum) · (sa·wscale) (+ bias) (+ res)`,
+/// GELU if asked, added to `*out` for `Accumulate`, stored to `out`. The one definition of the
+/// int8 epilogue arithmetic (fused tile and row epilogue alike).
+///
+/// # Safety
+/// AVX2+FMA present; `out` (and `res`) valid for 8 floats.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dequant8(
+    acc: __m256i,
+    sa: __m256,
+    za: __m256i,
+    colsum: __m256i,
+    wscale: __m256,
+    bias: Option<__m256>,
+    res: Option<*const f32>,
+    gelu: bool,
+    accumulate: bool,
+    out: *mut f32,
+) {
+    let s = _mm256_sub_epi32(acc, _mm256_mullo_epi32(za, colsum));
+    let mut y = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sa, wscale));
+    if let Some(b) = bias {
+        y = _mm256_add_ps(y, b);
+    }
+    if let Some(r) = res {
+        // SAFETY: 8 readable floats (caller).
+        y = _mm256_add_ps(y, unsafe { _mm256_loadu_ps(r) });
+    }
+    if gelu {
+        y = gelu8(y);
+    }
+    // SAFETY: 8 writable floats (caller).
+    unsafe {
+        if accumulate {
+            y = _mm256_add_ps(y, _mm256_loadu_ps(out));
+        }
+        _mm256_storeu_ps(out, y);
+    }
+}
+
 /// Dequantize one row segment of i32 sums and apply bias / residual / GELU / accumulate.
 ///
 /// # Safety
@@ -310,25 +349,18 @@ pub(crate) unsafe fn dequant_row(d: &Dequant<'_>, acc: &[i32], out: &mut [f32]) 
     while c + 8 <= cols {
         // SAFETY: c + 8 <= cols = length of every slice used here.
         unsafe {
-            let s = _mm256_loadu_si256(acc.as_ptr().add(c) as *const __m256i);
-            let cs = _mm256_loadu_si256(d.colsum.as_ptr().add(c) as *const __m256i);
-            let s = _mm256_sub_epi32(s, _mm256_mullo_epi32(vza, cs));
-            let ws = _mm256_mul_ps(vsa, _mm256_loadu_ps(d.wscale.as_ptr().add(c)));
-            let mut y = _mm256_mul_ps(_mm256_cvtepi32_ps(s), ws);
-            if let Some(b) = d.bias {
-                y = _mm256_add_ps(y, _mm256_loadu_ps(b.as_ptr().add(c)));
-            }
-            if let Some(r) = d.res {
-                y = _mm256_add_ps(y, _mm256_loadu_ps(r.as_ptr().add(c)));
-            }
-            if d.gelu {
-                y = gelu8(y);
-            }
-            let op = out.as_mut_ptr().add(c);
-            if d.accumulate {
-                y = _mm256_add_ps(y, _mm256_loadu_ps(op));
-            }
-            _mm256_storeu_ps(op, y);
+            dequant8(
+                _mm256_loadu_si256(acc.as_ptr().add(c) as *const __m256i),
+                vsa,
+                vza,
+                _mm256_loadu_si256(d.colsum.as_ptr().add(c) as *const __m256i),
+                _mm256_loadu_ps(d.wscale.as_ptr().add(c)),
+                d.bias.map(|b| _mm256_loadu_ps(b.as_ptr().add(c))),
+                d.res.map(|r| r.as_ptr().add(c)),
+                d.gelu,
+                d.accumulate,
+                out.as_mut_ptr().add(c),
+            );
         }
         c += 8;
     }
