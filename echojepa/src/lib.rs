@@ -3,11 +3,14 @@
 //! official `.pt` and native checkpoints, clip preprocessing, the synthetic echo phantom, acoustic
 //! perturbations, video decoding and signed edge bundles.
 //!
-//! Tools depend on this crate; it depends on no tool. Training-only code (datasets, optimisers)
-//! lives in `trainer`, so the edge runtime never links it.
+//! Tools depend on this crate; it depends on no tool. Training-only code (data loading,
+//! augmentation, optimisers) lives in `trainer`. The reference's dataset list format
+//! ([`datalist`]) and clip-sampling rules ([`sampling`]) are here because `quantize report`
+//! evaluates on the same lists the probes were trained on.
 
 pub mod checkpoint;
 pub mod config;
+pub mod datalist;
 pub mod encoder;
 pub mod error;
 pub mod nn;
@@ -21,6 +24,7 @@ pub mod perturb;
 pub mod phantom;
 pub mod preprocess;
 pub mod quantized;
+pub mod sampling;
 pub mod video;
 
 pub use config::{EncoderConfig, PredictorConfig, ProbeConfig, ProbeKind};

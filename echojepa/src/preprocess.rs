@@ -7,6 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::bundle::SectorHandling;
 use crate::video::Clip;
 
 /// ImageNet channel means (RGB), as the reference normalises.
@@ -282,11 +283,45 @@ pub fn normalize(clip: &Clip) -> Result<ClipTensor, PreprocessError> {
     })
 }
 
+/// The spatial part of the reference's evaluation transform: short side → `crop·256/224`, then
+/// the centred `crop × crop` square (still bytes, any channel count).
+pub fn eval_resize_crop(clip: &Clip, crop_size: usize) -> Result<Clip, PreprocessError> {
+    let resized = resize_short_side(clip, eval_resize_size(crop_size))?;
+    center_crop(&resized, crop_size)
+}
+
 /// The reference's evaluation transform for crop size `crop`: short side → `crop·256/224`,
 /// centre crop, `/255`, ImageNet normalisation → `[3, T, crop, crop]`.
 pub fn eval_transform(clip: &Clip, crop_size: usize) -> Result<ClipTensor, PreprocessError> {
-    let resized = resize_short_side(clip, eval_resize_size(crop_size))?;
-    normalize(&center_crop(&resized, crop_size)?)
+    normalize(&eval_resize_crop(clip, crop_size)?)
+}
+
+/// Sector handling of one video's clips as the training data had it: one mask estimated from
+/// every frame of every clip, then each clip cropped to the sector's bounding box (and blanked
+/// outside the sector for `CropAndMaskOutside`). `FullFrame` leaves the clips as they are.
+pub fn apply_sector(clips: &mut [Clip], how: SectorHandling) -> Result<(), PreprocessError> {
+    let Some(first) = clips.first() else {
+        return Ok(());
+    };
+    if how == SectorHandling::FullFrame {
+        return Ok(());
+    }
+    let mut union = Clip::zeros(0, first.height, first.width, first.channels);
+    for c in clips.iter() {
+        union.data.extend_from_slice(&c.data);
+        union.frames += c.frames;
+    }
+    let mask = SectorMask::estimate(&union)?;
+    for c in clips.iter_mut() {
+        *c = match how {
+            SectorHandling::CropAndMaskOutside => mask.mask_and_crop(c)?,
+            _ => {
+                let (x, y, w, h) = mask.bbox;
+                crop(c, x, y, w, h)?
+            }
+        };
+    }
+    Ok(())
 }
 
 /// The imaging sector of an echo video: 1 inside the fan, 0 outside.

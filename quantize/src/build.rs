@@ -119,8 +119,9 @@ pub struct Args {
     /// Seed of the first calibration clip.
     #[arg(long, default_value_t = 1_000_000)]
     pub calibration_seed: u64,
-    /// Frame rate of the phantom source video the frame step applies to.
-    #[arg(long, default_value_t = 50.0)]
+    /// Frame rate of the phantom source video the frame step applies to: that of the training
+    /// videos (30 is what `trainer synth` writes), so the heart moves as fast as in training.
+    #[arg(long, default_value_t = 30.0)]
     pub source_fps: f64,
     /// Largest relative output error of an int8 layer.
     #[arg(long, default_value_t = 0.05)]

@@ -53,16 +53,29 @@ pub struct Args {
     allow_other_source: bool,
 
     /// Number of phantom validation clips.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, conflicts_with = "csv")]
     phantom: usize,
+    /// Compare on the videos of a reference `path label` list (e.g. the probes' validation or
+    /// test list) instead of phantom clips; one clip per video, sampled and preprocessed as
+    /// the probes' evaluation does. Unreadable videos are skipped and listed.
+    #[arg(long, value_name = "LIST")]
+    csv: Option<PathBuf>,
+    /// The head whose labels the list holds (class indices or z-scored values); default: the
+    /// first classifier head.
+    #[arg(long, requires = "csv")]
+    csv_head: Option<String>,
+    /// Use only the first N videos of the list.
+    #[arg(long, requires = "csv")]
+    csv_limit: Option<usize>,
     /// Seed of the first validation clip (keep it away from training and calibration seeds).
     #[arg(long, default_value_t = 2_000_000)]
     seed: u64,
     /// Views to render (`all` or e.g. `a4c,a2c,plax`); default: the view head's classes.
     #[arg(long)]
     views: Option<String>,
-    /// Frame rate of the phantom source the frame step applies to.
-    #[arg(long, default_value_t = 50.0)]
+    /// Frame rate of the phantom source video the frame step applies to: that of the training
+    /// videos (30 is what `trainer synth` writes), so the heart moves as fast as in training.
+    #[arg(long, default_value_t = 30.0)]
     source_fps: f64,
     /// Clips used for the per-layer error table (the slowest part).
     #[arg(long, default_value_t = 4)]
@@ -85,7 +98,11 @@ pub struct Report {
     pub model_version: String,
     pub manifest_sha256: String,
     pub data: String,
+    /// What the numbers mean and do not mean (synthetic data, no clinical claim).
+    pub note: String,
     pub clips: usize,
+    /// Videos of a `--csv` list that could not be read, with the reason.
+    pub skipped: Vec<data::Skipped>,
     pub bundle_bytes: u64,
     pub f32_bytes: u64,
     pub size_ratio: f64,
@@ -238,13 +255,72 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         (None, Some(h)) => h.classes.iter().filter_map(|c| c.parse().ok()).collect(),
         (None, None) => View::ALL.to_vec(),
     };
-    let pb = bar(a.phantom as u64, "rendering phantom", json_stdout);
-    let samples = data::phantom_samples(a.phantom, a.seed, &m.input, a.source_fps, &views, || {
-        pb.inc(1)
-    })?;
-    pb.finish_and_clear();
+    let (samples, skipped, data_desc) = match &a.csv {
+        None => {
+            let pb = bar(a.phantom as u64, "rendering phantom", json_stdout);
+            let samples =
+                data::phantom_samples(a.phantom, a.seed, &m.input, a.source_fps, &views, || {
+                    pb.inc(1)
+                })?;
+            pb.finish_and_clear();
+            let desc = format!(
+                "{} SYNTHETIC phantom clips (seeds {}..{}, views {}, {} fps source)",
+                samples.len(),
+                a.seed,
+                (a.seed + samples.len() as u64).saturating_sub(1),
+                views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
+                a.source_fps
+            );
+            (samples, Vec::new(), desc)
+        }
+        Some(list) => {
+            let head = match &a.csv_head {
+                Some(n) => m.heads.iter().find(|h| &h.name == n).with_context(|| {
+                    format!(
+                        "--csv-head `{n}`: the bundle's heads are {}",
+                        m.heads
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?,
+                None => m
+                    .heads
+                    .iter()
+                    .find(|h| h.probe.kind == ProbeKind::Classifier)
+                    .context(
+                        "the bundle has no classifier head; name the list's head with --csv-head",
+                    )?,
+            };
+            let n = echojepa::datalist::read_video_csv(list)?.len();
+            let pb = bar(
+                a.csv_limit.unwrap_or(n).min(n) as u64,
+                "reading videos",
+                json_stdout,
+            );
+            let (samples, skipped) =
+                data::list_samples(list, head, &m.input, a.csv_limit, || pb.inc(1))?;
+            pb.finish_and_clear();
+            let desc = format!(
+                "{} clips from {} (labels of head `{}`), {} unreadable video(s) skipped",
+                samples.len(),
+                list.display(),
+                head.name,
+                skipped.len()
+            );
+            (samples, skipped, desc)
+        }
+    };
     if samples.is_empty() {
-        bail!("--phantom must be at least 1");
+        match &a.csv {
+            None => bail!("--phantom must be at least 1"),
+            Some(l) => bail!(
+                "no usable video in {} ({} skipped)",
+                l.display(),
+                skipped.len()
+            ),
+        }
     }
 
     let cfg = m.encoder.clone();
@@ -323,9 +399,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                 let truth: Option<Vec<usize>> = samples
                     .iter()
                     .map(|s| {
-                        h.classes
-                            .iter()
-                            .position(|c| c.eq_ignore_ascii_case(&s.view))
+                        let v = s.view.as_deref()?;
+                        h.classes.iter().position(|c| c.eq_ignore_ascii_case(v))
                     })
                     .collect();
                 let acc = |preds: &Vec<Vec<f32>>| {
@@ -348,22 +423,28 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             }
             ProbeKind::Regressor => {
                 for (j, t) in h.targets.iter().enumerate() {
+                    let ef = is_ef(&t.name) || is_ef(&h.name);
                     let mut diffs = Vec::new();
-                    let (mut ef_f, mut ef_q) = (Vec::new(), Vec::new());
+                    let (mut err_f, mut err_q) = (Vec::new(), Vec::new());
                     for (k, s) in samples.iter().enumerate() {
-                        if !h.valid_views.is_empty()
-                            && !h
-                                .valid_views
-                                .iter()
-                                .any(|v| v.eq_ignore_ascii_case(&s.view))
+                        if let Some(v) = &s.view
+                            && !h.valid_views.is_empty()
+                            && !h.valid_views.iter().any(|w| w.eq_ignore_ascii_case(v))
                         {
                             continue;
                         }
                         let vf = t.scaler.denormalize(head_f[i][k][j] as f64);
                         let vq = t.scaler.denormalize(head_q[i][k][j] as f64);
                         diffs.push((vq - vf).abs());
-                        ef_f.push((vf - s.ef).abs());
-                        ef_q.push((vq - s.ef).abs());
+                        let truth = match &s.target {
+                            Some((head, v)) if *head == h.name && j == 0 => Some(*v),
+                            _ if ef => s.ef,
+                            _ => None,
+                        };
+                        if let Some(y) = truth {
+                            err_f.push((vf - y).abs());
+                            err_q.push((vq - y).abs());
+                        }
                     }
                     let mean = |v: &[f64]| {
                         if v.is_empty() {
@@ -372,7 +453,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                             v.iter().sum::<f64>() / v.len() as f64
                         }
                     };
-                    let ef = is_ef(&t.name) || is_ef(&h.name);
                     regressors.push(RegressorResult {
                         head: h.name.clone(),
                         target: t.name.clone(),
@@ -380,8 +460,8 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                         clips: diffs.len(),
                         mean_abs_diff: mean(&diffs),
                         max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
-                        mae_f32: ef.then(|| mean(&ef_f)),
-                        mae_int8: ef.then(|| mean(&ef_q)),
+                        mae_f32: (!err_f.is_empty()).then(|| mean(&err_f)),
+                        mae_int8: (!err_q.is_empty()).then(|| mean(&err_q)),
                     });
                 }
             }
@@ -516,7 +596,10 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             pass: c.agreement >= 0.99,
         });
     }
-    for r in regressors.iter().filter(|r| r.mae_f32.is_some()) {
+    for r in regressors
+        .iter()
+        .filter(|r| r.clips > 0 && (is_ef(&r.target) || is_ef(&r.head)))
+    {
         checks.push(Check {
             what: format!("`{}` mean |int8 - f32| ({})", r.target, r.unit),
             value: r.mean_abs_diff,
@@ -529,16 +612,16 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         model_version: m.model_version.clone(),
         manifest_sha256: bundle.manifest_sha256().to_string(),
         data: format!(
-            "{} SYNTHETIC phantom clips (seeds {}..{}, views {}), {} frames {}x{}",
-            samples.len(),
-            a.seed,
-            a.seed + samples.len() as u64 - 1,
-            views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
-            m.input.frames,
-            m.input.resolution[0],
-            m.input.resolution[1]
+            "{data_desc}, {} frames {}x{}",
+            m.input.frames, m.input.resolution[0], m.input.resolution[1]
         ),
+        note: match (&a.csv, m.synthetic_training_data) {
+            (None, _) => "Synthetic data: these numbers say how closely int8 follows full precision on the phantom, not how the model performs on patients.".into(),
+            (Some(_), true) => "The model was trained on SYNTHETIC data: these numbers say how closely int8 follows full precision on this list, not how the model performs on patients.".into(),
+            (Some(_), false) => "These numbers say how closely int8 follows full precision on this list; they are not a clinical validation.".into(),
+        },
         clips: samples.len(),
+        skipped,
         bundle_bytes,
         f32_bytes,
         size_ratio,
@@ -605,11 +688,13 @@ pub fn markdown(r: &Report) -> String {
     let w = &mut s;
     use std::fmt::Write as _;
     let _ = writeln!(w, "# int8 report: {} {}\n", r.model_id, r.model_version);
-    let _ = writeln!(
-        w,
-        "Data: {}. **Synthetic data: these numbers say how closely int8 follows full precision on the phantom, not how the model performs on patients.**\n",
-        r.data
-    );
+    let _ = writeln!(w, "Data: {}. **{}**\n", r.data, r.note);
+    for k in &r.skipped {
+        let _ = writeln!(w, "- skipped `{}`: {}", k.path, k.error);
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(w);
+    }
     let _ = writeln!(
         w,
         "Bundle manifest sha256 `{}`; machine: {}.\n",

@@ -367,3 +367,128 @@ fn build_verify_report_and_refusals() {
         "{err}"
     );
 }
+
+/// Writes a phantom video as a real H.264 MP4 (64×48: `report` must resize and crop it to the
+/// bundle's 48×48 the way the probes' evaluation does).
+fn phantom_mp4(path: &Path, view: echojepa::phantom::View, seed: u64) {
+    use echojepa::phantom::{Phantom, PhantomParams};
+    let ph = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
+    let clip = ph.render_clip(12, 30.0, 0.0, 64, 48).unwrap();
+    echojepa::video::write_mp4(path, &clip, echojepa::video::EncoderSettings::default()).unwrap();
+}
+
+#[test]
+fn report_on_a_video_list_skips_unreadable_videos() {
+    use echojepa::phantom::View;
+    let f = fixture();
+    let pubkey = f.root.join("keys/maker.pub");
+    let vids = f.root.join("videos");
+    std::fs::create_dir_all(&vids).unwrap();
+    let mut lines = String::new();
+    for (i, (view, class)) in [(View::A4c, 0), (View::A2c, 1), (View::Plax, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = vids.join(format!("v{i}.mp4"));
+        phantom_mp4(&p, view, 700 + i as u64);
+        lines += &format!("{} {class}\n", p.display());
+    }
+    // Not a video: skipped, counted and named, not fatal.
+    let broken = vids.join("broken.mp4");
+    std::fs::write(&broken, b"\x00\x00\x00\x18ftypmp42 this is not a video").unwrap();
+    lines += &format!("{} 0\n", broken.display());
+    let list = f.root.join("view.csv");
+    std::fs::write(&list, &lines).unwrap();
+
+    let report = |extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            f.bundle.to_str().unwrap(),
+            "--key",
+            pubkey.to_str().unwrap(),
+            "--checkpoint",
+            f.stem.to_str().unwrap(),
+            "--layer-clips",
+            "1",
+            "--reps",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = report(&["--csv", list.to_str().unwrap(), "--json", "-"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["clips"], 3, "{r}");
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
+    assert!(
+        r["skipped"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("broken.mp4")
+    );
+    assert!(r["data"].as_str().unwrap().contains("view.csv"), "{r}");
+    assert!(r["note"].as_str().unwrap().contains("SYNTHETIC"), "{r}");
+    assert!(r["token_cosine_min"].as_f64().unwrap() > 0.99, "{r}");
+    // Labels are class indices of the view head: accuracy is measured against them.
+    let acc = r["classifiers"][0]["accuracy_f32"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&acc) && (acc * 3.0).fract().abs() < 1e-9,
+        "{r}"
+    );
+    // The EF head ran on the a4c/a2c clips (its valid views); no EF truth in a view list.
+    assert_eq!(r["regressors"][0]["clips"], 2, "{r}");
+    assert!(r["regressors"][0]["mae_f32"].is_null(), "{r}");
+    assert!(
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["what"].as_str().unwrap().contains("mean |int8 - f32|")),
+        "{r}"
+    );
+
+    // An EF list (z-scored labels) for the `ef` head: MAE in real units against the labels.
+    let ef_list = f.root.join("ef.csv");
+    std::fs::write(&ef_list, format!("{} 0.5\n", vids.join("v0.mp4").display())).unwrap();
+    let o = report(&[
+        "--csv",
+        ef_list.to_str().unwrap(),
+        "--csv-head",
+        "ef",
+        "--json",
+        "-",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["regressors"][0]["clips"], 1, "{r}");
+    assert!(r["regressors"][0]["mae_f32"].is_number(), "{r}");
+    assert!(r["classifiers"][0]["accuracy_f32"].is_null(), "{r}");
+
+    // A label that is not a class of the head is an error naming the list and the video.
+    std::fs::write(&list, format!("{} 7\n", vids.join("v1.mp4").display())).unwrap();
+    let o = report(&["--csv", list.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("view.csv") && err.contains("v1.mp4") && err.contains("not a class index"),
+        "{err}"
+    );
+    // Only unreadable videos: an error, not an empty report.
+    std::fs::write(&list, format!("{} 0\n", broken.display())).unwrap();
+    let o = report(&["--csv", list.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("no usable video") && err.contains("1 skipped"),
+        "{err}"
+    );
+    // An unknown head is named with the ones the bundle has.
+    let o = report(&["--csv", ef_list.to_str().unwrap(), "--csv-head", "rvsp"]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("`rvsp`") && err.contains("view"),
+        "{err}"
+    );
+}

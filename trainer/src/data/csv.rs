@@ -1,8 +1,7 @@
 //! The reference's dataset list formats, read and written.
 //!
-//! * `VideoDataset`: no header, space-delimited `path label` (class index, z-scored float, or 0
-//!   for pretraining); `::` is accepted as the delimiter when a line has no space (the
-//!   reference's fallback). Extra columns are ignored, as pandas would keep but not use them.
+//! * `VideoDataset`: `path label` lists, read by `echojepa::datalist` (shared with `quantize`)
+//!   and re-exported here.
 //! * `VideoGroupDataset` (EchoJEPA multi-view): whitespace-delimited
 //!   `view_0 … view_{V-1} label` without header, or a headered file with a `label` column
 //!   (comma- or whitespace-separated). `MISS`, an empty cell or `NaN` marks a missing view.
@@ -15,13 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-
-/// One line of a `path label` list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoEntry {
-    pub path: PathBuf,
-    pub label: f64,
-}
+use echojepa::datalist::parse_label;
+pub use echojepa::datalist::{VideoEntry, read_video_csv};
 
 /// One line of a multi-view list.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,47 +23,6 @@ pub struct MultiViewEntry {
     /// One path per view; `None` = missing (`MISS`).
     pub views: Vec<Option<PathBuf>>,
     pub label: f64,
-}
-
-fn parse_label(s: &str, file: &Path, line: usize) -> Result<f64> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .with_context(|| format!("{}:{line}: label `{s}` is not a number", file.display()))?;
-    if !v.is_finite() {
-        bail!("{}:{line}: label `{s}` is not finite", file.display());
-    }
-    Ok(v)
-}
-
-/// Reads a `path label` list.
-pub fn read_video_csv(file: &Path) -> Result<Vec<VideoEntry>> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading dataset list {}", file.display()))?;
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let l = raw.trim_end_matches('\r');
-        if l.trim().is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = if l.contains(' ') {
-            l.split(' ').filter(|c| !c.is_empty()).collect()
-        } else {
-            l.split("::").collect()
-        };
-        if cols.len() < 2 {
-            bail!(
-                "{}:{line}: expected `path label`, got `{l}`",
-                file.display()
-            );
-        }
-        out.push(VideoEntry {
-            path: PathBuf::from(cols[0]),
-            label: parse_label(cols[1], file, line)?,
-        });
-    }
-    Ok(out)
 }
 
 fn is_missing(cell: &str) -> bool {

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use echojepa::bundle::SectorHandling;
 use echojepa::perturb::Perturbation;
-use echojepa::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, SectorMask, eval_transform};
+use echojepa::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, eval_transform};
 use echojepa::video::{self, Clip, ColorMode};
 use rand_chacha::ChaCha8Rng;
 
@@ -93,25 +93,8 @@ impl ClipPipeline {
 
     /// Sector handling, perturbation and transform of decoded clips.
     fn finish(&self, mut clips: Vec<Clip>, rng: &mut ChaCha8Rng) -> Result<Vec<ClipTensor>> {
-        if self.sector != SectorHandling::FullFrame {
-            // one mask per video, estimated from every decoded frame
-            let first = &clips[0];
-            let mut union = Clip::zeros(0, first.height, first.width, first.channels);
-            for c in &clips {
-                union.data.extend_from_slice(&c.data);
-                union.frames += c.frames;
-            }
-            let mask = SectorMask::estimate(&union).context("estimating the echo sector")?;
-            for c in &mut clips {
-                *c = match self.sector {
-                    SectorHandling::CropAndMaskOutside => mask.mask_and_crop(c)?,
-                    _ => {
-                        let (x, y, w, h) = mask.bbox;
-                        echojepa::preprocess::crop(c, x, y, w, h)?
-                    }
-                };
-            }
-        }
+        echojepa::preprocess::apply_sector(&mut clips, self.sector)
+            .context("cropping to the echo sector")?;
         if let Some(p) = &self.perturbation {
             clips.iter_mut().for_each(|c| p.apply(c));
         }

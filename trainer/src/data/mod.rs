@@ -3,15 +3,17 @@
 //! ([`augment`]), video → clip tensors ([`dataset`]) and a multi-threaded, bounded, deterministic
 //! loader that skips and counts unreadable files ([`loader`]).
 //!
-//! Lives in the trainer (not in `echojepa`) so the edge runtime never links dataset code; the
-//! pieces the edge runtime shares (decoding, eval preprocessing, sector masking, perturbations)
-//! are in `echojepa::{video, preprocess, perturb}`.
+//! Loading and augmentation live in the trainer. The pieces other tools share are in `echojepa`:
+//! decoding, eval preprocessing, sector masking and perturbations (`video`, `preprocess`,
+//! `perturb`, also used by the edge runtime), and the `path label` list format and the clip
+//! sampling rules (`datalist`, `sampling`, also used by `quantize report --csv`).
 
 pub mod augment;
 pub mod csv;
 pub mod dataset;
 pub mod loader;
-pub mod sampling;
+/// The reference's clip-sampling rules (in `echojepa`, shared with `quantize report`).
+pub use echojepa::sampling;
 
 #[cfg(test)]
 mod tests;
