@@ -1,8 +1,9 @@
 //! `quantize report`: what int8 costs. The bundle (verified like a cart verifies it) runs next
-//! to the full-precision checkpoint it was built from, on the same synthetic phantom clips:
-//! per-layer relative error, token cosine similarity, view top-1 agreement and accuracy, EF
-//! error both ways, bundle size and encoder time both ways. Markdown for people, JSON for
-//! programs. The clips are synthetic; the report says so.
+//! to the full-precision checkpoint it was built from, on the same clips (synthetic phantom
+//! clips, or the videos of a reference `path label` list): per-layer relative error, token
+//! cosine similarity, view top-1 agreement and accuracy, EF error both ways, bundle size and
+//! encoder time both ways. Markdown for people, JSON for programs. The report says when the
+//! clips or the model's training data are synthetic.
 
 use std::collections::HashMap;
 use std::io::Write;
