@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use echojepa::bundle::{HeadSpec, InputSpec};
 use echojepa::config::ProbeKind;
-use echojepa::datalist::read_video_csv;
+use echojepa::datalist::VideoEntry;
 use echojepa::phantom::{Phantom, PhantomParams, View};
 use echojepa::preprocess::{apply_sector, eval_resize_crop};
 use echojepa::sampling::{ClipSampling, StepRule};
@@ -111,21 +111,20 @@ pub struct Skipped {
     pub error: String,
 }
 
-/// The clips of a reference `path label` list, labelled for `head`: class indices become the
-/// head's class names, z-scored values the head's first target in real units (its scaler).
-/// Each video gives one clip, sampled as the reference evaluates (`frames` every `frame_step`,
-/// or at `fps`; first window), cropped to the sector when the training data was, and
-/// preprocessed like [`phantom_samples`]. Unreadable or too-short videos are skipped and
-/// returned with the reason; a label that does not fit the head is an error.
+/// The clips of the `entries` of a reference `path label` list (`list` names it in messages),
+/// labelled for `head`: class indices become the head's class names, z-scored values the
+/// head's first target in real units (its scaler). Each video gives one clip, sampled as the
+/// reference evaluates (`frames` every `frame_step`, or at `fps`; first window), cropped to the
+/// sector when the training data was, and preprocessed like [`phantom_samples`]. Videos that
+/// cannot be read are skipped and returned with the reason; a label that does not fit the head
+/// is an error.
 pub fn list_samples(
     list: &Path,
+    entries: &[VideoEntry],
     head: &HeadSpec,
     input: &InputSpec,
-    limit: Option<usize>,
     mut progress: impl FnMut(),
 ) -> Result<(Vec<Sample>, Vec<Skipped>)> {
-    let entries = read_video_csv(list)?;
-    let entries = &entries[..limit.unwrap_or(entries.len()).min(entries.len())];
     let sampling = ClipSampling {
         frames_per_clip: input.frames,
         step: match (input.fps, input.frame_step) {

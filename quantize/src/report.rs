@@ -294,14 +294,11 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                         "the bundle has no classifier head; name the list's head with --csv-head",
                     )?,
             };
-            let n = echojepa::datalist::read_video_csv(list)?.len();
-            let pb = bar(
-                a.csv_limit.unwrap_or(n).min(n) as u64,
-                "reading videos",
-                json_stdout,
-            );
+            let mut entries = echojepa::datalist::read_video_csv(list)?;
+            entries.truncate(a.csv_limit.unwrap_or(entries.len()));
+            let pb = bar(entries.len() as u64, "reading videos", json_stdout);
             let (samples, skipped) =
-                data::list_samples(list, head, &m.input, a.csv_limit, || pb.inc(1))?;
+                data::list_samples(list, &entries, head, &m.input, || pb.inc(1))?;
             pb.finish_and_clear();
             let desc = format!(
                 "{} clips from {} (labels of head `{}`), {} unreadable video(s) skipped",
