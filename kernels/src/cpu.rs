@@ -153,7 +153,7 @@ impl Int8Kernel {
 /// One-line description of what this CPU runs, for benchmark logs.
 pub fn describe() -> String {
     format!(
-        "f32 kernel {} (available: {}), int8 kernel {} (available: {}), {} threads",
+        "f32 kernel {} (available: {}), int8 kernel {} (available: {}), int8 activations {}, int8 attention {}, {} threads",
         F32Kernel::best().name(),
         F32Kernel::available()
             .iter()
@@ -166,6 +166,8 @@ pub fn describe() -> String {
             .map(|k| k.name())
             .collect::<Vec<_>>()
             .join(","),
+        crate::gemm_i8::ActivationRange::from_env().name(),
+        crate::gemm_i8::ActivationRange::attention_from_env().map_or("off", |r| r.name()),
         crate::pool::num_threads()
     )
 }

@@ -8,6 +8,7 @@
 //! `y[r, c] = s_x[r] · s_w[c] · (Σ_k q_x[r, k] · q_w[c, k] − z_x[r] · Σ_k q_w[c, k]) + b[c]`.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use crate::aligned::AlignedVec;
 use crate::cpu::Int8Kernel;
@@ -30,6 +31,8 @@ pub struct PackedInt8Linear {
     /// k rounded up to a multiple of 4.
     kp: usize,
     kernel: Int8Kernel,
+    /// Range of the quantized activations (kept by [`retarget`](Self::retarget)).
+    act: ActivationRange,
     /// `n_panels × (kp / 4) × GROUP_BYTES`, zero-padded.
     panels: AlignedVec<i8>,
     /// Per-channel weight scale, padded with zeros to `n_panels × NR`.
@@ -41,18 +44,23 @@ pub struct PackedInt8Linear {
 
 impl PackedInt8Linear {
     /// Quantize and pack `weight` (`out × in`, row-major: PyTorch `nn.Linear.weight`) for the
-    /// best int8 kernel of this CPU; bias (`out`) stays f32.
+    /// best int8 kernel of this CPU; bias (`out`) stays f32. Activations use
+    /// [`ActivationRange::from_env`].
     pub fn from_f32(
         weight: &[f32],
         out_features: usize,
         in_features: usize,
         bias: Option<&[f32]>,
     ) -> Result<Self, KernelError> {
-        Self::from_f32_with(Int8Kernel::best(), weight, out_features, in_features, bias)
+        Ok(
+            Self::from_f32_with(Int8Kernel::best(), weight, out_features, in_features, bias)?
+                .with_activations(ActivationRange::from_env()),
+        )
     }
 
-    /// [`from_f32`](Self::from_f32) for an explicit kernel. The kernel is fixed at packing
-    /// because it decides the weight range (±64 for AVX2, ±127 otherwise).
+    /// [`from_f32`](Self::from_f32) for an explicit kernel, with 8-bit activations
+    /// ([`ActivationRange::U8`]). The kernel is fixed at packing because it decides the weight
+    /// range (±64 for AVX2, ±127 otherwise).
     pub fn from_f32_with(
         kernel: Int8Kernel,
         weight: &[f32],
@@ -72,6 +80,7 @@ impl PackedInt8Linear {
         let kp = k.div_ceil(4) * 4;
         let kg = kp / 4;
         let wmax = kernel.weight_max() as f32;
+        let wmax_i = kernel.weight_max();
         let mut panels = AlignedVec::<i8>::zeroed(np * kg * GROUP_BYTES);
         let mut wscale = AlignedVec::<f32>::zeroed(np * NR);
         let mut colsum = AlignedVec::<i32>::zeroed(np * NR);
@@ -83,7 +92,9 @@ impl PackedInt8Linear {
             let (p, j) = (c / NR, c % NR);
             let mut sum = 0i32;
             for (kk, &v) in row.iter().enumerate() {
-                let q = (v * inv).round().clamp(-wmax, wmax) as i32;
+                // Round half away from zero without a libm call (`f32::round` is one on
+                // baseline x86-64); attention packs its keys and values on every call.
+                let q = ((v * inv + 0.5f32.copysign(v)) as i32).clamp(-wmax_i, wmax_i);
                 sum += q;
                 let (g, t) = (kk / 4, kk % 4);
                 panels[(p * kg + g) * GROUP_BYTES + j * 4 + t] = q as i8;
@@ -106,6 +117,7 @@ impl PackedInt8Linear {
             k,
             kp,
             kernel,
+            act: ActivationRange::U8,
             panels,
             wscale,
             colsum,
@@ -128,8 +140,19 @@ impl PackedInt8Linear {
         self.kernel
     }
 
-    /// The same integer weights run by another kernel (tests and benchmarks compare kernels
-    /// bit for bit this way). Fails when the CPU lacks the kernel or when the kernel's weight
+    /// The range this layer quantizes its input rows to.
+    pub fn activations(&self) -> ActivationRange {
+        self.act
+    }
+
+    /// The same weights with input rows quantized to `range` from now on.
+    pub fn with_activations(mut self, range: ActivationRange) -> Self {
+        self.act = range;
+        self
+    }
+
+    /// The same integer weights and activation range run by another kernel (tests and
+    /// benchmarks compare kernels bit for bit this way). Fails when the CPU lacks the kernel or when the kernel's weight
     /// range is narrower than this packing's (a ±127 packing cannot run on AVX2).
     pub fn retarget(&self, kernel: Int8Kernel) -> Result<Self, KernelError> {
         if !kernel.is_supported() || kernel.weight_max() < self.kernel.weight_max() {
@@ -154,6 +177,30 @@ impl PackedInt8Linear {
         w
     }
 
+    /// `out[m × out] = x[m × in] · Wᵀ (+ b)` on the calling thread only, for callers that are
+    /// already one task of a parallel region (attention's per-head products). Sizes are the
+    /// caller's to get right.
+    pub(crate) fn forward_serial(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        debug_assert!(x.len() >= m * self.k && out.len() >= m * self.n);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let q = &mut *s;
+            let simd = self.kernel != Int8Kernel::Scalar;
+            quantize_rows(x, m, self.k, self.kp, self.act.max(), q, simd);
+            let g = GemmI8 {
+                layer: self,
+                a: q.data.as_ptr(),
+                sa: q.scale.as_ptr(),
+                za: q.zero.as_ptr(),
+                m,
+                c: out.as_mut_ptr(),
+                epilogue: Epi::None,
+            };
+            // SAFETY: `x` and `out` cover m rows (caller); `q` lives for the call.
+            unsafe { g.run_block(0..m, 0..self.n.div_ceil(NR)) };
+        });
+    }
+
     /// `out[m × out] = epilogue(x[m × in] · Wᵀ + b)`: quantizes each row of `x`, multiplies in
     /// int8 and dequantizes into `out`.
     pub fn forward(
@@ -172,7 +219,8 @@ impl PackedInt8Linear {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let q = &mut *s;
-            quantize_rows(x, m, self.k, self.kp, q, self.kernel != Int8Kernel::Scalar);
+            let simd = self.kernel != Int8Kernel::Scalar;
+            quantize_rows(x, m, self.k, self.kp, self.act.max(), q, simd);
             let g = GemmI8 {
                 layer: self,
                 a: q.data.as_ptr(),
@@ -189,6 +237,73 @@ impl PackedInt8Linear {
     }
 }
 
+/// Range of the per-row u8 activations of an int8 layer (`q_x` in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ActivationRange {
+    /// 0..=255, the default.
+    #[default]
+    U8,
+    /// 0..=127: half the levels, for speed on AVX2. With weights ±64 one `vpmaddubsw` lane is
+    /// then at most `2·127·64 = 16256`, so the AVX2 tile adds the lanes of two k-groups in i16
+    /// (at most 32512, no saturation) before one `vpmaddwd` widens them: three multiply
+    /// instructions per 8 k instead of four. The other kernels run it too but gain nothing.
+    U7,
+}
+
+impl ActivationRange {
+    /// Largest quantized activation.
+    pub fn max(self) -> i32 {
+        match self {
+            ActivationRange::U8 => 255,
+            ActivationRange::U7 => 127,
+        }
+    }
+
+    /// `u8` or `u7` (also the values of `ECHOJEPA_INT8_ACTIVATIONS`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationRange::U8 => "u8",
+            ActivationRange::U7 => "u7",
+        }
+    }
+
+    /// The range [`PackedInt8Linear::from_f32`] uses: `ECHOJEPA_INT8_ACTIVATIONS` (`u8` or
+    /// `u7`) if set, else [`U8`](Self::U8). Read once per process; another value is ignored
+    /// with a warning on stderr.
+    pub fn from_env() -> Self {
+        static RANGE: OnceLock<ActivationRange> = OnceLock::new();
+        *RANGE.get_or_init(|| {
+            Self::parse_env("ECHOJEPA_INT8_ACTIVATIONS", false).unwrap_or(ActivationRange::U8)
+        })
+    }
+
+    /// Whether attention runs in int8 and with which activations: `ECHOJEPA_INT8_ATTENTION`
+    /// (`u8`, `u7`, or `off`, the default). Read once per process; another value is ignored
+    /// with a warning on stderr. See [`crate::attention::attention_int8`].
+    pub fn attention_from_env() -> Option<Self> {
+        static RANGE: OnceLock<Option<ActivationRange>> = OnceLock::new();
+        *RANGE.get_or_init(|| Self::parse_env("ECHOJEPA_INT8_ATTENTION", true))
+    }
+
+    fn parse_env(var: &str, off_allowed: bool) -> Option<Self> {
+        match std::env::var(var).ok().as_deref() {
+            None => None,
+            Some("u8") => Some(ActivationRange::U8),
+            Some("u7") => Some(ActivationRange::U7),
+            Some("off") if off_allowed => None,
+            Some(other) => {
+                let allowed = if off_allowed {
+                    "u8, u7 or off"
+                } else {
+                    "u8 or u7"
+                };
+                eprintln!("warning: {var}={other:?} is not one of {allowed}; ignored");
+                None
+            }
+        }
+    }
+}
+
 /// Per-row quantized activations (reused between calls on the same thread).
 #[derive(Default)]
 pub(crate) struct QuantRows {
@@ -201,20 +316,29 @@ thread_local! {
     static SCRATCH: RefCell<QuantRows> = RefCell::new(QuantRows::default());
 }
 
-/// Scale and zero point for one row so that its range (widened to include 0) maps to 0..=255.
+/// Scale and zero point for one row so that its range (widened to include 0) maps to
+/// 0..=`qmax`.
 #[inline]
-pub(crate) fn row_params(lo: f32, hi: f32) -> (f32, i32) {
+pub(crate) fn row_params(lo: f32, hi: f32, qmax: i32) -> (f32, i32) {
     let lo = lo.min(0.0);
     let hi = hi.max(0.0);
     if hi - lo <= f32::MIN_POSITIVE || !(hi - lo).is_finite() {
         return (1.0, 0);
     }
-    let scale = (hi - lo) / 255.0;
-    let zero = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+    let scale = (hi - lo) / qmax as f32;
+    let zero = (-lo / scale).round().clamp(0.0, qmax as f32) as i32;
     (scale, zero)
 }
 
-fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize, q: &mut QuantRows, simd: bool) {
+fn quantize_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    qmax: i32,
+    q: &mut QuantRows,
+    simd: bool,
+) {
     q.data.resize(m * kp, 0);
     q.scale.resize(m, 0.0);
     q.zero.resize(m, 0);
@@ -224,7 +348,7 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize, q: &mut QuantRows, si
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` means the packing kernel is an x86 SIMD one, so AVX2 is present.
-            let (s, z) = unsafe { crate::x86::avx2::quantize_row(row, dst) };
+            let (s, z) = unsafe { crate::x86::avx2::quantize_row(row, dst, qmax) };
             q.scale[r] = s;
             q.zero[r] = z;
             continue;
@@ -235,10 +359,10 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, kp: usize, q: &mut QuantRows, si
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
                 (lo.min(v), hi.max(v))
             });
-        let (s, z) = row_params(lo, hi);
+        let (s, z) = row_params(lo, hi, qmax);
         let inv = 1.0 / s;
         for (d, &v) in dst.iter_mut().zip(row) {
-            *d = ((v * inv).round_ties_even() as i32 + z).clamp(0, 255) as u8;
+            *d = ((v * inv).round_ties_even() as i32 + z).clamp(0, qmax) as u8;
         }
         dst[k..].fill(0);
         q.scale[r] = s;
@@ -343,7 +467,10 @@ impl GemmI8<'_> {
             match self.layer.kernel {
                 Int8Kernel::Scalar => scalar_micro(kg, a, lda, rows, b, bstride, pcount, tile),
                 #[cfg(target_arch = "x86_64")]
-                Int8Kernel::Avx2 => crate::x86::avx2::i8_4x16(kg, a, lda, rows, b, tile),
+                Int8Kernel::Avx2 => {
+                    let pairs = self.layer.act == ActivationRange::U7;
+                    crate::x86::avx2::i8_4x16(kg, a, lda, rows, b, pairs, tile)
+                }
                 #[cfg(target_arch = "x86_64")]
                 Int8Kernel::AvxVnni => crate::x86::avxvnni::i8_6x16(kg, a, lda, rows, b, tile),
                 #[cfg(target_arch = "x86_64")]
@@ -393,8 +520,10 @@ impl GemmI8<'_> {
                     gelu: matches!(self.epilogue, Epi::Gelu),
                     accumulate: matches!(self.epilogue, Epi::Accumulate),
                 };
-                // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above.
-                crate::x86::avx2::i8_4x16_fused(kg, a, l.kp, rows, b, &e);
+                // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above; U7
+                // activations are ≤ 127 as `pairs` needs.
+                let pairs = l.act == ActivationRange::U7;
+                crate::x86::avx2::i8_4x16_fused(kg, a, l.kp, rows, b, pairs, &e);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -44,7 +44,7 @@ pub use cpu::{F32Kernel, Int8Kernel};
 pub use epilogue::Epilogue;
 pub use error::KernelError;
 pub use gemm_f32::PackedF32Linear;
-pub use gemm_i8::PackedInt8Linear;
+pub use gemm_i8::{ActivationRange, PackedInt8Linear};
 
 /// A packed linear layer in either precision; see [`PackedF32Linear`] and [`PackedInt8Linear`].
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use echojepa_kernels::{Epilogue, Int8Kernel, KernelError, PackedInt8Linear};
+use echojepa_kernels::{ActivationRange, Epilogue, Int8Kernel, KernelError, PackedInt8Linear};
 
 /// Rounding slack relative to `Σ_k |x_k·w_k|` on top of the quantization bound.
 const I8_REL_TOL: f64 = 1e-5;
@@ -14,32 +14,44 @@ const I8_ABS_TOL: f64 = 1e-5;
 const I8_REL_RMS_TOL: f64 = 0.02;
 
 /// Worst-case error of per-row u8 activations × per-channel int8 weights:
-/// `s_x/2·Σ|w| + s_w/2·Σ|x| + k·s_x·s_w/4` (s_x from the row range widened to 0).
-fn quant_bound(x: &[f32], w: &[f32], k: usize, r: usize, c: usize, wmax: f64) -> f64 {
+/// `s_x/2·Σ|w| + s_w/2·Σ|x| + k·s_x·s_w/4` (s_x from the row range widened to 0, over
+/// `amax` levels).
+fn quant_bound(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    (r, c): (usize, usize),
+    (wmax, amax): (f64, f64),
+) -> f64 {
     let xr = &x[r * k..(r + 1) * k];
     let wc = &w[c * k..(c + 1) * k];
     let lo = xr.iter().fold(0f32, |a, &b| a.min(b)) as f64;
     let hi = xr.iter().fold(0f32, |a, &b| a.max(b)) as f64;
-    let sx = (hi - lo) / 255.0;
+    let sx = (hi - lo) / amax;
     let sw = wc.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64 / wmax;
     let sw_abs: f64 = wc.iter().map(|v| v.abs() as f64).sum();
     let sx_abs: f64 = xr.iter().map(|v| v.abs() as f64).sum();
     sx / 2.0 * sw_abs + sw / 2.0 * sx_abs + k as f64 * sx * sw / 4.0
 }
 
-fn check(kernel: Int8Kernel, m: usize, k: usize, n: usize, seed: u64) {
+fn check(kernel: Int8Kernel, act: ActivationRange, (m, k, n): (usize, usize, usize), seed: u64) {
     let mut r = rng(seed);
     let x = uniform(&mut r, m * k, -1.0, 1.5);
     let w = uniform(&mut r, n * k, -1.0, 1.0);
     let b = uniform(&mut r, n, -0.5, 0.5);
     let res = uniform(&mut r, m * n, -2.0, 2.0);
     let (yref, mag) = linear_ref(&x, &w, Some(&b), m, k, n);
-    let lin = PackedInt8Linear::from_f32_with(kernel, &w, n, k, Some(&b)).unwrap();
-    assert_eq!(lin.kernel(), kernel);
+    let lin = PackedInt8Linear::from_f32_with(kernel, &w, n, k, Some(&b))
+        .unwrap()
+        .with_activations(act);
+    assert_eq!((lin.kernel(), lin.activations()), (kernel, act));
     let wmax = kernel.weight_max() as f64;
-    let name = kernel.name();
+    let amax = act.max() as f64;
+    let name = format!("{} {}", kernel.name(), act.name());
     let tol = |i: usize| {
-        quant_bound(&x, &w, k, i / n, i % n, wmax) * 1.001 + I8_REL_TOL * mag[i] + I8_ABS_TOL
+        quant_bound(&x, &w, k, (i / n, i % n), (wmax, amax)) * 1.001
+            + I8_REL_TOL * mag[i]
+            + I8_ABS_TOL
     };
 
     let mut plain = vec![f32::NAN; m * n];
@@ -138,7 +150,48 @@ fn every_kernel_matches_f64_reference_within_quantization_bound() {
     eprintln!("int8 kernels tested: {:?}", kernels);
     for (i, &(m, k, n)) in ragged_shapes().iter().enumerate() {
         for &kernel in &kernels {
-            check(kernel, m, k, n, 200 + i as u64);
+            for act in [ActivationRange::U8, ActivationRange::U7] {
+                check(kernel, act, (m, k, n), 200 + i as u64);
+            }
+        }
+    }
+}
+
+/// Every activation and weight at the end of its range: single `vpmaddubsw` lanes reach
+/// ±32640 (2·255·64) with U8 and the AVX2 tile's i16 pair sums ±32512 (two lanes of 2·127·64)
+/// with U7, the most they can; neither may saturate.
+#[test]
+fn extreme_values_do_not_saturate() {
+    let (m, k, n) = (5, 4 * 67, 19);
+    // Rows of +1 quantize to the top of the range (zero point 0), rows of −1 to data 0 and the
+    // zero point at the top.
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    // Columns of ±1 with alternating sign per column: every quantized weight is ±weight_max.
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    for (kernel, act) in Int8Kernel::available()
+        .into_iter()
+        .flat_map(|k| [(k, ActivationRange::U8), (k, ActivationRange::U7)])
+    {
+        let lin = PackedInt8Linear::from_f32_with(kernel, &w, n, k, None)
+            .unwrap()
+            .with_activations(act);
+        let mut out = vec![f32::NAN; m * n];
+        lin.forward(&x, m, &mut out, Epilogue::None).unwrap();
+        for r in 0..m {
+            for c in 0..n {
+                let want = k as f32 * x[r * k] * w[c * k];
+                let got = out[r * n + c];
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.abs(),
+                    "{} {} ({r}, {c}): {got} vs {want}",
+                    kernel.name(),
+                    act.name()
+                );
+            }
         }
     }
 }

@@ -3,10 +3,15 @@
 mod common;
 use common::*;
 use echojepa_kernels::rope::{RopeTables, apply_rope_qk};
-use echojepa_kernels::{F32Kernel, KernelError, activation, attention, norm, softmax};
+use echojepa_kernels::{
+    ActivationRange, F32Kernel, KernelError, activation, attention, norm, softmax,
+};
 
 /// GELU: A&S erf (≤ 1.5e-7) plus f32 rounding of `0.5·x·(1 + erf)`.
 const GELU_ABS_TOL: f64 = 1e-6;
+/// Largest error of an int8 attention context vector relative to its norm.
+const INT8_ATTENTION_REL_TOL: f64 = 0.05;
+
 /// Layer norm / softmax / attention / RoPE outputs: f32 rounding over short sums.
 const OP_TOL: f64 = 2e-5;
 
@@ -141,6 +146,102 @@ fn rope_reproduces_the_reference_quirk() {
     assert_eq!(got[60..64], qkv[60..64]);
 }
 
+/// `concat_h softmax(q_h·k_hᵀ/√hd)·v_h` in f64.
+fn attention_ref(qkv: &[f32], n: usize, heads: usize, hd: usize) -> Vec<f64> {
+    let d = heads * hd;
+    let mut want = vec![0f64; n * d];
+    for h in 0..heads {
+        for i in 0..n {
+            let q = |j: usize| qkv[i * 3 * d + h * hd + j] as f64;
+            let mut s: Vec<f64> = (0..n)
+                .map(|t| {
+                    (0..hd)
+                        .map(|j| q(j) * qkv[t * 3 * d + d + h * hd + j] as f64)
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s
+                .iter_mut()
+                .map(|v| {
+                    *v = (*v - mx).exp();
+                    *v
+                })
+                .sum();
+            for j in 0..hd {
+                want[i * d + h * hd + j] = (0..n)
+                    .map(|t| s[t] / z * qkv[t * 3 * d + 2 * d + h * hd + j] as f64)
+                    .sum();
+            }
+        }
+    }
+    want
+}
+
+/// int8 attention (both products int8, softmax f32) stays close to the f64 reference: every
+/// context vector within a few per cent of its norm, for 8- and 7-bit activations, on ragged
+/// token counts and head sizes; a non-finite key is refused by name.
+#[test]
+fn int8_attention_is_close_to_the_reference() {
+    for &(n, heads, hd) in &[
+        (1usize, 1usize, 8usize),
+        (7, 2, 16),
+        (50, 3, 64),
+        (97, 2, 40),
+        (300, 2, 64),
+    ] {
+        let d = heads * hd;
+        let mut r = rng((n * 11 + heads) as u64);
+        let qkv = uniform(&mut r, n * 3 * d, -2.0, 2.0);
+        let want = attention_ref(&qkv, n, heads, hd);
+        for act in [ActivationRange::U8, ActivationRange::U7] {
+            let mut out = vec![f32::NAN; n * d];
+            attention::attention_int8(&qkv, n, heads, hd, act, &mut out).unwrap();
+            let mut worst = 0f64;
+            for row in 0..n * heads {
+                let (i, h) = (row / heads, row % heads);
+                let at = |v: &dyn Fn(usize) -> f64| -> f64 {
+                    (0..hd)
+                        .map(|j| v(i * d + h * hd + j).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                };
+                let err = at(&|k| out[k] as f64 - want[k]);
+                let norm = at(&|k| want[k]);
+                worst = worst.max(err / norm.max(1e-3));
+            }
+            eprintln!(
+                "int8 attention {} ({n},{heads},{hd}): worst row rel. error {worst:.4}",
+                act.name()
+            );
+            assert!(
+                worst < INT8_ATTENTION_REL_TOL,
+                "int8 attention {} ({n},{heads},{hd}): a context vector is off by {worst:.4} of its norm",
+                act.name()
+            );
+            // (One token: the softmax is exactly 1 and each value is its channel's maximum.)
+            assert!(n == 1 || worst > 0.0, "int8 attention is really quantized");
+        }
+    }
+    let (n, heads, hd) = (20, 2, 16);
+    let mut qkv = uniform(&mut rng(3), n * 3 * heads * hd, -1.0, 1.0);
+    qkv[5 * 3 * heads * hd + heads * hd + 3] = f32::NAN; // token 5, head 0, key element 3
+    let mut out = vec![0f32; n * heads * hd];
+    let err =
+        attention::attention_int8(&qkv, n, heads, hd, ActivationRange::U8, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::NonFinite {
+                what: "attention keys",
+                index: 83
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn attention_matches_reference_for_every_kernel() {
     for &(n, heads, hd) in &[
@@ -153,34 +254,7 @@ fn attention_matches_reference_for_every_kernel() {
         let d = heads * hd;
         let mut r = rng((n * 7 + heads) as u64);
         let qkv = uniform(&mut r, n * 3 * d, -2.0, 2.0);
-        // f64 reference.
-        let mut want = vec![0f64; n * d];
-        for h in 0..heads {
-            for i in 0..n {
-                let q = |j: usize| qkv[i * 3 * d + h * hd + j] as f64;
-                let mut s: Vec<f64> = (0..n)
-                    .map(|t| {
-                        (0..hd)
-                            .map(|j| q(j) * qkv[t * 3 * d + d + h * hd + j] as f64)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = s
-                    .iter_mut()
-                    .map(|v| {
-                        *v = (*v - mx).exp();
-                        *v
-                    })
-                    .sum();
-                for j in 0..hd {
-                    want[i * d + h * hd + j] = (0..n)
-                        .map(|t| s[t] / z * qkv[t * 3 * d + 2 * d + h * hd + j] as f64)
-                        .sum();
-                }
-            }
-        }
+        let want = attention_ref(&qkv, n, heads, hd);
         for kernel in F32Kernel::available() {
             let mut out = vec![f32::NAN; n * d];
             attention::attention_with(kernel, &qkv, n, heads, hd, &mut out).unwrap();

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
-use echojepa_kernels::{Epilogue, PackedF32Linear, PackedInt8Linear, PackedLinear};
+use echojepa_kernels::{
+    ActivationRange, Epilogue, PackedF32Linear, PackedInt8Linear, PackedLinear,
+};
 
 use super::QuantError;
 use super::gguf::{GgufWeights, quantize_q8_0_rows};
@@ -261,6 +263,8 @@ pub struct QuantizedEncoder {
     blocks: Vec<QBlock>,
     norm: Norm,
     rope: Mutex<Option<(RopeKey, Arc<echojepa_kernels::rope::RopeTables>)>>,
+    /// `Some(range)`: attention's two products in int8 with activations in `range`.
+    int8_attention: Option<ActivationRange>,
 }
 
 impl std::fmt::Debug for QuantizedEncoder {
@@ -300,11 +304,36 @@ impl QuantizedEncoder {
             blocks,
             norm,
             rope: Mutex::new(None),
+            int8_attention: ActivationRange::attention_from_env(),
         })
     }
 
     pub fn config(&self) -> &EncoderConfig {
         &self.cfg
+    }
+
+    /// The same encoder with attention's two products (Q·Kᵀ and P·V) in int8, activations in
+    /// `range` ([`echojepa_kernels::attention::attention_int8`]), or in f32 (`None`). The
+    /// default comes from [`ActivationRange::attention_from_env`] (f32 unless set).
+    pub fn with_int8_attention(mut self, range: Option<ActivationRange>) -> Self {
+        self.int8_attention = range;
+        self
+    }
+
+    /// The same encoder with every int8 linear quantizing its inputs to `range` (the default
+    /// comes from [`ActivationRange::from_env`]); f32 linears are unchanged.
+    pub fn with_int8_activations(mut self, range: ActivationRange) -> Self {
+        let all = std::iter::once(&mut self.patch).chain(
+            self.blocks
+                .iter_mut()
+                .flat_map(|b| [&mut b.qkv, &mut b.proj, &mut b.fc1, &mut b.fc2]),
+        );
+        for l in all {
+            if let PackedLinear::Int8(p) = &mut l.packed {
+                *p = p.clone().with_activations(range);
+            }
+        }
+        self
     }
 
     /// Every linear layer in execution order.
@@ -447,8 +476,13 @@ impl QuantizedEncoder {
             b.qkv.forward(&hbuf, n, &mut qkv, Epilogue::None)?;
             echojepa_kernels::rope::apply_rope_qk(&mut qkv, n, heads, hd, &rope)
                 .map_err(kerr("rope"))?;
-            echojepa_kernels::attention::attention(&qkv, n, heads, hd, &mut att)
-                .map_err(kerr("attention"))?;
+            match self.int8_attention {
+                None => echojepa_kernels::attention::attention(&qkv, n, heads, hd, &mut att),
+                Some(range) => {
+                    echojepa_kernels::attention::attention_int8(&qkv, n, heads, hd, range, &mut att)
+                }
+            }
+            .map_err(kerr("attention"))?;
             tap(Tap::LinearInput {
                 layer: &b.proj,
                 x: &att,

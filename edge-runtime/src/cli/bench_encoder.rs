@@ -5,7 +5,7 @@
 //! and input in the same run.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use echojepa::bundle::Precision;
 use echojepa::config::EncoderConfig;
 use echojepa::quantized::calibrate::flatten_patch;
 use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource};
+use echojepa_kernels::ActivationRange;
 use edge_runtime::stats::percentiles;
 
 use super::BenchEncoderArgs;
@@ -73,9 +74,37 @@ struct Variant {
     label: &'static str,
     /// Precision of the block linears (the patch embedding stays f32, as bundles keep it).
     blocks: Precision,
+    /// Activation range of the int8 linears.
+    activations: ActivationRange,
+    /// Attention in int8 (activation range) or f32 (`None`).
+    attention: Option<ActivationRange>,
 }
 
-pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
+/// One variant's encoder, its latest tokens and its timed runs.
+struct Run {
+    label: &'static str,
+    enc: QuantizedEncoder,
+    tokens: Vec<f32>,
+    times: Vec<f32>,
+}
+
+impl Run {
+    /// One timed forward pass; returns (and records) its milliseconds.
+    fn time_once(&mut self, clip: &[f32], shape: (usize, usize, usize)) -> Result<f32> {
+        let t0 = Instant::now();
+        self.tokens = self.enc.forward_clip(clip, shape)?;
+        let ms = t0.elapsed().as_secs_f32() * 1e3;
+        self.times.push(ms);
+        Ok(ms)
+    }
+}
+
+/// `rounds` is read only with `--interleave` (one line per round).
+pub fn run(
+    args: BenchEncoderArgs,
+    rounds: &mut impl BufRead,
+    out: &mut impl Write,
+) -> Result<ExitCode> {
     if let Some(t) = args.threads
         && std::env::var_os("ECHOJEPA_THREADS").is_none()
     {
@@ -112,15 +141,40 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
             "f32" => Variant {
                 label: "edge_f32",
                 blocks: Precision::F32,
+                activations: ActivationRange::U8,
+                attention: None,
             },
             "int8" => Variant {
                 label: "edge_int8",
                 blocks: Precision::Q8_0,
+                activations: ActivationRange::U8,
+                attention: None,
             },
-            other => bail!("--precision: unknown `{other}` (use f32, int8 or both)"),
+            "int8-u7" => Variant {
+                label: "edge_int8_u7",
+                blocks: Precision::Q8_0,
+                activations: ActivationRange::U7,
+                attention: None,
+            },
+            "int8-u7-attn" => Variant {
+                label: "edge_int8_u7_attn",
+                blocks: Precision::Q8_0,
+                activations: ActivationRange::U7,
+                attention: Some(ActivationRange::U7),
+            },
+            "int8-attn" => Variant {
+                label: "edge_int8_attn",
+                blocks: Precision::Q8_0,
+                activations: ActivationRange::U8,
+                attention: Some(ActivationRange::U8),
+            },
+            other => {
+                bail!("--precision: unknown `{other}` (use f32, int8, int8-u7, int8-attn, int8-u7-attn, comma-separated)")
+            }
         });
     }
     let origin = args.weights.display().to_string();
+    let mut runs = Vec::new();
     for v in variants {
         let precision: HashMap<String, Precision> = QuantizedEncoder::linear_shapes(&cfg)
             .into_iter()
@@ -133,35 +187,74 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
             precision: &precision,
         };
         let enc = QuantizedEncoder::load(&cfg, &src)
-            .with_context(|| format!("cannot build the {} encoder from {origin}", v.label))?;
-        let mut tokens = enc.forward_clip(&clip, (t, h, w))?; // warm-up (packing, RoPE tables)
-        let mut times = Vec::with_capacity(args.reps);
-        for _ in 0..args.reps {
-            let t0 = Instant::now();
-            tokens = enc.forward_clip(&clip, (t, h, w))?;
-            times.push(t0.elapsed().as_secs_f32() * 1e3);
+            .with_context(|| format!("cannot build the {} encoder from {origin}", v.label))?
+            .with_int8_activations(v.activations)
+            .with_int8_attention(v.attention);
+        let tokens = enc.forward_clip(&clip, (t, h, w))?; // warm-up (packing, RoPE tables)
+        runs.push(Run {
+            label: v.label,
+            enc,
+            tokens,
+            times: Vec::new(),
+        });
+    }
+    let shape = (t, h, w);
+    if args.interleave {
+        // One line in, one timed run of every variant out, until the input ends: the caller
+        // times its own engines between the lines, so all of them share the machine's moods.
+        let labels: Vec<_> = runs.iter().map(|r| r.label).collect();
+        writeln!(out, "{}", serde_json::json!({ "ready": labels }))?;
+        out.flush()?;
+        let mut line = String::new();
+        let mut round = 0usize;
+        while rounds
+            .read_line(&mut line)
+            .context("cannot read the next round from stdin")?
+            > 0
+        {
+            line.clear();
+            let mut times = serde_json::Map::new();
+            for r in &mut runs {
+                let ms = r.time_once(&clip, shape)?;
+                times.insert(r.label.to_string(), ms.into());
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "round": round, "times_ms": times })
+            )?;
+            out.flush()?;
+            round += 1;
         }
-        let n = tokens.len() / cfg.embed_dim;
+    } else {
+        for r in &mut runs {
+            for _ in 0..args.reps {
+                r.time_once(&clip, shape)?;
+            }
+        }
+    }
+    for r in runs {
+        let n = r.tokens.len() / cfg.embed_dim;
         let output = args
             .output_prefix
             .as_ref()
             .map(|prefix| -> Result<PathBuf> {
-                let path = PathBuf::from(format!("{}.{}.safetensors", prefix.display(), v.label));
-                let t = Tensor::from_vec(tokens.clone(), (1, n, cfg.embed_dim), &Device::Cpu)?;
+                let path = PathBuf::from(format!("{}.{}.safetensors", prefix.display(), r.label));
+                let t = Tensor::from_vec(r.tokens.clone(), (1, n, cfg.embed_dim), &Device::Cpu)?;
                 candle_core::safetensors::save(&HashMap::from([("tokens", t)]), &path)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(path)
             })
             .transpose()?;
-        let med = percentiles(&times).map_or(f32::NAN, |p| p.p50);
+        let med = percentiles(&r.times).map_or(f32::NAN, |p| p.p50);
         if args.json {
             writeln!(
                 out,
                 "{}",
                 serde_json::json!({
-                    "label": v.label,
+                    "label": r.label,
                     "median_ms": med,
-                    "times_ms": times,
+                    "times_ms": r.times,
                     "tokens": n,
                     "threads": echojepa_kernels::pool::num_threads(),
                     "output": output.map(|p| p.display().to_string()),
@@ -170,10 +263,10 @@ pub fn run(args: BenchEncoderArgs, out: &mut impl Write) -> Result<ExitCode> {
         } else {
             writeln!(
                 out,
-                "{:<10} {n} tokens × {}: median {med:.1} ms over {} runs ({} threads)",
-                v.label,
+                "{:<12} {n} tokens × {}: median {med:.1} ms over {} runs ({} threads)",
+                r.label,
                 cfg.embed_dim,
-                times.len(),
+                r.times.len(),
                 echojepa_kernels::pool::num_threads()
             )?;
         }

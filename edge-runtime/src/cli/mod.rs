@@ -79,9 +79,11 @@ pub struct BenchEncoderArgs {
     /// Timed repetitions per variant, after one untimed warm-up run.
     #[arg(long, default_value_t = 10)]
     pub reps: usize,
-    /// Variants to time: f32 (every linear f32) and/or int8 (block linears int8, patch
-    /// embedding f32, as bundles store them).
-    #[arg(long, default_value = "f32,int8")]
+    /// Variants to time, comma-separated: f32 (every linear f32), int8 (block linears int8,
+    /// patch embedding f32, as bundles store them), int8-u7 (the same with 7-bit activations:
+    /// ECHOJEPA_INT8_ACTIVATIONS=u7 at run time), int8-attn / int8-u7-attn (also attention's
+    /// two products in int8: ECHOJEPA_INT8_ATTENTION=u8 / u7).
+    #[arg(long, default_value = "f32,int8,int8-u7,int8-u7-attn")]
     pub precision: String,
     /// Write each variant's tokens to PREFIX.<label>.safetensors (`tokens` `[1, N, D]`).
     #[arg(long)]
@@ -92,6 +94,13 @@ pub struct BenchEncoderArgs {
     /// One JSON line per variant: label, median_ms, times_ms, tokens, threads, output.
     #[arg(long)]
     pub json: bool,
+    /// Let another program interleave its own timings with ours: after loading and one
+    /// warm-up run per variant print `{"ready": [labels]}`, then for every line read on stdin
+    /// time one run of each variant and print `{"round": i, "times_ms": {label: ms}}`; at the
+    /// end of stdin print the usual summary (`--reps` is ignored). `bench/peer_bench.py` uses
+    /// this so that ONNX Runtime and the edge runtime take turns on the same machine.
+    #[arg(long)]
+    pub interleave: bool,
 }
 
 /// Which board and which model.
@@ -240,6 +249,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench(args)) => bench::run(args, &mut stdout),
         Some(Command::Check(args)) => check::run(args, &mut stdout),
         Some(Command::Boards(args)) => boards_cmd::run(args, &mut stdout),
-        Some(Command::BenchEncoder(args)) => bench_encoder::run(args, &mut stdout),
+        Some(Command::BenchEncoder(args)) => {
+            bench_encoder::run(args, &mut std::io::stdin().lock(), &mut stdout)
+        }
     }
 }

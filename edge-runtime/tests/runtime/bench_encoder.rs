@@ -135,9 +135,11 @@ fn times_both_precisions_and_writes_the_encoders_tokens() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     assert_eq!(lines[0]["label"], "edge_f32");
     assert_eq!(lines[1]["label"], "edge_int8");
+    assert_eq!(lines[2]["label"], "edge_int8_u7");
+    assert_eq!(lines[3]["label"], "edge_int8_u7_attn");
     let n_tokens = (t / 2) * (h / 16) * (w / 16);
     for l in &lines {
         assert_eq!(l["times_ms"].as_array().unwrap().len(), 3);
@@ -178,18 +180,129 @@ fn times_both_precisions_and_writes_the_encoders_tokens() {
         "edge f32 vs candle encoder: max |diff| {max_abs}"
     );
 
+    let smallest_cosine = |x: &Tensor| {
+        let dot = (x * &reference).unwrap().sum(2).unwrap();
+        let na = x.sqr().unwrap().sum(2).unwrap().sqrt().unwrap();
+        let nb = reference.sqr().unwrap().sum(2).unwrap().sqrt().unwrap();
+        (dot / (na * nb).unwrap())
+            .unwrap()
+            .min_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     let i8_tokens = tokens(lines[1]["output"].as_str().unwrap());
-    let dot = (&i8_tokens * &reference).unwrap().sum(2).unwrap();
-    let na = i8_tokens.sqr().unwrap().sum(2).unwrap().sqrt().unwrap();
-    let nb = reference.sqr().unwrap().sum(2).unwrap().sqrt().unwrap();
-    let cos = (dot / (na * nb).unwrap())
+    let cos = smallest_cosine(&i8_tokens);
+    assert!(cos > 0.99, "edge int8 vs f32: smallest token cosine {cos}");
+    assert!(cos < 1.0 - 1e-7, "the int8 variant really is quantized");
+    // 7-bit activations: still close, but not the 8-bit variant's numbers.
+    let u7_tokens = tokens(lines[2]["output"].as_str().unwrap());
+    let cos7 = smallest_cosine(&u7_tokens);
+    assert!(
+        cos7 > 0.99,
+        "edge int8 u7 vs f32: smallest token cosine {cos7}"
+    );
+    let diff = (&u7_tokens - &i8_tokens)
         .unwrap()
-        .min_all()
+        .abs()
+        .unwrap()
+        .max_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(cos > 0.99, "edge int8 vs f32: smallest token cosine {cos}");
-    assert!(cos < 1.0 - 1e-7, "the int8 variant really is quantized");
+    assert!(diff > 0.0, "u7 and u8 activations gave identical tokens");
+    // Attention in int8 too: close, and not the f32-attention variant's numbers.
+    let attn_tokens = tokens(lines[3]["output"].as_str().unwrap());
+    let cos_attn = smallest_cosine(&attn_tokens);
+    assert!(
+        cos_attn > 0.99,
+        "edge int8 u7 attn vs f32: smallest token cosine {cos_attn}"
+    );
+    let diff = (&attn_tokens - &u7_tokens)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 0.0, "int8 and f32 attention gave identical tokens");
+}
+
+/// `--interleave`: a caller drives the rounds through stdin and reads one line per round, then
+/// the summary once stdin closes.
+#[test]
+fn interleave_runs_one_round_per_input_line() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EncoderConfig::custom(32, 1, 2, 4.0);
+    let weights = dir.path().join("w.safetensors");
+    let meta = HashMap::from([
+        ("embed_dim".to_string(), "32".to_string()),
+        ("depth".to_string(), "1".to_string()),
+        ("num_heads".to_string(), "2".to_string()),
+    ]);
+    write_safetensors(&weights, &state_dict(&cfg), Some(meta));
+    let input = dir.path().join("in.safetensors");
+    write_safetensors(
+        &input,
+        &[(
+            "video".into(),
+            vec![1, 3, 2, 32, 32],
+            values(3 * 2 * 32 * 32, 5),
+        )],
+        None,
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
+        .arg("bench-encoder")
+        .args(["--weights", weights.to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args([
+            "--precision",
+            "int8,f32",
+            "--threads",
+            "1",
+            "--json",
+            "--interleave",
+        ])
+        .env_remove("ECHOJEPA_THREADS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(
+        next()["ready"],
+        serde_json::json!(["edge_int8", "edge_f32"])
+    );
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        writeln!(stdin, "go").unwrap();
+        stdin.flush().unwrap();
+        let r = next();
+        assert_eq!(r["round"], round);
+        let t = r["times_ms"].as_object().unwrap();
+        assert_eq!(t.len(), 2, "{r}");
+        sent.push(t["edge_int8"].as_f64().unwrap());
+    }
+    drop(stdin);
+    let int8 = next();
+    assert_eq!(int8["label"], "edge_int8");
+    let times: Vec<f64> = int8["times_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(times.len(), 3);
+    for (a, b) in times.iter().zip(&sent) {
+        assert!((a - b).abs() < 1e-3, "summary {times:?} vs rounds {sent:?}");
+    }
+    assert_eq!(next()["label"], "edge_f32");
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

@@ -86,13 +86,14 @@ pub(crate) unsafe fn f32_6x16(
 }
 
 /// The k loop of the 4×16 int8 tile: the i32 sums of rows `0..rows` (rows past `rows` repeat
-/// row 0 and are ignored), two 8-column halves each.
+/// row 0 and are ignored), two 8-column halves each. With `PAIRS`, two k-groups' `vpmaddubsw`
+/// results are added in i16 before `vpmaddwd`, which needs every activation ≤ 127.
 ///
 /// # Safety
 /// As [`i8_4x16`].
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn i8_4x16_sums(
+unsafe fn i8_4x16_sums<const PAIRS: bool>(
     kg: usize,
     a: *const u8,
     lda: usize,
@@ -103,8 +104,32 @@ unsafe fn i8_4x16_sums(
         std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
     let ones = _mm256_set1_epi16(1);
     let mut t = [[_mm256_setzero_si256(); 2]; 4];
-    for g in 0..kg {
-        // SAFETY: g < kg; each row has 4·kg bytes; B has kg groups of 64 bytes.
+    // Two k-groups at a time: activations are ≤ 127 (`ActivationRange::U7`) and weights
+    // |w| ≤ 64, so each `vpmaddubsw` lane is at most 16256 in magnitude and two of them add in
+    // i16 without overflow; one `vpmaddwd` then widens the pair sums to i32.
+    let pairs = if PAIRS { kg / 2 } else { 0 };
+    for gp in 0..pairs {
+        let g = 2 * gp;
+        // SAFETY: g + 1 < kg; each row has 4·kg bytes; B has kg groups of 64 bytes.
+        unsafe {
+            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
+            let b2 = _mm256_loadu_si256(b.add(g * 64 + 64) as *const __m256i);
+            let b3 = _mm256_loadu_si256(b.add(g * 64 + 96) as *const __m256i);
+            for r in 0..4 {
+                let a0 = _mm256_set1_epi32((ap[r].add(4 * g) as *const i32).read_unaligned());
+                let a1 = _mm256_set1_epi32((ap[r].add(4 * g + 4) as *const i32).read_unaligned());
+                let s0 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b2));
+                let s1 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a0, b1), _mm256_maddubs_epi16(a1, b3));
+                t[r][0] = _mm256_add_epi32(t[r][0], _mm256_madd_epi16(s0, ones));
+                t[r][1] = _mm256_add_epi32(t[r][1], _mm256_madd_epi16(s1, ones));
+            }
+        }
+    }
+    for g in 2 * pairs..kg {
+        // SAFETY: g < kg, as above.
         unsafe {
             let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
             let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
@@ -121,11 +146,12 @@ unsafe fn i8_4x16_sums(
 }
 
 /// int8 tile: `tile[r][0..16] = Σ_g A_u8[r, 4g..4g+4] · B_i8[g][16 × 4]` with
-/// `vpmaddubsw` (pairs → i16; cannot saturate because |w| ≤ 64) and `vpmaddwd` (→ i32).
+/// `vpmaddubsw` (pairs → i16; cannot saturate because |w| ≤ 64; with `pairs`, two k-groups'
+/// results add in i16, which needs A ≤ 127) and `vpmaddwd` (→ i32).
 ///
 /// # Safety
 /// AVX2 present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`; `b` for
-/// `kg × 64` bytes; 1 ≤ rows ≤ 4.
+/// `kg × 64` bytes; 1 ≤ rows ≤ 4; with `pairs`, every byte of A ≤ 127.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn i8_4x16(
     kg: usize,
@@ -133,10 +159,17 @@ pub(crate) unsafe fn i8_4x16(
     lda: usize,
     rows: usize,
     b: *const i8,
+    pairs: bool,
     tile: &mut [[i32; 32]; 12],
 ) {
     // SAFETY: forwarded.
-    let t = unsafe { i8_4x16_sums(kg, a, lda, rows, b) };
+    let t = unsafe {
+        if pairs {
+            i8_4x16_sums::<true>(kg, a, lda, rows, b)
+        } else {
+            i8_4x16_sums::<false>(kg, a, lda, rows, b)
+        }
+    };
     for (r, tr) in t.iter().enumerate().take(rows) {
         // SAFETY: tile rows hold 32 i32; we write the first 16.
         unsafe {
@@ -180,6 +213,7 @@ pub(crate) unsafe fn i8_4x16_fused(
     lda: usize,
     rows: usize,
     b: *const i8,
+    pairs: bool,
     e: &TileEpi,
 ) {
     // The tile's output rows are read at the end (`Accumulate` / residual); start loading them
@@ -197,7 +231,13 @@ pub(crate) unsafe fn i8_4x16_fused(
         }
     }
     // SAFETY: forwarded.
-    let t = unsafe { i8_4x16_sums(kg, a, lda, rows, b) };
+    let t = unsafe {
+        if pairs {
+            i8_4x16_sums::<true>(kg, a, lda, rows, b)
+        } else {
+            i8_4x16_sums::<false>(kg, a, lda, rows, b)
+        }
+    };
     // SAFETY: 16 column entries behind each per-column pointer (caller).
     let (cs, ws, bias) = unsafe {
         let cs = [
@@ -234,13 +274,13 @@ pub(crate) unsafe fn i8_4x16_fused(
     }
 }
 
-/// Quantize one row to u8 (asymmetric, range widened to include 0); bytes past `x.len()` in
-/// `dst` are zeroed. Returns (scale, zero point). Bit-identical to the scalar path.
+/// Quantize one row to u8 in 0..=`qmax` (asymmetric, range widened to include 0); bytes past
+/// `x.len()` in `dst` are zeroed. Returns (scale, zero point). Bit-identical to the scalar path.
 ///
 /// # Safety
-/// AVX2+FMA present; `dst.len() >= x.len()`.
+/// AVX2+FMA present; `dst.len() >= x.len()`; `qmax` ≤ 255.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> (f32, i32) {
+pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8], qmax: i32) -> (f32, i32) {
     let k = x.len();
     let mut vlo = _mm256_set1_ps(f32::INFINITY);
     let mut vhi = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -265,11 +305,12 @@ pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> (f32, i32) {
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    let (scale, zero) = row_params(lo, hi);
+    let (scale, zero) = row_params(lo, hi, qmax);
     let inv = 1.0 / scale;
     let vinv = _mm256_set1_ps(inv);
     let vz = _mm256_set1_epi32(zero);
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let vmax = _mm256_set1_epi8(qmax as u8 as i8);
     let mut i = 0;
     while i + 32 <= k {
         // SAFETY: i + 32 <= k <= dst.len().
@@ -282,13 +323,16 @@ pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> (f32, i32) {
             };
             let w01 = _mm256_packs_epi32(q(0), q(8));
             let w23 = _mm256_packs_epi32(q(16), q(24));
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), perm);
+            let bytes = _mm256_min_epu8(
+                _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), perm),
+                vmax,
+            );
             _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, bytes);
         }
         i += 32;
     }
     for j in i..k {
-        dst[j] = ((x[j] * inv).round_ties_even() as i32 + zero).clamp(0, 255) as u8;
+        dst[j] = ((x[j] * inv).round_ties_even() as i32 + zero).clamp(0, qmax) as u8;
     }
     dst[k..].fill(0);
     (scale, zero)
