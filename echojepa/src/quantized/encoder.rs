@@ -298,13 +298,21 @@ impl QuantizedEncoder {
             })
             .collect::<Result<Vec<_>, QuantError>>()?;
         let norm = Norm::load(src, "norm", d, cfg.norm_eps)?;
+        // An encoder without int8 layers is the full-precision side of a comparison: its
+        // attention stays f32 whatever the environment says.
+        let any_int8 = blocks.iter().any(|b: &QBlock| {
+            [&b.qkv, &b.proj, &b.fc1, &b.fc2]
+                .iter()
+                .any(|l| matches!(l.packed, PackedLinear::Int8(_)))
+        });
+        let int8_attention = ActivationRange::attention_from_env().filter(|_| any_int8);
         Ok(Self {
             cfg: cfg.clone(),
             patch,
             blocks,
             norm,
             rope: Mutex::new(None),
-            int8_attention: ActivationRange::attention_from_env(),
+            int8_attention,
         })
     }
 
@@ -314,7 +322,8 @@ impl QuantizedEncoder {
 
     /// The same encoder with attention's two products (Q·Kᵀ and P·V) in int8, activations in
     /// `range` ([`echojepa_kernels::attention::attention_int8`]), or in f32 (`None`). The
-    /// default comes from [`ActivationRange::attention_from_env`] (f32 unless set).
+    /// default comes from [`ActivationRange::attention_from_env`] (f32 unless set) for encoders
+    /// with int8 block linears, and is f32 for the others.
     pub fn with_int8_attention(mut self, range: Option<ActivationRange>) -> Self {
         self.int8_attention = range;
         self
