@@ -210,6 +210,7 @@ pub fn attention_int8(
         let mut q = vec![0f32; QB * head_dim];
         let mut s = vec![0f32; QB * n];
         let mut ctx = vec![0f32; QB * head_dim];
+        let mut sums = [0f32; QB];
         for t in range {
             let (h, qb) = (t / qblocks, t % qblocks);
             let (kl, vl) = &packed[h];
@@ -222,11 +223,13 @@ pub fn attention_int8(
                 }
             }
             kl.forward_serial(&q, rows, &mut s);
-            for r in 0..rows {
-                crate::softmax::softmax_row(&mut s[r * n..(r + 1) * n], simd);
+            // Unnormalized probabilities: the row quantization adapts to their range anyway,
+            // and dividing the context rows by the sums saves a pass over the scores.
+            for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+                *sum = crate::softmax::exp_shifted_row(&mut s[r * n..(r + 1) * n], simd);
             }
             vl.forward_serial(&s, rows, &mut ctx);
-            for r in 0..rows {
+            for (r, sum) in sums.iter().enumerate().take(rows) {
                 // SAFETY: task (h, qb) alone writes rows r0..r0+rows, columns of head h.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -234,7 +237,10 @@ pub fn attention_int8(
                         head_dim,
                     )
                 };
-                dst.copy_from_slice(&ctx[r * head_dim..(r + 1) * head_dim]);
+                let inv = 1.0 / sum;
+                for (o, &c) in dst.iter_mut().zip(&ctx[r * head_dim..(r + 1) * head_dim]) {
+                    *o = c * inv;
+                }
             }
         }
     });

@@ -16,11 +16,25 @@ pub(crate) fn softmax_row(x: &mut [f32], simd: bool) {
     if x.is_empty() {
         return;
     }
+    let inv = 1.0 / exp_shifted_row(x, simd);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is set only when AVX2+FMA were detected.
-        unsafe { avx2::softmax_row(x) };
+        unsafe { avx2::scale_row(x, inv) };
         return;
+    }
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x[i] = exp(x[i] − max(x))`; returns `Σ x[i]` (softmax without its normalization, for
+/// callers that divide later). `x` must be non-empty.
+pub(crate) fn exp_shifted_row(x: &mut [f32], simd: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is set only when AVX2+FMA were detected.
+        return unsafe { avx2::exp_shifted_row(x) };
     }
     let _ = simd;
     let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -29,10 +43,7 @@ pub(crate) fn softmax_row(x: &mut [f32], simd: bool) {
         *v = (*v - mx).exp();
         s += *v;
     }
-    let inv = 1.0 / s;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    s
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -43,7 +54,7 @@ mod avx2 {
     /// # Safety
     /// AVX2+FMA present; `x` non-empty.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_row(x: &mut [f32]) {
+    pub(super) unsafe fn exp_shifted_row(x: &mut [f32]) -> f32 {
         let n = x.len();
         let n8 = n / 8 * 8;
         let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -77,7 +88,17 @@ mod avx2 {
             *v = (*v - mx).exp();
             s += *v;
         }
-        let inv = 1.0 / s;
+        s
+    }
+
+    /// `x *= inv`.
+    ///
+    /// # Safety
+    /// AVX2 present.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_row(x: &mut [f32], inv: f32) {
+        let n = x.len();
+        let n8 = n / 8 * 8;
         let vi = _mm256_set1_ps(inv);
         for i in (0..n8).step_by(8) {
             // SAFETY: i + 8 <= n.

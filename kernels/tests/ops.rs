@@ -9,8 +9,10 @@ use echojepa_kernels::{
 
 /// GELU: A&S erf (≤ 1.5e-7) plus f32 rounding of `0.5·x·(1 + erf)`.
 const GELU_ABS_TOL: f64 = 1e-6;
-/// Largest error of an int8 attention context vector relative to its norm.
-const INT8_ATTENTION_REL_TOL: f64 = 0.05;
+/// Largest error of an int8 attention context vector relative to its norm. Measured worst
+/// cases on these shapes: 0.03 (u8) and 0.048 (u7, 300 tokens of nearly flat attention, where
+/// the context vectors are short); a wrong scale or a lost row would be off by far more.
+const INT8_ATTENTION_REL_TOL: f64 = 0.08;
 
 /// Layer norm / softmax / attention / RoPE outputs: f32 rounding over short sums.
 const OP_TOL: f64 = 2e-5;
