@@ -39,12 +39,7 @@ pub fn attention_with(
     if !kernel.is_supported() {
         return Err(KernelError::Unsupported(kernel.name()));
     }
-    check_dim("tokens", n, 1 << 20)?;
-    check_dim("heads", heads, 4096)?;
-    check_dim("head_dim", head_dim, 4096)?;
-    let d = heads * head_dim;
-    check_len("qkv", qkv.len(), n * 3 * d)?;
-    check_len("out", out.len(), n * d)?;
+    let d = check_shapes(qkv, n, heads, head_dim, out)?;
     let ld = 3 * d;
     let npk = n.div_ceil(NR); // panels of Kᵀ-as-weight (N columns)
     let npv = head_dim.div_ceil(NR); // panels of V-as-weight (hd columns)
@@ -145,12 +140,7 @@ pub fn attention_int8(
     act: ActivationRange,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_dim("tokens", n, 1 << 20)?;
-    check_dim("heads", heads, 4096)?;
-    check_dim("head_dim", head_dim, 4096)?;
-    let d = heads * head_dim;
-    check_len("qkv", qkv.len(), n * 3 * d)?;
-    check_len("out", out.len(), n * d)?;
+    let d = check_shapes(qkv, n, heads, head_dim, out)?;
     let ld = 3 * d;
     let kernel = Int8Kernel::best();
     // Per head: K as an `N × hd` weight (scores = Q·Kᵀ), Vᵀ as an `hd × N` weight (ctx = P·V).
@@ -245,6 +235,23 @@ pub fn attention_int8(
         }
     });
     Ok(())
+}
+
+/// Checks the sizes of an attention call; returns the model width `heads · head_dim`.
+fn check_shapes(
+    qkv: &[f32],
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    out: &[f32],
+) -> Result<usize, KernelError> {
+    check_dim("tokens", n, 1 << 20)?;
+    check_dim("heads", heads, 4096)?;
+    check_dim("head_dim", head_dim, 4096)?;
+    let d = heads * head_dim;
+    check_len("qkv", qkv.len(), n * 3 * d)?;
+    check_len("out", out.len(), n * d)?;
+    Ok(d)
 }
 
 /// One head's keys and values packed as int8 weights, or why they could not be.

@@ -182,23 +182,8 @@ impl PackedInt8Linear {
     /// caller's to get right.
     pub(crate) fn forward_serial(&self, x: &[f32], m: usize, out: &mut [f32]) {
         debug_assert!(x.len() >= m * self.k && out.len() >= m * self.n);
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let q = &mut *s;
-            let simd = self.kernel != Int8Kernel::Scalar;
-            quantize_rows(x, m, self.k, self.kp, self.act.max(), q, simd);
-            let g = GemmI8 {
-                layer: self,
-                a: q.data.as_ptr(),
-                sa: q.scale.as_ptr(),
-                za: q.zero.as_ptr(),
-                m,
-                c: out.as_mut_ptr(),
-                epilogue: Epi::None,
-            };
-            // SAFETY: `x` and `out` cover m rows (caller); `q` lives for the call.
-            unsafe { g.run_block(0..m, 0..self.n.div_ceil(NR)) };
-        });
+        // SAFETY: `x` and `out` cover m rows (caller).
+        unsafe { self.run(x, m, out, Epi::None, false) };
     }
 
     /// `out[m × out] = epilogue(x[m × in] · Wᵀ + b)`: quantizes each row of `x`, multiplies in
@@ -216,6 +201,17 @@ impl PackedInt8Linear {
         if let Epilogue::AddResidual(r) = epilogue {
             check_len("residual", r.len(), m * self.n)?;
         }
+        // SAFETY: sizes were checked.
+        unsafe { self.run(x, m, out, epilogue.into(), true) };
+        Ok(())
+    }
+
+    /// Quantize the rows of `x` into this thread's scratch, then multiply on the pool
+    /// (`parallel`) or on this thread.
+    ///
+    /// # Safety
+    /// `x` holds `m × in` values, `out` (and a residual) `m × out`.
+    unsafe fn run(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epi, parallel: bool) {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let q = &mut *s;
@@ -228,12 +224,17 @@ impl PackedInt8Linear {
                 za: q.zero.as_ptr(),
                 m,
                 c: out.as_mut_ptr(),
-                epilogue: epilogue.into(),
+                epilogue,
             };
-            // SAFETY: sizes were checked; `q` and `out` live for the whole call.
-            unsafe { g.run_parallel() };
+            // SAFETY: sizes as the caller promised; `q` and `out` live for the whole call.
+            unsafe {
+                if parallel {
+                    g.run_parallel();
+                } else {
+                    g.run_block(0..m, 0..self.n.div_ceil(NR));
+                }
+            }
         });
-        Ok(())
     }
 }
 

@@ -86,6 +86,17 @@ fn write_safetensors(
     safetensors::serialize_to_file(views, meta, path).unwrap();
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn tokens(path: &str) -> Tensor {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()["tokens"].clone()
 }
@@ -167,14 +178,7 @@ fn times_both_precisions_and_writes_the_encoders_tokens() {
     .unwrap();
     assert_eq!(reference.dims(), &[1, n_tokens, 32]);
     let f32_tokens = tokens(lines[0]["output"].as_str().unwrap());
-    let max_abs = (f32_tokens - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let max_abs = max_abs_diff(&f32_tokens, &reference);
     assert!(
         max_abs < 1e-3,
         "edge f32 vs candle encoder: max |diff| {max_abs}"
@@ -202,14 +206,7 @@ fn times_both_precisions_and_writes_the_encoders_tokens() {
         cos7 > 0.99,
         "edge int8 u7 vs f32: smallest token cosine {cos7}"
     );
-    let diff = (&u7_tokens - &i8_tokens)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&u7_tokens, &i8_tokens);
     assert!(diff > 0.0, "u7 and u8 activations gave identical tokens");
     // Attention in int8 too: close, and not the f32-attention variant's numbers.
     let attn_tokens = tokens(lines[3]["output"].as_str().unwrap());
@@ -218,14 +215,7 @@ fn times_both_precisions_and_writes_the_encoders_tokens() {
         cos_attn > 0.99,
         "edge int8 u7 attn vs f32: smallest token cosine {cos_attn}"
     );
-    let diff = (&attn_tokens - &u7_tokens)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&attn_tokens, &u7_tokens);
     assert!(diff > 0.0, "int8 and f32 attention gave identical tokens");
 }
 
