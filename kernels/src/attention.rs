@@ -6,6 +6,9 @@
 //! `S = Q·Kᵀ/√hd` (f32 GEMM), a row softmax in place, and `O = S·V` written directly into its
 //! head's columns of `out`. Only one `QB × N` score block per thread is ever materialised.
 //! RoPE is applied by the caller to the q and k columns of `qkv` beforehand.
+//!
+//! [`attention_int8`] is the same computation with both products on the int8 GEMM (keys and
+//! values packed as int8 weights on every call), the softmax still in f32.
 
 use crate::aligned::AlignedVec;
 use crate::error::{KernelError, check_dim, check_len};
@@ -146,38 +149,36 @@ pub fn attention_int8(
     // Per head: K as an `N × hd` weight (scores = Q·Kᵀ), Vᵀ as an `hd × N` weight (ctx = P·V).
     let slots: Vec<std::sync::Mutex<Option<Packed>>> =
         (0..heads).map(|_| std::sync::Mutex::new(None)).collect();
-    {
-        crate::pool::for_each_index(heads, |h| {
-            let mut k = vec![0f32; n * head_dim];
-            let mut vt = vec![0f32; head_dim * n];
-            for j in 0..n {
-                let row = &qkv[j * ld..(j + 1) * ld];
-                let kr = &row[d + h * head_dim..d + (h + 1) * head_dim];
-                k[j * head_dim..(j + 1) * head_dim].copy_from_slice(kr);
-                let vr = &row[2 * d + h * head_dim..2 * d + (h + 1) * head_dim];
-                for (c, &v) in vr.iter().enumerate() {
-                    vt[c * n + j] = v;
-                }
+    crate::pool::for_each_index(heads, |h| {
+        let mut k = vec![0f32; n * head_dim];
+        let mut vt = vec![0f32; head_dim * n];
+        for j in 0..n {
+            let row = &qkv[j * ld..(j + 1) * ld];
+            let kr = &row[d + h * head_dim..d + (h + 1) * head_dim];
+            k[j * head_dim..(j + 1) * head_dim].copy_from_slice(kr);
+            let vr = &row[2 * d + h * head_dim..2 * d + (h + 1) * head_dim];
+            for (c, &v) in vr.iter().enumerate() {
+                vt[c * n + j] = v;
             }
-            // A non-finite key or value is named as such (index into this head's K or Vᵀ).
-            let rename = |what: &'static str| {
-                move |e| match e {
-                    KernelError::NonFinite { index, .. } => KernelError::NonFinite { what, index },
-                    e => e,
-                }
-            };
-            let pair = PackedInt8Linear::from_f32_with(kernel, &k, n, head_dim, None)
-                .map_err(rename("attention keys"))
-                .and_then(|kl| {
-                    let vl = PackedInt8Linear::from_f32_with(kernel, &vt, head_dim, n, None)
-                        .map_err(rename("attention values (transposed)"))?;
-                    Ok((kl.with_activations(act), vl.with_activations(act)))
-                });
-            if let Ok(mut slot) = slots[h].lock() {
-                *slot = Some(pair);
+        }
+        // A non-finite key or value is named as such (index into this head's K or Vᵀ).
+        let rename = |what: &'static str| {
+            move |e| match e {
+                KernelError::NonFinite { index, .. } => KernelError::NonFinite { what, index },
+                e => e,
             }
-        });
-    }
+        };
+        let pair = PackedInt8Linear::from_f32_with(kernel, &k, n, head_dim, None)
+            .map_err(rename("attention keys"))
+            .and_then(|kl| {
+                let vl = PackedInt8Linear::from_f32_with(kernel, &vt, head_dim, n, None)
+                    .map_err(rename("attention values (transposed)"))?;
+                Ok((kl.with_activations(act), vl.with_activations(act)))
+            });
+        if let Ok(mut slot) = slots[h].lock() {
+            *slot = Some(pair);
+        }
+    });
     let mut packed = Vec::with_capacity(heads);
     for slot in slots {
         // Every slot is filled: `for_each_index` runs every head (a panic would propagate).
@@ -194,7 +195,7 @@ pub fn attention_int8(
     let tasks = heads * qblocks;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let outp = SyncPtr(out.as_mut_ptr());
-    let simd = kernel != Int8Kernel::Scalar;
+    let simd = F32Kernel::best() != F32Kernel::Scalar; // the softmax's kernel
     let packed = &packed;
     crate::pool::for_each_chunk(tasks, 1, |range| {
         let mut q = vec![0f32; QB * head_dim];
