@@ -147,13 +147,19 @@ impl PackedInt8Linear {
 
     /// The same weights with input rows quantized to `range` from now on.
     pub fn with_activations(mut self, range: ActivationRange) -> Self {
-        self.act = range;
+        self.set_activations(range);
         self
     }
 
+    /// Quantize input rows to `range` from now on (the packed weights are unchanged).
+    pub fn set_activations(&mut self, range: ActivationRange) {
+        self.act = range;
+    }
+
     /// The same integer weights and activation range run by another kernel (tests and
-    /// benchmarks compare kernels bit for bit this way). Fails when the CPU lacks the kernel or when the kernel's weight
-    /// range is narrower than this packing's (a ±127 packing cannot run on AVX2).
+    /// benchmarks compare kernels bit for bit this way). Fails when the CPU lacks the kernel or
+    /// when the kernel's weight range is narrower than this packing's (a ±127 packing cannot
+    /// run on AVX2).
     pub fn retarget(&self, kernel: Int8Kernel) -> Result<Self, KernelError> {
         if !kernel.is_supported() || kernel.weight_max() < self.kernel.weight_max() {
             return Err(KernelError::Unsupported(kernel.name()));

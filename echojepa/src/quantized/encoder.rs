@@ -339,7 +339,7 @@ impl QuantizedEncoder {
         );
         for l in all {
             if let PackedLinear::Int8(p) = &mut l.packed {
-                *p = p.clone().with_activations(range);
+                p.set_activations(range);
             }
         }
         self
