@@ -291,6 +291,7 @@ def main():
         # Interleaved rounds also give a ratio per round (this engine's run over the faster ORT
         # run of the same round); its median is less sensitive to the machine's slow spells.
         round_best_ort = [min(a, b) for a, b in zip(times["ort_f32"], times["ort_int8"])]
+        round_engines = set(engines) | {label for r in rust for label in r.labels}
         for k in times:
             med = statistics.median(times[k])
             cmean, cmin = token_cosine(outputs[k], ref)
@@ -300,7 +301,9 @@ def main():
                    "ratio_to_ort_f32": round(med / ort_f32, 3),
                    "cos_mean": round(cmean, 6), "cos_min": round(cmin, 6),
                    "rust_interleaved": not args.sequential_rust}
-            if len(times[k]) == len(round_best_ort):
+            # (Only for engines that ran in the rounds: a --sequential-rust command's runs were
+            # timed apart from them.)
+            if k in round_engines:
                 row["median_round_ratio_to_best_ort"] = round(
                     statistics.median(t / b for t, b in zip(times[k], round_best_ort)), 3)
             rows.append(row)
