@@ -14,6 +14,7 @@ use crate::aligned::AlignedVec;
 use crate::error::{KernelError, check_dim, check_len};
 use crate::gemm_f32::{Epi, GemmF32, NR};
 use crate::gemm_i8::{ActivationRange, PackedInt8Linear};
+use crate::pool::SharedMut;
 use crate::{F32Kernel, Int8Kernel};
 
 /// Query rows per task (the score block `QB × N` stays in L2 for N up to ~2k).
@@ -52,8 +53,8 @@ pub fn attention_with(
     let mut kp = AlignedVec::<f32>::zeroed(heads * kstride);
     let mut vp = AlignedVec::<f32>::zeroed(heads * vstride);
     {
-        let kpp = SyncPtr(kp.as_mut_ptr());
-        let vpp = SyncPtr(vp.as_mut_ptr());
+        let kpp = SharedMut::new(kp.as_mut_ptr());
+        let vpp = SharedMut::new(vp.as_mut_ptr());
         crate::pool::for_each_index(heads, |h| {
             // SAFETY: head h owns slices [h·stride, (h+1)·stride) of both buffers.
             let (kh, vh) = unsafe {
@@ -80,7 +81,7 @@ pub fn attention_with(
     let qblocks = n.div_ceil(QB);
     let tasks = heads * qblocks;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let outp = SyncPtr(out.as_mut_ptr());
+    let outp = SharedMut::new(out.as_mut_ptr());
     let simd = kernel != F32Kernel::Scalar;
     let (kp, vp) = (&kp, &vp);
     crate::pool::for_each_chunk(tasks, 1, |range| {
@@ -150,17 +151,6 @@ pub fn attention_int8(
     let slots: Vec<std::sync::Mutex<Option<Packed>>> =
         (0..heads).map(|_| std::sync::Mutex::new(None)).collect();
     crate::pool::for_each_index(heads, |h| {
-        let mut k = vec![0f32; n * head_dim];
-        let mut vt = vec![0f32; head_dim * n];
-        for j in 0..n {
-            let row = &qkv[j * ld..(j + 1) * ld];
-            let kr = &row[d + h * head_dim..d + (h + 1) * head_dim];
-            k[j * head_dim..(j + 1) * head_dim].copy_from_slice(kr);
-            let vr = &row[2 * d + h * head_dim..2 * d + (h + 1) * head_dim];
-            for (c, &v) in vr.iter().enumerate() {
-                vt[c * n + j] = v;
-            }
-        }
         // A non-finite key or value is named as such (index into this head's K or Vᵀ).
         let rename = |what: &'static str| {
             move |e| match e {
@@ -168,13 +158,21 @@ pub fn attention_int8(
                 e => e,
             }
         };
-        let pair = PackedInt8Linear::from_f32_with(kernel, &k, n, head_dim, None)
-            .map_err(rename("attention keys"))
-            .and_then(|kl| {
-                let vl = PackedInt8Linear::from_f32_with(kernel, &vt, head_dim, n, None)
+        // Both straight from `qkv`: K's rows are its token rows, Vᵀ is read transposed.
+        let pair =
+            PackedInt8Linear::from_f32_rows(kernel, &qkv[d + h * head_dim..], ld, n, head_dim)
+                .map_err(rename("attention keys"))
+                .and_then(|kl| {
+                    let vl = PackedInt8Linear::from_f32_transposed(
+                        kernel,
+                        &qkv[2 * d + h * head_dim..],
+                        ld,
+                        head_dim,
+                        n,
+                    )
                     .map_err(rename("attention values (transposed)"))?;
-                Ok((kl.with_activations(act), vl.with_activations(act)))
-            });
+                    Ok((kl.with_activations(act), vl.with_activations(act)))
+                });
         if let Ok(mut slot) = slots[h].lock() {
             *slot = Some(pair);
         }
@@ -194,7 +192,7 @@ pub fn attention_int8(
     let qblocks = n.div_ceil(QB);
     let tasks = heads * qblocks;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let outp = SyncPtr(out.as_mut_ptr());
+    let outp = SharedMut::new(out.as_mut_ptr());
     let simd = F32Kernel::best() != F32Kernel::Scalar; // the softmax's kernel
     let packed = &packed;
     crate::pool::for_each_chunk(tasks, 1, |range| {
@@ -257,15 +255,3 @@ fn check_shapes(
 
 /// One head's keys and values packed as int8 weights, or why they could not be.
 type Packed = Result<(PackedInt8Linear, PackedInt8Linear), KernelError>;
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: only used to give threads disjoint regions of one buffer.
-unsafe impl Send for SyncPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SyncPtr {}

@@ -68,61 +68,212 @@ impl PackedInt8Linear {
         in_features: usize,
         bias: Option<&[f32]>,
     ) -> Result<Self, KernelError> {
-        if !kernel.is_supported() {
-            return Err(KernelError::Unsupported(kernel.name()));
-        }
         let (n, k) = (out_features, in_features);
         check_dim("out_features", n, MAX_DIM)?;
         check_dim("in_features", k, MAX_DIM)?;
         check_len("weight", weight.len(), n * k)?;
-        check_finite("weight", weight)?;
+        let mut l = Self::alloc(kernel, n, k)?;
+        let simd = l.simd_packing();
+        for c in 0..n {
+            l.pack_channel(c, &weight[c * k..(c + 1) * k], simd)?;
+        }
+        l.set_bias(bias)?;
+        Ok(l)
+    }
+
+    /// [`from_f32_with`](Self::from_f32_with) for a weight whose rows lie `ld` floats apart
+    /// in `weight` (row `c` is `weight[c·ld .. c·ld + in]`), e.g. one head's keys inside a
+    /// fused `qkv` buffer, without copying them out first. A non-finite weight is reported at
+    /// its index in the dense `out × in` matrix.
+    pub(crate) fn from_f32_rows(
+        kernel: Int8Kernel,
+        weight: &[f32],
+        ld: usize,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self, KernelError> {
+        let (n, k) = (out_features, in_features);
+        let mut l = Self::alloc(kernel, n, k)?;
+        check_extent(weight.len(), n, ld, k)?;
+        let simd = l.simd_packing();
+        for c in 0..n {
+            l.pack_channel(c, &weight[c * ld..c * ld + k], simd)?;
+        }
+        Ok(l)
+    }
+
+    /// [`from_f32_with`](Self::from_f32_with) for the transpose of `src`: weight `[c, j]` is
+    /// `src[j·ld + c]` (`j < in`, `c < out`), e.g. one head's values `V` (tokens × channels,
+    /// inside a fused `qkv` buffer) packed as the weight `Vᵀ` of `P·V`. A non-finite weight is
+    /// reported at its index in the dense `out × in` matrix `Vᵀ`.
+    pub(crate) fn from_f32_transposed(
+        kernel: Int8Kernel,
+        src: &[f32],
+        ld: usize,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self, KernelError> {
+        let (n, k) = (out_features, in_features);
+        let mut l = Self::alloc(kernel, n, k)?;
+        check_extent(src.len(), k, ld, n)?;
+        let simd = l.simd_packing();
+        l.pack_transposed(src, ld, simd)?;
+        Ok(l)
+    }
+
+    /// The body of [`from_f32_transposed`](Self::from_f32_transposed) (AVX2 where `simd`, for
+    /// whole blocks of 8 channels; bit-identical to the scalar code).
+    fn pack_transposed(&mut self, src: &[f32], ld: usize, simd: bool) -> Result<(), KernelError> {
+        let (n, k) = (self.n, self.k);
+        let mut amax = vec![0f32; n];
+        for j in 0..k {
+            let row = &src[j * ld..j * ld + n];
+            for (c, (m, &v)) in amax.iter_mut().zip(row).enumerate() {
+                if !v.is_finite() {
+                    return Err(KernelError::NonFinite {
+                        what: "weight",
+                        index: c * k + j,
+                    });
+                }
+                *m = m.max(v.abs());
+            }
+        }
+        let wmax = self.kernel.weight_max();
+        let inv: Vec<f32> = amax
+            .iter()
+            .zip(self.wscale.iter_mut())
+            .map(|(&m, ws)| {
+                let (scale, inv) = channel_scale(m, wmax);
+                *ws = scale;
+                inv
+            })
+            .collect();
+        let kg = self.kp / 4;
+        let mut c0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            while c0 + 8 <= n {
+                // SAFETY: `simd` only for SIMD kernels (AVX2+FMA present); channels c0..c0+8
+                // lie in one panel (8 divides NR) at byte (c0 % NR)·4 of each of its kg
+                // groups; src rows j < k hold channels c0..c0+8 (checked extent).
+                unsafe {
+                    crate::x86::avx2::quantize_weight_cols8(
+                        src.as_ptr().add(c0),
+                        ld,
+                        k,
+                        inv.as_ptr().add(c0),
+                        wmax,
+                        self.panels
+                            .as_mut_ptr()
+                            .add((c0 / NR) * kg * GROUP_BYTES + (c0 % NR) * 4),
+                        self.colsum.as_mut_ptr().add(c0),
+                    );
+                }
+                c0 += 8;
+            }
+        }
+        let _ = simd;
+        for j in 0..k {
+            let row = &src[j * ld..j * ld + n];
+            let (g, t) = (j / 4, j % 4);
+            for c in c0..n {
+                let q = quantize_weight(row[c], inv[c], wmax);
+                self.colsum[c] += q as i32;
+                self.panels[((c / NR) * kg + g) * GROUP_BYTES + (c % NR) * 4 + t] = q;
+            }
+        }
+        Ok(())
+    }
+
+    /// A zeroed packing of an `n × k` weight for `kernel`, 8-bit activations.
+    fn alloc(kernel: Int8Kernel, n: usize, k: usize) -> Result<Self, KernelError> {
+        if !kernel.is_supported() {
+            return Err(KernelError::Unsupported(kernel.name()));
+        }
+        check_dim("out_features", n, MAX_DIM)?;
+        check_dim("in_features", k, MAX_DIM)?;
         let np = n.div_ceil(NR);
         let kp = k.div_ceil(4) * 4;
-        let kg = kp / 4;
-        let wmax = kernel.weight_max() as f32;
-        let wmax_i = kernel.weight_max();
-        let mut panels = AlignedVec::<i8>::zeroed(np * kg * GROUP_BYTES);
-        let mut wscale = AlignedVec::<f32>::zeroed(np * NR);
-        let mut colsum = AlignedVec::<i32>::zeroed(np * NR);
-        for c in 0..n {
-            let row = &weight[c * k..(c + 1) * k];
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if amax > 0.0 { amax / wmax } else { 1.0 };
-            let inv = 1.0 / scale;
-            let (p, j) = (c / NR, c % NR);
-            let mut sum = 0i32;
-            for (kk, &v) in row.iter().enumerate() {
-                // Round half away from zero without a libm call (`f32::round` is one on
-                // baseline x86-64); attention packs its keys and values on every call.
-                let q = ((v * inv + 0.5f32.copysign(v)) as i32).clamp(-wmax_i, wmax_i);
-                sum += q;
-                let (g, t) = (kk / 4, kk % 4);
-                panels[(p * kg + g) * GROUP_BYTES + j * 4 + t] = q as i8;
-            }
-            wscale[c] = if amax > 0.0 { scale } else { 0.0 };
-            colsum[c] = sum;
-        }
-        let bias = match bias {
-            Some(b) => {
-                check_len("bias", b.len(), n)?;
-                check_finite("bias", b)?;
-                let mut p = AlignedVec::<f32>::zeroed(np * NR);
-                p[..n].copy_from_slice(b);
-                Some(p)
-            }
-            None => None,
-        };
         Ok(Self {
             n,
             k,
             kp,
             kernel,
             act: ActivationRange::U8,
-            panels,
-            wscale,
-            colsum,
-            bias,
+            panels: AlignedVec::<i8>::zeroed(np * (kp / 4) * GROUP_BYTES),
+            wscale: AlignedVec::<f32>::zeroed(np * NR),
+            colsum: AlignedVec::<i32>::zeroed(np * NR),
+            bias: None,
         })
+    }
+
+    /// Whether packing may use the AVX2 quantizers: every SIMD int8 kernel implies AVX2+FMA.
+    fn simd_packing(&self) -> bool {
+        cfg!(target_arch = "x86_64") && self.kernel != Int8Kernel::Scalar
+    }
+
+    /// Quantize output channel `c` (its `k` weights, `row`) into its lane of its panel, with
+    /// its scale and weight sum (AVX2 where `simd`, bit-identical to the scalar code).
+    fn pack_channel(&mut self, c: usize, row: &[f32], simd: bool) -> Result<(), KernelError> {
+        let non_finite = |row: &[f32]| KernelError::NonFinite {
+            what: "weight",
+            index: c * self.k + row.iter().position(|v| !v.is_finite()).unwrap_or(0),
+        };
+        let wmax = self.kernel.weight_max();
+        let kg = self.kp / 4;
+        let (p, j) = (c / NR, c % NR);
+        // This channel's 4 bytes in every k-group of its panel are GROUP_BYTES apart.
+        let lane = &mut self.panels[p * kg * GROUP_BYTES + j * 4..];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` only for SIMD kernels (AVX2+FMA present); the lane holds kg
+            // groups GROUP_BYTES apart and ⌈k/4⌉ = kg.
+            let (scale, sum) = unsafe {
+                let amax = crate::x86::avx2::abs_max_finite(row).ok_or_else(|| non_finite(row))?;
+                let (scale, inv) = channel_scale(amax, wmax);
+                let sum = crate::x86::avx2::quantize_weight_row(
+                    row,
+                    inv,
+                    wmax,
+                    lane.as_mut_ptr(),
+                    GROUP_BYTES,
+                    |v| quantize_weight(v, inv, wmax),
+                );
+                (scale, sum)
+            };
+            self.wscale[c] = scale;
+            self.colsum[c] = sum;
+            return Ok(());
+        }
+        let _ = simd;
+        if row.iter().any(|v| !v.is_finite()) {
+            return Err(non_finite(row));
+        }
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (scale, inv) = channel_scale(amax, wmax);
+        let mut sum = 0i32;
+        for (g, four) in row.chunks(4).enumerate() {
+            let mut w = [0i8; 4];
+            for (q, &v) in w.iter_mut().zip(four) {
+                *q = quantize_weight(v, inv, wmax);
+                sum += *q as i32;
+            }
+            lane[g * GROUP_BYTES..g * GROUP_BYTES + 4].copy_from_slice(&w);
+        }
+        self.wscale[c] = scale;
+        self.colsum[c] = sum;
+        Ok(())
+    }
+
+    fn set_bias(&mut self, bias: Option<&[f32]>) -> Result<(), KernelError> {
+        if let Some(b) = bias {
+            check_len("bias", b.len(), self.n)?;
+            check_finite("bias", b)?;
+            let mut p = AlignedVec::<f32>::zeroed(self.wscale.len());
+            p[..self.n].copy_from_slice(b);
+            self.bias = Some(p);
+        }
+        Ok(())
     }
 
     /// Output features.
@@ -321,6 +472,43 @@ pub(crate) struct QuantRows {
 
 thread_local! {
     static SCRATCH: RefCell<QuantRows> = RefCell::new(QuantRows::default());
+}
+
+/// A buffer of `len` floats holds `rows` rows of `width` floats `ld` apart.
+fn check_extent(len: usize, rows: usize, ld: usize, width: usize) -> Result<(), KernelError> {
+    let need = if rows == 0 {
+        0
+    } else {
+        (rows - 1) * ld + width
+    };
+    if len < need || (rows > 1 && ld < width) {
+        return Err(KernelError::Len {
+            what: "weight",
+            got: len,
+            expected: need.max(rows * width),
+        });
+    }
+    Ok(())
+}
+
+/// Per-channel weight scale (0 for an all-zero channel) and the factor that maps weights to
+/// levels (`±wmax` at the largest magnitude `amax`).
+#[inline]
+fn channel_scale(amax: f32, wmax: i32) -> (f32, f32) {
+    if amax > 0.0 {
+        let scale = amax / wmax as f32;
+        (scale, 1.0 / scale)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+/// One weight's level: `w·inv` rounded half away from zero, clamped to `±wmax`. The rounding
+/// avoids a libm call (`f32::round` is one on baseline x86-64): attention packs its keys and
+/// values on every call.
+#[inline]
+fn quantize_weight(w: f32, inv: f32, wmax: i32) -> i8 {
+    ((w * inv + 0.5f32.copysign(w)) as i32).clamp(-wmax, wmax) as i8
 }
 
 /// Scale and zero point for one row so that its range (widened to include 0) maps to
@@ -645,5 +833,100 @@ unsafe fn scalar_micro(
             }
             trow[p * NR..(p + 1) * NR].copy_from_slice(&acc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn same_packing(a: &PackedInt8Linear, b: &PackedInt8Linear, what: &str) {
+        assert_eq!((a.n, a.k, a.kp), (b.n, b.k, b.kp), "{what}: shape");
+        assert_eq!(&a.panels[..], &b.panels[..], "{what}: panels");
+        assert_eq!(&a.wscale[..], &b.wscale[..], "{what}: scales");
+        assert_eq!(&a.colsum[..], &b.colsum[..], "{what}: weight sums");
+    }
+
+    /// The scalar packing of a dense weight, whatever the kernel.
+    fn scalar_packing(kernel: Int8Kernel, w: &[f32], n: usize, k: usize) -> PackedInt8Linear {
+        let mut l = PackedInt8Linear::alloc(kernel, n, k).unwrap();
+        for c in 0..n {
+            l.pack_channel(c, &w[c * k..(c + 1) * k], false).unwrap();
+        }
+        l
+    }
+
+    /// Keys read in place from a strided buffer and values read transposed pack exactly like
+    /// dense copies, and the AVX2 quantizers exactly like the scalar code, on ragged shapes
+    /// (partial k-groups, channel counts that are not a multiple of 8 or 16, a zero channel).
+    #[test]
+    fn strided_and_transposed_packing_match_the_dense_scalar_packing() {
+        for kernel in Int8Kernel::available() {
+            for &(n, k) in &[(1, 1), (5, 13), (21, 64), (37, 30), (64, 392)] {
+                let ld = k + 7;
+                let mut buf = values(n * ld, (n * 31 + k) as u32);
+                buf[..ld].fill(0.0); // channel 0 all zero
+                let dense: Vec<f32> = (0..n * k).map(|i| buf[(i / k) * ld + i % k]).collect();
+                let want = scalar_packing(kernel, &dense, n, k);
+                let what = format!("{} {n}×{k}", kernel.name());
+                let rows = PackedInt8Linear::from_f32_rows(kernel, &buf, ld, n, k).unwrap();
+                same_packing(&rows, &want, &format!("{what} rows"));
+                let with = PackedInt8Linear::from_f32_with(kernel, &dense, n, k, None).unwrap();
+                same_packing(&with, &want, &format!("{what} dense"));
+
+                // The same weight stored transposed: src[j·ld2 + c] = W[c, j].
+                let ld2 = n + 3;
+                let mut src = vec![f32::NAN; k * ld2];
+                for c in 0..n {
+                    for j in 0..k {
+                        src[j * ld2 + c] = dense[c * k + j];
+                    }
+                }
+                let tr = PackedInt8Linear::from_f32_transposed(kernel, &src, ld2, n, k).unwrap();
+                same_packing(&tr, &want, &format!("{what} transposed"));
+            }
+        }
+    }
+
+    #[test]
+    fn packing_names_the_non_finite_weight_and_a_short_buffer() {
+        let kernel = Int8Kernel::best();
+        let (n, k, ld) = (19, 10, 12);
+        let mut buf = values(n * ld, 3);
+        buf[7 * ld + 9] = f32::NAN; // W[7, 9]
+        assert_eq!(
+            PackedInt8Linear::from_f32_rows(kernel, &buf, ld, n, k).unwrap_err(),
+            KernelError::NonFinite {
+                what: "weight",
+                index: 7 * k + 9
+            }
+        );
+        // Transposed: src[j·ld + c] = W[c, j]; W[11, 4] is infinite.
+        let mut src = values(k * ld.max(n), 4);
+        let ld = ld.max(n);
+        src[4 * ld + 11] = f32::INFINITY;
+        assert_eq!(
+            PackedInt8Linear::from_f32_transposed(kernel, &src, ld, n, k).unwrap_err(),
+            KernelError::NonFinite {
+                what: "weight",
+                index: 11 * k + 4
+            }
+        );
+        assert!(matches!(
+            PackedInt8Linear::from_f32_rows(kernel, &buf[..(n - 1) * 12 + k - 1], 12, n, k),
+            Err(KernelError::Len { what: "weight", .. })
+        ));
     }
 }

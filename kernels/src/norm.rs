@@ -20,7 +20,7 @@ pub fn layer_norm(
     check_len("gamma", gamma.len(), d)?;
     check_len("beta", beta.len(), d)?;
     let simd = crate::F32Kernel::best() != crate::F32Kernel::Scalar;
-    let outp = SendPtr(out.as_mut_ptr());
+    let outp = crate::pool::SharedMut::new(out.as_mut_ptr());
     let run = |rr: std::ops::Range<usize>| {
         for r in rr {
             let xr = &x[r * d..(r + 1) * d];
@@ -36,18 +36,6 @@ pub fn layer_norm(
     }
     Ok(())
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: used only to hand disjoint rows of one buffer to pool threads.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 pub(crate) fn layer_norm_row(
     x: &[f32],

@@ -80,6 +80,26 @@ where
     for_each_chunk(n, 1, |r| r.for_each(&f));
 }
 
+/// A raw pointer into one output buffer that parallel chunks may share, each writing only its
+/// own disjoint part of the buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+
+impl SharedMut {
+    pub(crate) fn new(p: *mut f32) -> Self {
+        Self(p)
+    }
+
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: only used to hand disjoint regions of one buffer to pool threads.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
 /// Pin the calling thread to the `i`-th CPU of the process's affinity mask (Linux only; a
 /// failure leaves the thread unpinned).
 #[cfg(target_os = "linux")]

@@ -64,16 +64,27 @@ pub fn apply_rope_qk(
     check_len("rope head_dim", tables.head_dim, head_dim)?;
     check_len("rope tokens", tables.tokens(), n)?;
     let hd = head_dim;
-    for (tok, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
-        let c = &tables.cos[tok * hd..(tok + 1) * hd];
-        let s = &tables.sin[tok * hd..(tok + 1) * hd];
-        for x in row[..2 * d].chunks_exact_mut(hd) {
-            for j in 0..hd / 2 {
-                let (x0, x1) = (x[2 * j], x[2 * j + 1]);
-                x[2 * j] = x0 * c[2 * j] - x1 * s[2 * j];
-                x[2 * j + 1] = x1 * c[2 * j + 1] + x0 * s[2 * j + 1];
+    let base = crate::pool::SharedMut::new(qkv.as_mut_ptr());
+    let run = |tokens: std::ops::Range<usize>| {
+        for tok in tokens {
+            // SAFETY: every token's row of `qkv` (checked length) is rotated by one chunk only.
+            let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(tok * 3 * d), 2 * d) };
+            let c = &tables.cos[tok * hd..(tok + 1) * hd];
+            let s = &tables.sin[tok * hd..(tok + 1) * hd];
+            for x in row.chunks_exact_mut(hd) {
+                for j in 0..hd / 2 {
+                    let (x0, x1) = (x[2 * j], x[2 * j + 1]);
+                    x[2 * j] = x0 * c[2 * j] - x1 * s[2 * j];
+                    x[2 * j + 1] = x1 * c[2 * j + 1] + x0 * s[2 * j + 1];
+                }
             }
         }
+    };
+    // The same threshold as the layer norm: below it a parallel region costs more than it saves.
+    if n * 2 * d < 32 * 1024 {
+        run(0..n);
+    } else {
+        crate::pool::for_each_chunk(n, 8, run);
     }
     Ok(())
 }

@@ -116,9 +116,16 @@ fn rope_ref(x: &[f64], pos: [usize; 3], hd: usize) -> Vec<f64> {
     out
 }
 
+/// Both paths: 60 tokens run on the calling thread, 392 (a 16×112² clip) on the pool.
 #[test]
 fn rope_reproduces_the_reference_quirk() {
-    let (t, hp, wp, heads, hd) = (3usize, 4usize, 5usize, 2usize, 64usize);
+    for (t, hp, wp) in [(3usize, 4usize, 5usize), (8, 7, 7)] {
+        rope_matches_reference(t, hp, wp);
+    }
+}
+
+fn rope_matches_reference(t: usize, hp: usize, wp: usize) {
+    let (heads, hd) = (2usize, 64usize);
     let n = t * hp * wp;
     let d = heads * hd;
     let mut r = rng(5);

@@ -338,6 +338,154 @@ pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [u8], qmax: i32) -> (f32,
     (scale, zero)
 }
 
+/// Largest magnitude in `x`, or `None` if some value is not finite.
+///
+/// # Safety
+/// AVX2+FMA present.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn abs_max_finite(x: &[f32]) -> Option<f32> {
+    let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let mut m = _mm256_setzero_ps();
+    // All-ones lanes while every value seen is finite (NaN compares false too).
+    let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    let mut i = 0;
+    while i + 8 <= x.len() {
+        // SAFETY: i + 8 <= len.
+        let a = _mm256_and_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, absmask);
+        ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+        m = _mm256_max_ps(m, a);
+        i += 8;
+    }
+    if _mm256_movemask_ps(ok) != 0xff {
+        return None;
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    let mut amax = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    for &v in &x[i..] {
+        if !v.is_finite() {
+            return None;
+        }
+        amax = amax.max(v.abs());
+    }
+    Some(amax)
+}
+
+/// The weight levels of 8 floats: `w·inv` rounded half away from zero and clamped to `±wmax`,
+/// as i32 lanes; bit-identical to `gemm_i8::quantize_weight` (a separate multiply and add,
+/// truncating conversion; the values are in range, so it never saturates).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_levels8(w: __m256, inv: __m256, wmax: __m256i) -> __m256i {
+    let half = _mm256_or_ps(
+        _mm256_and_ps(w, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN))),
+        _mm256_set1_ps(0.5),
+    );
+    let q = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(w, inv), half));
+    _mm256_max_epi32(
+        _mm256_min_epi32(q, wmax),
+        _mm256_sub_epi32(_mm256_setzero_si256(), wmax),
+    )
+}
+
+/// Quantize one output channel's weights `row` with `inv` (levels ±`wmax`) into its lane of a
+/// packed panel: the 4 bytes of k-group `g` go to `lane + g·stride`. Whole groups of 8 k use
+/// AVX2, the rest the scalar `quantize`; returns the sum of the levels.
+///
+/// # Safety
+/// AVX2+FMA present; `lane + g·stride .. + 4` writable for every group `g < ⌈len/4⌉`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_weight_row(
+    row: &[f32],
+    inv: f32,
+    wmax: i32,
+    lane: *mut i8,
+    stride: usize,
+    quantize: impl Fn(f32) -> i8,
+) -> i32 {
+    let vinv = _mm256_set1_ps(inv);
+    let vmax = _mm256_set1_epi32(wmax);
+    let mut vsum = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 8 <= row.len() {
+        // SAFETY: i + 8 <= len; groups i/4 and i/4 + 1 are inside the lane (caller).
+        unsafe {
+            let q = weight_levels8(_mm256_loadu_ps(row.as_ptr().add(i)), vinv, vmax);
+            vsum = _mm256_add_epi32(vsum, q);
+            // i32 → i16 → i8 within each 128-bit half: bytes 0..4 of each half are its levels.
+            let b16 = _mm256_packs_epi32(q, q);
+            let b8 = _mm256_packs_epi16(b16, b16);
+            let lo = _mm256_cvtsi256_si32(b8);
+            let hi = _mm256_extract_epi32::<4>(b8);
+            (lane.add((i / 4) * stride) as *mut i32).write_unaligned(lo);
+            (lane.add((i / 4 + 1) * stride) as *mut i32).write_unaligned(hi);
+        }
+        i += 8;
+    }
+    let mut sums = [0i32; 8];
+    // SAFETY: 8 i32.
+    unsafe { _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, vsum) };
+    let mut sum: i32 = sums.iter().sum();
+    for (j, &v) in row.iter().enumerate().skip(i) {
+        let q = quantize(v);
+        sum += q as i32;
+        // SAFETY: group j/4 is inside the lane (caller).
+        unsafe { *lane.add((j / 4) * stride + j % 4) = q };
+    }
+    sum
+}
+
+/// Quantize a weight stored transposed (`W[c, j] = src[j·ld + c]`, `c < 8`) for 8 consecutive
+/// output channels of one panel (`inv`: their 8 factors), 4 k at a time: the 4 levels of each
+/// channel form one 32-bit word, and the 8 words of a k-group are one 32-byte store at
+/// `dst + 64·g` (packed panels: 16 columns × 4 bytes per group). k past `k` are zero. Adds
+/// each channel's levels to `colsum`.
+///
+/// # Safety
+/// AVX2+FMA present; `src[j·ld .. j·ld + 8]` readable for `j < k`; `dst + 64·g .. + 32`
+/// writable for `g < ⌈k/4⌉`; `inv` and `colsum` hold 8 entries.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_weight_cols8(
+    src: *const f32,
+    ld: usize,
+    k: usize,
+    inv: *const f32,
+    wmax: i32,
+    dst: *mut i8,
+    colsum: *mut i32,
+) {
+    // SAFETY: as the caller promised.
+    unsafe {
+        let vinv = _mm256_loadu_ps(inv);
+        let vmax = _mm256_set1_epi32(wmax);
+        let bytes = _mm256_set1_epi32(0xff);
+        let mut vsum = _mm256_setzero_si256();
+        for g in 0..k.div_ceil(4) {
+            let mut word = _mm256_setzero_si256();
+            for t in 0..4 {
+                let j = 4 * g + t;
+                if j < k {
+                    let q = weight_levels8(_mm256_loadu_ps(src.add(j * ld)), vinv, vmax);
+                    vsum = _mm256_add_epi32(vsum, q);
+                    let b = _mm256_and_si256(q, bytes);
+                    let shifted = match t {
+                        0 => b,
+                        1 => _mm256_slli_epi32::<8>(b),
+                        2 => _mm256_slli_epi32::<16>(b),
+                        _ => _mm256_slli_epi32::<24>(b),
+                    };
+                    word = _mm256_or_si256(word, shifted);
+                }
+            }
+            _mm256_storeu_si256(dst.add(64 * g) as *mut __m256i, word);
+        }
+        let cs = colsum as *mut __m256i;
+        _mm256_storeu_si256(cs, _mm256_add_epi32(_mm256_loadu_si256(cs), vsum));
+    }
+}
+
 /// Finish 8 lanes of one output row: `y = (acc − za·colsum) · (sa·wscale) (+ bias) (+ res)`,
 /// GELU if asked, added to `*out` for `Accumulate`, stored to `out`. The one definition of the
 /// int8 epilogue arithmetic (fused tile and row epilogue alike).
