@@ -612,7 +612,7 @@ impl GemmI8<'_> {
             Int8Kernel::Avx512Vnni => (8, 2),
         };
         let simd = l.kernel != Int8Kernel::Scalar;
-        // AVX2 finishes full 16-column tiles in registers (`i8_4x16_fused`).
+        // AVX2 finishes full 16-column panels in registers (`i8_panel_fused`).
         let fused = cfg!(target_arch = "x86_64") && l.kernel == Int8Kernel::Avx2;
         let mut tile = [[0i32; 2 * NR]; MR_MAX];
         let mut mb = rows.start;
@@ -623,6 +623,16 @@ impl GemmI8<'_> {
                 let pcount = np_step.min(panels.end - p);
                 let col0 = p * NR;
                 let cols = (pcount * NR).min(l.n - col0);
+                if fused && cols == NR {
+                    // SAFETY: rows mb..mend < m and panel p < n_panels lie inside A, B and C.
+                    unsafe {
+                        let a = self.a.add(mb * l.kp);
+                        let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
+                        self.fused_panel(kg, a, mb, mend - mb, b, col0);
+                    }
+                    p += pcount;
+                    continue;
+                }
                 let mut r = mb;
                 while r < mend {
                     let rcount = mr.min(mend - r);
@@ -630,12 +640,8 @@ impl GemmI8<'_> {
                     unsafe {
                         let a = self.a.add(r * l.kp);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
-                        if fused && cols == NR {
-                            self.fused_tile(kg, a, r, rcount, b, col0);
-                        } else {
-                            self.micro(kg, a, rcount, b, pcount, &mut tile);
-                            self.finish_tile(&tile, r, rcount, col0, cols, simd);
-                        }
+                        self.micro(kg, a, rcount, b, pcount, &mut tile);
+                        self.finish_tile(&tile, r, rcount, col0, cols, simd);
                     }
                     r += rcount;
                 }
@@ -682,9 +688,9 @@ impl GemmI8<'_> {
         }
     }
 
-    /// One full 16-column AVX2 tile, dequantized in registers.
+    /// One full 16-column AVX2 panel for `rows` rows from `r0`, dequantized in registers.
     #[inline]
-    unsafe fn fused_tile(
+    unsafe fn fused_panel(
         &self,
         kg: usize,
         a: *const u8,
@@ -718,7 +724,7 @@ impl GemmI8<'_> {
                 // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above; U7
                 // activations are ≤ 127 as `pairs` needs.
                 let pairs = l.act == ActivationRange::U7;
-                crate::x86::avx2::i8_4x16_fused(kg, a, l.kp, rows, b, pairs, &e);
+                crate::x86::avx2::i8_panel_fused(kg, a, l.kp, rows, b, pairs, &e);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
