@@ -126,9 +126,31 @@ impl PackedInt8Linear {
     fn pack_transposed(&mut self, src: &[f32], ld: usize, simd: bool) -> Result<(), KernelError> {
         let (n, k) = (self.n, self.k);
         let mut amax = vec![0f32; n];
+        // Whole strips of 8 channels with AVX2 where `simd`; a non-finite value sends the
+        // search for its index to the scalar loop.
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            while done + 8 <= n {
+                // SAFETY: `simd` only for SIMD kernels (AVX2+FMA present); rows j < k hold
+                // channels done..done+8 (checked extent); `amax` has n entries.
+                let finite = unsafe {
+                    crate::x86::avx2::abs_max_cols8(
+                        src.as_ptr().add(done),
+                        ld,
+                        k,
+                        amax.as_mut_ptr().add(done),
+                    )
+                };
+                if !finite {
+                    break;
+                }
+                done += 8;
+            }
+        }
         for j in 0..k {
             let row = &src[j * ld..j * ld + n];
-            for (c, (m, &v)) in amax.iter_mut().zip(row).enumerate() {
+            for (c, (m, &v)) in amax.iter_mut().zip(row).enumerate().skip(done) {
                 if !v.is_finite() {
                     return Err(KernelError::NonFinite {
                         what: "weight",

@@ -428,6 +428,28 @@ pub(crate) unsafe fn abs_max_finite(x: &[f32]) -> Option<f32> {
     Some(amax)
 }
 
+/// Per column of an 8-column strip, `k` rows `ld` apart: the largest magnitude into `out`, or
+/// `false` if some value is not finite (then `out` is unspecified).
+///
+/// # Safety
+/// AVX2+FMA present; `src[j·ld .. j·ld + 8]` readable for `j < k`; `out` holds 8 floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn abs_max_cols8(src: *const f32, ld: usize, k: usize, out: *mut f32) -> bool {
+    let absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let mut m = _mm256_setzero_ps();
+    let mut ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for j in 0..k {
+        // SAFETY: row j of the strip (caller).
+        let a = _mm256_and_ps(unsafe { _mm256_loadu_ps(src.add(j * ld)) }, absmask);
+        ok = _mm256_and_ps(ok, _mm256_cmp_ps::<_CMP_LT_OQ>(a, inf));
+        m = _mm256_max_ps(m, a);
+    }
+    // SAFETY: 8 floats (caller).
+    unsafe { _mm256_storeu_ps(out, m) };
+    _mm256_movemask_ps(ok) == 0xff
+}
+
 /// The weight levels of 8 floats: `w·inv` rounded half away from zero and clamped to `±wmax`,
 /// as i32 lanes; bit-identical to `gemm_i8::quantize_weight` (a separate multiply and add,
 /// truncating conversion; the values are in range, so it never saturates).
