@@ -40,3 +40,17 @@ if [ ${#features[@]} -gt 0 ]; then
     echo "== opt-in features: $list"
     cargo test -p echojepa -p firmware-host -p edge-runtime --features "$list" --quiet
 fi
+
+# The aarch64 int8 kernels (NEON `sdot`, what a Jetson Orin runs) cross-built and tested under
+# user-mode QEMU, whose CPU has the dot-product extension.
+if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
+    && command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null; then
+    echo "== aarch64 kernels under qemu-aarch64: cargo test -p echojepa-kernels --target aarch64-unknown-linux-gnu"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+        cargo test -p echojepa-kernels --release --target aarch64-unknown-linux-gnu --quiet
+elif [ "${CI:-}" = "true" ]; then
+    echo "CI: the aarch64 target, qemu-aarch64 or aarch64-linux-gnu-gcc is missing (see .ci/run)" >&2; exit 1
+else
+    echo "== skipping the aarch64 kernels: needs rustup target aarch64-unknown-linux-gnu, qemu-user and gcc-aarch64-linux-gnu (see .ci/run)"
+fi

@@ -27,6 +27,8 @@ pub enum Int8Kernel {
     AvxVnni,
     /// x86-64 AVX-512 VNNI `vpdpbusd` on 512-bit vectors (Ice Lake+, Zen 4+), weights ±127.
     Avx512Vnni,
+    /// aarch64 NEON `sdot` (Armv8.2 dot product: Cortex-A76/A78, e.g. Jetson Orin), weights ±127.
+    NeonDot,
 }
 
 impl F32Kernel {
@@ -84,6 +86,7 @@ impl Int8Kernel {
             Int8Kernel::Avx2 => "avx2",
             Int8Kernel::AvxVnni => "avxvnni",
             Int8Kernel::Avx512Vnni => "avx512vnni",
+            Int8Kernel::NeonDot => "neon-dot",
         }
     }
 
@@ -119,7 +122,9 @@ impl Int8Kernel {
                     && std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Int8Kernel::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -131,6 +136,7 @@ impl Int8Kernel {
             Int8Kernel::Avx2,
             Int8Kernel::AvxVnni,
             Int8Kernel::Avx512Vnni,
+            Int8Kernel::NeonDot,
         ]
         .into_iter()
         .filter(|k| k.is_supported())

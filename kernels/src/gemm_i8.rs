@@ -128,6 +128,7 @@ impl PackedInt8Linear {
         let mut amax = vec![0f32; n];
         // Whole strips of 8 channels with AVX2 where `simd`; a non-finite value sends the
         // search for its index to the scalar loop.
+        #[allow(unused_mut)] // only the x86 SIMD path advances it
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if simd {
@@ -171,6 +172,7 @@ impl PackedInt8Linear {
             })
             .collect();
         let kg = self.kp / 4;
+        #[allow(unused_mut)] // only the x86 SIMD path advances it
         let mut c0 = 0;
         #[cfg(target_arch = "x86_64")]
         if simd {
@@ -632,6 +634,7 @@ impl GemmI8<'_> {
             Int8Kernel::Avx2 => (4, 1),
             Int8Kernel::AvxVnni => (6, 1),
             Int8Kernel::Avx512Vnni => (8, 2),
+            Int8Kernel::NeonDot => (4, 1),
         };
         let simd = l.kernel != Int8Kernel::Scalar;
         // AVX2 finishes full 16-column panels in registers (`i8_panel_fused`).
@@ -704,7 +707,9 @@ impl GemmI8<'_> {
                         crate::x86::avx512::i8_8x32::<1>(kg, a, lda, rows, b, bstride, tile)
                     }
                 }
-                #[cfg(not(target_arch = "x86_64"))]
+                #[cfg(target_arch = "aarch64")]
+                Int8Kernel::NeonDot => crate::arm::neon::i8_4x16_dot(kg, a, lda, rows, b, tile),
+                #[allow(unreachable_patterns)]
                 _ => unreachable!("unsupported kernels are rejected at packing"),
             }
         }
@@ -767,6 +772,9 @@ impl GemmI8<'_> {
     ) {
         let l = self.layer;
         let n = l.n;
+        // The NEON tile multiplies `q − 128` (signed bytes): it lacks `128 · colsum`, which
+        // shifting the zero point by 128 puts back.
+        let za_shift = if l.kernel == Int8Kernel::NeonDot { 128 } else { 0 };
         for (i, acc) in tile.iter().enumerate().take(rows) {
             let r = r0 + i;
             // SAFETY: r < m; columns col0..col0+cols are inside row r of C, the padded
@@ -781,7 +789,7 @@ impl GemmI8<'_> {
                 };
                 let d = Dequant {
                     sa: *self.sa.add(r),
-                    za: *self.za.add(r),
+                    za: *self.za.add(r) - za_shift,
                     wscale: &l.wscale[col0..col0 + cols],
                     colsum: &l.colsum[col0..col0 + cols],
                     bias: l.bias.as_ref().map(|b| &b[col0..col0 + cols]),

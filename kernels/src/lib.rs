@@ -20,6 +20,10 @@
 //! * [`norm::layer_norm`], [`softmax::softmax_rows`], [`activation::gelu_in_place`] and
 //!   [`attention::attention`] cover the rest of a ViT block in f32 without extra copies.
 //!
+//! The int8 microkernels: AVX2 (`vpmaddubsw`), AVX-VNNI and AVX-512 VNNI (`vpdpbusd`) on
+//! x86-64, NEON dot product (`sdot`, Jetson Orin's Cortex-A78AE) on aarch64, and portable Rust.
+//! The aarch64 kernel is tested under user-mode QEMU (`scripts/test.sh`).
+//!
 //! Every entry point picks the best kernel for the running CPU at run time ([`cpu`]); the
 //! `_with` variants take an explicit kernel so that tests can compare every available one
 //! against the scalar reference. Work is split over a crate-wide thread pool ([`pool`]) with a
@@ -39,6 +43,8 @@ pub mod rope;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "aarch64")]
+mod arm;
 
 pub use cpu::{F32Kernel, Int8Kernel};
 pub use epilogue::Epilogue;
