@@ -774,7 +774,11 @@ impl GemmI8<'_> {
         let n = l.n;
         // The NEON tile multiplies `q − 128` (signed bytes): it lacks `128 · colsum`, which
         // shifting the zero point by 128 puts back.
-        let za_shift = if l.kernel == Int8Kernel::NeonDot { 128 } else { 0 };
+        let za_shift = if l.kernel == Int8Kernel::NeonDot {
+            128
+        } else {
+            0
+        };
         for (i, acc) in tile.iter().enumerate().take(rows) {
             let r = r0 + i;
             // SAFETY: r < m; columns col0..col0+cols are inside row r of C, the padded

@@ -31,6 +31,8 @@
 
 pub mod activation;
 mod aligned;
+#[cfg(target_arch = "aarch64")]
+mod arm;
 pub mod attention;
 pub mod cpu;
 mod epilogue;
@@ -43,8 +45,6 @@ pub mod rope;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-#[cfg(target_arch = "aarch64")]
-mod arm;
 
 pub use cpu::{F32Kernel, Int8Kernel};
 pub use epilogue::Epilogue;
