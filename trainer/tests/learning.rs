@@ -2,7 +2,9 @@
 //! briefly with the V-JEPA objective must give better probes than the same encoder at its
 //! random initialisation; the EF probe must beat predicting the training mean by a wide margin
 //! and the view probe must be far above chance; a pretraining run killed mid-way and resumed
-//! must produce the same loss curve as an uninterrupted run.
+//! must produce the same loss curve as an uninterrupted run. A researcher's whole workflow
+//! (pretrain → view, EF and multi-view probes → evaluate with robustness → embeddings) runs on a
+//! larger phantom and its probes must learn.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,7 +93,12 @@ fn probe_yaml(data: &Path, task: &str, checkpoint: &str) -> String {
 }
 
 fn summary(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+    json_file(&dir.join("summary.json"))
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 fn losses(metrics: &Path) -> Vec<(usize, String)> {
@@ -308,6 +315,245 @@ fn pretraining_helps_probes() {
     assert_eq!(
         view_pre["synthetic_data"], true,
         "outputs say they come from synthetic data"
+    );
+    eprintln!("total: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The frozen-evaluation config of the workflow test, for `task` in `view`, `ef`, `rvsp`.
+fn workflow_probe_yaml(data: &Path, task: &str) -> String {
+    let (eval_name, classifier, data_type, data_extra) = match task {
+        "view" => (
+            "video_classification_frozen",
+            "",
+            "VideoDataset",
+            "    num_classes: 6\n    num_segments: 1\n    label_fraction: 0.5\n    label_seed: 3\n",
+        ),
+        "ef" => (
+            "video_classification_frozen",
+            "    task_type: regression\n    num_targets: 1\n",
+            "VideoDataset",
+            "    num_segments: 2\n",
+        ),
+        "rvsp" => (
+            "video_classification_frozen_multi",
+            "    task_type: regression\n    num_targets: 1\n    use_slot_embeddings: true\n    \
+             num_views: 2\n    clips_per_view: 1\n    use_factorized: true\n",
+            "VideoGroupDataset",
+            "    num_classes: 1\n    num_segments: 2\n    num_clips_per_video: 1\n    \
+             miss_augment_prob: 0.1\n    min_present: 1\n",
+        ),
+        _ => unreachable!(),
+    };
+    format!(
+        "eval_name: {eval_name}\n\
+         folder: evals\n\
+         tag: {task}\n\
+         experiment:\n  classifier:\n    num_heads: 4\n    num_probe_blocks: 1\n{classifier}\
+         \x20 data:\n    dataset_type: {data_type}\n    dataset_train: {d}/{task}/train.csv\n    \
+         dataset_val: {d}/{task}/val.csv\n    dataset_test: {d}/{task}/test.csv\n{data_extra}    \
+         resolution: {CROP}\n    frames_per_clip: {FRAMES}\n    frame_step: {STEP}\n\
+         \x20 optimization:\n    batch_size: 8\n    num_epochs: 20\n    seed: 1\n    multihead_kwargs:\n\
+         \x20   - {{lr: 3.0e-3, start_lr: 3.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
+         \x20   - {{lr: 1.0e-3, start_lr: 1.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
+         model_kwargs:\n  checkpoint: straight/latest\n  pretrain_kwargs:\n    encoder:\n      \
+         checkpoint_key: target_encoder\n      model_name: vit_tiny\n      embed_dim: 64\n      \
+         depth: 2\n      num_heads: 4\n",
+        d = data.display()
+    )
+}
+
+fn csv_header_and_rows(path: &Path) -> (String, usize) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default().to_string();
+    (header, lines.filter(|l| !l.trim().is_empty()).count())
+}
+
+/// What a researcher does after pretraining, through the real binary (120 phantom patients):
+/// view probe on a stratified half of the labels, EF probe, multi-view (RVSP analogue) probe,
+/// `evaluate --robustness` on the EF test list, and embeddings of the view test list. The view
+/// probe must learn (at least twice chance); `evaluate` must reproduce the probe's own test
+/// metrics from the saved probe; every output must say the data is synthetic.
+#[test]
+fn researcher_workflow_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t0 = Instant::now();
+    let data = root.join("phantom");
+    run(
+        &[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--patients",
+            "120",
+            "--frames",
+            "32",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--seed",
+            "5",
+        ],
+        root,
+    );
+    eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
+    std::fs::write(
+        root.join("pre.yaml"),
+        pretrain_yaml(&data, "straight", STEPS_PER_EPOCH, EPOCHS, 0),
+    )
+    .unwrap();
+    let t = Instant::now();
+    run(&["pretrain", "--config", "pre.yaml"], root);
+    eprintln!("pretrain: {:.1} s", t.elapsed().as_secs_f64());
+
+    let mut summaries = std::collections::HashMap::new();
+    for task in ["view", "ef", "rvsp"] {
+        let cfg = root.join(format!("{task}.yaml"));
+        std::fs::write(&cfg, workflow_probe_yaml(&data, task)).unwrap();
+        let out = root.join(format!("probe-{task}"));
+        let t = Instant::now();
+        run(
+            &[
+                "probe",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            root,
+        );
+        let s = summary(&out);
+        eprintln!(
+            "probe {task}: {:.1} s: {} train, test {} baseline {}",
+            t.elapsed().as_secs_f64(),
+            s["train_samples"],
+            s["test"],
+            s["baseline"]
+        );
+        assert_eq!(
+            s["synthetic_data"], true,
+            "{task}: says the data is synthetic"
+        );
+        assert_eq!(s["skipped"], 0, "{task}: no clip skipped");
+        let (header, rows) = csv_header_and_rows(&out.join("predictions_test.csv"));
+        assert_eq!(rows as u64, s["test_samples"].as_u64().unwrap(), "{task}");
+        if task == "view" {
+            assert_eq!(
+                header,
+                "video_path,true_label,predicted_class,prediction_confidence"
+            );
+            assert!(out.join("confusion_test.csv").exists());
+            assert!(out.join("confusion_test.png").exists());
+        } else {
+            assert_eq!(header, "video_path,label_real,pred_real,abs_error");
+        }
+        assert!(out.join("curves.png").exists() && out.join("log.csv").exists());
+        summaries.insert(task, s);
+    }
+
+    // view: a stratified half of the 504 training clips, at least twice chance (1/6)
+    let view = &summaries["view"];
+    let n_view = view["train_samples"].as_u64().unwrap();
+    assert_eq!(n_view, 252, "label fraction 0.5 of 84 clips per view");
+    assert_eq!(view["label_fraction"], 0.5);
+    let acc = view["test"]["accuracy"].as_f64().unwrap();
+    assert!(
+        acc > 2.0 / 6.0,
+        "view test accuracy {acc:.3}: not twice chance (0.167)"
+    );
+    let confusion = view["test"]["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, view["test_samples"].as_u64().unwrap());
+
+    // regression: metrics in real units (target mean ± std of the scaler, not z-scores);
+    // whether EF beats the mean is `pretraining_helps_probes`' question (issue 4, open)
+    for task in ["ef", "rvsp"] {
+        let s = &summaries[task];
+        let scaler = &s["task"]["scaler"];
+        assert!(scaler["std"].as_f64().unwrap() > 5.0, "{task}: {scaler}");
+        for k in ["mae", "rmse", "r2"] {
+            assert!(
+                s["test"][k].as_f64().unwrap().is_finite(),
+                "{task} {k}: {}",
+                s["test"]
+            );
+        }
+        let mae = s["test"]["mae"].as_f64().unwrap();
+        assert!(mae > 1.0 && mae < 40.0, "{task}: MAE {mae} in real units");
+    }
+
+    // evaluate the saved EF probe on the test list: the same metrics, plus robustness
+    let t = Instant::now();
+    let eval_dir = root.join("eval-ef");
+    let stdout = run(
+        &[
+            "evaluate",
+            "--config",
+            "ef.yaml",
+            "--probe",
+            root.join("probe-ef/probe").to_str().unwrap(),
+            "--split",
+            "test",
+            "--robustness",
+            "--out",
+            eval_dir.to_str().unwrap(),
+            "--json",
+        ],
+        root,
+    );
+    eprintln!("evaluate: {:.1} s", t.elapsed().as_secs_f64());
+    let ev: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("evaluate --json: {e}\n{stdout}"));
+    let mae_probe = summaries["ef"]["test"]["mae"].as_f64().unwrap();
+    let mae_eval = ev["metrics"]["mae"].as_f64().unwrap();
+    assert!(
+        (mae_eval - mae_probe).abs() < 1e-3 * mae_probe,
+        "evaluate reproduces the probe's test MAE: {mae_eval} vs {mae_probe}"
+    );
+    assert_eq!(ev["synthetic_data"], true);
+    let robustness = ev["robustness"].as_array().unwrap();
+    assert_eq!(robustness.len(), 6, "3 attenuations + 3 shadows: {ev}");
+    for r in robustness {
+        assert!(
+            r["relative_degradation"].as_f64().unwrap().is_finite(),
+            "{r}"
+        );
+    }
+    let (header, rows) = csv_header_and_rows(Path::new(ev["predictions"].as_str().unwrap()));
+    assert_eq!(header, "video_path,label_real,pred_real,abs_error");
+    assert_eq!(rows as u64, ev["samples"].as_u64().unwrap());
+
+    // embeddings of the view test list: every clip, a plot, and views that cluster
+    let emb_dir = root.join("embed-view");
+    let stdout = run(
+        &[
+            "embed",
+            "--config",
+            "view.yaml",
+            "--split",
+            "test",
+            "--out",
+            emb_dir.to_str().unwrap(),
+            "--json",
+        ],
+        root,
+    );
+    let emb: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("embed --json: {e}\n{stdout}"));
+    let (_, rows) = csv_header_and_rows(Path::new(emb["embeddings"].as_str().unwrap()));
+    assert_eq!(rows as u64, view["test_samples"].as_u64().unwrap());
+    assert!(Path::new(emb["plot"].as_str().unwrap()).exists());
+    let nc = emb["nearest_centroid_accuracy"].as_f64().unwrap();
+    assert!(
+        nc > 1.0 / 6.0 + 0.1,
+        "views separate in embedding space: {nc:.3}"
     );
     eprintln!("total: {:.1} s", t0.elapsed().as_secs_f64());
 }
