@@ -31,6 +31,16 @@ pub enum KernelError {
         /// Flat index of the first bad value.
         index: usize,
     },
+    /// rows `ld` apart overlap because `ld` is less than the row width
+    #[error("{what}: rows {ld} elements apart overlap rows {width} wide")]
+    Stride {
+        /// Which operand.
+        what: &'static str,
+        /// Distance between row starts, in elements.
+        ld: usize,
+        /// Elements per row.
+        width: usize,
+    },
     /// the requested kernel cannot run on this CPU
     #[error("kernel {0} is not supported by this CPU")]
     Unsupported(&'static str),

@@ -93,8 +93,8 @@ impl PackedInt8Linear {
         in_features: usize,
     ) -> Result<Self, KernelError> {
         let (n, k) = (out_features, in_features);
-        let mut l = Self::alloc(kernel, n, k)?;
         check_extent(weight.len(), n, ld, k)?;
+        let mut l = Self::alloc(kernel, n, k)?;
         let simd = l.simd_packing();
         for c in 0..n {
             l.pack_channel(c, &weight[c * ld..c * ld + k], simd)?;
@@ -114,8 +114,8 @@ impl PackedInt8Linear {
         in_features: usize,
     ) -> Result<Self, KernelError> {
         let (n, k) = (out_features, in_features);
-        let mut l = Self::alloc(kernel, n, k)?;
         check_extent(src.len(), k, ld, n)?;
+        let mut l = Self::alloc(kernel, n, k)?;
         let simd = l.simd_packing();
         l.pack_transposed(src, ld, simd)?;
         Ok(l)
@@ -500,16 +500,23 @@ thread_local! {
 
 /// A buffer of `len` floats holds `rows` rows of `width` floats `ld` apart.
 fn check_extent(len: usize, rows: usize, ld: usize, width: usize) -> Result<(), KernelError> {
+    if rows > 1 && ld < width {
+        return Err(KernelError::Stride {
+            what: "weight",
+            ld,
+            width,
+        });
+    }
     let need = if rows == 0 {
         0
     } else {
         (rows - 1) * ld + width
     };
-    if len < need || (rows > 1 && ld < width) {
+    if len < need {
         return Err(KernelError::Len {
             what: "weight",
             got: len,
-            expected: need.max(rows * width),
+            expected: need,
         });
     }
     Ok(())
@@ -941,7 +948,7 @@ mod tests {
     }
 
     #[test]
-    fn packing_names_the_non_finite_weight_and_a_short_buffer() {
+    fn packing_names_the_non_finite_weight_a_short_buffer_and_overlapping_rows() {
         let kernel = Int8Kernel::best();
         let (n, k, ld) = (19, 10, 12);
         let mut buf = values(n * ld, 3);
@@ -968,5 +975,13 @@ mod tests {
             PackedInt8Linear::from_f32_rows(kernel, &buf[..(n - 1) * 12 + k - 1], 12, n, k),
             Err(KernelError::Len { what: "weight", .. })
         ));
+        assert_eq!(
+            PackedInt8Linear::from_f32_rows(kernel, &buf, k - 1, n, k).unwrap_err(),
+            KernelError::Stride {
+                what: "weight",
+                ld: k - 1,
+                width: k
+            }
+        );
     }
 }
