@@ -164,6 +164,14 @@ class InterleavedRust:
         self.proc.stdin.flush()
         return self._json_line()["times_ms"]
 
+    def abandon(self, times):
+        """Stop the command (if it still runs) and drop its variants' times."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for label in self.labels:
+            times.pop(label, None)
+
     def finish(self):
         """Close the rounds; {label: (times_ms, tokens)} from the summary."""
         out, err = self.proc.communicate()
@@ -269,13 +277,24 @@ def main():
                 t0 = time.perf_counter()
                 f()
                 times[k].append((time.perf_counter() - t0) * 1e3)
-            for r in rust:
+            for r in list(rust):
                 time.sleep(args.pause)
-                for label, ms in r.round().items():
-                    times[label].append(ms)
-        for r in rust:
-            for label, (t, toks) in r.finish().items():
-                outputs[label] = toks
+                try:
+                    for label, ms in r.round().items():
+                        times[label].append(ms)
+                except (RuntimeError, OSError) as e:
+                    # A Rust command that dies mid-rounds loses its rows, not the others'.
+                    print("  rust:", e, flush=True)
+                    r.abandon(times)
+                    rust.remove(r)
+        for r in list(rust):
+            try:
+                for label, (t, toks) in r.finish().items():
+                    outputs[label] = toks
+            except RuntimeError as e:
+                print("  rust:", e, flush=True)
+                r.abandon(times)
+                rust.remove(r)
         if args.sequential_rust:
             for cmd in rust_cmds:
                 res = run_rust(cmd, weights_path, video_path, args.reps, args.out, name, args.threads)
