@@ -58,21 +58,29 @@ fn pretrain_yaml(
     )
 }
 
-fn probe_yaml(data: &Path, task: &str, checkpoint: &str) -> String {
-    let (eval_name, ds_type, classifier, data_extra, dir) = match task {
+/// A frozen-evaluation config for `task` (`view`, `ef` or `rvsp`, the phantom's list folders)
+/// on the encoder at `checkpoint`; `data_more` adds lines to `experiment.data`.
+fn probe_yaml(data: &Path, task: &str, checkpoint: &str, epochs: usize, data_more: &str) -> String {
+    let (eval_name, classifier, data_type, data_extra) = match task {
         "view" => (
             "video_classification_frozen",
-            "VideoDataset",
             "",
+            "VideoDataset",
             "    num_classes: 6\n    num_segments: 1\n",
-            "view",
         ),
         "ef" => (
             "video_classification_frozen",
-            "VideoDataset",
             "    task_type: regression\n    num_targets: 1\n",
+            "VideoDataset",
             "    num_segments: 2\n",
-            "ef",
+        ),
+        "rvsp" => (
+            "video_classification_frozen_multi",
+            "    task_type: regression\n    num_targets: 1\n    use_slot_embeddings: true\n    \
+             num_views: 2\n    clips_per_view: 1\n    use_factorized: true\n",
+            "VideoGroupDataset",
+            "    num_classes: 1\n    num_segments: 2\n    num_clips_per_video: 1\n    \
+             miss_augment_prob: 0.1\n    min_present: 1\n",
         ),
         _ => unreachable!(),
     };
@@ -81,19 +89,46 @@ fn probe_yaml(data: &Path, task: &str, checkpoint: &str) -> String {
          folder: evals\n\
          tag: {task}\n\
          experiment:\n  classifier:\n    num_heads: 4\n    num_probe_blocks: 1\n{classifier}\
-         \x20 data:\n    dataset_type: {ds_type}\n    dataset_train: {d}/{dir}/train.csv\n    dataset_val: {d}/{dir}/val.csv\n    \
-         dataset_test: {d}/{dir}/test.csv\n{data_extra}    resolution: {CROP}\n    frames_per_clip: {FRAMES}\n    frame_step: {STEP}\n\
-         \x20 optimization:\n    batch_size: 8\n    num_epochs: 25\n    seed: 1\n    multihead_kwargs:\n\
+         \x20 data:\n    dataset_type: {data_type}\n    dataset_train: {d}/{task}/train.csv\n    \
+         dataset_val: {d}/{task}/val.csv\n    dataset_test: {d}/{task}/test.csv\n{data_extra}{data_more}    \
+         resolution: {CROP}\n    frames_per_clip: {FRAMES}\n    frame_step: {STEP}\n\
+         \x20 optimization:\n    batch_size: 8\n    num_epochs: {epochs}\n    seed: 1\n    multihead_kwargs:\n\
          \x20   - {{lr: 3.0e-3, start_lr: 3.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
          \x20   - {{lr: 1.0e-3, start_lr: 1.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
-         model_kwargs:\n  checkpoint: {checkpoint}\n  pretrain_kwargs:\n    encoder:\n      checkpoint_key: target_encoder\n      \
-         model_name: vit_tiny\n      embed_dim: 64\n      depth: 2\n      num_heads: 4\n",
+         model_kwargs:\n  checkpoint: {checkpoint}\n  pretrain_kwargs:\n    encoder:\n      \
+         checkpoint_key: target_encoder\n      model_name: vit_tiny\n      embed_dim: 64\n      \
+         depth: 2\n      num_heads: 4\n",
         d = data.display()
     )
 }
 
 fn summary(dir: &Path) -> serde_json::Value {
     json_file(&dir.join("summary.json"))
+}
+
+/// Runs `trainer probe` on `cfg` into `out`; returns its `summary.json`.
+fn probe(root: &Path, cfg: &Path, out: &Path) -> serde_json::Value {
+    let t = Instant::now();
+    run(
+        &[
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        root,
+    );
+    let s = summary(out);
+    eprintln!(
+        "probe {}: {:.1} s: {} train, test {} baseline {}",
+        cfg.display(),
+        t.elapsed().as_secs_f64(),
+        s["train_samples"],
+        s["test"],
+        s["baseline"]
+    );
+    s
 }
 
 fn json_file(path: &Path) -> serde_json::Value {
@@ -113,15 +148,17 @@ fn losses(metrics: &Path) -> Vec<(usize, String)> {
         .collect()
 }
 
-fn synth(root: &Path) -> PathBuf {
+/// A phantom of `patients` patients at the test size (32 frames of 64x64) in `root/phantom`.
+fn synth(root: &Path, patients: usize, seed: u64) -> PathBuf {
     let data = root.join("phantom");
+    let (patients, seed) = (patients.to_string(), seed.to_string());
     run(
         &[
             "synth",
             "--out",
             data.to_str().unwrap(),
             "--patients",
-            "60",
+            &patients,
             "--frames",
             "32",
             "--width",
@@ -129,7 +166,7 @@ fn synth(root: &Path) -> PathBuf {
             "--height",
             "64",
             "--seed",
-            "11",
+            &seed,
         ],
         root,
     );
@@ -175,7 +212,7 @@ fn pretraining_learns_and_resume_is_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let t0 = Instant::now();
-    let data = synth(root);
+    let data = synth(root, 60, 11);
     eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
 
     // --- pretraining, uninterrupted (also the encoder the probes use)
@@ -236,7 +273,7 @@ fn pretraining_helps_probes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let t0 = Instant::now();
-    let data = synth(root);
+    let data = synth(root, 60, 11);
     eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
 
     // --- pretraining, uninterrupted (also the encoder the probes use)
@@ -259,26 +296,13 @@ fn pretraining_helps_probes() {
     for task in ["ef", "view"] {
         for enc in ["straight", "random"] {
             let cfg = root.join(format!("{task}-{enc}.yaml"));
-            std::fs::write(&cfg, probe_yaml(&data, task, &format!("{enc}/latest"))).unwrap();
+            std::fs::write(
+                &cfg,
+                probe_yaml(&data, task, &format!("{enc}/latest"), 25, ""),
+            )
+            .unwrap();
             let out = root.join(format!("probe-{task}-{enc}"));
-            let t = Instant::now();
-            run(
-                &[
-                    "probe",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--out",
-                    out.to_str().unwrap(),
-                ],
-                root,
-            );
-            let s = summary(&out);
-            eprintln!(
-                "probe {task} on {enc}: {:.1} s: test {} baseline {}",
-                t.elapsed().as_secs_f64(),
-                s["test"],
-                s["baseline"]
-            );
+            let s = probe(root, &cfg, &out);
             results.push((task, enc, s));
         }
     }
@@ -319,49 +343,6 @@ fn pretraining_helps_probes() {
     eprintln!("total: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
-/// The frozen-evaluation config of the workflow test, for `task` in `view`, `ef`, `rvsp`.
-fn workflow_probe_yaml(data: &Path, task: &str) -> String {
-    let (eval_name, classifier, data_type, data_extra) = match task {
-        "view" => (
-            "video_classification_frozen",
-            "",
-            "VideoDataset",
-            "    num_classes: 6\n    num_segments: 1\n    label_fraction: 0.5\n    label_seed: 3\n",
-        ),
-        "ef" => (
-            "video_classification_frozen",
-            "    task_type: regression\n    num_targets: 1\n",
-            "VideoDataset",
-            "    num_segments: 2\n",
-        ),
-        "rvsp" => (
-            "video_classification_frozen_multi",
-            "    task_type: regression\n    num_targets: 1\n    use_slot_embeddings: true\n    \
-             num_views: 2\n    clips_per_view: 1\n    use_factorized: true\n",
-            "VideoGroupDataset",
-            "    num_classes: 1\n    num_segments: 2\n    num_clips_per_video: 1\n    \
-             miss_augment_prob: 0.1\n    min_present: 1\n",
-        ),
-        _ => unreachable!(),
-    };
-    format!(
-        "eval_name: {eval_name}\n\
-         folder: evals\n\
-         tag: {task}\n\
-         experiment:\n  classifier:\n    num_heads: 4\n    num_probe_blocks: 1\n{classifier}\
-         \x20 data:\n    dataset_type: {data_type}\n    dataset_train: {d}/{task}/train.csv\n    \
-         dataset_val: {d}/{task}/val.csv\n    dataset_test: {d}/{task}/test.csv\n{data_extra}    \
-         resolution: {CROP}\n    frames_per_clip: {FRAMES}\n    frame_step: {STEP}\n\
-         \x20 optimization:\n    batch_size: 8\n    num_epochs: 20\n    seed: 1\n    multihead_kwargs:\n\
-         \x20   - {{lr: 3.0e-3, start_lr: 3.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
-         \x20   - {{lr: 1.0e-3, start_lr: 1.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
-         model_kwargs:\n  checkpoint: straight/latest\n  pretrain_kwargs:\n    encoder:\n      \
-         checkpoint_key: target_encoder\n      model_name: vit_tiny\n      embed_dim: 64\n      \
-         depth: 2\n      num_heads: 4\n",
-        d = data.display()
-    )
-}
-
 fn csv_header_and_rows(path: &Path) -> (String, usize) {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -380,25 +361,7 @@ fn researcher_workflow_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let t0 = Instant::now();
-    let data = root.join("phantom");
-    run(
-        &[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--patients",
-            "120",
-            "--frames",
-            "32",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--seed",
-            "5",
-        ],
-        root,
-    );
+    let data = synth(root, 120, 5);
     eprintln!("synth: {:.1} s", t0.elapsed().as_secs_f64());
     std::fs::write(
         root.join("pre.yaml"),
@@ -412,27 +375,18 @@ fn researcher_workflow_end_to_end() {
     let mut summaries = std::collections::HashMap::new();
     for task in ["view", "ef", "rvsp"] {
         let cfg = root.join(format!("{task}.yaml"));
-        std::fs::write(&cfg, workflow_probe_yaml(&data, task)).unwrap();
+        let label_fraction = if task == "view" {
+            "    label_fraction: 0.5\n    label_seed: 3\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &cfg,
+            probe_yaml(&data, task, "straight/latest", 20, label_fraction),
+        )
+        .unwrap();
         let out = root.join(format!("probe-{task}"));
-        let t = Instant::now();
-        run(
-            &[
-                "probe",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            root,
-        );
-        let s = summary(&out);
-        eprintln!(
-            "probe {task}: {:.1} s: {} train, test {} baseline {}",
-            t.elapsed().as_secs_f64(),
-            s["train_samples"],
-            s["test"],
-            s["baseline"]
-        );
+        let s = probe(root, &cfg, &out);
         assert_eq!(
             s["synthetic_data"], true,
             "{task}: says the data is synthetic"
