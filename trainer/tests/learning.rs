@@ -3,8 +3,8 @@
 //! random initialisation; the EF probe must beat predicting the training mean by a wide margin
 //! and the view probe must be far above chance; a pretraining run killed mid-way and resumed
 //! must produce the same loss curve as an uninterrupted run. A researcher's whole workflow
-//! (pretrain → view, EF and multi-view probes → evaluate with robustness → embeddings) runs on a
-//! larger phantom and its probes must learn.
+//! (pretrain → view, EF and multi-view probes → evaluate with robustness → embeddings) runs
+//! through the binary, and its view probe must learn.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
