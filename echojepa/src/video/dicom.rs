@@ -93,6 +93,8 @@ impl DicomReader {
             width: cols as usize,
             height: rows as usize,
             codec,
+            container: "dicom".into(),
+            profile: None,
         };
         Ok(Self {
             path: path.to_path_buf(),

@@ -71,6 +71,30 @@ pub fn nal_type(nal: &[u8]) -> u8 {
     nal.first().map(|b| b & 0x1f).unwrap_or(0)
 }
 
+/// The profile an SPS declares, named as FFmpeg names it (`profile_idc` with the constraint
+/// flags that single out Constrained Baseline and Intra profiles).
+pub fn profile_name(sps: &[u8]) -> &'static str {
+    let (idc, flags) = match sps {
+        [_, idc, flags, ..] => (*idc, *flags),
+        _ => return "unknown",
+    };
+    let constraint_set1 = flags & 0x40 != 0;
+    let constraint_set3 = flags & 0x10 != 0;
+    match idc {
+        66 if constraint_set1 => "Constrained Baseline",
+        66 => "Baseline",
+        77 => "Main",
+        88 => "Extended",
+        100 => "High",
+        110 if constraint_set3 => "High 10 Intra",
+        110 => "High 10",
+        122 => "High 4:2:2",
+        244 => "High 4:4:4 Predictive",
+        44 => "CAVLC 4:4:4 Intra",
+        _ => "other",
+    }
+}
+
 /// Colour signalling from the SPS VUI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColorInfo {

@@ -1,10 +1,13 @@
 //! Video input and output for echo clips.
 //!
-//! * `.mp4` with H.264 video: demuxed here ([`mp4`]) and decoded by OpenH264, which cargo builds
-//!   from bundled C++ source: no system packages.
+//! * `.mp4`/`.mov` with H.264 video (Baseline, Main, High; B-frames, CABAC): demuxed here
+//!   ([`mp4`]) and decoded by OpenH264, which cargo builds from bundled C++ source: no system
+//!   packages. Frames come in presentation order.
+//! * `.avi` with Motion JPEG (EchoNet-Dynamic's files) or uncompressed video: demuxed here
+//!   ([`avi`]) and decoded by zune-jpeg (pure Rust).
 //! * Multi-frame ultrasound DICOM (feature `dicom`, pure Rust dicom-rs): MONOCHROME1/2, RGB,
 //!   YBR_FULL/YBR_FULL_422, uncompressed, RLE or JPEG baseline.
-//! * Everything else FFmpeg reads, e.g. EchoNet-Dynamic's AVI files (feature `ffmpeg`, needs the
+//! * Everything else FFmpeg reads, e.g. MPEG-4 Part 2 or HEVC (feature `ffmpeg`, needs the
 //!   system FFmpeg development packages).
 //! * Writing: [`Mp4Writer`] encodes H.264 (OpenH264) into an MP4 file.
 //!
@@ -12,7 +15,10 @@
 //! fault. Readers give the frame count and frame rate up front and decode only the frames asked
 //! for (from the nearest preceding keyframe).
 
+pub mod avi;
 pub mod h264;
+mod h264dec;
+mod mjpeg;
 pub mod mp4;
 mod writer;
 
@@ -105,8 +111,12 @@ pub struct VideoInfo {
     pub fps: Option<f64>,
     pub width: usize,
     pub height: usize,
-    /// Codec or encoding, e.g. `h264`, `dicom-jpeg-baseline`, `dicom-native`.
+    /// Codec or encoding, e.g. `h264`, `mjpeg`, `dicom-jpeg-baseline`, `dicom-native`.
     pub codec: String,
+    /// Container, e.g. `mp4`, `avi`, `dicom` (what the FFmpeg reader's demuxer is called there).
+    pub container: String,
+    /// Codec profile where the stream says, e.g. `High` or `Constrained Baseline` for H.264.
+    pub profile: Option<String>,
 }
 
 /// Errors of video reading and writing. Every message names the file.
@@ -220,8 +230,13 @@ pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn VideoReader>, VideoError> 
             Err(VideoError::Unsupported { .. }) if cfg!(feature = "ffmpeg") => open_ffmpeg(path),
             Err(e) => Err(e),
         },
+        Format::Avi => match avi::AviReader::open(path) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(VideoError::Unsupported { .. }) if cfg!(feature = "ffmpeg") => open_ffmpeg(path),
+            Err(e) => Err(e),
+        },
         Format::Dicom => open_dicom(path),
-        Format::Avi | Format::Other => open_ffmpeg(path),
+        Format::Other => open_ffmpeg(path),
     }
 }
 
@@ -247,7 +262,7 @@ fn open_ffmpeg(path: &Path) -> Result<Box<dyn VideoReader>, VideoError> {
 fn open_ffmpeg(path: &Path) -> Result<Box<dyn VideoReader>, VideoError> {
     Err(VideoError::Unsupported {
         path: path.to_path_buf(),
-        what: "neither MP4 nor DICOM; AVI and other containers need the `ffmpeg` feature".into(),
+        what: "neither MP4, AVI nor DICOM; other containers need the `ffmpeg` feature".into(),
     })
 }
 
@@ -297,13 +312,11 @@ pub(crate) fn gather<'a>(
 
 /// BT.601 luma of an RGB pixel, rounded.
 #[inline]
-#[cfg_attr(not(feature = "dicom"), allow(dead_code))] // only the DICOM reader converts colour
 pub(crate) fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     ((299 * r as u32 + 587 * g as u32 + 114 * b as u32 + 500) / 1000) as u8
 }
 
 /// Converts interleaved pixels between 1 and 3 channels.
-#[cfg_attr(not(feature = "dicom"), allow(dead_code))]
 pub(crate) fn convert_channels(src: &[u8], from: usize, to: ColorMode) -> Vec<u8> {
     match (from, to) {
         (1, ColorMode::Gray) | (3, ColorMode::Rgb) => src.to_vec(),

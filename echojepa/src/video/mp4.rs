@@ -11,7 +11,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use std::collections::{BTreeSet, HashMap};
+
 use super::h264::{self, ColorInfo};
+use super::h264dec::{Backend, DecodeFailure, H264Decoder, Picture};
 use super::{Clip, ColorMode, VideoError, VideoInfo, VideoReader};
 
 /// Largest `moov` box we read into memory.
@@ -557,6 +560,71 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         .collect())
 }
 
+/// Why a decode session stopped.
+enum SessionError {
+    /// The backend lacks a coding tool the stream uses (another backend may have it).
+    Unsupported {
+        frame: usize,
+        what: String,
+    },
+    Video(VideoError),
+}
+
+impl From<VideoError> for SessionError {
+    fn from(e: VideoError) -> Self {
+        SessionError::Video(e)
+    }
+}
+
+/// Where decoded pictures go: the wanted frames of one `read_frames` call, converted.
+struct Target<'a> {
+    /// decode index -> presentation index
+    position: &'a [usize],
+    wanted: &'a BTreeSet<usize>,
+    width: usize,
+    height: usize,
+    color_info: ColorInfo,
+    color: ColorMode,
+}
+
+impl Target<'_> {
+    fn store(&self, pic: Picture<'_>, frames: &mut HashMap<usize, Vec<u8>>) -> Result<(), String> {
+        let Some(&shown) = usize::try_from(pic.tag)
+            .ok()
+            .and_then(|d| self.position.get(d))
+        else {
+            return Err(format!(
+                "decoder returned a picture with unknown tag {}",
+                pic.tag
+            ));
+        };
+        if !self.wanted.contains(&shown) || frames.contains_key(&shown) {
+            return Ok(());
+        }
+        let (w, h) = (self.width, self.height);
+        if pic.width < w || pic.height < h {
+            return Err(format!(
+                "frame {shown}: decoded {}x{}, expected {w}x{h}",
+                pic.width, pic.height
+            ));
+        }
+        let mut out = Vec::with_capacity(w * h * self.color.channels());
+        h264::yuv420_to(
+            pic.y,
+            pic.u,
+            pic.v,
+            pic.strides,
+            w,
+            h,
+            self.color_info,
+            self.color == ColorMode::Rgb,
+            &mut out,
+        );
+        frames.insert(shown, out);
+        Ok(())
+    }
+}
+
 /// An H.264 MP4 file opened for random access.
 pub struct Mp4Reader {
     path: PathBuf,
@@ -611,6 +679,8 @@ impl Mp4Reader {
             width,
             height,
             codec: track.codec.clone(),
+            container: "mp4".into(),
+            profile: Some(h264::profile_name(&track.sps[0]).to_string()),
         };
         let mut position = vec![0; n];
         for (k, &d) in track.display.iter().enumerate() {
@@ -631,25 +701,143 @@ impl Mp4Reader {
         &self.track
     }
 
-    fn read_sample(&mut self, i: usize, buf: &mut Vec<u8>) -> Result<(), VideoError> {
-        let s = self.track.samples[i];
-        buf.resize(s.size as usize, 0);
-        self.file
-            .seek(SeekFrom::Start(s.offset))
-            .and_then(|_| self.file.read_exact(buf))
-            .map_err(|e| VideoError::Frame {
-                path: self.path.clone(),
-                frame: self.position[i],
-                reason: format!("reading sample: {e}"),
-            })
-    }
-
     /// Decode index of the last sync sample at or before decode index `d`.
     fn sync_before(&self, d: usize) -> usize {
         (0..=d)
             .rev()
             .find(|&i| self.track.samples[i].sync)
             .unwrap_or(0)
+    }
+
+    /// Where a decode session for the frame at decode index `d` starts: its sync sample, or an
+    /// earlier one when the frame is shown before that sync sample (an open GOP's leading
+    /// pictures reference the previous group).
+    fn session_start(&self, d: usize) -> usize {
+        let shown = self.position[d];
+        let mut start = self.sync_before(d);
+        while start > 0 && self.position[start] > shown {
+            start = self.sync_before(start - 1);
+        }
+        start
+    }
+
+    /// The SPS and PPS of `avcC` as Annex-B, fed before the first access unit of a session.
+    fn parameter_sets(&self) -> Vec<u8> {
+        let mut header = Vec::new();
+        for nal in self.track.sps.iter().chain(self.track.pps.iter()) {
+            header.extend_from_slice(&[0, 0, 0, 1]);
+            header.extend_from_slice(nal);
+        }
+        header
+    }
+
+    /// Runs one decoder session from the sync sample `start`, storing the wanted frames (by
+    /// presentation index) that come out, until every wanted frame whose session starts before
+    /// the next sync sample is out. Returns the decode index where the session stopped.
+    fn run_session(
+        &mut self,
+        start: usize,
+        wanted: &BTreeSet<usize>,
+        frames: &mut HashMap<usize, Vec<u8>>,
+        color: ColorMode,
+    ) -> Result<usize, VideoError> {
+        match self.run_session_with(Backend::Rusty, start, wanted, frames, color) {
+            Err(SessionError::Unsupported { frame, what }) => {
+                tracing::debug!(
+                    path = %self.path.display(),
+                    frame,
+                    "rusty_h264 does not implement {what}; decoding with OpenH264"
+                );
+                match self.run_session_with(Backend::OpenH264, start, wanted, frames, color) {
+                    Ok(end) => Ok(end),
+                    Err(SessionError::Video(e)) => Err(e),
+                    Err(SessionError::Unsupported { frame, what }) => Err(VideoError::Frame {
+                        path: self.path.clone(),
+                        frame,
+                        reason: format!("H.264 decode failed: {what}"),
+                    }),
+                }
+            }
+            Err(SessionError::Video(e)) => Err(e),
+            Ok(end) => Ok(end),
+        }
+    }
+
+    fn run_session_with(
+        &mut self,
+        backend: Backend,
+        start: usize,
+        wanted: &BTreeSet<usize>,
+        frames: &mut HashMap<usize, Vec<u8>>,
+        color: ColorMode,
+    ) -> Result<usize, SessionError> {
+        let (w, h) = (self.info.width, self.info.height);
+        let path = self.path.clone();
+        let frame_err = |frame: usize, reason: String| VideoError::Frame {
+            path: path.clone(),
+            frame,
+            reason,
+        };
+        let mut decoder =
+            H264Decoder::new(backend).map_err(|r| frame_err(self.position[start], r))?;
+        let target = Target {
+            position: &self.position,
+            wanted,
+            width: w,
+            height: h,
+            color_info: self.color,
+            color,
+        };
+        let n = self.track.samples.len();
+        let mut sample = Vec::new();
+        let mut annexb = self.parameter_sets();
+        let mut d = start;
+        while d < n {
+            if d > start && self.track.samples[d].sync {
+                // Stop at a sync sample once no wanted frame still missing needs this session.
+                let next_needed = wanted
+                    .iter()
+                    .filter(|f| !frames.contains_key(f))
+                    .map(|&f| self.session_start(self.track.display[f]))
+                    .min();
+                if next_needed.is_none_or(|s| s >= d) {
+                    break;
+                }
+            }
+            let s = self.track.samples[d];
+            sample.resize(s.size as usize, 0);
+            self.file
+                .seek(SeekFrom::Start(s.offset))
+                .and_then(|_| self.file.read_exact(&mut sample))
+                .map_err(|e| frame_err(self.position[d], format!("reading sample: {e}")))?;
+            h264::avcc_to_annexb(&sample, self.track.nal_length_size, &mut annexb)
+                .map_err(|r| frame_err(self.position[d], r))?;
+            match decoder.decode(&annexb, d as u64, &mut |pic| target.store(pic, frames)) {
+                Ok(()) => {}
+                Err(DecodeFailure::Unsupported(what)) => {
+                    return Err(SessionError::Unsupported {
+                        frame: self.position[d],
+                        what,
+                    });
+                }
+                Err(DecodeFailure::Failed(r)) => {
+                    return Err(
+                        frame_err(self.position[d], format!("H.264 decode failed: {r}")).into(),
+                    );
+                }
+            }
+            annexb.clear();
+            d += 1;
+        }
+        decoder
+            .drain(&mut |pic| target.store(pic, frames))
+            .map_err(|r| {
+                frame_err(
+                    self.position[d.min(n - 1)],
+                    format!("H.264 drain failed: {r}"),
+                )
+            })?;
+        Ok(d)
     }
 }
 
@@ -667,132 +855,37 @@ impl VideoReader for Mp4Reader {
                 count: n,
             });
         }
-        let (w, h) = (self.info.width, self.info.height);
-        let mut wanted: Vec<usize> = indices.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut frames: std::collections::HashMap<usize, Vec<u8>> =
-            std::collections::HashMap::with_capacity(wanted.len());
-        let mut next_wanted = 0usize; // position in `wanted`
-        let mut sample = Vec::new();
-        let mut annexb = Vec::new();
-        while next_wanted < wanted.len() {
-            // start a decode session at the sync sample before the next wanted frame
-            let target_decode = self.track.display[wanted[next_wanted]];
-            let start = self.sync_before(target_decode);
-            let mut decoder = openh264::decoder::Decoder::new().map_err(|e| VideoError::Frame {
-                path: self.path.clone(),
-                frame: wanted[next_wanted],
-                reason: format!("cannot create the H.264 decoder: {e}"),
-            })?;
-            let first_display = self.position[start];
-            let mut out_index = first_display; // display index of the next picture out
-            let mut d = start;
-            let mut header = Vec::new();
-            for nal in self.track.sps.iter().chain(self.track.pps.iter()) {
-                header.extend_from_slice(&[0, 0, 0, 1]);
-                header.extend_from_slice(nal);
-            }
-            let path = self.path.clone();
-            let conv = |yuv: &openh264::decoder::DecodedYUV<'_>,
-                        frame: usize,
-                        color_info: ColorInfo|
-             -> Result<Vec<u8>, VideoError> {
-                use openh264::formats::YUVSource;
-                let (dw, dh) = yuv.dimensions();
-                if dw < w || dh < h {
-                    return Err(VideoError::Frame {
-                        path: path.clone(),
-                        frame,
-                        reason: format!("decoded {dw}x{dh}, expected {w}x{h}"),
-                    });
-                }
-                let mut out = Vec::new();
-                h264::yuv420_to(
-                    yuv.y(),
-                    yuv.u(),
-                    yuv.v(),
-                    yuv.strides(),
-                    w,
-                    h,
-                    color_info,
-                    color == ColorMode::Rgb,
-                    &mut out,
-                );
-                Ok(out)
-            };
-            let color_info = self.color;
-            // Decode forward. Stop when everything wanted is out, or when the next wanted frame
-            // lies beyond a later keyframe (then a new session starts there). Every wanted frame
-            // before it has been captured, so nothing pending in the decoder is lost.
-            let mut fed_header = false;
-            loop {
-                if next_wanted >= wanted.len() {
-                    break;
-                }
-                let want_decode = self.track.display[wanted[next_wanted]];
-                if d > start && self.sync_before(want_decode) > d {
-                    break;
-                }
-                if d >= self.track.samples.len() {
-                    let pics = decoder.flush_remaining().map_err(|e| VideoError::Frame {
-                        path: self.path.clone(),
-                        frame: out_index,
-                        reason: format!("H.264 flush failed: {e}"),
-                    })?;
-                    for pic in pics {
-                        if wanted.binary_search(&out_index).is_ok() {
-                            frames.insert(out_index, conv(&pic, out_index, color_info)?);
-                        }
-                        out_index += 1;
-                    }
-                    break;
-                }
-                self.read_sample(d, &mut sample)?;
-                annexb.clear();
-                if !fed_header {
-                    annexb.extend_from_slice(&header);
-                    fed_header = true;
-                }
-                h264::avcc_to_annexb(&sample, self.track.nal_length_size, &mut annexb).map_err(
-                    |r| VideoError::Frame {
-                        path: self.path.clone(),
-                        frame: self.position[d],
-                        reason: r,
-                    },
-                )?;
-                let pic = decoder.decode(&annexb).map_err(|e| VideoError::Frame {
-                    path: self.path.clone(),
-                    frame: self.position[d],
-                    reason: format!("H.264 decode failed: {e}"),
-                })?;
-                if let Some(pic) = pic {
-                    if wanted.binary_search(&out_index).is_ok() {
-                        frames.insert(out_index, conv(&pic, out_index, color_info)?);
-                    }
-                    out_index += 1;
-                }
-                d += 1;
-                while next_wanted < wanted.len() && frames.contains_key(&wanted[next_wanted]) {
-                    next_wanted += 1;
-                }
-            }
-            while next_wanted < wanted.len() && frames.contains_key(&wanted[next_wanted]) {
-                next_wanted += 1;
-            }
-            if next_wanted < wanted.len()
-                && d >= self.track.samples.len()
-                && !frames.contains_key(&wanted[next_wanted])
+        let wanted: BTreeSet<usize> = indices.iter().copied().collect();
+        let mut frames: HashMap<usize, Vec<u8>> = HashMap::with_capacity(wanted.len());
+        loop {
+            let missing = wanted
+                .iter()
+                .filter(|f| !frames.contains_key(f))
+                .map(|&f| (self.session_start(self.track.display[f]), f))
+                .min();
+            let Some((start, first)) = missing else { break };
+            let end = self.run_session(start, &wanted, &mut frames, color)?;
+            // Every wanted frame whose data lay inside the session must be out by now.
+            if let Some(&lost) = wanted
+                .iter()
+                .find(|&&f| !frames.contains_key(&f) && self.track.display[f] < end)
             {
-                // stream exhausted without producing this frame
                 return Err(VideoError::Frame {
                     path: self.path.clone(),
-                    frame: wanted[next_wanted],
+                    frame: lost,
                     reason: "the decoder produced no picture for this frame (corrupt stream?)"
                         .into(),
                 });
             }
+            if !frames.contains_key(&first) && end <= start {
+                return Err(VideoError::Frame {
+                    path: self.path.clone(),
+                    frame: first,
+                    reason: "no progress decoding this frame".into(),
+                });
+            }
         }
+        let (w, h) = (self.info.width, self.info.height);
         super::gather(&self.path, indices, h, w, color.channels(), |i| {
             frames.get(&i).map(|v| v.as_slice())
         })
