@@ -237,7 +237,7 @@ pub fn parse(path: &Path) -> Result<Track, VideoError> {
             container(r)
         }
     })?;
-    let track = parse_moov(&moov).map_err(|e| match e {
+    let track = parse_moov(&moov, len).map_err(|e| match e {
         ParseError::Bad(r) => container(r),
         ParseError::Unsupported(r) => VideoError::Unsupported {
             path: path.to_path_buf(),
@@ -245,11 +245,14 @@ pub fn parse(path: &Path) -> Result<Track, VideoError> {
         },
     })?;
     for (i, s) in track.samples.iter().enumerate() {
-        if s.offset + s.size as u64 > len {
+        if s.offset
+            .checked_add(s.size as u64)
+            .is_none_or(|end| end > len)
+        {
             return Err(container(format!(
                 "sample {i} (bytes {}..{}) lies past the end of the {len}-byte file (truncated?)",
                 s.offset,
-                s.offset + s.size as u64
+                s.offset.saturating_add(s.size as u64)
             )));
         }
     }
@@ -267,7 +270,76 @@ impl From<String> for ParseError {
     }
 }
 
-fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
+/// The part of the media timeline an edit list shows: `[start, end)` in media timescale units
+/// (`end` is `None` for "to the end").
+type Edit = (i64, Option<i64>);
+
+/// The first non-empty edit of `edts/elst` (empty edits only delay the start, which does not
+/// change which frames are shown). Later edits, rare in echo files, are not followed.
+fn first_edit(
+    edts: &[u8],
+    movie_timescale: u32,
+    media_timescale: u32,
+) -> Result<Option<Edit>, String> {
+    let Some(elst) = child(edts, b"elst")? else {
+        return Ok(None);
+    };
+    let mut c = Cur::new(elst, "elst");
+    let version = c.u8()?;
+    c.take(3)?;
+    let n = c.count(if version == 1 { 20 } else { 12 })?;
+    for _ in 0..n {
+        let (duration, media_time) = if version == 1 {
+            (c.u64()?, c.u64()? as i64)
+        } else {
+            (c.u32()? as u64, c.u32()? as i32 as i64)
+        };
+        c.take(4)?; // media rate
+        if media_time < 0 {
+            continue; // an empty edit
+        }
+        let end = (duration > 0 && movie_timescale > 0).then(|| {
+            let d = duration as u128 * media_timescale as u128 / movie_timescale as u128;
+            media_time.saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+        });
+        return Ok(Some((media_time, end)));
+    }
+    Ok(None)
+}
+
+/// Decode indices in presentation order, of the samples the edit shows (all samples when there
+/// is no edit, or when the edit would show none).
+fn presentation_order(samples: &[Sample], edit: Option<Edit>) -> Vec<usize> {
+    let pts = |i: usize| samples[i].dts as i128 + samples[i].cts_offset as i128;
+    let mut display: Vec<usize> = (0..samples.len()).collect();
+    display.sort_by_key(|&i| (pts(i), i));
+    if let Some((start, end)) = edit {
+        let shown: Vec<usize> = display
+            .iter()
+            .copied()
+            .filter(|&i| pts(i) >= start as i128 && end.is_none_or(|e| pts(i) < e as i128))
+            .collect();
+        if !shown.is_empty() {
+            return shown;
+        }
+    }
+    display
+}
+
+/// The movie timescale from `mvhd` (edit durations are in it).
+fn movie_timescale(moov: &[u8]) -> Result<u32, String> {
+    let Some(mvhd) = child(moov, b"mvhd")? else {
+        return Ok(0);
+    };
+    let mut c = Cur::new(mvhd, "mvhd");
+    let version = c.u8()?;
+    c.take(3)?;
+    c.take(if version == 1 { 16 } else { 8 })?;
+    c.u32()
+}
+
+fn parse_moov(moov: &[u8], file_len: u64) -> Result<Track, ParseError> {
+    let movie_timescale = movie_timescale(moov)?;
     let mut other_codec = None;
     for (kind, trak) in children(moov)? {
         if &kind != b"trak" {
@@ -332,10 +404,17 @@ fn parse_moov(moov: &[u8]) -> Result<Track, ParseError> {
         if sps.is_empty() || pps.is_empty() {
             return Err("`avcC` holds no SPS/PPS".to_string().into());
         }
-        let samples = sample_table(stbl)?;
-        let duration = samples.last().map(|s| s.dts).unwrap_or(0) + last_delta(stbl)?;
-        let mut display: Vec<usize> = (0..samples.len()).collect();
-        display.sort_by_key(|&i| (samples[i].dts as i128 + samples[i].cts_offset as i128, i));
+        let samples = sample_table(stbl, file_len)?;
+        let duration = samples
+            .last()
+            .map(|s| s.dts)
+            .unwrap_or(0)
+            .saturating_add(last_delta(stbl)?);
+        let edit = match child(trak, b"edts")? {
+            Some(edts) => first_edit(edts, movie_timescale, timescale)?,
+            None => None,
+        };
+        let display = presentation_order(&samples, edit);
         return Ok(Track {
             codec: if codec == b"avc1" {
                 "h264".into()
@@ -377,7 +456,10 @@ fn last_delta(stbl: &[u8]) -> Result<u64, String> {
     Ok(last)
 }
 
-fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
+/// The sample table. Every count is bounded by the bytes that back it: entries by the box that
+/// lists them, samples of a uniform size by the file (they must lie in it), so a small file
+/// cannot make us allocate for millions of samples it does not hold.
+fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
     // sizes
     let sizes: Vec<u32> = if let Some(stsz) = child(stbl, b"stsz")? {
         let mut c = Cur::new(stsz, "stsz");
@@ -385,8 +467,10 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
         let uniform = c.u32()?;
         if uniform != 0 {
             let n = c.u32()? as usize;
-            if n > 50_000_000 {
-                return Err(format!("`stsz` claims {n} samples"));
+            if n as u64 > file_len / uniform as u64 {
+                return Err(format!(
+                    "`stsz` claims {n} samples of {uniform} bytes, more than the {file_len}-byte file holds"
+                ));
             }
             vec![uniform; n]
         } else {
@@ -481,7 +565,7 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
                     break;
                 }
                 sample_offsets.push(off);
-                off += sizes[s] as u64;
+                off = off.saturating_add(sizes[s] as u64);
                 s += 1;
             }
         }
@@ -507,7 +591,7 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
                 break;
             }
             dts.push(t);
-            t += delta;
+            t = t.saturating_add(delta);
         }
     }
     if dts.len() != n {
@@ -528,11 +612,9 @@ fn sample_table(stbl: &[u8]) -> Result<Vec<Sample>, String> {
             } else {
                 raw as i64
             };
-            for _ in 0..count {
-                if i < n {
-                    cts[i] = off;
-                    i += 1;
-                }
+            for _ in 0..count.min(n - i) {
+                cts[i] = off;
+                i += 1;
             }
         }
     }
@@ -580,6 +662,8 @@ impl From<VideoError> for SessionError {
 struct Target<'a> {
     /// decode index -> presentation index
     position: &'a [usize],
+    /// decode index -> shown (not hidden by an edit list)
+    shown: &'a [bool],
     wanted: &'a BTreeSet<usize>,
     width: usize,
     height: usize,
@@ -589,16 +673,17 @@ struct Target<'a> {
 
 impl Target<'_> {
     fn store(&self, pic: Picture<'_>, frames: &mut HashMap<usize, Vec<u8>>) -> Result<(), String> {
-        let Some(&shown) = usize::try_from(pic.tag)
+        let Some(d) = usize::try_from(pic.tag)
             .ok()
-            .and_then(|d| self.position.get(d))
+            .filter(|&d| d < self.position.len())
         else {
             return Err(format!(
                 "decoder returned a picture with unknown tag {}",
                 pic.tag
             ));
         };
-        if !self.wanted.contains(&shown) || frames.contains_key(&shown) {
+        let shown = self.position[d];
+        if !self.shown[d] || !self.wanted.contains(&shown) || frames.contains_key(&shown) {
             return Ok(());
         }
         let (w, h) = (self.width, self.height);
@@ -632,8 +717,15 @@ pub struct Mp4Reader {
     track: Track,
     info: VideoInfo,
     color: ColorInfo,
-    /// presentation index -> decode index (inverse of `track.display`)
+    /// decode index -> presentation index (inverse of `track.display`; for a sample an edit
+    /// list hides, the next frame shown)
     position: Vec<usize>,
+    /// decode index -> is the sample shown (edit lists hide some)
+    shown: Vec<bool>,
+    /// decode index -> the last sync sample at or before it
+    sync_at: Vec<usize>,
+    /// The decoder tried first (rusty_h264 outside tests).
+    first_backend: Backend,
 }
 
 impl std::fmt::Debug for Mp4Reader {
@@ -658,7 +750,7 @@ impl Mp4Reader {
             return Err(VideoError::Unsupported {
                 path: path.to_path_buf(),
                 what: format!(
-                    "H.264 with {}-bit luma and chroma format {} (OpenH264 decodes 8-bit 4:2:0; use the `ffmpeg` feature)",
+                    "H.264 with {}-bit luma and chroma format {} (the built-in decoders read 8-bit 4:2:0; build with the `ffmpeg` feature)",
                     sps.bit_depth_luma, sps.chroma_format_idc
                 ),
             });
@@ -674,7 +766,7 @@ impl Mp4Reader {
         };
         let info = VideoInfo {
             path: path.to_path_buf(),
-            frame_count: n,
+            frame_count: track.display.len(),
             fps,
             width,
             height,
@@ -682,9 +774,29 @@ impl Mp4Reader {
             container: "mp4".into(),
             profile: Some(h264::profile_name(&track.sps[0]).to_string()),
         };
-        let mut position = vec![0; n];
+        // Samples an edit list hides are decoded (later frames may reference them) but never
+        // returned; for messages they count as the next frame shown.
+        let mut position = vec![usize::MAX; n];
+        let mut shown = vec![false; n];
         for (k, &d) in track.display.iter().enumerate() {
             position[d] = k;
+            shown[d] = true;
+        }
+        let mut next = track.display.len().saturating_sub(1);
+        for d in (0..n).rev() {
+            if shown[d] {
+                next = position[d];
+            } else {
+                position[d] = next;
+            }
+        }
+        let mut sync_at = vec![0; n];
+        let mut last = 0;
+        for (d, s) in track.samples.iter().enumerate() {
+            if s.sync {
+                last = d;
+            }
+            sync_at[d] = last;
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -693,7 +805,17 @@ impl Mp4Reader {
             track,
             info,
             position,
+            shown,
+            sync_at,
+            first_backend: Backend::Rusty,
         })
+    }
+
+    /// Decodes with OpenH264 only (tests of the fallback path).
+    #[cfg(test)]
+    pub(crate) fn with_openh264(mut self) -> Self {
+        self.first_backend = Backend::OpenH264;
+        self
     }
 
     /// The parsed sample table.
@@ -703,19 +825,20 @@ impl Mp4Reader {
 
     /// Decode index of the last sync sample at or before decode index `d`.
     fn sync_before(&self, d: usize) -> usize {
-        (0..=d)
-            .rev()
-            .find(|&i| self.track.samples[i].sync)
-            .unwrap_or(0)
+        self.sync_at[d]
+    }
+
+    fn pts(&self, d: usize) -> i128 {
+        let s = &self.track.samples[d];
+        s.dts as i128 + s.cts_offset as i128
     }
 
     /// Where a decode session for the frame at decode index `d` starts: its sync sample, or an
     /// earlier one when the frame is shown before that sync sample (an open GOP's leading
     /// pictures reference the previous group).
     fn session_start(&self, d: usize) -> usize {
-        let shown = self.position[d];
         let mut start = self.sync_before(d);
-        while start > 0 && self.position[start] > shown {
+        while start > 0 && self.pts(start) > self.pts(d) {
             start = self.sync_before(start - 1);
         }
         start
@@ -741,7 +864,7 @@ impl Mp4Reader {
         frames: &mut HashMap<usize, Vec<u8>>,
         color: ColorMode,
     ) -> Result<usize, VideoError> {
-        match self.run_session_with(Backend::Rusty, start, wanted, frames, color) {
+        match self.run_session_with(self.first_backend, start, wanted, frames, color) {
             Err(SessionError::Unsupported { frame, what }) => {
                 tracing::debug!(
                     path = %self.path.display(),
@@ -782,6 +905,7 @@ impl Mp4Reader {
             H264Decoder::new(backend).map_err(|r| frame_err(self.position[start], r))?;
         let target = Target {
             position: &self.position,
+            shown: &self.shown,
             wanted,
             width: w,
             height: h,

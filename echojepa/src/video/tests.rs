@@ -323,6 +323,69 @@ fn ffmpeg_decodes_our_files_identically() {
     );
 }
 
+/// The OpenH264 fallback (used when rusty_h264 meets a tool it lacks) reorders B-frames and
+/// drains its delayed pictures: on a libx264 Main-profile file with B-frames it returns every
+/// frame, in presentation order, within a few levels of rusty_h264's bit-exact decode (OpenH264
+/// is not bit-exact on some B-pictures; see BENCHMARKS.md).
+#[test]
+fn openh264_fallback_reorders_and_drains_b_frames() {
+    let Some(ffmpeg) = which("ffmpeg") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs ffmpeg"
+        );
+        eprintln!("note: ffmpeg not found; skipping");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.mp4");
+    let ok = std::process::Command::new(ffmpeg)
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x64:rate=25:duration=1.2",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "main",
+            "-bf",
+            "3",
+            "-g",
+            "12",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg failed");
+    let exact = open(&path).unwrap().read_all(ColorMode::Gray).unwrap();
+    let mut fallback = mp4::Mp4Reader::open(&path).unwrap().with_openh264();
+    let all = fallback.read_all(ColorMode::Gray).unwrap();
+    assert_eq!(all.frames, 30);
+    assert_eq!(all.frames, exact.frames);
+    let mean = all
+        .data
+        .iter()
+        .zip(&exact.data)
+        .map(|(&a, &b)| a.abs_diff(b) as f64)
+        .sum::<f64>()
+        / all.data.len() as f64;
+    assert!(
+        mean < 0.5,
+        "OpenH264 and rusty_h264 differ by {mean:.3} on average"
+    );
+    // a frame read on its own (a session that starts at the keyframe before it)
+    let one = fallback.read_frames(&[17], ColorMode::Gray).unwrap();
+    assert_eq!(one.frame(0), all.frame(17));
+}
+
 #[test]
 fn sniffing() {
     let mut dicm = vec![0u8; 132];
@@ -333,14 +396,13 @@ fn sniffing() {
     assert_eq!(sniff(b"hello"), Format::Other);
 }
 
-#[cfg(not(feature = "ffmpeg"))]
 #[test]
-fn avi_without_ffmpeg_is_a_clear_error() {
+fn broken_avi_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("echo.avi");
     std::fs::write(&p, b"RIFF\x10\0\0\0AVI LIST\0\0\0\0").unwrap();
     let err = open(&p).err().unwrap().to_string();
-    assert!(err.contains("echo.avi") && err.contains("ffmpeg"), "{err}");
+    assert!(err.contains("echo.avi") && err.contains("AVI"), "{err}");
 }
 
 #[cfg(feature = "dicom")]
