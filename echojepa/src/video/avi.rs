@@ -183,7 +183,10 @@ fn parse_header(hdrl: &[u8]) -> Result<Header, String> {
         let bits = le16(strf, 14)?;
         let mut compression = [0u8; 4];
         compression.copy_from_slice(strf.get(16..20).ok_or("`strf` is cut off")?);
-        if width <= 0 || height == 0 || width > 16384 || height.unsigned_abs() > 16384 {
+        if width <= 0
+            || height == 0
+            || (width as usize).saturating_mul(height.unsigned_abs() as usize) > super::MAX_PIXELS
+        {
             return Err(format!(
                 "video stream {stream} has invalid size {width}x{height}"
             ));

@@ -31,6 +31,10 @@ use std::path::{Path, PathBuf};
 
 pub use writer::{EncoderSettings, Mp4Writer, write_mp4};
 
+/// Largest picture (width × height) the built-in readers accept: 8192 × 8192. Far above any
+/// echo video; a header declaring more is refused before a frame buffer is allocated.
+pub const MAX_PIXELS: usize = 8192 * 8192;
+
 /// A decoded clip: `frames × height × width × channels` bytes, row-major, channels interleaved
 /// (`channels` is 1 for grayscale or 3 for RGB).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -755,6 +755,19 @@ impl Mp4Reader {
                 ),
             });
         }
+        if sps.width.saturating_mul(sps.height) > super::MAX_PIXELS
+            || sps.width == 0
+            || sps.height == 0
+        {
+            return Err(VideoError::Container {
+                path: path.to_path_buf(),
+                format: "MP4",
+                reason: format!(
+                    "the SPS declares an implausible {}x{} picture",
+                    sps.width, sps.height
+                ),
+            });
+        }
         let file = File::open(path).map_err(|e| VideoError::io(path, e))?;
         let secs = track.duration as f64 / track.timescale as f64;
         let n = track.samples.len();
