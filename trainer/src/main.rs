@@ -4,7 +4,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod check_data;
 mod conformance;
+// Public datasets into the reference list formats.
+mod import;
 // Synthetic data and the reference data pipeline (issue 3).
 mod data;
 mod synth;
@@ -54,6 +57,10 @@ enum Command {
     Embed(embed::Args),
     /// Measure pretraining throughput (clips/s) of a model on random clips.
     BenchPretrain(bench::Args),
+    /// Import a public echo dataset (EchoNet-Dynamic) into reference-format lists.
+    Import(import::Args),
+    /// Decode every video of dataset lists once; list the failures and a summary by format.
+    CheckData(check_data::Args),
 }
 
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the OS.
@@ -100,6 +107,10 @@ fn main() -> std::process::ExitCode {
             Command::BenchPretrain(args) => {
                 bench::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
             }
+            Command::Import(args) => {
+                import::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
+            }
+            Command::CheckData(args) => check_data::run(args, &mut std::io::stdout()),
         };
     match result {
         Ok(code) => code,

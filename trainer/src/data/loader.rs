@@ -6,7 +6,10 @@
 //! nothing is dropped. Determinism: the order of batches, their contents and every random choice
 //! (clip placement, crops) depend only on `(seed, epoch, index)`, not on thread timing.
 //! Unreadable samples (corrupt or missing files, videos too short) are skipped and counted; the
-//! batch is delivered without them, and an epoch never fails because of one bad file.
+//! batch is delivered without them, and an epoch never fails because of one bad file. The first
+//! unreadable sample of a loader is a warning that points to `trainer check-data`; the others
+//! are logged at debug level, and an epoch that skipped samples ends with a warning that
+//! gives the count ([`Epoch::stats`] has every file and error).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,17 +102,24 @@ struct Shared {
     cv: Condvar,
     stop: AtomicBool,
     stats: Mutex<LoaderStats>,
+    /// Set once the loader has warned about an unreadable sample (shared by its epochs).
+    warned: Arc<AtomicBool>,
 }
 
 /// Draws batches from a dataset; call [`Loader::epoch`] for each pass.
 pub struct Loader {
     dataset: Arc<dyn Dataset>,
     cfg: LoaderConfig,
+    warned: Arc<AtomicBool>,
 }
 
 impl Loader {
     pub fn new(dataset: Arc<dyn Dataset>, cfg: LoaderConfig) -> Self {
-        Self { dataset, cfg }
+        Self {
+            dataset,
+            cfg,
+            warned: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Number of batches an epoch yields at most.
@@ -152,6 +162,7 @@ impl Loader {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             stats: Mutex::new(LoaderStats::default()),
+            warned: self.warned.clone(),
         });
         let prefetch = self.cfg.prefetch.max(1);
         let workers = self.cfg.workers.max(1).min(batches.len().max(1));
@@ -169,6 +180,9 @@ impl Loader {
             shared,
             handles,
             total: batches.len(),
+            epoch,
+            samples: batches.iter().map(Vec::len).sum(),
+            summarized: false,
         }
     }
 }
@@ -216,13 +230,25 @@ fn worker(
                 Ok(s) => samples.push((index, s)),
                 Err(e) => {
                     let file = dataset.describe(index);
-                    tracing::warn!(index, file = %file, "skipping unreadable sample: {e:#}");
-                    let mut stats = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-                    stats.skipped.push(Skipped {
-                        index,
-                        file,
-                        error: format!("{e:#}"),
-                    });
+                    let error = format!("{e:#}");
+                    let so_far = {
+                        let mut stats = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+                        stats.skipped.push(Skipped {
+                            index,
+                            file: file.clone(),
+                            error: error.clone(),
+                        });
+                        stats.skipped.len()
+                    };
+                    if shared.warned.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(index, file = %file, "skipping unreadable sample: {error}");
+                    } else {
+                        tracing::warn!(
+                            "{so_far} video(s) of this list could not be read so far and are \
+                             skipped (first: {error}); further ones are logged at debug level. \
+                             Run `trainer check-data LIST` on the dataset list to see why."
+                        );
+                    }
                 }
             }
         }
@@ -300,6 +326,11 @@ pub struct Epoch {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
     total: usize,
+    epoch: u64,
+    /// Samples in this epoch's batches.
+    samples: usize,
+    /// Whether the end-of-epoch count has been logged.
+    summarized: bool,
 }
 
 impl Epoch {
@@ -311,6 +342,22 @@ impl Epoch {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// At the end of the pass: one warning with the number of samples skipped.
+    fn summarize(&mut self) {
+        if std::mem::replace(&mut self.summarized, true) {
+            return;
+        }
+        let skipped = self.stats().skipped.len();
+        if skipped > 0 {
+            tracing::warn!(
+                "epoch {}: {skipped} of {} samples could not be read and were skipped; run \
+                 `trainer check-data LIST` on the dataset list to see why",
+                self.epoch,
+                self.samples
+            );
+        }
+    }
 }
 
 impl Iterator for Epoch {
@@ -320,6 +367,8 @@ impl Iterator for Epoch {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if st.next_deliver >= self.total {
+                drop(st);
+                self.summarize();
                 return None;
             }
             let k = st.next_deliver;
