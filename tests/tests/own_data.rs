@@ -190,6 +190,7 @@ fn own_data_page_runs_as_printed() {
         .env("STEP", "4")
         .env("PRETRAIN_STEPS", "8")
         .env("PROBE_EPOCHS", "2"));
+    eprintln!("{out}");
 
     // the lists cover every video, split as FileList.csv says
     let rows = |p: &str| {

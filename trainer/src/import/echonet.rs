@@ -83,8 +83,8 @@ pub struct Args {
     pub json: bool,
 }
 
-const NOTE: &str = "EchoNet-Dynamic: de-identified patient echocardiograms under the Stanford \
-                    research use agreement; do not redistribute";
+const NOTE: &str = "patient data: if this is EchoNet-Dynamic, its Stanford research use agreement \
+                    forbids redistribution; keep these lists and videos where the agreement allows";
 
 /// A dataset split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
