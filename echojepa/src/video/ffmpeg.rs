@@ -114,7 +114,7 @@ impl FfmpegReader {
             .then(|| rate.numerator() as f64 / rate.denominator() as f64);
         let (width, height) = (s.decoder.width() as usize, s.decoder.height() as usize);
         let codec = s.decoder.id().name().to_string();
-        let container = s.input.format().name().to_string();
+        let container_name = s.input.format().name().to_string();
         let recorded = stream.frames();
         drop(s);
         let frame_count = if recorded > 0 {
@@ -134,7 +134,7 @@ impl FfmpegReader {
                 width,
                 height,
                 codec,
-                container,
+                container: container_name,
                 profile: None,
             },
         })
