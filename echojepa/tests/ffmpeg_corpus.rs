@@ -4,7 +4,8 @@
 //! committed): H.264 Constrained Baseline / Main / High, without B-frames and with 2 or 3
 //! (with and without B-pyramid), CABAC and CAVLC, at 112×112, 160×120 and 636×476 (not a
 //! multiple of 16: a cropping window), 25 / 30 / 50 fps, yuv420p and full-range yuvj420p, plus
-//! a variable-frame-rate file, a trimmed file with an edit list, a multi-slice file, and
+//! a variable-frame-rate file, a trimmed file with an edit list, a multi-slice file, a QuickTime
+//! `.mov`, and
 //! EchoNet-Dynamic-style Motion JPEG AVI. For each file:
 //!
 //! * the frame count equals what `ffprobe -count_frames` reads;
@@ -147,6 +148,8 @@ fn corpus() -> Vec<Case> {
             ));
         }
     }
+    // QuickTime container (`ftyp qt`), as cameras and some converters write it
+    cases.push(h264_case("main-b2-mov", (160, 120), 25, "main", "bframes=2", false));
     let mut slices = h264_case(
         "high-slices4",
         (160, 120),
@@ -222,7 +225,13 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 }
 
 fn make(ffmpeg: &Path, dir: &Path, case: &Case) -> PathBuf {
-    let ext = if case.mjpeg { "avi" } else { "mp4" };
+    let ext = if case.mjpeg {
+        "avi"
+    } else if case.name.ends_with("-mov") {
+        "mov"
+    } else {
+        "mp4"
+    };
     let path = dir.join(format!("{}.{ext}", case.name));
     let mut cmd = Command::new(ffmpeg);
     cmd.args(["-v", "error", "-y"]);
@@ -359,6 +368,8 @@ fn ffmpeg_written_corpus_decodes_like_ffmpeg() {
         assert!(!info.codec.is_empty() && !info.container.is_empty());
         if !case.mjpeg {
             let profile = info.profile.clone().unwrap_or_default();
+            let container = if case.name.ends_with("-mov") { "mov" } else { "mp4" };
+            assert_eq!(info.container, container, "{}: container", case.name);
             let want = if case.name.starts_with("cbp") {
                 "Constrained Baseline"
             } else if case.name.starts_with("main") {

@@ -97,6 +97,9 @@ impl Dataset for Mixture {
             .map(|&(p, e)| self.parts[p].describe(e))
             .unwrap_or_default()
     }
+    fn lists(&self) -> Vec<std::path::PathBuf> {
+        self.parts.iter().flat_map(|p| p.lists()).collect()
+    }
 }
 
 /// The clip pipeline of a pretraining config.
@@ -233,6 +236,7 @@ pub fn open(cfg: &PretrainConfig) -> Result<Box<dyn ClipSource>> {
         parts.push(VideoDataset {
             entries,
             pipeline: pipe.clone(),
+            list: Some(csv.clone()),
         });
     }
     let mixture = Mixture::new(parts, cfg.data.datasets_weights.as_deref(), cfg.meta.seed)?;

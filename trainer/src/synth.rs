@@ -575,6 +575,7 @@ pub fn bench(args: &Args, records: &[Record]) -> Result<Bench> {
     let dataset = Arc::new(VideoDataset {
         entries,
         pipeline: ClipPipeline::eval(16, 2, 1, 112),
+        list: None,
     });
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -710,6 +710,17 @@ impl Target<'_> {
     }
 }
 
+/// `mov` for a QuickTime file (major brand `qt  `), else `mp4`.
+fn container_brand(path: &Path) -> String {
+    let mut head = [0u8; 12];
+    let quicktime = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head[4..8] == b"ftyp"
+        && &head[8..12] == b"qt  ";
+    if quicktime { "mov" } else { "mp4" }.into()
+}
+
 /// An H.264 MP4 file opened for random access.
 pub struct Mp4Reader {
     path: PathBuf,
@@ -784,7 +795,7 @@ impl Mp4Reader {
             width,
             height,
             codec: track.codec.clone(),
-            container: "mp4".into(),
+            container: container_brand(path),
             profile: Some(h264::profile_name(&track.sps[0]).to_string()),
         };
         // Samples an edit list hides are decoded (later frames may reference them) but never

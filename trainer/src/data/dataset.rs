@@ -184,6 +184,10 @@ pub trait Dataset: Send + Sync {
     fn load(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample>;
     /// The file(s) of sample `index`, for error reports.
     fn describe(&self, index: usize) -> String;
+    /// The list files the samples come from (for messages that point at them).
+    fn lists(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// `VideoDataset`: one video per sample, `num_clips` clips per video.
@@ -191,6 +195,8 @@ pub trait Dataset: Send + Sync {
 pub struct VideoDataset {
     pub entries: Vec<VideoEntry>,
     pub pipeline: ClipPipeline,
+    /// The list the entries were read from, if any.
+    pub list: Option<std::path::PathBuf>,
 }
 
 impl VideoDataset {
@@ -198,6 +204,7 @@ impl VideoDataset {
         Ok(Self {
             entries: super::csv::read_video_csv(csv)?,
             pipeline,
+            list: Some(csv.to_path_buf()),
         })
     }
 }
@@ -224,6 +231,9 @@ impl Dataset for VideoDataset {
             .map(|e| e.path.display().to_string())
             .unwrap_or_default()
     }
+    fn lists(&self) -> Vec<std::path::PathBuf> {
+        self.list.iter().cloned().collect()
+    }
 }
 
 /// `VideoGroupDataset`: several views per sample (missing views are black and flagged absent),
@@ -232,12 +242,18 @@ impl Dataset for VideoDataset {
 pub struct MultiViewDataset {
     pub entries: Vec<MultiViewEntry>,
     pub pipeline: ClipPipeline,
+    /// The list the entries were read from, if any.
+    pub list: Option<std::path::PathBuf>,
 }
 
 impl MultiViewDataset {
     pub fn from_csv(csv: &Path, pipeline: ClipPipeline) -> Result<Self> {
         let entries = super::csv::read_multiview_csv(csv)?;
-        Ok(Self { entries, pipeline })
+        Ok(Self {
+            entries,
+            pipeline,
+            list: Some(csv.to_path_buf()),
+        })
     }
 
     pub fn num_views(&self) -> usize {
@@ -296,5 +312,8 @@ impl Dataset for MultiViewDataset {
                     .join(" ")
             })
             .unwrap_or_default()
+    }
+    fn lists(&self) -> Vec<std::path::PathBuf> {
+        self.list.iter().cloned().collect()
     }
 }

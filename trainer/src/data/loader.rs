@@ -104,6 +104,22 @@ struct Shared {
     stats: Mutex<LoaderStats>,
     /// Set once the loader has warned about an unreadable sample (shared by its epochs).
     warned: Arc<AtomicBool>,
+    /// The command that shows why the dataset's unreadable videos fail.
+    check_command: String,
+}
+
+/// `trainer check-data` with the dataset's list files (or `LIST` when it has none).
+fn check_command(dataset: &dyn Dataset) -> String {
+    let lists = dataset.lists();
+    if lists.is_empty() {
+        return "trainer check-data LIST".into();
+    }
+    let mut cmd = String::from("trainer check-data");
+    for l in lists {
+        cmd.push(' ');
+        cmd.push_str(&l.display().to_string());
+    }
+    cmd
 }
 
 /// Draws batches from a dataset; call [`Loader::epoch`] for each pass.
@@ -163,6 +179,7 @@ impl Loader {
             stop: AtomicBool::new(false),
             stats: Mutex::new(LoaderStats::default()),
             warned: self.warned.clone(),
+            check_command: check_command(self.dataset.as_ref()),
         });
         let prefetch = self.cfg.prefetch.max(1);
         let workers = self.cfg.workers.max(1).min(batches.len().max(1));
@@ -244,9 +261,10 @@ fn worker(
                         tracing::debug!(index, file = %file, "skipping unreadable sample: {error}");
                     } else {
                         tracing::warn!(
-                            "{so_far} video(s) of this list could not be read so far and are \
+                            "{so_far} video(s) of this dataset could not be read so far and are \
                              skipped (first: {error}); further ones are logged at debug level. \
-                             Run `trainer check-data LIST` on the dataset list to see why."
+                             Run `{}` to see why.",
+                            shared.check_command
                         );
                     }
                 }
@@ -351,10 +369,11 @@ impl Epoch {
         let skipped = self.stats().skipped.len();
         if skipped > 0 {
             tracing::warn!(
-                "epoch {}: {skipped} of {} samples could not be read and were skipped; run \
-                 `trainer check-data LIST` on the dataset list to see why",
+                "epoch {}: {skipped} of {} samples could not be read and were skipped; run `{}` \
+                 to see why",
                 self.epoch,
-                self.samples
+                self.samples,
+                self.shared.check_command
             );
         }
     }

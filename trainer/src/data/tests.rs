@@ -63,7 +63,11 @@ fn loads_batches_skips_bad_files_and_is_deterministic() {
         .collect();
     let mut pipeline = ClipPipeline::eval(8, 2, 2, 64);
     pipeline.sector = SectorHandling::CropAndMaskOutside;
-    let ds = Arc::new(VideoDataset { entries, pipeline });
+    let ds = Arc::new(VideoDataset {
+        entries,
+        pipeline,
+        list: None,
+    });
     let cfg = LoaderConfig {
         batch_size: 3,
         workers: 3,
@@ -116,7 +120,11 @@ fn training_transform_and_early_drop() {
     pipeline.transform = Transform::Train(RandomResizedCrop::echojepa(48));
     pipeline.sampling.random_clip_sampling = true;
     pipeline.color = ColorMode::Gray;
-    let ds = Arc::new(VideoDataset { entries, pipeline });
+    let ds = Arc::new(VideoDataset {
+        entries,
+        pipeline,
+        list: None,
+    });
     let loader = Loader::new(
         ds,
         LoaderConfig {
@@ -155,7 +163,11 @@ fn multiview_with_missing_views() {
     ];
     let mut pipeline = ClipPipeline::eval(4, 2, 2, 32);
     pipeline.sampling.step = StepRule::FrameStep(2);
-    let ds = Arc::new(MultiViewDataset { entries, pipeline });
+    let ds = Arc::new(MultiViewDataset {
+        entries,
+        pipeline,
+        list: None,
+    });
     let loader = Loader::new(
         ds,
         LoaderConfig {
