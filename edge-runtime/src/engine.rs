@@ -30,6 +30,10 @@ pub struct EfHeadInfo {
     pub unit: String,
     /// Views the head was trained on; EF is withheld for any other view.
     pub valid_views: Vec<String>,
+    /// Mean of the training labels (the label scaler's mean), in `unit`: what always guessing
+    /// the training mean would say, the baseline a useful EF must beat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training_mean: Option<f64>,
 }
 
 /// What the rest of the runtime needs to know about a model.

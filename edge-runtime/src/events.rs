@@ -160,6 +160,13 @@ pub struct Accuracy {
     pub ef_clips: u64,
     /// Mean absolute error of the per-clip estimates on EF views, points.
     pub ef_clip_mae: Option<f64>,
+    /// Mean absolute error, on the same clips as `ef_clip_mae`, of always saying the model's
+    /// training mean: the baseline `ef_clip_mae` must beat to mean anything.
+    pub ef_mean_predictor_mae: Option<f64>,
+    /// Shown EF values whose true view is not one the EF head is valid for.
+    pub ef_shown_on_other_views: u64,
+    /// `ef_shown_on_other_views / ef_shown`.
+    pub ef_shown_on_other_views_share: Option<f64>,
 }
 
 /// Last record of a run.

@@ -148,6 +148,7 @@ pub fn model_info(
             name: h.targets[ti].name.clone(),
             unit: h.targets[ti].unit.clone(),
             valid_views,
+            training_mean: Some(h.targets[ti].scaler.mean).filter(|m| m.is_finite()),
         }
     });
     let info = ModelInfo {

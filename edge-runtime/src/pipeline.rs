@@ -339,7 +339,10 @@ impl Pipeline {
         drop(tx);
 
         // Outputs.
-        let mut acc = AccuracyAcc::new(&ef_views);
+        let mut acc = AccuracyAcc::new(
+            &ef_views,
+            self.info.ef.as_ref().and_then(|e| e.training_mean),
+        );
         // until inference is done (`InferenceDone`) or every sender is gone
         while let Ok(Msg::Event(ev)) = rx.recv() {
             acc.observe(&ev);
@@ -781,18 +784,23 @@ impl Preprocess {
 /// Scores predictions against ground truth as they stream past.
 struct AccuracyAcc {
     ef_views: Vec<String>,
+    /// The EF head's training mean (the baseline predictor), if the model says.
+    ef_mean: Option<f64>,
     acc: Accuracy,
     ef_abs: f64,
     ef_clip_abs: f64,
+    ef_mean_abs: f64,
 }
 
 impl AccuracyAcc {
-    fn new(ef_views: &[String]) -> Self {
+    fn new(ef_views: &[String], ef_mean: Option<f64>) -> Self {
         Self {
             ef_views: ef_views.to_vec(),
+            ef_mean,
             acc: Accuracy::default(),
             ef_abs: 0.0,
             ef_clip_abs: 0.0,
+            ef_mean_abs: 0.0,
         }
     }
 
@@ -803,15 +811,20 @@ impl AccuracyAcc {
         if p.view.label == truth.view {
             self.acc.view_correct += 1;
         }
+        let ef_view = self.ef_views.contains(&truth.view);
         if let Some(v) = p.ef.value {
             self.acc.ef_shown += 1;
             self.ef_abs += (v as f64 - truth.ef as f64).abs();
+            if !ef_view {
+                self.acc.ef_shown_on_other_views += 1;
+            }
         }
-        if self.ef_views.contains(&truth.view)
-            && let Some(c) = p.ef.clip_estimate
-        {
+        if ef_view && let Some(c) = p.ef.clip_estimate {
             self.acc.ef_clips += 1;
             self.ef_clip_abs += (c as f64 - truth.ef as f64).abs();
+            if let Some(m) = self.ef_mean {
+                self.ef_mean_abs += (m - truth.ef as f64).abs();
+            }
         }
     }
 
@@ -820,6 +833,10 @@ impl AccuracyAcc {
         a.view_accuracy = (a.clips > 0).then(|| a.view_correct as f64 / a.clips as f64);
         a.ef_mae = (a.ef_shown > 0).then(|| self.ef_abs / a.ef_shown as f64);
         a.ef_clip_mae = (a.ef_clips > 0).then(|| self.ef_clip_abs / a.ef_clips as f64);
+        a.ef_mean_predictor_mae = (a.ef_clips > 0 && self.ef_mean.is_some())
+            .then(|| self.ef_mean_abs / a.ef_clips as f64);
+        a.ef_shown_on_other_views_share =
+            (a.ef_shown > 0).then(|| a.ef_shown_on_other_views as f64 / a.ef_shown as f64);
         self.acc
     }
 }

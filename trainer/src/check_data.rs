@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
-use echojepa::video::{self, ColorMode, Format, VideoInfo};
+use echojepa::video::{self, ColorMode, Format, VideoInfo, VideoReader};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -157,6 +157,24 @@ fn sniff_container(path: &Path) -> String {
     }
 }
 
+/// Decoded frames held at once per file: a long high-resolution video is read in pieces of at
+/// most this many bytes (gray), so a worker never holds a whole file's frames.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Decodes every frame, `CHUNK_BYTES` worth at a time; returns the number of frames decoded.
+fn decode_in_chunks(reader: &mut dyn VideoReader) -> Result<usize, echojepa::video::VideoError> {
+    let info = reader.info();
+    let (n, frame) = (info.frame_count, (info.width * info.height).max(1));
+    let chunk = (CHUNK_BYTES / frame).max(1);
+    let mut done = 0;
+    while done < n {
+        let end = (done + chunk).min(n);
+        let idx: Vec<usize> = (done..end).collect();
+        done += reader.read_frames(&idx, ColorMode::Gray)?.frames;
+    }
+    Ok(done)
+}
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -202,10 +220,10 @@ pub fn check_video(path: &Path) -> VideoCheck {
     };
     check.info = Some(InfoSummary::from(reader.info()));
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        reader.read_all(ColorMode::Gray)
+        decode_in_chunks(reader.as_mut())
     }));
     match decoded {
-        Ok(Ok(clip)) => check.decoded_frames = Some(clip.frames),
+        Ok(Ok(frames)) => check.decoded_frames = Some(frames),
         Ok(Err(e)) => {
             check.failure = Some(Failure {
                 stage: Stage::Decode,

@@ -282,6 +282,25 @@ fn report(
                 .unwrap_or_else(|| "n/a".into()),
             a.ef_clips
         )?;
+        if let Some(base) = a.ef_mean_predictor_mae {
+            writeln!(
+                out,
+                "  always saying the model's training mean: EF MAE {base:.2} points on the same clips{}",
+                a.ef_clip_mae
+                    .map(|m| format!(
+                        " (the model's per-clip MAE is {:.2} of it)",
+                        m / base.max(1e-9)
+                    ))
+                    .unwrap_or_default()
+            )?;
+        }
+        if a.ef_shown > 0 {
+            writeln!(
+                out,
+                "  EF shown on a view the EF head is not valid for: {} of {} shown values",
+                a.ef_shown_on_other_views, a.ef_shown
+            )?;
+        }
     }
     writeln!(out, "Not for diagnostic use.")?;
     Ok(())

@@ -76,6 +76,42 @@ fn every_clip_gets_a_prediction_with_model_version_and_notice() {
     // Ground truth rides along and is scored.
     assert_eq!(summary.accuracy.view_accuracy, Some(1.0));
     assert!(summary.accuracy.ef_mae.unwrap() < 1e-4);
+    // the baseline: always saying the training mean (50 %) on clips whose truth is 70 %
+    let base = summary.accuracy.ef_mean_predictor_mae.unwrap();
+    assert!((base - 20.0).abs() < 1e-4, "{base}");
+    assert_eq!(summary.accuracy.ef_shown_on_other_views, 0);
+    assert_eq!(summary.accuracy.ef_shown_on_other_views_share, Some(0.0));
+}
+
+/// EF shown while the true view is not an EF view (the model misread it) is counted, and the
+/// mean-predictor baseline is only computed on clips of an EF view.
+#[test]
+fn ef_shown_on_a_misread_view_is_counted() {
+    let (_, clock) = test_clock();
+    let collect = Collect::default();
+    // bright frames: the engine says A4C and shows EF, but the truth is PLAX
+    let frames: Vec<Frame> = (0..200)
+        .map(|i| {
+            let mut f = flat_frame(i, 200);
+            if let Some(t) = f.truth.as_mut() {
+                t.view = "PLAX".into();
+            }
+            f
+        })
+        .collect();
+    let p = Pipeline::new(test_model_info(), options(64), clock);
+    let summary = p.run(
+        Box::new(ScriptSource::frames(frames)),
+        Box::new(TestEngine::new()),
+        vec![Box::new(collect.clone())],
+        Arc::new(AtomicBool::new(false)),
+    );
+    let a = &summary.accuracy;
+    assert!(a.ef_shown > 30, "{a:?}");
+    assert_eq!(a.ef_shown_on_other_views, a.ef_shown);
+    assert_eq!(a.ef_shown_on_other_views_share, Some(1.0));
+    assert_eq!(a.ef_clips, 0);
+    assert_eq!(a.ef_mean_predictor_mae, None);
 }
 
 #[test]
