@@ -149,7 +149,14 @@ fn corpus() -> Vec<Case> {
         }
     }
     // QuickTime container (`ftyp qt`), as cameras and some converters write it
-    cases.push(h264_case("main-b2-mov", (160, 120), 25, "main", "bframes=2", false));
+    cases.push(h264_case(
+        "main-b2-mov",
+        (160, 120),
+        25,
+        "main",
+        "bframes=2",
+        false,
+    ));
     let mut slices = h264_case(
         "high-slices4",
         (160, 120),
@@ -368,7 +375,11 @@ fn ffmpeg_written_corpus_decodes_like_ffmpeg() {
         assert!(!info.codec.is_empty() && !info.container.is_empty());
         if !case.mjpeg {
             let profile = info.profile.clone().unwrap_or_default();
-            let container = if case.name.ends_with("-mov") { "mov" } else { "mp4" };
+            let container = if case.name.ends_with("-mov") {
+                "mov"
+            } else {
+                "mp4"
+            };
             assert_eq!(info.container, container, "{}: container", case.name);
             let want = if case.name.starts_with("cbp") {
                 "Constrained Baseline"
@@ -423,10 +434,7 @@ fn other_codecs_name_the_codec_and_the_ffmpeg_feature() {
         }
         match video::open(&path) {
             Err(e) => {
-                assert!(
-                    !ffmpeg_build,
-                    "{name}: the ffmpeg build must read it: {e}"
-                );
+                assert!(!ffmpeg_build, "{name}: the ffmpeg build must read it: {e}");
                 let msg = e.to_string();
                 assert!(
                     msg.contains(name) && msg.contains(what) && msg.contains("`ffmpeg` feature"),
