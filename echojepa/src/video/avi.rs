@@ -465,17 +465,7 @@ impl VideoReader for AviReader {
     }
 
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
-        let n = self.info.frame_count;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange {
-                path: self.path.clone(),
-                frame: bad,
-                count: n,
-            });
-        }
-        let mut wanted: Vec<usize> = indices.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = super::distinct_indices(&self.path, indices, self.info.frame_count)?;
         let mut frames = std::collections::HashMap::with_capacity(wanted.len());
         let mut buf = Vec::new();
         for &i in &wanted {

@@ -211,17 +211,7 @@ impl VideoReader for DicomReader {
     }
 
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
-        let n = self.info.frame_count;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange {
-                path: self.path.clone(),
-                frame: bad,
-                count: n,
-            });
-        }
-        let mut wanted = indices.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let wanted = super::distinct_indices(&self.path, indices, self.info.frame_count)?;
         let mut frames = std::collections::HashMap::new();
         for &i in &wanted {
             let (px, ch) = self.decode(i)?;

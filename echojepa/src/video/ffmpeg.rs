@@ -147,14 +147,7 @@ impl VideoReader for FfmpegReader {
     }
 
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
-        let n = self.info.frame_count;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange {
-                path: self.path.clone(),
-                frame: bad,
-                count: n,
-            });
-        }
+        super::distinct_indices(&self.path, indices, self.info.frame_count)?;
         let (w, h) = (self.info.width, self.info.height);
         let last = indices.iter().copied().max().unwrap_or(0);
         let pix = match color {

@@ -279,6 +279,26 @@ pub fn read_frames(
     open(path)?.read_frames(indices, color)
 }
 
+/// Checks every requested index against the frame count (an index past the end is
+/// [`VideoError::OutOfRange`]); returns the distinct indices in ascending order.
+pub(crate) fn distinct_indices(
+    path: &Path,
+    indices: &[usize],
+    count: usize,
+) -> Result<Vec<usize>, VideoError> {
+    if let Some(&bad) = indices.iter().find(|&&i| i >= count) {
+        return Err(VideoError::OutOfRange {
+            path: path.to_path_buf(),
+            frame: bad,
+            count,
+        });
+    }
+    let mut wanted = indices.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    Ok(wanted)
+}
+
 /// Assembles a clip from decoded unique frames: `lookup(i)` returns the bytes of frame `i`.
 pub(crate) fn gather<'a>(
     path: &Path,

@@ -995,15 +995,10 @@ impl VideoReader for Mp4Reader {
     }
 
     fn read_frames(&mut self, indices: &[usize], color: ColorMode) -> Result<Clip, VideoError> {
-        let n = self.info.frame_count;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(VideoError::OutOfRange {
-                path: self.path.clone(),
-                frame: bad,
-                count: n,
-            });
-        }
-        let wanted: BTreeSet<usize> = indices.iter().copied().collect();
+        let wanted: BTreeSet<usize> =
+            super::distinct_indices(&self.path, indices, self.info.frame_count)?
+                .into_iter()
+                .collect();
         let mut frames: HashMap<usize, Vec<u8>> = HashMap::with_capacity(wanted.len());
         loop {
             let missing = wanted
