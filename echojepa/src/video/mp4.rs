@@ -1,10 +1,13 @@
-//! A small, defensive MP4 (ISO BMFF) demuxer for the first H.264 video track, and the
-//! [`Mp4Reader`] that decodes it with OpenH264.
+//! A small, defensive MP4 / QuickTime (ISO BMFF) demuxer for the first H.264 video track, and
+//! the [`Mp4Reader`] that decodes it (rusty_h264, OpenH264 as fallback: see [`super::h264dec`]).
 //!
-//! Only the boxes needed to find samples are parsed (`moov/trak/mdia/{mdhd,hdlr,minf/stbl/
-//! {stsd,stts,ctts,stss,stsz,stz2,stsc,stco,co64}}`). Every length and index is checked against
-//! the file, so a truncated or corrupt file is an error naming the file and what is wrong,
-//! never a panic or a huge allocation. Fragmented MP4 and non-H.264 tracks are reported as
+//! Only the boxes needed to find samples are parsed (`moov/mvhd`, `moov/trak/{edts/elst,mdia/
+//! {mdhd,hdlr,minf/stbl/{stsd,stts,ctts,stss,stsz,stz2,stsc,stco,co64}}}`). Every length and
+//! index is checked against the file, and every count against the bytes behind it, so a
+//! truncated or corrupt file is an error naming the file and what is wrong, never a panic or a
+//! huge allocation. Frames are returned in presentation order (`ctts`), and only those the first
+//! non-empty edit of `elst` shows (samples before it are decoded as references but not
+//! returned), as FFmpeg counts them. Fragmented MP4 and non-H.264 tracks are reported as
 //! unsupported (the `ffmpeg` feature reads them).
 
 use std::fs::File;
