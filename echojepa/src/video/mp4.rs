@@ -1,5 +1,5 @@
 //! A small, defensive MP4 / QuickTime (ISO BMFF) demuxer for the first H.264 video track, and
-//! the [`Mp4Reader`] that decodes it (rusty_h264, OpenH264 as fallback: see [`super::h264dec`]).
+//! the [`Mp4Reader`] that decodes it (rusty_h264, with OpenH264 as the fallback: see `h264dec.rs`).
 //!
 //! Only the boxes needed to find samples are parsed (`moov/mvhd`, `moov/trak/{edts/elst,mdia/
 //! {mdhd,hdlr,minf/stbl/{stsd,stts,ctts,stss,stsz,stz2,stsc,stco,co64}}}`). Every length and
