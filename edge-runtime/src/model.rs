@@ -126,9 +126,22 @@ pub fn model_info(
     if input.frames == 0 {
         return Err(unsupported("input.frames is 0".into()));
     }
+    // A rate becomes a duration only when the result is a sane frame interval (1 µs .. 1 h):
+    // `Duration::from_secs_f64` panics on infinite, negative or NaN seconds.
+    let interval_of = |secs: f64, what: &str| -> Result<Duration, ModelError> {
+        if !(1e-6..=3600.0).contains(&secs) {
+            return Err(unsupported(format!(
+                "{what} gives a frame interval of {secs} s (it must be a positive, finite rate)"
+            )));
+        }
+        Duration::try_from_secs_f64(secs).map_err(|e| unsupported(format!("{what}: {e}")))
+    };
     let interval = match (input.fps, input.frame_step) {
-        (Some(fps), _) if fps.is_finite() && fps > 0.0 => Duration::from_secs_f64(1.0 / fps),
-        (None, Some(step)) if step > 0 => Duration::from_secs_f64(step as f64 / reference_fps),
+        (Some(fps), _) => interval_of(1.0 / fps, &format!("manifest input.fps = {fps}"))?,
+        (None, Some(step)) if step > 0 => interval_of(
+            step as f64 / reference_fps,
+            &format!("input.frame_step {step} at --reference-fps {reference_fps}"),
+        )?,
         _ => {
             return Err(unsupported(
                 "input gives neither a positive fps nor a positive frame_step".into(),

@@ -115,7 +115,7 @@ pub struct ModelArgs {
     #[arg(long, env = "ECHOJEPA_BUNDLE")]
     pub bundle: Option<PathBuf>,
     /// Frame rate of the training videos, used when a bundle gives a frame step but no fps.
-    #[arg(long, default_value_t = edge_runtime::model::DEFAULT_REFERENCE_FPS)]
+    #[arg(long, default_value_t = edge_runtime::model::DEFAULT_REFERENCE_FPS, value_parser = positive_rate)]
     pub reference_fps: f64,
     /// CPU threads for the model (default: the board profile's compute.threads).
     #[arg(long)]
@@ -133,7 +133,7 @@ pub struct SourceArgs {
     #[arg(long, value_name = "WxH:FMT")]
     pub stdin_format: Option<String>,
     /// Give stdin frames timestamps at this rate instead of their arrival time.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     pub stdin_fps: Option<f64>,
     /// Files and the phantom: as fast as possible instead of in real time.
     #[arg(long)]
@@ -151,7 +151,7 @@ pub struct SourceArgs {
     #[arg(long, default_value_t = 1)]
     pub phantom_seed: u64,
     /// Capture or phantom frame rate (default: the profile's capture.fps).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     pub fps: Option<f64>,
     /// Capture or phantom frame size WIDTHxHEIGHT (default: the profile's).
     #[arg(long, value_name = "WxH")]
@@ -169,7 +169,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
     pub serve: Option<String>,
     /// Video frames per second sent to the live view.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive_rate)]
     pub view_fps: f64,
     /// Serial port of the cart MCU (default: the profile's serial.port).
     #[arg(long)]
@@ -225,6 +225,21 @@ pub struct CheckArgs {
 pub struct BoardsArgs {
     /// A built-in name or a .toml file to validate and print; none lists the built-ins.
     pub board: Option<String>,
+}
+
+/// A frame rate from the command line: finite, at least 0.01 and at most 10 000 per second
+/// (rates become frame intervals, which must be sane durations).
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !(0.01..=10_000.0).contains(&v) {
+        return Err(format!(
+            "`{s}` is not a usable frame rate (between 0.01 and 10000 per second)"
+        ));
+    }
+    Ok(v)
 }
 
 pub fn init_logging(verbose: u8) {

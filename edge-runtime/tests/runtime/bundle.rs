@@ -73,6 +73,30 @@ keys = [{{ name = "maker", ed25519 = "{hex}" }}]
 }
 
 #[test]
+fn absurd_rates_are_errors_naming_the_field_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SecretKey::from_seed("maker", &[1; 32]);
+    write_bundle(&tmp.path().join("b"), &key, 112);
+    let board = profile_trusting(&key.public().hex(), 224);
+    let keys = trusted_keys(&board).unwrap();
+    let v = verify(&tmp.path().join("b"), &keys).unwrap();
+    // the bundle gives a frame step: the reference rate turns it into an interval
+    for bad in [0.0, -30.0, f64::NAN, f64::INFINITY, 1e-300] {
+        let err = model_info(v.dir(), v.manifest(), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--reference-fps"), "{bad}: {err}");
+    }
+    // a manifest whose own fps is absurd
+    for bad in [1e-300, 0.0, -1.0, f64::NAN, 1e300] {
+        let mut m = v.manifest().clone();
+        m.input.fps = Some(bad);
+        let err = model_info(v.dir(), &m, 30.0).unwrap_err().to_string();
+        assert!(err.contains("input.fps"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn a_bundle_signed_by_a_trusted_key_gives_the_model_facts() {
     let tmp = tempfile::tempdir().unwrap();
     let key = SecretKey::from_seed("maker", &[1; 32]);

@@ -24,6 +24,25 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// Rates from the command line that would make absurd frame intervals are usage errors (exit
+/// 2) naming the flag, not panics (exit 101).
+#[test]
+fn absurd_rates_on_the_command_line_are_usage_errors() {
+    for (cmd, flag, value) in [
+        ("check", "--reference-fps", "0"),
+        ("check", "--reference-fps", "-30"),
+        ("check", "--reference-fps", "nan"),
+        ("check", "--reference-fps", "1e-300"),
+        ("run", "--fps", "inf"),
+        ("run", "--view-fps", "0"),
+    ] {
+        let o = edge(&[cmd, &format!("{flag}={value}")]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
+
 #[test]
 fn help_explains_the_default_run() {
     let o = edge(&["--help"]);
