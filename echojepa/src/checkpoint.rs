@@ -223,10 +223,36 @@ fn read_tensor<R: Read + std::io::Seek>(
             layout
         ));
     }
+    // Sizes declared by the pickle are checked against the bytes the zip entry really holds
+    // before anything is allocated: a hostile file may declare a 2^31-element dimension.
     let elem = info.dtype.size_in_bytes();
-    let start = layout.start_offset() * elem;
-    let len = layout.shape().elem_count() * elem;
-    let mut buf = Vec::with_capacity(start + len);
+    let count = layout
+        .dims()
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let sizes = count.and_then(|c| {
+        let len = c.checked_mul(elem)?;
+        let start = layout.start_offset().checked_mul(elem)?;
+        Some((start, len, start.checked_add(len)?))
+    });
+    let Some((start, len, needed)) = sizes else {
+        return Err(format!(
+            "storage {}: the declared shape {:?} (offset {}) overflows",
+            info.path,
+            layout.dims(),
+            layout.start_offset()
+        ));
+    };
+    if needed as u64 > reader.size() {
+        return Err(format!(
+            "storage {} holds {} bytes, the tensor of shape {:?} needs {needed} (truncated or \
+             corrupt file?)",
+            info.path,
+            reader.size(),
+            layout.dims()
+        ));
+    }
+    let mut buf = Vec::with_capacity(needed);
     reader
         .by_ref()
         .take((start + len) as u64)

@@ -203,6 +203,63 @@ fn truncated_pt_is_an_error_naming_the_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `.pt` whose pickle declares a 2^31 − 1 dimension is refused with an error naming the
+/// storage, before anything of that size is allocated (it used to abort the process).
+#[test]
+fn pt_declaring_a_huge_dimension_is_refused_before_allocating() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let Some(dir) = fixture() else { return Ok(()) };
+    let src = std::fs::File::open(dir.join("pretrain_checkpoint.pt"))?;
+    let mut zin = zip::ZipArchive::new(src)?;
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("huge.pt");
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(&path)?);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut patched = 0;
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i)?;
+        let name = f.name()?.to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        if name.ends_with("data.pkl") {
+            // the patch embedding's shape (192, 3, 2, 16, 16): first dimension -> 2^31 - 1
+            let from: &[u8] = b"(K\xc0K\x03K\x02K\x10K\x10t";
+            let to: &[u8] = b"(J\xff\xff\xff\x7fK\x03K\x02K\x10K\x10t";
+            let mut out = Vec::with_capacity(data.len() + 16);
+            let mut k = 0;
+            while k < data.len() {
+                if data[k..].starts_with(from) {
+                    out.extend_from_slice(to);
+                    k += from.len();
+                    patched += 1;
+                } else {
+                    out.push(data[k]);
+                    k += 1;
+                }
+            }
+            data = out;
+        }
+        zout.start_file(name, opts)?;
+        zout.write_all(&data)?;
+    }
+    zout.finish()?;
+    assert!(
+        patched >= 1,
+        "the fixture's patch-embedding shape was not found"
+    );
+    let pt = PtFile::open(&path)?;
+    let err = pt
+        .state_dict(&["target_encoder"], &Device::Cpu)
+        .expect_err("a 2^31-row patch embedding cannot load");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("huge.pt") && msg.contains("2147483647"),
+        "{msg}"
+    );
+    Ok(())
+}
+
 #[test]
 fn checkpoint_of_another_architecture_names_the_tensor() -> anyhow::Result<()> {
     let Some(dir) = fixture() else { return Ok(()) };
