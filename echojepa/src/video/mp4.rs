@@ -463,7 +463,25 @@ fn last_delta(stbl: &[u8]) -> Result<u64, String> {
 /// lists them, samples of a uniform size by the file (they must lie in it), so a small file
 /// cannot make us allocate for millions of samples it does not hold.
 fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
-    // sizes
+    let sizes = sample_sizes(stbl, file_len)?;
+    let n = sizes.len();
+    let offsets = place_samples(stbl, &chunk_offsets(stbl)?, &sizes)?;
+    let dts = decode_times(stbl, n)?;
+    let cts = composition_offsets(stbl, n)?;
+    let sync = sync_flags(stbl, n)?;
+    Ok((0..n)
+        .map(|i| Sample {
+            offset: offsets[i],
+            size: sizes[i],
+            dts: dts[i],
+            cts_offset: cts[i],
+            sync: sync[i],
+        })
+        .collect())
+}
+
+/// Sample sizes from `stsz` or the compact `stz2`.
+fn sample_sizes(stbl: &[u8], file_len: u64) -> Result<Vec<u32>, String> {
     let sizes: Vec<u32> = if let Some(stsz) = child(stbl, b"stsz")? {
         let mut c = Cur::new(stsz, "stsz");
         c.take(4)?;
@@ -508,12 +526,15 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
     } else {
         return Err("`stbl` has no `stsz`/`stz2` box".into());
     };
-    let n = sizes.len();
     if let Some((i, s)) = sizes.iter().enumerate().find(|(_, s)| **s > MAX_SAMPLE) {
         return Err(format!("sample {i} claims {s} bytes"));
     }
-    // chunk offsets
-    let offsets: Vec<u64> = if let Some(stco) = child(stbl, b"stco")? {
+    Ok(sizes)
+}
+
+/// Chunk offsets from `stco` or `co64`.
+fn chunk_offsets(stbl: &[u8]) -> Result<Vec<u64>, String> {
+    Ok(if let Some(stco) = child(stbl, b"stco")? {
         let mut c = Cur::new(stco, "stco");
         c.take(4)?;
         let k = c.count(4)?;
@@ -527,8 +548,13 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
         (0..k).map(|_| c.u64()).collect::<Result<_, _>>()?
     } else {
         return Err("`stbl` has no `stco`/`co64` box".into());
-    };
-    // sample-to-chunk
+    })
+}
+
+/// The file offset of every sample: `stsc` runs of samples per chunk, laid out from each chunk's
+/// offset by the sample sizes.
+fn place_samples(stbl: &[u8], offsets: &[u64], sizes: &[u32]) -> Result<Vec<u64>, String> {
+    let n = sizes.len();
     let stsc = need(stbl, b"stsc", "stbl")?;
     let mut c = Cur::new(stsc, "stsc");
     c.take(4)?;
@@ -579,7 +605,11 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
             sample_offsets.len()
         ));
     }
-    // timing
+    Ok(sample_offsets)
+}
+
+/// Decode timestamps from `stts`.
+fn decode_times(stbl: &[u8], n: usize) -> Result<Vec<u64>, String> {
     let stts = need(stbl, b"stts", "stbl")?;
     let mut c = Cur::new(stts, "stts");
     c.take(4)?;
@@ -600,6 +630,11 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
     if dts.len() != n {
         return Err(format!("`stts` times {} of {n} samples", dts.len()));
     }
+    Ok(dts)
+}
+
+/// Composition offsets from `ctts` (zero without it: presentation order is decode order).
+fn composition_offsets(stbl: &[u8], n: usize) -> Result<Vec<i64>, String> {
     let mut cts = vec![0i64; n];
     if let Some(ctts) = child(stbl, b"ctts")? {
         let mut c = Cur::new(ctts, "ctts");
@@ -621,6 +656,11 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
             }
         }
     }
+    Ok(cts)
+}
+
+/// Sync samples from `stss` (every sample is one without it).
+fn sync_flags(stbl: &[u8], n: usize) -> Result<Vec<bool>, String> {
     let mut sync = vec![true; n];
     if let Some(stss) = child(stbl, b"stss")? {
         sync.fill(false);
@@ -634,15 +674,7 @@ fn sample_table(stbl: &[u8], file_len: u64) -> Result<Vec<Sample>, String> {
             }
         }
     }
-    Ok((0..n)
-        .map(|i| Sample {
-            offset: sample_offsets[i],
-            size: sizes[i],
-            dts: dts[i],
-            cts_offset: cts[i],
-            sync: sync[i],
-        })
-        .collect())
+    Ok(sync)
 }
 
 /// Why a decode session stopped.
