@@ -474,20 +474,107 @@ fn list_path(p: &Path) -> Result<String, String> {
     }
 }
 
+/// `FileList.csv`'s rows that name a video, an EF and a split; the other lines are already in
+/// the report.
+struct FileList {
+    rows: Vec<Row>,
+    /// Every data line, usable or not: the summary counts what the file holds.
+    line_count: usize,
+}
+
+/// `VolumeTracings.csv`, by `video_key`.
+struct Tracings {
+    /// Named in the report when it is absent.
+    file: PathBuf,
+    present: bool,
+    by_video: BTreeMap<String, Traced>,
+}
+
+/// The video file of each `FileList.csv` row.
+struct Located {
+    /// Parallel to the rows; `None` for a duplicate or a missing video (already reported).
+    per_row: Vec<Option<PathBuf>>,
+    /// The files found, in row order: what the decode check opens and the summary counts.
+    found: Vec<PathBuf>,
+}
+
+/// The decode check's outcome.
+struct Decoding {
+    /// False with `--no-check`: only existence was checked and `checks` is empty.
+    decoded: bool,
+    checks: BTreeMap<PathBuf, VideoCheck>,
+}
+
+/// What the usable rows contribute to each output.
+#[derive(Default)]
+struct Lists {
+    /// `(split, path, EF %)`: the z-scores wait until every TRAIN row is known.
+    ef: Vec<(Split, PathBuf, f64)>,
+    lv: Vec<LvVideo>,
+    pretrain: Vec<VideoEntry>,
+    /// The decoder's messages, for the summary.
+    unreadable: Vec<String>,
+}
+
+/// What the written outputs leave for the summary.
+struct Written {
+    ef: SplitCounts,
+    lv: SplitCounts,
+    scaler: echojepa::checkpoint::Scaler,
+    report: PathBuf,
+}
+
 /// Imports the folder and writes every output; returns the summary.
 pub fn import(args: &Args) -> Result<Summary> {
     let t0 = Instant::now();
-    let root = args
-        .root
-        .canonicalize()
-        .with_context(|| format!("EchoNet-Dynamic folder {}", args.root.display()))?;
+    let root = open_root(&args.root)?;
     let videos_dir = root.join("Videos");
-    if !videos_dir.is_dir() {
+    let mut report: Vec<Dropped> = Vec::new();
+    let filelist = read_filelist(&root, &mut report)?;
+    let tracings = read_tracings_if_present(&root)?;
+    let located = locate_videos(&filelist.rows, &videos_dir, &mut report);
+    let decoding = decode_check(&located.found, args);
+    let lists = classify(&filelist.rows, &located, &decoding, &tracings, &mut report);
+    report_strays(&filelist.rows, &tracings, &videos_dir, &mut report)?;
+    let written = write_outputs(args, &root, decoding.decoded, &lists, &mut report)?;
+    Ok(Summary {
+        dataset: "EchoNet-Dynamic",
+        root,
+        out: args.out.clone(),
+        filelist_rows: filelist.line_count,
+        decoded: decoding.decoded,
+        videos_found: located.found.len(),
+        videos_usable: lists.pretrain.len(),
+        ef: written.ef,
+        lv: written.lv,
+        pretrain: lists.pretrain.len(),
+        ef_scaler: written.scaler,
+        dropped: count_by_reason(&report),
+        report: written.report,
+        seconds: t0.elapsed().as_secs_f64(),
+        unreadable: lists.unreadable,
+        note: NOTE,
+    })
+}
+
+/// Canonical, so that the lists hold absolute paths; a folder without `Videos/` is refused
+/// before anything is read, as it is most likely the wrong folder.
+fn open_root(dir: &Path) -> Result<PathBuf> {
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("EchoNet-Dynamic folder {}", dir.display()))?;
+    if !root.join("Videos").is_dir() {
         bail!(
             "{} has no Videos/ folder (expected the EchoNet-Dynamic layout: FileList.csv, VolumeTracings.csv, Videos/)",
             root.display()
         );
     }
+    Ok(root)
+}
+
+/// A line without a file name, EF or split can reach no output, so it is reported here and
+/// the later steps only see rows they can judge.
+fn read_filelist(root: &Path, report: &mut Vec<Dropped>) -> Result<FileList> {
     let filelist = root.join("FileList.csv");
     let text = read_text(&filelist)?;
     let (cols, raw_rows) = table(
@@ -496,7 +583,6 @@ pub fn import(args: &Args) -> Result<Summary> {
         &["FileName", "EF", "Split", "NumberOfFrames"],
         &["FileName", "EF", "Split"],
     )?;
-    let mut report: Vec<Dropped> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     for (line, cells) in &raw_rows {
         let get = |name: &str| cols.get(name).and_then(|&i| cells.get(i)).cloned();
@@ -522,43 +608,54 @@ pub fn import(args: &Args) -> Result<Summary> {
             }),
         }
     }
-    let filelist_rows = raw_rows.len();
+    Ok(FileList {
+        rows,
+        line_count: raw_rows.len(),
+    })
+}
 
-    // tracings (optional)
-    let tracings_file = root.join("VolumeTracings.csv");
-    let have_tracings = tracings_file.is_file();
-    let tracings = if have_tracings {
-        read_tracings(&tracings_file)?
+/// The tracings are optional: the EF and pretraining lists are worth writing without them, so
+/// a missing file is a warning and empty LV lists, not an error.
+fn read_tracings_if_present(root: &Path) -> Result<Tracings> {
+    let file = root.join("VolumeTracings.csv");
+    let present = file.is_file();
+    let by_video = if present {
+        read_tracings(&file)?
     } else {
-        tracing::warn!(
-            "{} not found: the LV lists will be empty",
-            tracings_file.display()
-        );
+        tracing::warn!("{} not found: the LV lists will be empty", file.display());
         BTreeMap::new()
     };
+    Ok(Tracings {
+        file,
+        present,
+        by_video,
+    })
+}
 
-    // existence, duplicates
+/// A second row for the same video and a row whose file is missing get no file (and a report
+/// line), so that no output lists a video twice or a file that is not there.
+fn locate_videos(rows: &[Row], videos_dir: &Path, report: &mut Vec<Dropped>) -> Located {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut located: Vec<Option<PathBuf>> = Vec::with_capacity(rows.len());
-    for r in &rows {
+    let mut per_row: Vec<Option<PathBuf>> = Vec::with_capacity(rows.len());
+    for r in rows {
         let key = video_key(&r.file_name);
         if let Some(first) = seen.get(&key) {
             drop_row(
-                &mut report,
+                report,
                 r,
                 Reason::Duplicate,
                 "all",
                 format!("the same video as FileList.csv line {first}"),
             );
-            located.push(None);
+            per_row.push(None);
             continue;
         }
         seen.insert(key, r.line);
-        match find_video(&videos_dir, &r.file_name) {
-            Some(p) => located.push(Some(p)),
+        match find_video(videos_dir, &r.file_name) {
+            Some(p) => per_row.push(Some(p)),
             None => {
                 drop_row(
-                    &mut report,
+                    report,
                     r,
                     Reason::VideoMissing,
                     "all",
@@ -568,72 +665,60 @@ pub fn import(args: &Args) -> Result<Summary> {
                         videos_dir.display()
                     ),
                 );
-                located.push(None);
+                per_row.push(None);
             }
         }
     }
-    let found: Vec<PathBuf> = located.iter().flatten().cloned().collect();
+    let found = per_row.iter().flatten().cloned().collect();
+    Located { per_row, found }
+}
 
-    // decoding check
+/// Every video is decoded once, up front and in parallel, so that a file training would choke
+/// on is left out now rather than found mid-run; `--no-check` trades that for speed.
+fn decode_check(found: &[PathBuf], args: &Args) -> Decoding {
     let decoded = !args.no_check;
-    let checks: BTreeMap<PathBuf, VideoCheck> = if decoded {
+    let checks = if decoded {
         let jobs = args.jobs.unwrap_or_else(default_jobs);
         found
             .iter()
             .cloned()
-            .zip(check_videos(&found, jobs, "decoding"))
+            .zip(check_videos(found, jobs, "decoding"))
             .collect()
     } else {
         BTreeMap::new()
     };
+    Decoding { decoded, checks }
+}
 
-    let mut ef_rows: Vec<(Split, PathBuf, f64)> = Vec::new();
-    let mut lv_rows: Vec<LvVideo> = Vec::new();
-    let mut pretrain: Vec<VideoEntry> = Vec::new();
-    let mut unreadable: Vec<String> = Vec::new();
-    for (r, path) in rows.iter().zip(&located) {
+/// A usable video is pretraining data whatever its labels; a bad split, EF or tracing only
+/// keeps it out of the outputs that need them, and the report says which.
+fn classify(
+    rows: &[Row],
+    located: &Located,
+    decoding: &Decoding,
+    tracings: &Tracings,
+    report: &mut Vec<Dropped>,
+) -> Lists {
+    let mut lists = Lists::default();
+    for (r, path) in rows.iter().zip(&located.per_row) {
         let Some(path) = path else { continue };
-        let usable = match checks.get(path) {
-            _ if !decoded => Usable::Yes {
-                frame_count: r.number_of_frames,
-            },
-            Some(c) => match &c.failure {
-                None => Usable::Yes {
-                    frame_count: c
-                        .decoded_frames
-                        .or_else(|| c.info.as_ref().map(|i| i.frame_count)),
-                },
-                Some(f) => Usable::No(
-                    Reason::Unreadable,
-                    format!("{} failed: {}", f.stage, f.error),
-                ),
-            },
-            None => Usable::No(Reason::Unreadable, "not checked".into()),
-        };
-        let usable = match (usable, list_path(path)) {
-            (Usable::Yes { .. }, Err(why)) => Usable::No(Reason::UnusablePath, why),
-            (u, _) => u,
-        };
-        let frame_count = match usable {
+        let frame_count = match usability(r, path, decoding) {
             Usable::Yes { frame_count } => frame_count,
             Usable::No(reason, detail) => {
                 if reason == Reason::Unreadable {
-                    unreadable.push(detail.clone());
+                    lists.unreadable.push(detail.clone());
                 }
-                drop_row(&mut report, r, reason, "all", detail);
+                drop_row(report, r, reason, "all", detail);
                 continue;
             }
         };
-        let path_s = list_path(path).unwrap_or_default();
-        pretrain.push(VideoEntry {
+        lists.pretrain.push(VideoEntry {
             path: path.clone(),
             label: 0.0,
         });
-        let key = video_key(&r.file_name);
-        let traced = tracings.get(&key);
         let Some(split) = Split::parse(&r.split) else {
             drop_row(
-                &mut report,
+                report,
                 r,
                 Reason::BadSplit,
                 "ef+lv",
@@ -641,61 +726,95 @@ pub fn import(args: &Args) -> Result<Summary> {
             );
             continue;
         };
-        let ef = r.ef.trim();
-        if ef.is_empty() || ef.eq_ignore_ascii_case("nan") || ef.eq_ignore_ascii_case("na") {
-            drop_row(&mut report, r, Reason::NoEf, "ef", "EF is empty".into());
-        } else {
-            match ef.parse::<f64>() {
-                Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => {
-                    ef_rows.push((split, path.clone(), v))
-                }
-                Ok(v) => drop_row(
-                    &mut report,
-                    r,
-                    Reason::BadEf,
-                    "ef",
-                    format!("EF {v} is outside 0-100 %"),
-                ),
-                Err(_) => drop_row(
-                    &mut report,
-                    r,
-                    Reason::BadEf,
-                    "ef",
-                    format!("EF `{ef}` is not a number"),
-                ),
-            }
+        match ef_percent(&r.ef) {
+            Ok(v) => lists.ef.push((split, path.clone(), v)),
+            Err((reason, detail)) => drop_row(report, r, reason, "ef", detail),
         }
-        match traced {
-            None if !have_tracings => drop_row(
-                &mut report,
-                r,
-                Reason::NoTracings,
-                "lv",
-                format!("no {}", tracings_file.display()),
-            ),
-            None => drop_row(
-                &mut report,
-                r,
-                Reason::NoTracings,
-                "lv",
-                "no rows in VolumeTracings.csv".into(),
-            ),
-            Some(t) => match ed_es(t, frame_count) {
-                Ok((ed, es)) => lv_rows.push(LvVideo {
-                    file_name: r.file_name.clone(),
-                    path: path_s,
-                    split,
-                    frame_count,
-                    ed,
-                    es,
-                }),
-                Err(why) => drop_row(&mut report, r, Reason::BadTracings, "lv", why),
-            },
+        match lv_video(r, path, split, frame_count, tracings) {
+            Ok(v) => lists.lv.push(v),
+            Err((reason, detail)) => drop_row(report, r, reason, "lv", detail),
         }
     }
-    // tracings of videos without a usable FileList row
+    lists
+}
+
+/// The frame count checks the traced frames: the decoded count when the video was decoded,
+/// else what `FileList.csv` claims. A path the list format cannot hold makes the video as
+/// unusable as a broken file.
+fn usability(r: &Row, path: &Path, decoding: &Decoding) -> Usable {
+    let usable = match decoding.checks.get(path) {
+        _ if !decoding.decoded => Usable::Yes {
+            frame_count: r.number_of_frames,
+        },
+        Some(c) => match &c.failure {
+            None => Usable::Yes {
+                frame_count: c
+                    .decoded_frames
+                    .or_else(|| c.info.as_ref().map(|i| i.frame_count)),
+            },
+            Some(f) => Usable::No(
+                Reason::Unreadable,
+                format!("{} failed: {}", f.stage, f.error),
+            ),
+        },
+        None => Usable::No(Reason::Unreadable, "not checked".into()),
+    };
+    match (usable, list_path(path)) {
+        (Usable::Yes { .. }, Err(why)) => Usable::No(Reason::UnusablePath, why),
+        (u, _) => u,
+    }
+}
+
+/// EchoNet-Dynamic marks a missing EF in several ways; they are all `no_ef`, not `bad_ef`.
+fn ef_percent(ef: &str) -> Result<f64, (Reason, String)> {
+    let ef = ef.trim();
+    if ef.is_empty() || ef.eq_ignore_ascii_case("nan") || ef.eq_ignore_ascii_case("na") {
+        return Err((Reason::NoEf, "EF is empty".into()));
+    }
+    match ef.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(v) => Err((Reason::BadEf, format!("EF {v} is outside 0-100 %"))),
+        Err(_) => Err((Reason::BadEf, format!("EF `{ef}` is not a number"))),
+    }
+}
+
+/// The detail of a missing tracing tells a missing file from a video the file does not trace.
+fn lv_video(
+    r: &Row,
+    path: &Path,
+    split: Split,
+    frame_count: Option<usize>,
+    tracings: &Tracings,
+) -> Result<LvVideo, (Reason, String)> {
+    let Some(t) = tracings.by_video.get(&video_key(&r.file_name)) else {
+        let detail = if tracings.present {
+            "no rows in VolumeTracings.csv".into()
+        } else {
+            format!("no {}", tracings.file.display())
+        };
+        return Err((Reason::NoTracings, detail));
+    };
+    let (ed, es) = ed_es(t, frame_count).map_err(|why| (Reason::BadTracings, why))?;
+    Ok(LvVideo {
+        file_name: r.file_name.clone(),
+        path: list_path(path).unwrap_or_default(),
+        split,
+        frame_count,
+        ed,
+        es,
+    })
+}
+
+/// What the row-by-row pass cannot see: tracings of videos no row lists, and video files no
+/// row names. Reported so that nothing in the folder is left out silently.
+fn report_strays(
+    rows: &[Row],
+    tracings: &Tracings,
+    videos_dir: &Path,
+    report: &mut Vec<Dropped>,
+) -> Result<()> {
     let listed: BTreeSet<String> = rows.iter().map(|r| video_key(&r.file_name)).collect();
-    for (key, t) in &tracings {
+    for (key, t) in &tracings.by_video {
         if !listed.contains(key) {
             report.push(Dropped {
                 source: format!("VolumeTracings.csv:{}", t.first_line),
@@ -707,8 +826,7 @@ pub fn import(args: &Args) -> Result<Summary> {
             });
         }
     }
-    // videos nobody lists
-    let mut unlisted: Vec<String> = std::fs::read_dir(&videos_dir)
+    let mut unlisted: Vec<String> = std::fs::read_dir(videos_dir)
         .with_context(|| format!("listing {}", videos_dir.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_file())
@@ -726,12 +844,40 @@ pub fn import(args: &Args) -> Result<Summary> {
             detail: "video file has no FileList.csv row".into(),
         });
     }
+    Ok(())
+}
 
-    // outputs
+/// The report goes last, after every step that can add to it.
+fn write_outputs(
+    args: &Args,
+    root: &Path,
+    decoded: bool,
+    lists: &Lists,
+    report: &mut [Dropped],
+) -> Result<Written> {
     let out = &args.out;
     for d in [out.clone(), out.join("ef"), out.join("lv")] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
+    let (ef, scaler, n_train) = write_ef(out, &lists.ef)?;
+    write_video_csv(&out.join("pretrain.csv"), &lists.pretrain)?;
+    let lv = write_lv(out, &lists.lv)?;
+    let report_path = write_report(out, report)?;
+    write_readme(args, root, decoded, scaler, n_train)?;
+    Ok(Written {
+        ef,
+        lv,
+        scaler,
+        report: report_path,
+    })
+}
+
+/// The scaler is fitted on the TRAIN rows only, so that no VAL or TEST label leaks into the
+/// z-scores. Returns the counts written, the scaler and how many rows it was fitted on.
+fn write_ef(
+    out: &Path,
+    ef_rows: &[(Split, PathBuf, f64)],
+) -> Result<(SplitCounts, echojepa::checkpoint::Scaler, usize)> {
     let train_ef: Vec<f64> = ef_rows
         .iter()
         .filter(|(s, _, _)| *s == Split::Train)
@@ -769,7 +915,12 @@ pub fn import(args: &Args) -> Result<Summary> {
         &out.join("ef").join("scaler.json"),
         serde_json::to_string_pretty(&scaler_json)?.as_bytes(),
     )?;
-    write_video_csv(&out.join("pretrain.csv"), &pretrain)?;
+    Ok((ef_counts, scaler, train_ef.len()))
+}
+
+/// The frame lists stay in the reference `path label` shape; the outlines, which that shape
+/// cannot hold, go to `tracings.json`.
+fn write_lv(out: &Path, lv_rows: &[LvVideo]) -> Result<SplitCounts> {
     let mut lv_counts = SplitCounts::default();
     for s in Split::ALL {
         let mut text = String::new();
@@ -789,13 +940,18 @@ pub fn import(args: &Args) -> Result<Summary> {
         frames: "0-based frame indices as in VolumeTracings.csv; ed = traced frame with the larger area, es = the smaller",
         polygon: "LV outline: the chords' (X1, Y1) in file order, then their (X2, Y2) in reverse; the long axis (first row of a frame) is long_axis, not part of the outline; area_px is its shoelace area",
         note: NOTE,
-        videos: &lv_rows,
+        videos: lv_rows,
     };
     write_atomic(
         &out.join("lv").join("tracings.json"),
         serde_json::to_string_pretty(&tracings_json)?.as_bytes(),
     )?;
-    // FileList.csv rows in file order, then tracings, then stray video files
+    Ok(lv_counts)
+}
+
+/// Sorted so that the report reads in file order whichever step found each problem:
+/// FileList.csv rows by line, then tracings, then stray video files.
+fn write_report(out: &Path, report: &mut [Dropped]) -> Result<PathBuf> {
     report.sort_by_key(|d| {
         let (file, line) = d.source.split_once(':').unwrap_or((&d.source, ""));
         let kind = match file {
@@ -806,7 +962,7 @@ pub fn import(args: &Args) -> Result<Summary> {
         (kind, line.parse::<usize>().unwrap_or(0))
     });
     let mut csv = String::from("source,file_name,split,reason,dropped_from,detail\n");
-    for d in &report {
+    for d in report.iter() {
         csv.push_str(&format!(
             "{},{},{},{},{},{}\n",
             csv_cell(&d.source),
@@ -819,30 +975,16 @@ pub fn import(args: &Args) -> Result<Summary> {
     }
     let report_path = out.join("import-report.csv");
     write_atomic(&report_path, csv.as_bytes())?;
-    write_readme(args, &root, decoded, scaler, train_ef.len())?;
+    Ok(report_path)
+}
 
+/// Keyed by the reason's report name, as the JSON summary shows it.
+fn count_by_reason(report: &[Dropped]) -> BTreeMap<&'static str, usize> {
     let mut dropped: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for d in &report {
+    for d in report {
         *dropped.entry(d.reason.name()).or_default() += 1;
     }
-    Ok(Summary {
-        dataset: "EchoNet-Dynamic",
-        root,
-        out: out.clone(),
-        filelist_rows,
-        decoded,
-        videos_found: found.len(),
-        videos_usable: pretrain.len(),
-        ef: ef_counts,
-        lv: lv_counts,
-        pretrain: pretrain.len(),
-        ef_scaler: scaler,
-        dropped,
-        report: report_path,
-        seconds: t0.elapsed().as_secs_f64(),
-        unreadable,
-        note: NOTE,
-    })
+    dropped
 }
 
 fn write_readme(
