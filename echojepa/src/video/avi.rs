@@ -305,7 +305,9 @@ pub fn parse(path: &Path) -> Result<AviStream, VideoError> {
                         file.seek(SeekFrom::Start(body))
                             .and_then(|_| file.read_exact(&mut buf))
                             .map_err(|e| VideoError::io(path, e))?;
-                        header = Some(parse_header(&buf[4..]).map_err(container)?);
+                        // the list may be cut short by its RIFF chunk's end
+                        let list = buf.get(4..).unwrap_or_default();
+                        header = Some(parse_header(list).map_err(container)?);
                     }
                     b"movi" => {
                         let Some(h) = &header else {
