@@ -406,7 +406,10 @@ fn broken_avi_is_an_error_naming_the_file() {
     // a header list cut off by the RIFF chunk's declared size, two bytes into the list
     std::fs::write(&p, b"RIFF\x0e\0\0\0AVI LIST\x64\0\0\0hdrlavih\0\0\0\0").unwrap();
     let err = open(&p).err().unwrap().to_string();
-    assert!(err.contains("echo.avi") && err.contains("no video stream"), "{err}");
+    assert!(
+        err.contains("echo.avi") && err.contains("no video stream"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "dicom")]
