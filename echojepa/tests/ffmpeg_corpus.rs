@@ -449,3 +449,55 @@ fn other_codecs_name_the_codec_and_the_ffmpeg_feature() {
         }
     }
 }
+
+/// Uncompressed AVI as ffmpeg writes it (BI_RGB 24-bit bottom-up BGR, and 8-bit `Y800`), at a
+/// width whose rows need padding: every frame equals FFmpeg's decode exactly (RGB for BGR,
+/// gray for Y800).
+#[test]
+fn uncompressed_avi_matches_ffmpeg() {
+    let Some((ffmpeg, _)) = tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (90usize, 66usize);
+    for (name, pix, mode, out_pix) in [
+        ("bgr.avi", "bgr24", ColorMode::Rgb, "rgb24"),
+        ("gray.avi", "gray", ColorMode::Gray, "gray"),
+    ] {
+        let path = dir.path().join(name);
+        run(Command::new(&ffmpeg)
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                &lavfi("90x66", 25, 0.4),
+            ])
+            .args(["-c:v", "rawvideo", "-pix_fmt", pix])
+            .arg(&path));
+        let expected = run(Command::new(&ffmpeg)
+            .args(["-v", "error", "-i"])
+            .arg(&path)
+            .args([
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                out_pix,
+                "-",
+            ]));
+        let clip = video::open(&path)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .read_all(mode)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(clip.frames, 10, "{name}");
+        assert_eq!(clip.data.len(), 10 * w * h * mode.channels(), "{name}");
+        assert!(
+            clip.data == expected,
+            "{name}: frames differ from FFmpeg's decode"
+        );
+    }
+}

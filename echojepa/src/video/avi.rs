@@ -33,8 +33,9 @@ pub enum AviCodec {
     Mjpeg,
     /// Uncompressed bottom-up (or, with a negative height, top-down) BGR, 24 or 32 bits a pixel.
     Bgr { bits: u16, top_down: bool },
-    /// Uncompressed 8-bit gray (`Y800`, `GREY`, `Y8  `).
-    Gray { top_down: bool },
+    /// Uncompressed 8-bit gray (`Y800`, `GREY`, `Y8  `): a FourCC format, so rows are top-down
+    /// and unpadded (only BI_RGB rows are bottom-up and padded to 4 bytes).
+    Gray,
 }
 
 /// One coded frame.
@@ -125,7 +126,7 @@ fn codec_of(
         "BI_RGB" | "RAW" | "DIB" if bits == 24 || bits == 32 => {
             Ok(AviCodec::Bgr { bits, top_down })
         }
-        "Y800" | "GREY" | "Y8" => Ok(AviCodec::Gray { top_down }),
+        "Y800" | "GREY" | "Y8" => Ok(AviCodec::Gray),
         "BI_RGB" if bits == 8 => Err("8-bit palettised RGB".to_string()),
         "FMP4" | "XVID" | "DIVX" | "DX50" | "MP4V" | "M4S2" | "MP42" | "MP43" | "DIV3" => {
             Err(format!("MPEG-4 Part 2 video (`{tag}`)"))
@@ -378,7 +379,7 @@ impl AviReader {
             codec: match codec {
                 AviCodec::Mjpeg => "mjpeg".into(),
                 AviCodec::Bgr { .. } => "rawvideo (bgr)".into(),
-                AviCodec::Gray { .. } => "rawvideo (gray)".into(),
+                AviCodec::Gray => "rawvideo (gray)".into(),
             },
             container: "avi".into(),
             profile: None,
@@ -441,21 +442,15 @@ impl AviReader {
                 }
                 Ok(out)
             }
-            AviCodec::Gray { top_down } => {
-                let stride = w.div_ceil(4) * 4;
-                if buf.len() < stride * h {
+            AviCodec::Gray => {
+                if buf.len() < w * h {
                     return Err(frame_err(format!(
                         "{} bytes for a {w}x{h} gray frame (needs {})",
                         buf.len(),
-                        stride * h
+                        w * h
                     )));
                 }
-                let mut gray = Vec::with_capacity(w * h);
-                for row in 0..h {
-                    let src = if top_down { row } else { h - 1 - row };
-                    gray.extend_from_slice(&buf[src * stride..src * stride + w]);
-                }
-                Ok(super::convert_channels(&gray, 1, color))
+                Ok(super::convert_channels(&buf[..w * h], 1, color))
             }
         }
     }
