@@ -524,6 +524,17 @@ pub struct ProbeEntry {
     pub targets: Vec<String>,
     #[serde(default)]
     pub scaler: Option<Scaler>,
+    /// Classifier: the softmax temperature fitted on validation data (logits are divided by
+    /// it before the softmax); absent when never calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Classifier: the calibrated confidence below which dependent heads (EF) should not be
+    /// shown, derived on validation data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confidence: Option<f64>,
+    /// Views this head was trained on (lower-case names); empty: any view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_views: Vec<String>,
 }
 
 /// The JSON side of a native checkpoint.

@@ -20,6 +20,7 @@ pub mod rope;
 
 // Filled by other work streams (see DESIGN.md); each file says why it exists.
 pub mod bundle;
+pub mod input;
 pub mod perturb;
 pub mod phantom;
 pub mod preprocess;

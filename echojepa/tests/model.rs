@@ -141,6 +141,9 @@ fn native_checkpoint_round_trips() -> anyhow::Result<()> {
             classes: vec!["A4C".into(), "A2C".into(), "PLAX".into()],
             targets: vec![],
             scaler: None,
+            temperature: None,
+            min_confidence: None,
+            valid_views: vec![],
         },
     );
     let mut ck = NativeCheckpoint::new(config);

@@ -23,20 +23,8 @@ pub struct LoadError {
 /// Normalises a grey clip into the encoder's `[1, C, T, H, W]` input: `v / 255`, replicated to
 /// `C` channels, then `(x - mean[c]) / std[c]`.
 pub fn normalise_clip(clip: &Clip, channels: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
-    let t = clip.frames.len();
-    let hw = clip.frames.first().map(|f| f.data.len()).unwrap_or(0);
-    let mut out = vec![0f32; channels * t * hw];
-    for c in 0..channels {
-        let (m, s) = (mean[c.min(2)], std[c.min(2)]);
-        let (scale, offset) = (1.0 / (255.0 * s), -m / s);
-        for (ti, frame) in clip.frames.iter().enumerate() {
-            let dst = &mut out[(c * t + ti) * hw..(c * t + ti + 1) * hw];
-            for (d, &v) in dst.iter_mut().zip(&frame.data) {
-                *d = v as f32 * scale + offset;
-            }
-        }
-    }
-    out
+    let frames: Vec<&[u8]> = clip.frames.iter().map(|f| f.data.as_slice()).collect();
+    echojepa::input::normalise_frames(&frames, channels, mean, std)
 }
 
 /// A bundle's model, ready to run clips.

@@ -34,6 +34,11 @@ pub struct EfHeadInfo {
     /// the training mean would say, the baseline a useful EF must beat.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training_mean: Option<f64>,
+    /// The bundle's calibrated view confidence below which EF is withheld (fitted on
+    /// validation data with the view head's temperature); the runtime applies the stricter of
+    /// this and the board profile's `ef_min_confidence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_view_confidence: Option<f32>,
 }
 
 /// What the rest of the runtime needs to know about a model.

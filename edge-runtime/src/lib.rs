@@ -25,7 +25,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod queue;
-pub mod resize;
+pub use echojepa::input::resize;
 pub mod sector;
 pub mod source;
 pub mod stats;

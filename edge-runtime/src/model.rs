@@ -162,6 +162,7 @@ pub fn model_info(
             unit: h.targets[ti].unit.clone(),
             valid_views,
             training_mean: Some(h.targets[ti].scaler.mean).filter(|m| m.is_finite()),
+            min_view_confidence: view.min_confidence.map(|c| c as f32),
         }
     });
     let info = ModelInfo {

@@ -280,7 +280,13 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
             tensor_prefix: prefix,
             classes: p.classes.clone(),
             targets: p.targets.clone(),
-            valid_views: valid.get(&p.name).cloned().unwrap_or_default(),
+            // --valid-views overrides what the checkpoint recorded
+            valid_views: valid
+                .get(&p.name)
+                .cloned()
+                .unwrap_or_else(|| p.valid_views.clone()),
+            temperature: p.temperature,
+            min_confidence: p.min_confidence,
         });
     }
     let model_id = a

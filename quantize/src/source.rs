@@ -21,6 +21,10 @@ pub struct ProbeSource {
     pub tensors: TensorMap,
     pub classes: Vec<String>,
     pub targets: Vec<TargetSpec>,
+    /// Calibration and valid views stored with a native probe (see `ProbeEntry`).
+    pub temperature: Option<f64>,
+    pub min_confidence: Option<f64>,
+    pub valid_views: Vec<String>,
     /// Where the tensors came from (for errors).
     pub origin: PathBuf,
 }
@@ -154,6 +158,9 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
             tensors,
             classes: vec![],
             targets: vec![],
+            temperature: None,
+            min_confidence: None,
+            valid_views: vec![],
             origin: path,
         });
     }
@@ -305,6 +312,9 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
             tensors,
             classes: entry.classes.clone(),
             targets,
+            temperature: entry.temperature,
+            min_confidence: entry.min_confidence,
+            valid_views: entry.valid_views.clone(),
             origin: st.clone(),
         });
     }

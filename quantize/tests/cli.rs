@@ -91,6 +91,9 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
                 classes: vec!["a4c".into(), "a2c".into(), "plax".into()],
                 targets: vec![],
                 scaler: None,
+                temperature: None,
+                min_confidence: None,
+                valid_views: vec![],
             },
         ),
         (
@@ -103,6 +106,9 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
                     mean: 55.0,
                     std: 10.0,
                 }),
+                temperature: None,
+                min_confidence: None,
+                valid_views: vec![],
             },
         ),
     ]);

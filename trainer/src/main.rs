@@ -17,10 +17,12 @@ mod bench;
 mod config;
 mod device;
 mod embed;
+mod finetune;
 mod jepa;
 mod masks;
 mod metrics;
 mod optim;
+mod phantom_stream;
 mod plan;
 mod plot;
 mod pretrain;
@@ -51,6 +53,8 @@ enum Command {
     Pretrain(pretrain::Args),
     /// Train attentive probes on a frozen encoder from a reference frozen-evaluation config.
     Probe(probe::Args),
+    /// Fine-tune the encoder end to end with view, EF and LV-cavity heads on streamed phantom clips.
+    Finetune(finetune::Args),
     /// Evaluate a trained probe: metrics, predictions CSV, optional robustness to perturbations.
     Evaluate(probe::EvalArgs),
     /// Export per-clip embeddings and a 2-D PCA plot coloured by label.
@@ -111,6 +115,8 @@ fn main() -> std::process::ExitCode {
                 import::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
             }
             Command::CheckData(args) => check_data::run(args, &mut std::io::stdout()),
+            Command::Finetune(args) => finetune::run(args, &mut std::io::stdout())
+                .map(|()| std::process::ExitCode::SUCCESS),
         };
     match result {
         Ok(code) => code,

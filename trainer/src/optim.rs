@@ -24,6 +24,8 @@ pub struct Param {
     v: Tensor,
     /// Steps this parameter took (it skips steps where it got no gradient, as in PyTorch).
     steps: u64,
+    /// Multiplies the step's learning rate (layer-wise decay in fine-tuning; 1 elsewhere).
+    pub lr_scale: f64,
 }
 
 /// What one optimizer step did.
@@ -72,6 +74,7 @@ impl AdamW {
                 m,
                 v,
                 steps: 0,
+                lr_scale: 1.0,
             });
         }
         Ok(Self {
@@ -86,6 +89,13 @@ impl AdamW {
     pub fn decay_everything(&mut self) {
         for p in &mut self.params {
             p.decay = true;
+        }
+    }
+
+    /// Sets each parameter's learning-rate multiplier from its name.
+    pub fn set_lr_scales(&mut self, scale: impl Fn(&str) -> f64) {
+        for p in &mut self.params {
+            p.lr_scale = scale(&p.name);
         }
     }
 
@@ -140,6 +150,7 @@ impl AdamW {
                 Some(m) => m.clone(),
                 None => p.var.as_tensor().detach(),
             };
+            let lr = lr * p.lr_scale;
             let theta = if p.decay && wd != 0.0 {
                 (theta * (1.0 - lr * wd))?
             } else {

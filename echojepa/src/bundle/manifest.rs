@@ -132,11 +132,36 @@ pub struct HeadSpec {
     /// Views this head was trained on (e.g. `["A4C", "A2C"]` for EF); empty = any view.
     #[serde(default)]
     pub valid_views: Vec<String>,
+    /// Classifier: softmax temperature fitted on validation data (logits / T before the
+    /// softmax), so the confidence means what it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Classifier: calibrated confidence below which heads that depend on this one (EF on the
+    /// view) are withheld, derived on validation data. The runtime uses the stricter of this and
+    /// the board profile's threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confidence: Option<f64>,
 }
 
 impl HeadSpec {
     /// Checks that classes/targets match the probe's outputs.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(format!(
+                "head `{}`: temperature {t} is not a positive number",
+                self.name
+            ));
+        }
+        if let Some(c) = self.min_confidence
+            && !(0.0..=1.0).contains(&c)
+        {
+            return Err(format!(
+                "head `{}`: min_confidence {c} is not between 0 and 1",
+                self.name
+            ));
+        }
         let n = self.probe.num_outputs;
         match self.probe.kind {
             ProbeKind::Classifier if self.classes.len() != n => Err(format!(

@@ -42,6 +42,8 @@ fn manifest() -> Manifest {
                 classes: vec!["A4C".into(), "PLAX".into()],
                 targets: vec![],
                 valid_views: vec![],
+                temperature: None,
+                min_confidence: None,
             },
             HeadSpec {
                 name: "lvef".into(),
@@ -57,6 +59,8 @@ fn manifest() -> Manifest {
                     },
                 }],
                 valid_views: vec!["A4C".into()],
+                temperature: None,
+                min_confidence: None,
             },
         ],
         weights: "model.gguf".into(),

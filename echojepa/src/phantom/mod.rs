@@ -321,6 +321,34 @@ impl PhantomParams {
         Self::for_patient(seed, view, seed)
     }
 
+    /// The exact ground truth of the video these parameters draw (no rendering needed).
+    pub fn ground_truth(&self) -> GroundTruth {
+        let h = &self.heart;
+        let (a_d, b_d) = h.lv_axes_ed();
+        let (a_s, b_s) = h.lv_axes_es();
+        let area_ed = heart::lv_section_area(a_d, b_d);
+        let area_es = heart::lv_section_area(a_s, b_s);
+        let len_ed = heart::lv_section_length(a_d);
+        let len_es = heart::lv_section_length(a_s);
+        let edv = area_length_volume_ml(area_ed, len_ed);
+        let esv = area_length_volume_ml(area_es, len_es);
+        GroundTruth {
+            view: self.view,
+            ef_percent: 100.0 * (edv - esv) / edv,
+            edv_ml: edv,
+            esv_ml: esv,
+            lv_area_ed_cm2: area_ed,
+            lv_area_es_cm2: area_es,
+            lv_length_ed_cm: len_ed,
+            lv_length_es_cm: len_es,
+            heart_rate_bpm: h.heart_rate_bpm,
+            rvsp_mmhg: h.rvsp_mmhg,
+            rv_dilation: h.rv_dilation(),
+            septal_flattening: h.septal_flattening(),
+            systolic_fraction: h.systolic_fraction(),
+        }
+    }
+
     /// The heart of patient `patient_seed` seen in `view` with scan settings and speckle drawn
     /// from `video_seed`: use one `patient_seed` for every view of a multi-view study.
     pub fn for_patient(patient_seed: u64, view: View, video_seed: u64) -> Self {
@@ -417,30 +445,7 @@ impl Phantom {
 
     /// The exact ground truth (volumes, EF, heart rate, RVSP analogue).
     pub fn ground_truth(&self) -> GroundTruth {
-        let h = &self.params.heart;
-        let (a_d, b_d) = h.lv_axes_ed();
-        let (a_s, b_s) = h.lv_axes_es();
-        let area_ed = heart::lv_section_area(a_d, b_d);
-        let area_es = heart::lv_section_area(a_s, b_s);
-        let len_ed = heart::lv_section_length(a_d);
-        let len_es = heart::lv_section_length(a_s);
-        let edv = area_length_volume_ml(area_ed, len_ed);
-        let esv = area_length_volume_ml(area_es, len_es);
-        GroundTruth {
-            view: self.params.view,
-            ef_percent: 100.0 * (edv - esv) / edv,
-            edv_ml: edv,
-            esv_ml: esv,
-            lv_area_ed_cm2: area_ed,
-            lv_area_es_cm2: area_es,
-            lv_length_ed_cm: len_ed,
-            lv_length_es_cm: len_es,
-            heart_rate_bpm: h.heart_rate_bpm,
-            rvsp_mmhg: h.rvsp_mmhg,
-            rv_dilation: h.rv_dilation(),
-            septal_flattening: h.septal_flattening(),
-            systolic_fraction: h.systolic_fraction(),
-        }
+        self.params.ground_truth()
     }
 
     /// Cardiac phase at `t` seconds, in `[0, 1)`: 0 = end-diastole (R peak),

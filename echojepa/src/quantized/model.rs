@@ -195,7 +195,10 @@ impl EdgeModel {
         let mut out = vec![Vec::with_capacity(self.heads.len()); b];
         for (h, raw) in self.heads.iter().zip(self.head_logits(tokens)?) {
             let rows = match h.spec.probe.kind {
-                ProbeKind::Classifier => crate::probe::probabilities(&raw)?,
+                ProbeKind::Classifier => match h.spec.temperature {
+                    Some(t) if t != 1.0 => crate::probe::probabilities(&(raw / t)?)?,
+                    _ => crate::probe::probabilities(&raw)?,
+                },
                 ProbeKind::Regressor => raw,
             }
             .to_dtype(DType::F32)?

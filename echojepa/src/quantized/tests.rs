@@ -361,6 +361,8 @@ fn tiny_bundle(
                 classes: vec!["a4c".into(), "a2c".into(), "plax".into()],
                 targets: vec![],
                 valid_views: vec![],
+                temperature: None,
+                min_confidence: None,
             },
             HeadSpec {
                 name: "ef".into(),
@@ -376,6 +378,8 @@ fn tiny_bundle(
                     },
                 }],
                 valid_views: vec!["a4c".into(), "a2c".into()],
+                temperature: None,
+                min_confidence: None,
             },
         ],
         weights: "model.gguf".into(),

@@ -36,6 +36,7 @@ pub fn test_model_info() -> ModelInfo {
             name: "lvef".into(),
             unit: "%".into(),
             valid_views: vec!["A4C".into()],
+            min_view_confidence: None,
             training_mean: Some(50.0),
         }),
         runs_on: "test".into(),

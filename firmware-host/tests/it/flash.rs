@@ -52,6 +52,8 @@ fn manifest(version: &str) -> Manifest {
                 classes: vec!["A4C".into(), "PLAX".into()],
                 targets: vec![],
                 valid_views: vec![],
+                temperature: None,
+                min_confidence: None,
             },
             HeadSpec {
                 name: "lvef".into(),
@@ -67,6 +69,8 @@ fn manifest(version: &str) -> Manifest {
                     },
                 }],
                 valid_views: vec!["A4C".into()],
+                temperature: None,
+                min_confidence: None,
             },
         ],
         weights: "model.gguf".into(),

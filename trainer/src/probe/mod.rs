@@ -521,6 +521,9 @@ fn save_probe(
                 vec![]
             },
             scaler: s.info.scaler,
+            temperature: None,
+            min_confidence: None,
+            valid_views: vec![],
         },
     );
     nc.notes = notes;

@@ -1,4 +1,4 @@
-//! Resize stage: the sector crop to the model's input size.
+//! Resizing a grey image (a sector crop, a label mask) to the model's input size.
 //!
 //! Separable triangle (bilinear) filtering whose support widens with the scale factor when
 //! shrinking, i.e. antialiased bilinear as PIL and torchvision (`antialias=True`) do it, so a
@@ -6,7 +6,7 @@
 //! input is square: the crop is first resized so its short side is `resolution * 256 / 224` (the
 //! reference evaluation transform), then centre-cropped to `resolution`.
 
-use crate::frame::GrayImage;
+use super::GrayImage;
 
 /// Weights of one output sample: first input index and the weights from there.
 struct Taps {
@@ -73,11 +73,12 @@ pub fn resize(img: &GrayImage, out_w: usize, out_h: usize) -> GrayImage {
     out
 }
 
-/// Short side to `resolution * 256 / 224`, then the centred `resolution` x `resolution` square.
-pub fn resize_short_side_and_center_crop(img: &GrayImage, resolution: usize) -> GrayImage {
+/// The size an image of `width × height` has after its short side is resized to
+/// `resolution * 256 / 224` (the reference evaluation transform), before the centre crop.
+pub fn short_side_size(width: usize, height: usize, resolution: usize) -> (usize, usize) {
     let short_target = (resolution * 256).div_ceil(224).max(resolution);
-    let (w, h) = (img.width.max(1), img.height.max(1));
-    let (nw, nh) = if w <= h {
+    let (w, h) = (width.max(1), height.max(1));
+    if w <= h {
         (
             short_target,
             ((h as f64 * short_target as f64 / w as f64).round() as usize).max(resolution),
@@ -87,11 +88,16 @@ pub fn resize_short_side_and_center_crop(img: &GrayImage, resolution: usize) -> 
             ((w as f64 * short_target as f64 / h as f64).round() as usize).max(resolution),
             short_target,
         )
-    };
+    }
+}
+
+/// Short side to `resolution * 256 / 224`, then the centred `resolution` x `resolution` square.
+pub fn resize_short_side_and_center_crop(img: &GrayImage, resolution: usize) -> GrayImage {
+    let (nw, nh) = short_side_size(img.width, img.height, resolution);
     let resized = resize(img, nw, nh);
     let x = (nw - resolution) / 2;
     let y = (nh - resolution) / 2;
-    resized.crop(crate::frame::Rect {
+    resized.crop(super::Rect {
         x,
         y,
         width: resolution,

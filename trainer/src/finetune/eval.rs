@@ -1,0 +1,582 @@
+//! Evaluation of a fine-tuned model on fixed phantom clips: view accuracy and calibration, EF
+//! from the regressor and from the LV cavity's areas over the clip, the mean predictor on the
+//! same clips, LV Dice; the temperature fit and the EF confidence threshold; metric files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use echojepa::checkpoint::{Scaler, TensorMap};
+use echojepa::phantom::View;
+use serde::{Deserialize, Serialize};
+
+use super::Setup;
+use super::config::{FinetuneBlock, HeadCfg, HeadTask};
+use super::model::{self, FtModel};
+use crate::phantom_stream::{PhantomStream, Split};
+use crate::plot::{Series, line_chart};
+
+/// A rendered evaluation clip.
+pub struct Rendered {
+    pub input: Vec<f32>,
+    pub view: View,
+    pub ef: f64,
+    /// Per-frame true cavity areas (model pixels).
+    pub lv_areas: Vec<f64>,
+    pub lv_tokens: Vec<f32>,
+}
+
+/// Renders clips `0..n` of a split (two threads).
+pub fn render_split(stream: &PhantomStream, split: Split, n: usize) -> Result<Vec<Rendered>> {
+    let threads = 2usize;
+    let chunks: Vec<Vec<usize>> = (0..threads)
+        .map(|t| (t..n).step_by(threads).collect())
+        .collect();
+    let mut parts: Vec<Vec<(usize, Rendered)>> = Vec::new();
+    std::thread::scope(|sc| -> Result<()> {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|idx| {
+                sc.spawn(move || -> Result<Vec<(usize, Rendered)>> {
+                    idx.iter()
+                        .map(|&i| {
+                            let c = stream.clip(split, i as u64)?;
+                            let r = stream.resolution;
+                            let lv_areas =
+                                c.lv.chunks(r * r)
+                                    .map(|f| f.iter().map(|&v| v as f64).sum())
+                                    .collect();
+                            Ok((
+                                i,
+                                Rendered {
+                                    input: c.input,
+                                    view: c.view,
+                                    ef: c.ef_percent,
+                                    lv_areas,
+                                    lv_tokens: c.lv,
+                                },
+                            ))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a phantom render thread panicked"))??,
+            );
+        }
+        Ok(())
+    })?;
+    let mut all: Vec<(usize, Rendered)> = parts.into_iter().flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Raw model outputs on a set of clips.
+pub struct Evaluated {
+    pub views: Vec<View>,
+    pub ef_true: Vec<f64>,
+    pub view_logits: Option<Vec<Vec<f32>>>,
+    pub ef_pred: Option<Vec<f64>>,
+    pub ef_views: Vec<View>,
+    /// Per clip: predicted and true per-frame cavity areas, and Dice at 0.5.
+    pub lv: Option<Vec<(Vec<f64>, Vec<f64>, f64)>>,
+    pub lv_views: Vec<View>,
+    pub scaler: Scaler,
+}
+
+/// What calibration on the validation split fixed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    pub temperature: f64,
+    pub view_nll_before: f64,
+    pub view_nll_after: f64,
+    pub view_ece_before: f64,
+    pub view_ece_after: f64,
+    /// Smallest calibrated view confidence at which, on validation, misread views make up at
+    /// most the target share of shown EF values (None without a view head).
+    pub ef_min_confidence: Option<f64>,
+    /// `EF = a + b · EF_areas`, fitted on validation clips of the LV head's views.
+    pub ef_area_fit: Option<[f64; 2]>,
+}
+
+/// Metrics of one evaluation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub clips: usize,
+    pub view_accuracy: Option<f64>,
+    pub view_nll: Option<f64>,
+    /// EF metrics are over clips whose true view is one the EF (or LV) head trains on.
+    pub ef_clips: usize,
+    pub ef_mae: Option<f64>,
+    /// Always answering the training mean, on the same clips.
+    pub ef_mean_predictor_mae: Option<f64>,
+    pub lv_dice: Option<f64>,
+    /// EF from the predicted cavity areas, before and after the linear calibration.
+    pub ef_area_raw_mae: Option<f64>,
+    pub ef_area_mae: Option<f64>,
+    /// EF from the true cavity areas with the same rule (the rule's own error).
+    pub ef_true_area_raw_mae: Option<f64>,
+    /// With the calibrated threshold: share of EF values shown on a clip whose true view is not
+    /// an EF view, and share of EF-view clips on which EF is shown.
+    pub ef_shown_misread_share: Option<f64>,
+    pub ef_shown_share: Option<f64>,
+}
+
+/// Runs the model over the clips in batches of 8.
+pub fn evaluate(
+    s: &Setup,
+    weights: &TensorMap,
+    clips: &[Rendered],
+    scaler: Scaler,
+) -> Result<Evaluated> {
+    let f = &s.cfg.finetune;
+    let c = &s.cfg.experiment.classifier;
+    let d = &s.cfg.experiment.data;
+    let tensors = weights
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_dtype(s.dtype)?.to_device(&s.device)?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    let vb = VarBuilder::from_tensors(tensors, s.dtype, &s.device);
+    let m = FtModel::new(&s.enc_cfg, &f.heads, c.num_heads, c.num_probe_blocks, vb)?;
+    let (t, r) = (d.frames_per_clip, d.resolution);
+    let enc = &s.enc_cfg;
+    let head_of = |task: HeadTask| f.heads.iter().position(|h| h.task == task);
+    let (vi, ei, li) = (
+        head_of(HeadTask::View),
+        head_of(HeadTask::Ef),
+        head_of(HeadTask::LvSegmentation),
+    );
+    let mut ev = Evaluated {
+        views: clips.iter().map(|c| c.view).collect(),
+        ef_true: clips.iter().map(|c| c.ef).collect(),
+        view_logits: vi.map(|_| Vec::new()),
+        ef_pred: ei.map(|_| Vec::new()),
+        ef_views: ei.map(|i| f.heads[i].views.clone()).unwrap_or_default(),
+        lv: li.map(|_| Vec::new()),
+        lv_views: li.map(|i| f.heads[i].views.clone()).unwrap_or_default(),
+        scaler,
+    };
+    for chunk in clips.chunks(8) {
+        let b = chunk.len();
+        let mut input = Vec::with_capacity(b * 3 * t * r * r);
+        for c in chunk {
+            input.extend_from_slice(&c.input);
+        }
+        let x = Tensor::from_vec(input, (b, 3, t, r, r), &s.device)?.to_dtype(s.dtype)?;
+        let tokens = m.encode(&x, None, 0)?;
+        let outs = m.heads_forward(&tokens)?;
+        if let (Some(i), Some(v)) = (vi, ev.view_logits.as_mut()) {
+            let rows: Vec<Vec<f32>> = outs[i].to_dtype(DType::F32)?.to_vec2()?;
+            v.extend(rows);
+        }
+        if let (Some(i), Some(v)) = (ei, ev.ef_pred.as_mut()) {
+            let rows: Vec<Vec<f32>> = outs[i].to_dtype(DType::F32)?.to_vec2()?;
+            v.extend(rows.iter().map(|r| r[0] as f64 * scaler.std + scaler.mean));
+        }
+        if let (Some(i), Some(v)) = (li, ev.lv.as_mut()) {
+            let probs = candle_nn::ops::sigmoid(&outs[i].to_dtype(DType::F32)?)?;
+            let probs: Vec<Vec<Vec<f32>>> = probs.to_device(&Device::Cpu)?.to_vec3()?;
+            for (clip, p) in chunk.iter().zip(probs) {
+                let flat: Vec<f32> = p.into_iter().flatten().collect();
+                let pred = model::lv_frame_areas(&flat, t, r, enc.tubelet_size, enc.patch_size);
+                let truth =
+                    model::lv_tokens(&clip.lv_tokens, t, r, enc.tubelet_size, enc.patch_size);
+                let (mut inter, mut sum) = (0.0f64, 0.0f64);
+                for (a, b) in flat.iter().zip(&truth) {
+                    let (a, b) = (*a > 0.5, *b > 0.5);
+                    inter += (a && b) as u8 as f64;
+                    sum += a as u8 as f64 + b as u8 as f64;
+                }
+                let dice = if sum > 0.0 { 2.0 * inter / sum } else { 1.0 };
+                v.push((pred, clip.lv_areas.clone(), dice));
+            }
+        }
+    }
+    Ok(ev)
+}
+
+fn nll_and_ece(logits: &[Vec<f32>], labels: &[usize], temp: f64) -> (f64, f64) {
+    let k = logits.first().map_or(0, |r| r.len());
+    let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+    let probs = model::softmax_rows(&flat, k, temp);
+    let n = labels.len().max(1) as f64;
+    let nll = probs
+        .iter()
+        .zip(labels)
+        .map(|(p, &y)| -(p[y].max(1e-12)).ln())
+        .sum::<f64>()
+        / n;
+    // expected calibration error over 10 equal-width confidence bins
+    let mut bins = [(0.0f64, 0.0f64, 0usize); 10];
+    for (p, &y) in probs.iter().zip(labels) {
+        let (arg, conf) = p
+            .iter()
+            .enumerate()
+            .fold((0, 0.0), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+        let b = ((conf * 10.0) as usize).min(9);
+        bins[b].0 += conf;
+        bins[b].1 += (arg == y) as u8 as f64;
+        bins[b].2 += 1;
+    }
+    let ece = bins
+        .iter()
+        .filter(|b| b.2 > 0)
+        .map(|b| (b.0 - b.1).abs())
+        .sum::<f64>()
+        / n;
+    (nll, ece)
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| s / n as f64)
+}
+
+fn in_views(views: &[View], v: View) -> bool {
+    views.is_empty() || views.contains(&v)
+}
+
+impl Evaluated {
+    /// Fits the temperature (NLL, golden-section search over log T), the EF confidence
+    /// threshold and the EF-from-areas line on this (validation) split.
+    pub fn calibrate(&self, f: &FinetuneBlock) -> Calibration {
+        let labels: Vec<usize> = self.views.iter().map(|v| v.index()).collect();
+        let mut cal = Calibration {
+            temperature: 1.0,
+            view_nll_before: f64::NAN,
+            view_nll_after: f64::NAN,
+            view_ece_before: f64::NAN,
+            view_ece_after: f64::NAN,
+            ef_min_confidence: None,
+            ef_area_fit: None,
+        };
+        if let Some(logits) = &self.view_logits {
+            let nll = |lt: f64| nll_and_ece(logits, &labels, lt.exp()).0;
+            let (mut a, mut b) = ((0.05f64).ln(), (20.0f64).ln());
+            let g = (5f64.sqrt() - 1.0) / 2.0;
+            for _ in 0..60 {
+                let (c, d) = (b - g * (b - a), a + g * (b - a));
+                if nll(c) < nll(d) {
+                    b = d;
+                } else {
+                    a = c;
+                }
+            }
+            let t = ((a + b) / 2.0).exp();
+            let (n0, e0) = nll_and_ece(logits, &labels, 1.0);
+            let (n1, e1) = nll_and_ece(logits, &labels, t);
+            cal.temperature = t;
+            cal.view_nll_before = n0;
+            cal.view_nll_after = n1;
+            cal.view_ece_before = e0;
+            cal.view_ece_after = e1;
+            cal.ef_min_confidence = self.ef_threshold(t, f.ef_misread_target);
+        }
+        if let Some(lv) = &self.lv {
+            let pts: Vec<(f64, f64)> = lv
+                .iter()
+                .zip(&self.views)
+                .zip(&self.ef_true)
+                .filter(|((_, v), _)| in_views(&self.lv_views, **v))
+                .filter_map(|((l, _), y)| model::ef_from_areas(&l.0).map(|x| (x, *y)))
+                .collect();
+            cal.ef_area_fit = fit_line(&pts);
+        }
+        cal
+    }
+
+    /// EF views: the EF head's, else the LV head's.
+    fn ef_views(&self) -> &[View] {
+        if self.ef_pred.is_some() {
+            &self.ef_views
+        } else {
+            &self.lv_views
+        }
+    }
+
+    fn shown(&self, temp: f64, threshold: f64) -> Vec<bool> {
+        let Some(logits) = &self.view_logits else {
+            return vec![true; self.views.len()];
+        };
+        let k = logits.first().map_or(0, |r| r.len());
+        let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+        let ef_views = self.ef_views();
+        model::softmax_rows(&flat, k, temp)
+            .iter()
+            .map(|p| {
+                let (arg, conf) = p
+                    .iter()
+                    .enumerate()
+                    .fold((0, 0.0), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+                in_views(ef_views, View::ALL[arg]) && conf >= threshold
+            })
+            .collect()
+    }
+
+    fn ef_threshold(&self, temp: f64, target: f64) -> Option<f64> {
+        let ef_views = self.ef_views().to_vec();
+        for step in 0..=99 {
+            let th = step as f64 / 100.0;
+            let shown = self.shown(temp, th);
+            let n = shown.iter().filter(|s| **s).count();
+            let bad = shown
+                .iter()
+                .zip(&self.views)
+                .filter(|(s, v)| **s && !in_views(&ef_views, **v))
+                .count();
+            if n == 0 || (bad as f64) <= target * n as f64 {
+                return Some(th);
+            }
+        }
+        Some(0.99)
+    }
+
+    /// The metrics; EF-from-areas calibrated with `cal` when given.
+    pub fn report(&self, cal: Option<&Calibration>) -> EvalReport {
+        let mut r = EvalReport {
+            clips: self.views.len(),
+            ..EvalReport::default()
+        };
+        if let Some(logits) = &self.view_logits {
+            let labels: Vec<usize> = self.views.iter().map(|v| v.index()).collect();
+            let k = logits.first().map_or(0, |r| r.len());
+            let flat: Vec<f32> = logits.iter().flatten().copied().collect();
+            let pred = model::argmax_rows(&flat, k);
+            r.view_accuracy = mean(pred.iter().zip(&labels).map(|(p, y)| (p == y) as u8 as f64));
+            r.view_nll = Some(nll_and_ece(logits, &labels, cal.map_or(1.0, |c| c.temperature)).0);
+        }
+        let ef_views = self.ef_views().to_vec();
+        let idx: Vec<usize> = (0..self.views.len())
+            .filter(|&i| in_views(&ef_views, self.views[i]))
+            .collect();
+        r.ef_clips = idx.len();
+        if !idx.is_empty() {
+            r.ef_mean_predictor_mae = mean(
+                idx.iter()
+                    .map(|&i| (self.ef_true[i] - self.scaler.mean).abs()),
+            );
+        }
+        if let Some(p) = &self.ef_pred {
+            r.ef_mae = mean(idx.iter().map(|&i| (p[i] - self.ef_true[i]).abs()));
+        }
+        if let Some(lv) = &self.lv {
+            let lv_idx: Vec<usize> = (0..self.views.len())
+                .filter(|&i| in_views(&self.lv_views, self.views[i]))
+                .collect();
+            r.lv_dice = mean(lv_idx.iter().map(|&i| lv[i].2));
+            let raw = |i: usize, which: usize| {
+                let areas = if which == 0 { &lv[i].0 } else { &lv[i].1 };
+                model::ef_from_areas(areas)
+            };
+            r.ef_area_raw_mae = mean(
+                lv_idx
+                    .iter()
+                    .filter_map(|&i| raw(i, 0).map(|e| (e - self.ef_true[i]).abs())),
+            );
+            r.ef_true_area_raw_mae = mean(
+                lv_idx
+                    .iter()
+                    .filter_map(|&i| raw(i, 1).map(|e| (e - self.ef_true[i]).abs())),
+            );
+            if let Some([a, b]) = cal.and_then(|c| c.ef_area_fit) {
+                r.ef_area_mae = mean(
+                    lv_idx
+                        .iter()
+                        .filter_map(|&i| raw(i, 0).map(|e| (a + b * e - self.ef_true[i]).abs())),
+                );
+            }
+        }
+        if let Some(c) = cal
+            && let Some(th) = c.ef_min_confidence
+        {
+            let shown = self.shown(c.temperature, th);
+            let n = shown.iter().filter(|s| **s).count();
+            let bad = shown
+                .iter()
+                .zip(&self.views)
+                .filter(|(s, v)| **s && !in_views(&ef_views, **v))
+                .count();
+            r.ef_shown_misread_share = (n > 0).then(|| bad as f64 / n as f64);
+            r.ef_shown_share = (!idx.is_empty())
+                .then(|| idx.iter().filter(|&&i| shown[i]).count() as f64 / idx.len() as f64);
+        }
+        r
+    }
+}
+
+/// Least-squares line `y = a + b x`.
+fn fit_line(pts: &[(f64, f64)]) -> Option<[f64; 2]> {
+    let n = pts.len() as f64;
+    if pts.len() < 3 {
+        return None;
+    }
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx <= 1e-12 {
+        return Some([my, 0.0]);
+    }
+    let b = sxy / sxx;
+    Some([my - b * mx, b])
+}
+
+/// `ema ← m · ema + (1 − m) · w` for every variable.
+pub fn ema_update(ema: &mut TensorMap, vm: &VarMap, m: f64) -> Result<()> {
+    for (k, v) in model::vars_of(vm)? {
+        let w = v
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let e = ema
+            .get_mut(&k)
+            .with_context(|| format!("EMA has no tensor `{k}`"))?;
+        *e = ((&*e * m)? + (w * (1.0 - m))?)?;
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(String::new, |x| format!("{x:.5}"))
+}
+
+/// Writes `metrics.csv` and `curves.png` (training losses; validation metrics).
+pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) -> Result<()> {
+    let mut csv = String::from("epoch,step,train_loss,");
+    for h in heads {
+        let _ = write!(csv, "loss_{},", h.name);
+    }
+    csv.push_str("lr,grad_norm,clips_per_s,val_view_accuracy,val_ef_mae,val_ef_mean_predictor_mae,val_lv_dice,val_ef_area_raw_mae\n");
+    for r in rows {
+        let _ = write!(csv, "{},{},{:.5},", r.epoch, r.step, r.train_loss);
+        for l in &r.head_losses {
+            let _ = write!(csv, "{l:.5},");
+        }
+        let v = &r.val;
+        let _ = writeln!(
+            csv,
+            "{:.3e},{:.4},{:.3},{},{},{},{},{}",
+            r.lr,
+            r.grad_norm,
+            r.clips_per_s,
+            opt(v.view_accuracy),
+            opt(v.ef_mae),
+            opt(v.ef_mean_predictor_mae),
+            opt(v.lv_dice),
+            opt(v.ef_area_raw_mae)
+        );
+    }
+    let path = dir.join("metrics.csv");
+    std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut series = vec![Series {
+        name: "train loss".into(),
+        points: rows.iter().map(|r| (r.step as f64, r.train_loss)).collect(),
+    }];
+    let mut add = |name: &str, get: &dyn Fn(&EvalReport) -> Option<f64>| {
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| get(&r.val).map(|v| (r.step as f64, v)))
+            .collect();
+        if !points.is_empty() {
+            series.push(Series {
+                name: name.into(),
+                points,
+            });
+        }
+    };
+    add("val view error", &|v| v.view_accuracy.map(|a| 1.0 - a));
+    add("val EF MAE / mean predictor", &|v| {
+        Some(v.ef_mae? / v.ef_mean_predictor_mae?)
+    });
+    add("val EF(areas) MAE / mean predictor", &|v| {
+        Some(v.ef_area_raw_mae? / v.ef_mean_predictor_mae?)
+    });
+    add("val LV 1 - Dice", &|v| v.lv_dice.map(|d| 1.0 - d));
+    line_chart(
+        &dir.join("curves.png"),
+        "fine-tuning (SYNTHETIC phantom)",
+        "step",
+        "loss / error",
+        &series,
+        true,
+    )
+}
+
+/// One progress line per epoch.
+pub fn describe_row(r: &super::EpochRow) -> String {
+    let v = &r.val;
+    let mut s = format!(
+        "epoch {} (step {}): loss {:.4}, {:.2} clips/s",
+        r.epoch, r.step, r.train_loss, r.clips_per_s
+    );
+    if let Some(a) = v.view_accuracy {
+        let _ = write!(s, "; val view acc {a:.3}");
+    }
+    if let (Some(e), Some(m)) = (v.ef_mae, v.ef_mean_predictor_mae) {
+        let _ = write!(
+            s,
+            "; EF MAE {e:.2} (mean predictor {m:.2}, ratio {:.2})",
+            e / m
+        );
+    }
+    if let Some(d) = v.lv_dice {
+        let _ = write!(s, "; LV Dice {d:.3}");
+    }
+    if let (Some(e), Some(m)) = (v.ef_area_raw_mae, v.ef_mean_predictor_mae) {
+        let _ = write!(s, "; EF(areas, raw) MAE {e:.2} ({:.2})", e / m);
+    }
+    s
+}
+
+/// The closing summary.
+pub fn describe_final(cal: &Calibration, t: &EvalReport) -> String {
+    let mut s = format!("test on {} unseen phantom clips:", t.clips);
+    if let Some(a) = t.view_accuracy {
+        let _ = write!(
+            s,
+            "\n  view accuracy {a:.3}; temperature {:.3} (validation NLL {:.3} -> {:.3}, ECE {:.3} -> {:.3})",
+            cal.temperature,
+            cal.view_nll_before,
+            cal.view_nll_after,
+            cal.view_ece_before,
+            cal.view_ece_after
+        );
+    }
+    if let Some(m) = t.ef_mean_predictor_mae {
+        let _ = write!(
+            s,
+            "\n  EF on {} clips: mean predictor MAE {m:.2}",
+            t.ef_clips
+        );
+        if let Some(e) = t.ef_mae {
+            let _ = write!(s, "; regressor {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = t.ef_area_mae {
+            let _ = write!(s, "; from LV areas {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = t.ef_true_area_raw_mae {
+            let _ = write!(s, "; the area rule on true masks {e:.2}");
+        }
+    }
+    if let Some(d) = t.lv_dice {
+        let _ = write!(s, "\n  LV Dice {d:.3}");
+    }
+    if let (Some(th), Some(b), Some(sh)) = (
+        cal.ef_min_confidence,
+        t.ef_shown_misread_share,
+        t.ef_shown_share,
+    ) {
+        let _ = write!(
+            s,
+            "\n  EF shown at view confidence >= {th:.2}: {:.1} % of EF-view clips, {:.1} % of shown values on a misread view",
+            100.0 * sh,
+            100.0 * b
+        );
+    }
+    s
+}

@@ -1,0 +1,730 @@
+//! `trainer finetune`: the encoder trained end to end together with its heads (view
+//! classifier, EF regressor, LV cavity decoder) on clips streamed from the phantom, starting
+//! from a pretrained checkpoint or from random weights.
+//!
+//! The output is a native checkpoint holding the tuned encoder (`target_encoder`) and the
+//! attentive heads as probes, so `quantize build` and the edge runtime take it unchanged; the
+//! LV decoder rides along as `lv_head`. After training, the view head's temperature is fitted
+//! on the validation split and stored with it, together with the view confidence below which
+//! EF should not be shown (the smallest threshold that keeps misread views among shown EF
+//! values at `ef_misread_target`). Resume is exact: every random draw is a function of the
+//! run seed and the step.
+
+pub mod config;
+pub mod eval;
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use echojepa::checkpoint::{InputSpec, NativeCheckpoint, NativeConfig, ProbeEntry, Scaler};
+use echojepa::phantom::View;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Loaded, load};
+use crate::device::DeviceSpec;
+use crate::optim::AdamW;
+use crate::phantom_stream::{PhantomStream, Split};
+use crate::schedule::{LrSchedule, WdSchedule};
+use config::{FinetuneConfig, HeadTask, Init};
+use eval::{Calibration, EvalReport, Evaluated};
+use model::FtModel;
+
+/// Fine-tune an encoder with its heads end to end (view, EF, LV cavity) on streamed phantom clips.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Fine-tuning config: the frozen-evaluation schema plus a `finetune:` block
+    /// (see configs/quickstart/finetune-tiny.yaml).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Device: `cpu` or `cuda:N`.
+    #[arg(long, num_args = 1.., default_value = "cpu")]
+    pub devices: Vec<String>,
+    /// Override the output directory (default: `folder/<eval_name>/<tag>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start again even when the output directory holds a run to resume.
+    #[arg(long)]
+    pub restart: bool,
+    /// Stop after this many optimizer steps in this invocation (the run resumes from there).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `latest.train.json` records besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    step: usize,
+    adam_steps: HashMap<String, u64>,
+    ef_scaler: Scaler,
+    history: Vec<EpochRow>,
+}
+
+/// One line of `metrics.csv`: the training losses of an epoch and the validation metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub step: usize,
+    pub train_loss: f64,
+    pub head_losses: Vec<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub clips_per_s: f64,
+    pub val: EvalReport,
+}
+
+/// A training batch: inputs and the labels every head needs.
+struct Batch {
+    input: Vec<f32>,
+    views: Vec<View>,
+    ef: Vec<f64>,
+    lv_tokens: Vec<f32>,
+}
+
+pub(crate) struct Setup {
+    cfg: FinetuneConfig,
+    out_dir: PathBuf,
+    device: Device,
+    dtype: DType,
+    stream: PhantomStream,
+    enc_cfg: echojepa::EncoderConfig,
+}
+
+fn stem(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// The initial tensors: encoder from the checkpoint or random, heads from their seeded init.
+fn initial_tensors(s: &Setup) -> Result<(echojepa::checkpoint::TensorMap, String)> {
+    let f = &s.cfg.finetune;
+    let seed = s.cfg.experiment.optimization.seed;
+    let mut out = HashMap::new();
+    let note = match f.init {
+        Init::Pretrained => {
+            let path = s
+                .cfg
+                .model_kwargs
+                .checkpoint
+                .as_ref()
+                .context("model_kwargs.checkpoint is not set")?;
+            let init = crate::jepa::read_init(path)?;
+            let key = &s.cfg.model_kwargs.pretrain_kwargs.encoder.checkpoint_key;
+            let enc = if key == "encoder" {
+                init.encoder
+            } else {
+                init.target
+            };
+            let expected = crate::jepa::expected_encoder(&s.enc_cfg)?;
+            for (name, shape) in &expected {
+                let t = enc
+                    .get(name)
+                    .with_context(|| format!("{}: no encoder tensor `{name}`", path.display()))?;
+                if t.dims() != shape.as_slice() {
+                    bail!(
+                        "{}: encoder tensor `{name}` has shape {:?}, the config's encoder needs {shape:?}",
+                        path.display(),
+                        t.dims()
+                    );
+                }
+                out.insert(format!("encoder.{name}"), t.clone());
+            }
+            format!("{} ({key})", path.display())
+        }
+        Init::Random => {
+            let expected = crate::jepa::expected_encoder(&s.enc_cfg)?;
+            for (k, t) in crate::jepa::reference_init(&expected, seed, true)? {
+                out.insert(format!("encoder.{k}"), t);
+            }
+            format!("random (reference initialisation, seed {seed})")
+        }
+    };
+    let c = &s.cfg.experiment.classifier;
+    for (i, h) in f.heads.iter().enumerate() {
+        let hseed = seed.wrapping_add(101 + i as u64);
+        match model::probe_config(h.task, s.enc_cfg.embed_dim, c.num_heads, c.num_probe_blocks) {
+            Some(pc) => {
+                for (k, t) in crate::probe::heads::probe_init(&pc, hseed)? {
+                    out.insert(format!("heads.{}.{k}", h.name), t);
+                }
+            }
+            None => {
+                let (d, w) = (s.enc_cfg.embed_dim, model::lv_width(&s.enc_cfg));
+                let mut rng = crate::rng::rng_for(&[hseed, 0x1f]);
+                let b = 1.0 / (d as f64).sqrt();
+                let wv: Vec<f32> = (0..d * w)
+                    .map(|_| rand::Rng::random_range(&mut rng, -b..b) as f32)
+                    .collect();
+                out.insert(
+                    format!("heads.{}.weight", h.name),
+                    Tensor::from_vec(wv, (w, d), &Device::Cpu)?,
+                );
+                // start from the cavity's prior share of the image (mostly background)
+                out.insert(
+                    format!("heads.{}.bias", h.name),
+                    Tensor::full(-2.0f32, w, &Device::Cpu)?,
+                );
+            }
+        }
+    }
+    Ok((out, note))
+}
+
+fn setup(args: &Args) -> Result<Setup> {
+    let loaded: Loaded<FinetuneConfig> = load(&args.config)?;
+    let cfg = loaded.config;
+    cfg.validate()
+        .with_context(|| format!("{}", args.config.display()))?;
+    model::check_heads(&cfg.finetune.heads)?;
+    let dev = DeviceSpec::from_list(&args.devices)?;
+    let device = dev.open()?;
+    let dtype = dev.compute_dtype(false);
+    let out_dir = args.out.clone().unwrap_or_else(|| cfg.output_dir());
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let d = &cfg.experiment.data;
+    let stream = PhantomStream::new(
+        cfg.finetune.phantom.clone(),
+        d.frames_per_clip,
+        d.frame_step,
+        d.resolution,
+        cfg.experiment.optimization.seed,
+    )?;
+    let enc_cfg = cfg.encoder_config()?;
+    Ok(Setup {
+        cfg,
+        out_dir,
+        device,
+        dtype,
+        stream,
+        enc_cfg,
+    })
+}
+
+/// Renders the batch of `step` (a pure function of the run seed and the step).
+fn make_batch(
+    stream: &PhantomStream,
+    enc: &echojepa::EncoderConfig,
+    b: usize,
+    step: usize,
+) -> Result<Batch> {
+    let mut batch = Batch {
+        input: Vec::new(),
+        views: Vec::with_capacity(b),
+        ef: Vec::with_capacity(b),
+        lv_tokens: Vec::new(),
+    };
+    for i in 0..b {
+        let c = stream.clip(Split::Train, (step * b + i) as u64)?;
+        batch.input.extend_from_slice(&c.input);
+        batch.views.push(c.view);
+        batch.ef.push(c.ef_percent);
+        batch.lv_tokens.extend(model::lv_tokens(
+            &c.lv,
+            stream.frames,
+            stream.resolution,
+            enc.tubelet_size,
+            enc.patch_size,
+        ));
+    }
+    Ok(batch)
+}
+
+/// Renders batches ahead of the training loop on a worker thread.
+fn prefetch(
+    stream: PhantomStream,
+    enc: echojepa::EncoderConfig,
+    b: usize,
+    steps: std::ops::Range<usize>,
+) -> mpsc::Receiver<Result<Batch>> {
+    let (tx, rx) = mpsc::sync_channel(2);
+    std::thread::spawn(move || {
+        for step in steps {
+            if tx.send(make_batch(&stream, &enc, b, step)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The loss of one batch and each head's part of it.
+fn batch_loss(
+    s: &Setup,
+    m: &FtModel,
+    batch: &Batch,
+    step: usize,
+    scaler: Scaler,
+) -> Result<(Tensor, Vec<f64>)> {
+    let f = &s.cfg.finetune;
+    let d = &s.cfg.experiment.data;
+    let b = batch.views.len();
+    let (t, r) = (d.frames_per_clip, d.resolution);
+    let x = Tensor::from_slice(&batch.input, (b, 3, t, r, r), &s.device)?.to_dtype(s.dtype)?;
+    let rates = model::drop_rates(s.enc_cfg.depth, f.drop_path);
+    let mut rng = crate::rng::rng_for(&[s.cfg.experiment.optimization.seed, 0xd509, step as u64]);
+    let tokens = m.encode(&x, Some((&rates, &mut rng)), f.freeze_blocks)?;
+    let outs = m.heads_forward(&tokens)?;
+    let mut total: Option<Tensor> = None;
+    let mut parts = Vec::with_capacity(f.heads.len());
+    for (h, out) in f.heads.iter().zip(&outs) {
+        let rows: Vec<u32> = (0..b as u32)
+            .filter(|&i| h.views.is_empty() || h.views.contains(&batch.views[i as usize]))
+            .collect();
+        let Some(sel) = model::select_rows(out, &rows)? else {
+            parts.push(f64::NAN);
+            continue;
+        };
+        let loss = match h.task {
+            HeadTask::View => {
+                let labels: Vec<u32> = rows
+                    .iter()
+                    .map(|&i| batch.views[i as usize].index() as u32)
+                    .collect();
+                model::cross_entropy(&sel, &labels)?
+            }
+            HeadTask::Ef => {
+                let z: Vec<f32> = rows
+                    .iter()
+                    .map(|&i| ((batch.ef[i as usize] - scaler.mean) / scaler.std) as f32)
+                    .collect();
+                let z = Tensor::from_vec(z, (rows.len(), 1), &s.device)?;
+                crate::probe::heads::smooth_l1(&(sel.to_dtype(DType::F32)? - z)?)?
+            }
+            HeadTask::LvSegmentation => {
+                let per = batch.lv_tokens.len() / b;
+                let mut tgt = Vec::with_capacity(rows.len() * per);
+                for &i in &rows {
+                    let i = i as usize;
+                    tgt.extend_from_slice(&batch.lv_tokens[i * per..(i + 1) * per]);
+                }
+                let tgt = Tensor::from_vec(tgt, sel.dims(), &s.device)?;
+                model::bce_with_logits(&sel, &tgt)?
+            }
+        };
+        parts.push(loss.to_scalar::<f32>()? as f64);
+        let weighted = (loss * h.loss_weight)?;
+        total = Some(match total {
+            Some(t) => (t + weighted)?,
+            None => weighted,
+        });
+    }
+    let total = total.context("no head had a sample in this batch")?;
+    Ok((total, parts))
+}
+
+/// Saves the model (EMA when enabled) as a native checkpoint with its probes.
+#[allow(clippy::too_many_arguments)]
+fn save_model(
+    s: &Setup,
+    weights: &echojepa::checkpoint::TensorMap,
+    scaler: Scaler,
+    cal: Option<&Calibration>,
+    notes: BTreeMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let c = &s.cfg.experiment.classifier;
+    let d = &s.cfg.experiment.data;
+    let mut nc = NativeConfig::new(s.enc_cfg.clone());
+    nc.model_id = format!("{}-finetune-{}", s.enc_cfg.name, s.cfg.tag);
+    nc.encoders = vec!["target_encoder".into()];
+    let mut input = InputSpec::imagenet(d.resolution, d.frames_per_clip, d.frame_step);
+    input.fps = None;
+    nc.input = Some(input);
+    let mut ck_parts: Vec<(String, echojepa::checkpoint::TensorMap)> = Vec::new();
+    let part = |prefix: &str| -> echojepa::checkpoint::TensorMap {
+        weights
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(prefix)
+                    .map(|rest| (rest.to_string(), v.clone()))
+            })
+            .collect()
+    };
+    ck_parts.push(("target_encoder".into(), part("encoder.")));
+    for h in &s.cfg.finetune.heads {
+        let tensors = part(&format!("heads.{}.", h.name));
+        match model::probe_config(h.task, s.enc_cfg.embed_dim, c.num_heads, c.num_probe_blocks) {
+            Some(pc) => {
+                let view = h.task == HeadTask::View;
+                nc.probes.insert(
+                    h.name.clone(),
+                    ProbeEntry {
+                        config: pc,
+                        classes: if view {
+                            View::ALL.iter().map(|v| v.name().to_string()).collect()
+                        } else {
+                            vec![]
+                        },
+                        targets: if view {
+                            vec![]
+                        } else {
+                            vec!["ef_percent (%)".into()]
+                        },
+                        scaler: (!view).then_some(scaler),
+                        temperature: if view {
+                            cal.map(|c| c.temperature)
+                        } else {
+                            None
+                        },
+                        min_confidence: if view {
+                            cal.and_then(|c| c.ef_min_confidence)
+                        } else {
+                            None
+                        },
+                        valid_views: h.views.iter().map(|v| v.name().to_string()).collect(),
+                    },
+                );
+                ck_parts.push((format!("probes.{}", h.name), tensors));
+            }
+            None => ck_parts.push(("lv_head".into(), tensors)),
+        }
+    }
+    nc.notes = notes;
+    let mut ck = NativeCheckpoint::new(nc);
+    for (prefix, t) in ck_parts {
+        ck.insert_part(&prefix, t);
+    }
+    ck.save(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn save_train_state(
+    dir: &Path,
+    opt: &AdamW,
+    ema: Option<&echojepa::checkpoint::TensorMap>,
+    state: &TrainState,
+) -> Result<()> {
+    let (mut tensors, steps) = opt.state("optim.");
+    if let Some(e) = ema {
+        for (k, v) in e {
+            tensors.insert(format!("ema.{k}"), v.clone());
+        }
+    }
+    let st = dir.join("latest.train.safetensors");
+    candle_core::safetensors::save(&tensors, &st)
+        .with_context(|| format!("cannot write {}", st.display()))?;
+    let mut state = state.clone();
+    state.adam_steps = steps;
+    let js = dir.join("latest.train.json");
+    fs::write(&js, serde_json::to_string_pretty(&state)?)
+        .with_context(|| format!("cannot write {}", js.display()))?;
+    Ok(())
+}
+
+/// Notes stored in the checkpoint: provenance (the synthetic-data flag the quantizer and the
+/// runtime read), the recipe and the seeds.
+fn notes(s: &Setup, init_note: &str, step: usize) -> BTreeMap<String, String> {
+    let p = &s.stream.spec;
+    let mut n = BTreeMap::new();
+    n.insert(
+        "training_data".into(),
+        format!(
+            "SYNTHETIC echo phantom streamed by `trainer finetune` (views {}, {}x{} at {} fps); no patient data",
+            p.views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
+            p.width,
+            p.height,
+            p.fps
+        ),
+    );
+    n.insert("finetune_init".into(), init_note.to_string());
+    n.insert(
+        "finetune_seeds".into(),
+        format!(
+            "run seed {}; patients train [{}, +{}), val [{}, +{}), test [{}, +{})",
+            s.stream.seed,
+            p.train_seeds.start,
+            p.train_seeds.count,
+            p.val_seeds.start,
+            p.val_seeds.count,
+            p.test_seeds.start,
+            p.test_seeds.count
+        ),
+    );
+    n.insert("finetune_steps".into(), step.to_string());
+    n
+}
+
+/// Runs the fine-tuning.
+pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+    let s = setup(&args)?;
+    let f = s.cfg.finetune.clone();
+    let o = s.cfg.experiment.optimization.clone();
+    let total_steps = f.steps_per_epoch * o.num_epochs;
+    let latest = stem(&s.out_dir, "latest");
+    let state_json = s.out_dir.join("latest.train.json");
+    let resuming = !args.restart && state_json.exists();
+
+    let (init, init_note) = initial_tensors(&s)?;
+    let mut state = TrainState {
+        step: 0,
+        adam_steps: HashMap::new(),
+        ef_scaler: {
+            let (mean, std) = s.stream.ef_stats(4096);
+            Scaler { mean, std }
+        },
+        history: Vec::new(),
+    };
+    let mut weights = init;
+    let mut ema: Option<echojepa::checkpoint::TensorMap> = None;
+    let mut saved_opt: Option<(HashMap<String, Tensor>, HashMap<String, u64>)> = None;
+    if resuming {
+        let text = fs::read_to_string(&state_json)
+            .with_context(|| format!("cannot read {}", state_json.display()))?;
+        state = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a fine-tuning state", state_json.display()))?;
+        let st = s.out_dir.join("latest.train.safetensors");
+        let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", st.display()))?;
+        let mut opt_t = HashMap::new();
+        let mut ema_t = HashMap::new();
+        for (k, v) in tensors {
+            if let Some(rest) = k.strip_prefix("ema.") {
+                ema_t.insert(rest.to_string(), v);
+            } else {
+                opt_t.insert(k, v);
+            }
+        }
+        // the saved model may be the EMA; training continues from the live weights
+        let live = s.out_dir.join("latest.live.safetensors");
+        weights = candle_core::safetensors::load(&live, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", live.display()))?;
+        if !ema_t.is_empty() {
+            ema = Some(ema_t);
+        }
+        saved_opt = Some((opt_t, state.adam_steps.clone()));
+        writeln!(
+            out,
+            "resuming {} at step {}",
+            s.out_dir.display(),
+            state.step
+        )?;
+    }
+    let varmap = model::varmap_of(&weights, s.dtype, &s.device)?;
+    let vb = VarBuilder::from_varmap(&varmap, s.dtype, &s.device);
+    let c = &s.cfg.experiment.classifier;
+    let m = FtModel::new(&s.enc_cfg, &f.heads, c.num_heads, c.num_probe_blocks, vb)?;
+    let trainable: Vec<_> = model::vars_of(&varmap)?
+        .into_iter()
+        .filter(|(n, _)| model::is_trainable(n, f.freeze_blocks))
+        .collect();
+    let mut opt = AdamW::new(trainable, [0.9, 0.999], 1e-8)?;
+    let depth = s.enc_cfg.depth;
+    opt.set_lr_scales(|n| model::lr_scale(n, depth, f.lr, f.encoder_lr, f.layer_decay));
+    if let Some((t, steps)) = &saved_opt {
+        opt.load_state("optim.", t, steps)?;
+    }
+    if f.ema.is_some() && ema.is_none() {
+        ema = Some(model::snapshot(&varmap)?);
+    }
+    let warmup = (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize;
+    let lr_sched = LrSchedule::WarmupCosine {
+        warmup_steps: warmup,
+        start_lr: f.lr * f.start_lr_ratio,
+        ref_lr: f.lr,
+        final_lr: f.lr * f.final_lr_ratio,
+        t_max: total_steps.saturating_sub(warmup),
+    };
+    let wd_sched = WdSchedule {
+        ref_wd: f.weight_decay,
+        final_wd: f.weight_decay,
+        t_max: total_steps,
+    };
+
+    writeln!(
+        out,
+        "fine-tuning {} ({} blocks, dim {}) from {init_note}: heads {}; {} epochs x {} steps x {} clips; SYNTHETIC phantom stream",
+        s.enc_cfg.name,
+        depth,
+        s.enc_cfg.embed_dim,
+        f.heads
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.num_epochs,
+        f.steps_per_epoch,
+        o.batch_size
+    )?;
+    let val = eval::render_split(&s.stream, Split::Val, f.val_clips)?;
+    let stop_at = args
+        .max_steps
+        .map_or(total_steps, |n| (state.step + n).min(total_steps));
+    let rx = prefetch(
+        s.stream.clone(),
+        s.enc_cfg.clone(),
+        o.batch_size,
+        state.step..stop_at,
+    );
+    let pb = indicatif::ProgressBar::new(total_steps as u64);
+    pb.set_position(state.step as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "finetune [{bar:30}] {pos}/{len} steps {msg} ({elapsed}, eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let mut epoch_losses: Vec<f64> = Vec::new();
+    let mut epoch_parts: Vec<Vec<f64>> = Vec::new();
+    let mut last_norm;
+    let mut epoch_t0 = Instant::now();
+    let mut epoch_clips = 0usize;
+    while state.step < stop_at {
+        let batch = rx
+            .recv()
+            .context("the phantom renderer stopped")?
+            .with_context(|| format!("rendering the batch of step {}", state.step))?;
+        let (loss, parts) = batch_loss(&s, &m, &batch, state.step, state.ef_scaler)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            bail!("loss is {lv} at step {}", state.step);
+        }
+        let grads = loss.backward()?;
+        let sched_step = state.step + 1;
+        let stats = opt.step(
+            &grads,
+            lr_sched.lr_at(sched_step),
+            wd_sched.wd_at(sched_step),
+            f.clip_grad,
+        )?;
+        last_norm = stats.grad_norm;
+        if let (Some(mom), Some(e)) = (f.ema, ema.as_mut()) {
+            eval::ema_update(e, &varmap, mom)?;
+        }
+        state.step += 1;
+        epoch_losses.push(lv);
+        epoch_parts.push(parts);
+        epoch_clips += batch.views.len();
+        pb.set_position(state.step as u64);
+        pb.set_message(format!("loss {lv:.3}"));
+        if state.step.is_multiple_of(f.steps_per_epoch) || state.step == stop_at {
+            let live = model::snapshot(&varmap)?;
+            let eval_weights = ema.as_ref().unwrap_or(&live);
+            let report = eval::evaluate(&s, eval_weights, &val, state.ef_scaler)?.report(None);
+            let n = epoch_losses.len().max(1) as f64;
+            let nh = f.heads.len();
+            let head_losses: Vec<f64> = (0..nh)
+                .map(|h| {
+                    let v: Vec<f64> = epoch_parts
+                        .iter()
+                        .map(|p| p[h])
+                        .filter(|x| x.is_finite())
+                        .collect();
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
+                })
+                .collect();
+            let row = EpochRow {
+                epoch: state.step.div_ceil(f.steps_per_epoch),
+                step: state.step,
+                train_loss: epoch_losses.iter().sum::<f64>() / n,
+                head_losses,
+                lr: lr_sched.lr_at(sched_step),
+                grad_norm: last_norm,
+                clips_per_s: epoch_clips as f64 / epoch_t0.elapsed().as_secs_f64().max(1e-9),
+                val: report,
+            };
+            let line = eval::describe_row(&row);
+            pb.suspend(|| writeln!(out, "{line}"))?;
+            state.history.push(row);
+            epoch_losses.clear();
+            epoch_parts.clear();
+            epoch_clips = 0;
+            epoch_t0 = Instant::now();
+            candle_core::safetensors::save(&live, s.out_dir.join("latest.live.safetensors"))
+                .context("cannot write the live weights")?;
+            save_model(
+                &s,
+                eval_weights,
+                state.ef_scaler,
+                None,
+                notes(&s, &init_note, state.step),
+                &latest,
+            )?;
+            save_train_state(&s.out_dir, &opt, ema.as_ref(), &state)?;
+            eval::write_metrics(&s.out_dir, &f.heads, &state.history)?;
+        }
+    }
+    pb.finish_and_clear();
+    if state.step < total_steps {
+        writeln!(
+            out,
+            "stopped at step {} of {total_steps}; run the same command again to continue",
+            state.step
+        )?;
+        return Ok(());
+    }
+    finish(
+        &s,
+        &varmap,
+        ema.as_ref(),
+        &val,
+        &state,
+        &init_note,
+        &args,
+        out,
+    )
+}
+
+/// After the last step: calibration on validation, the test evaluation, the final checkpoint
+/// and `summary.json`.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    s: &Setup,
+    varmap: &candle_nn::VarMap,
+    ema: Option<&echojepa::checkpoint::TensorMap>,
+    val: &[eval::Rendered],
+    state: &TrainState,
+    init_note: &str,
+    args: &Args,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let f = &s.cfg.finetune;
+    let live = model::snapshot(varmap)?;
+    let weights = ema.unwrap_or(&live);
+    let val_ev: Evaluated = eval::evaluate(s, weights, val, state.ef_scaler)?;
+    let cal = val_ev.calibrate(f);
+    let test = eval::render_split(&s.stream, Split::Test, f.test_clips)?;
+    let test_ev = eval::evaluate(s, weights, &test, state.ef_scaler)?;
+    let test_report = test_ev.report(Some(&cal));
+    let val_report = val_ev.report(Some(&cal));
+    let mut n = notes(s, init_note, state.step);
+    n.insert("finetune_test".into(), serde_json::to_string(&test_report)?);
+    let latest = stem(&s.out_dir, "latest");
+    save_model(s, weights, state.ef_scaler, Some(&cal), n, &latest)?;
+    let summary = serde_json::json!({
+        "synthetic_training_data": true,
+        "init": init_note,
+        "steps": state.step,
+        "ef_scaler": state.ef_scaler,
+        "calibration": cal,
+        "val": val_report,
+        "test": test_report,
+        "checkpoint": latest.display().to_string(),
+        "seeds": notes(s, init_note, state.step).get("finetune_seeds"),
+    });
+    fs::write(
+        s.out_dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        writeln!(out, "{}", eval::describe_final(&cal, &test_report))?;
+        writeln!(
+            out,
+            "wrote {} (+ .json), metrics.csv, curves.png and summary.json in {} (SYNTHETIC training data)",
+            latest.with_extension("safetensors").display(),
+            s.out_dir.display()
+        )?;
+    }
+    Ok(())
+}

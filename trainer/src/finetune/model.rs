@@ -1,0 +1,442 @@
+//! The encoder with its heads as one trainable model: stochastic depth, frozen leading blocks,
+//! layer-wise learning rates, and the three losses (view cross-entropy, EF SmoothL1 on
+//! z-scores, LV cavity binary cross-entropy per pixel).
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow, bail};
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use echojepa::EncoderConfig;
+use echojepa::checkpoint::TensorMap;
+use echojepa::encoder::VisionTransformer;
+use echojepa::nn::Linear;
+use echojepa::probe::AttentiveProbe;
+use echojepa::rope::RopeTables;
+use echojepa::{ProbeConfig, ProbeKind};
+use rand::Rng;
+
+use super::config::{HeadCfg, HeadTask};
+
+/// One head of the model.
+pub enum Head {
+    Attentive(AttentiveProbe),
+    /// Tokens `[B, N, D]` → per-token logits `[B, N, tubelet · patch²]`.
+    Lv(Linear),
+}
+
+/// The model: encoder plus heads, built from a `VarBuilder` (trainable or fixed tensors).
+pub struct FtModel {
+    pub encoder: VisionTransformer,
+    pub heads: Vec<Head>,
+    pub enc_cfg: EncoderConfig,
+}
+
+/// Probe architecture of an attentive head.
+pub fn probe_config(
+    task: HeadTask,
+    embed_dim: usize,
+    num_heads: usize,
+    depth: usize,
+) -> Option<ProbeConfig> {
+    let (kind, n) = match task {
+        HeadTask::View => (ProbeKind::Classifier, echojepa::phantom::View::ALL.len()),
+        HeadTask::Ef => (ProbeKind::Regressor, 1),
+        HeadTask::LvSegmentation => return None,
+    };
+    Some(ProbeConfig {
+        kind,
+        embed_dim,
+        num_heads,
+        depth,
+        num_outputs: n,
+        mlp_ratio: 4.0,
+        slots: None,
+    })
+}
+
+/// Output width of the LV decoder: every pixel of a tubelet.
+pub fn lv_width(enc: &EncoderConfig) -> usize {
+    enc.tubelet_size * enc.patch_size * enc.patch_size
+}
+
+impl FtModel {
+    /// Builds the model on `vb`: the encoder at `encoder.*`, head `h` at `heads.{name}.*`.
+    pub fn new(
+        enc_cfg: &EncoderConfig,
+        heads: &[HeadCfg],
+        probe_heads: usize,
+        probe_depth: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let encoder = VisionTransformer::new(enc_cfg, vb.pp("encoder"))?;
+        let mut out = Vec::with_capacity(heads.len());
+        for h in heads {
+            let hvb = vb.pp(format!("heads.{}", h.name));
+            out.push(
+                match probe_config(h.task, enc_cfg.embed_dim, probe_heads, probe_depth) {
+                    Some(pc) => Head::Attentive(AttentiveProbe::new(&pc, hvb)?),
+                    None => Head::Lv(Linear::new(enc_cfg.embed_dim, lv_width(enc_cfg), hvb)?),
+                },
+            );
+        }
+        Ok(Self {
+            encoder,
+            heads: out,
+            enc_cfg: enc_cfg.clone(),
+        })
+    }
+
+    /// Encodes `[B, 3, T, H, W]` to `[B, N, D]`. In training, each residual branch of block `i`
+    /// is dropped per sample with probability `drop[i]` (kept ones scaled by `1/(1-p)`), and the
+    /// patch embedding and the first `freeze` blocks get no gradient.
+    pub fn encode(
+        &self,
+        video: &Tensor,
+        drop: Option<(&[f64], &mut dyn rand::RngCore)>,
+        freeze: usize,
+    ) -> Result<Tensor> {
+        let pe = self.encoder.patch_embed();
+        let grid = pe.grid(video)?;
+        let mut x = pe.forward(video)?;
+        let rope = RopeTables::full(self.enc_cfg.head_dim(), grid, x.dtype(), x.device())?;
+        let b = x.dim(0)?;
+        let mut drop = drop;
+        for (i, blk) in self.encoder.blocks().iter().enumerate() {
+            if freeze > 0 && i == freeze {
+                // nothing below trains: no gradient needs to flow there
+                x = x.detach();
+            }
+            let a = blk
+                .attn()
+                .forward(&blk.norm1().forward(&x)?, Some(&rope), None)?;
+            let a = match &mut drop {
+                Some((rates, rng)) => drop_path(&a, rates[i], b, &mut **rng)?,
+                None => a,
+            };
+            x = (x + a)?;
+            let m = blk.mlp().forward(&blk.norm2().forward(&x)?)?;
+            let m = match &mut drop {
+                Some((rates, rng)) => drop_path(&m, rates[i], b, &mut **rng)?,
+                None => m,
+            };
+            x = (x + m)?;
+        }
+        if freeze >= self.encoder.blocks().len() {
+            x = x.detach();
+        }
+        Ok(self.encoder.norm().forward(&x)?)
+    }
+
+    /// Every head's raw output on the tokens.
+    pub fn heads_forward(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        self.heads
+            .iter()
+            .map(|h| match h {
+                Head::Attentive(p) => Ok(p.forward(tokens, None)?),
+                Head::Lv(l) => Ok(l.forward(tokens)?),
+            })
+            .collect()
+    }
+}
+
+fn drop_path(x: &Tensor, p: f64, b: usize, rng: &mut dyn rand::RngCore) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep: Vec<f32> = (0..b)
+        .map(|_| {
+            if rng.random::<f64>() < p {
+                0.0
+            } else {
+                (1.0 / (1.0 - p)) as f32
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(keep, (b, 1, 1), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_mul(&mask)?)
+}
+
+/// Stochastic-depth rate of each block: linear from 0 to `max` over the depth.
+pub fn drop_rates(depth: usize, max: f64) -> Vec<f64> {
+    (0..depth)
+        .map(|i| {
+            if depth <= 1 {
+                max
+            } else {
+                max * i as f64 / (depth - 1) as f64
+            }
+        })
+        .collect()
+}
+
+/// Learning-rate multiplier of a parameter relative to the heads' peak rate: heads 1, encoder
+/// block `i` `encoder_lr / lr · decay^(depth − 1 − i)`, patch embedding one step further, the
+/// final norm as the last block.
+pub fn lr_scale(name: &str, depth: usize, lr: f64, encoder_lr: f64, decay: f64) -> f64 {
+    let Some(rest) = name.strip_prefix("encoder.") else {
+        return 1.0;
+    };
+    let base = if lr > 0.0 { encoder_lr / lr } else { 0.0 };
+    let steps_from_top = if let Some(b) = rest.strip_prefix("blocks.") {
+        let i: usize = b
+            .split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        depth.saturating_sub(1 + i)
+    } else if rest.starts_with("patch_embed") {
+        depth
+    } else {
+        0
+    };
+    base * decay.powi(steps_from_top as i32)
+}
+
+/// Whether a parameter trains when the patch embedding and `freeze` blocks are frozen.
+pub fn is_trainable(name: &str, freeze: usize) -> bool {
+    if freeze == 0 {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("encoder.") else {
+        return true;
+    };
+    if rest.starts_with("patch_embed") {
+        return false;
+    }
+    if let Some(b) = rest.strip_prefix("blocks.") {
+        let i: usize = b
+            .split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX);
+        return i >= freeze;
+    }
+    true
+}
+
+/// Fills a `VarMap` with `tensors` (names as in the model) converted to `dtype` on `device`.
+pub fn varmap_of(tensors: &TensorMap, dtype: DType, device: &Device) -> Result<VarMap> {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow!("VarMap lock poisoned"))?;
+        for (k, t) in tensors {
+            data.insert(
+                k.clone(),
+                Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?,
+            );
+        }
+    }
+    Ok(varmap)
+}
+
+/// The named variables of a `VarMap`.
+pub fn vars_of(vm: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow!("VarMap lock poisoned"))?;
+    Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Rows `rows` of `x` along dim 0 (a copy), or `None` when there are none.
+pub fn select_rows(x: &Tensor, rows: &[u32]) -> Result<Option<Tensor>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let idx = Tensor::from_slice(rows, rows.len(), x.device())?;
+    Ok(Some(x.index_select(&idx, 0)?))
+}
+
+/// Mean binary cross-entropy of `logits` against soft `targets` in `[0, 1]`, stable form
+/// `max(x, 0) − x·y + log(1 + exp(−|x|))`.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let x = logits.to_dtype(DType::F32)?;
+    let relu = x.relu()?;
+    let xy = (&x * targets)?;
+    let soft = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    Ok(((relu - xy)? + soft)?.mean_all()?)
+}
+
+/// Per-token LV targets `[N, tubelet · p²]` from a `[T, R, R]` map, in the encoder's token
+/// order (time, row, column) and each token's pixel order (frame, row, column).
+pub fn lv_tokens(lv: &[f32], frames: usize, res: usize, tubelet: usize, patch: usize) -> Vec<f32> {
+    let (gt, g) = (frames / tubelet, res / patch);
+    let mut out = Vec::with_capacity(lv.len());
+    for tt in 0..gt {
+        for gy in 0..g {
+            for gx in 0..g {
+                for dt in 0..tubelet {
+                    let f = tt * tubelet + dt;
+                    for py in 0..patch {
+                        let row = (f * res + gy * patch + py) * res + gx * patch;
+                        out.extend_from_slice(&lv[row..row + patch]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per-frame cavity areas (pixels) from per-token values `[N, tubelet · p²]`.
+pub fn lv_frame_areas(
+    tok: &[f32],
+    frames: usize,
+    res: usize,
+    tubelet: usize,
+    patch: usize,
+) -> Vec<f64> {
+    let per_frame_tokens = (res / patch) * (res / patch);
+    let pp = patch * patch;
+    let mut areas = vec![0.0f64; frames];
+    for (n, chunk) in tok.chunks(tubelet * pp).enumerate() {
+        let tt = n / per_frame_tokens;
+        for dt in 0..tubelet {
+            let s: f32 = chunk[dt * pp..(dt + 1) * pp].iter().sum();
+            if let Some(a) = areas.get_mut(tt * tubelet + dt) {
+                *a += s as f64;
+            }
+        }
+    }
+    areas
+}
+
+/// EF (percent) from a beat's cavity areas, as the area–length rule reduces for a shape that
+/// scales uniformly: `100 (1 − (A_min / A_max)^1.5)`.
+pub fn ef_from_areas(areas: &[f64]) -> Option<f64> {
+    let max = areas.iter().cloned().fold(f64::MIN, f64::max);
+    let min = areas.iter().cloned().fold(f64::MAX, f64::min);
+    (max > 0.0 && min.is_finite()).then(|| 100.0 * (1.0 - (min / max).max(0.0).powf(1.5)))
+}
+
+/// Cross-entropy of logits `[B, C]` against class indices.
+pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    let t = Tensor::from_slice(labels, labels.len(), logits.device())?;
+    Ok(candle_nn::loss::cross_entropy(
+        &logits.to_dtype(DType::F32)?,
+        &t,
+    )?)
+}
+
+/// Softmax of `logits / temperature` per row.
+pub fn softmax_rows(logits: &[f32], classes: usize, temperature: f64) -> Vec<Vec<f64>> {
+    logits
+        .chunks(classes)
+        .map(|row| {
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let e: Vec<f64> = row
+                .iter()
+                .map(|&v| ((v as f64 - m) / temperature).exp())
+                .collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect()
+        })
+        .collect()
+}
+
+/// The current value of every variable, f32 on the CPU.
+pub fn snapshot(vm: &VarMap) -> Result<TensorMap> {
+    let mut out = HashMap::new();
+    for (k, v) in vars_of(vm)? {
+        out.insert(
+            k,
+            v.as_tensor()
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Argmax per row of `[B, C]` floats.
+pub fn argmax_rows(x: &[f32], classes: usize) -> Vec<usize> {
+    x.chunks(classes)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect()
+}
+
+/// Sanity check of a head list against the encoder (names the bad head).
+pub fn check_heads(heads: &[HeadCfg]) -> Result<()> {
+    let n_lv = heads
+        .iter()
+        .filter(|h| h.task == HeadTask::LvSegmentation)
+        .count();
+    if n_lv > 1 {
+        bail!("finetune.heads: at most one lv_segmentation head");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lv_tokens_round_trip_to_frame_areas() {
+        let (t, r, tub, p) = (4, 8, 2, 4);
+        let lv: Vec<f32> = (0..t * r * r).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
+        let tok = lv_tokens(&lv, t, r, tub, p);
+        assert_eq!(tok.len(), lv.len());
+        let areas = lv_frame_areas(&tok, t, r, tub, p);
+        for f in 0..t {
+            let want: f32 = lv[f * r * r..(f + 1) * r * r].iter().sum();
+            assert!((areas[f] - want as f64).abs() < 1e-3, "frame {f}");
+        }
+    }
+
+    #[test]
+    fn ef_from_areas_follows_the_power_rule() {
+        let ef = ef_from_areas(&[100.0, 80.0, 64.0, 80.0]).unwrap();
+        assert!((ef - 100.0 * (1.0 - 0.64f64.powf(1.5))).abs() < 1e-9);
+        assert!(ef_from_areas(&[0.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn layer_decay_and_freezing_by_name() {
+        let s = |n| lr_scale(n, 4, 1e-3, 1e-4, 0.5);
+        assert_eq!(s("heads.view.linear.weight"), 1.0);
+        assert!((s("encoder.blocks.3.attn.qkv.weight") - 0.1).abs() < 1e-12);
+        assert!((s("encoder.blocks.0.attn.qkv.weight") - 0.1 * 0.125).abs() < 1e-12);
+        assert!((s("encoder.patch_embed.proj.weight") - 0.1 * 0.0625).abs() < 1e-12);
+        assert!(!is_trainable("encoder.patch_embed.proj.weight", 1));
+        assert!(!is_trainable("encoder.blocks.0.mlp.fc1.weight", 1));
+        assert!(is_trainable("encoder.blocks.1.mlp.fc1.weight", 1));
+        assert!(is_trainable("heads.ef.regressor.weight", 4));
+    }
+
+    #[test]
+    fn bce_matches_its_definition() {
+        let x = Tensor::new(&[-2.0f32, 0.0, 3.0], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0.0f32, 0.5, 1.0], &Device::Cpu).unwrap();
+        let got = bce_with_logits(&x, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let want: f64 = [(-2.0f64, 0.0f64), (0.0, 0.5), (3.0, 1.0)]
+            .iter()
+            .map(|&(x, y)| {
+                let s = 1.0 / (1.0 + (-x).exp());
+                -(y * s.ln() + (1.0 - y) * (1.0 - s).ln())
+            })
+            .sum::<f64>()
+            / 3.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn stochastic_depth_zeroes_whole_samples() {
+        let x = Tensor::ones((64, 3, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = crate::rng::rng_for(&[1]);
+        let y = drop_path(&x, 0.5, 64, &mut rng).unwrap();
+        let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let dropped = v.chunks(6).filter(|c| c.iter().all(|&a| a == 0.0)).count();
+        assert!(v.chunks(6).all(|c| c.iter().all(|&a| a == 0.0 || a == 2.0)));
+        assert!((16..=48).contains(&dropped), "{dropped} of 64 dropped");
+    }
+}
