@@ -60,6 +60,15 @@ pub struct ModelInfo {
     pub runs_on: String,
 }
 
+impl ModelInfo {
+    /// The view confidence below which EF is withheld: the stricter of the board profile's
+    /// `ef_min_confidence` and the threshold the bundle derived on its validation data.
+    pub fn ef_min_confidence(&self, board: f32) -> f32 {
+        let bundle = self.ef.as_ref().and_then(|e| e.min_view_confidence);
+        board.max(bundle.unwrap_or(0.0))
+    }
+}
+
 /// One clip's raw model outputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOutput {

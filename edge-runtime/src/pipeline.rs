@@ -575,9 +575,8 @@ impl Pipeline {
         let model = self.model.clone();
         let notice = self.notice.clone();
         let t = self.opts.clinical;
-        let bundle_min = info.ef.as_ref().and_then(|e| e.min_view_confidence);
         let mut clinical = ClinicalState::new(ClinicalPolicy {
-            ef_min_confidence: t.ef_min_confidence.max(bundle_min.unwrap_or(0.0)),
+            ef_min_confidence: info.ef_min_confidence(t.ef_min_confidence),
             min_cycle: t.min_cycle,
             ef_window: t.ef_window,
             ef_views: info.ef.as_ref().map(|e| e.valid_views.clone()),

@@ -418,4 +418,46 @@ mod tests {
         assert!(max > 50.0, "no cavity drawn: {areas:?}");
         assert!(min < 0.95 * max, "the cavity does not contract: {areas:?}");
     }
+
+    #[test]
+    fn the_lv_map_lies_on_the_dark_cavity_of_the_image() {
+        // Blood is darker than the myocardium around it: pixels the map calls cavity must be
+        // darker on average than the ring just outside it, or the two are misaligned.
+        let spec = StreamSpec {
+            views: vec![View::A4c],
+            ..StreamSpec::default()
+        };
+        let s = PhantomStream::new(spec, 2, 2, 112, 1).unwrap();
+        for i in 0..4 {
+            let c = s.clip(Split::Val, i).unwrap();
+            let (r, plane) = (112usize, 2 * 112 * 112);
+            let img = &c.input[..plane];
+            let (mut inside, mut ni, mut ring, mut nr) = (0.0f64, 0, 0.0f64, 0);
+            for y in 2..r - 2 {
+                for x in 2..r - 2 {
+                    let k = y * r + x;
+                    let near = |d: isize| {
+                        let k2 = ((y as isize + d) * r as isize + x as isize + d) as usize;
+                        c.lv[k2] > 0.5
+                    };
+                    if c.lv[k] > 0.5 {
+                        inside += img[k] as f64;
+                        ni += 1;
+                    } else if near(2) || near(-2) {
+                        ring += img[k] as f64;
+                        nr += 1;
+                    }
+                }
+            }
+            assert!(
+                ni > 100 && nr > 20,
+                "clip {i}: cavity {ni} px, ring {nr} px"
+            );
+            let (inside, ring) = (inside / ni as f64, ring / nr as f64);
+            assert!(
+                inside < ring,
+                "clip {i}: cavity {inside:.3} not darker than its rim {ring:.3}"
+            );
+        }
+    }
 }

@@ -635,7 +635,14 @@ pub fn train(
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    let synthetic = is_synthetic(&cfg.data.datasets);
+    let synthetic = is_synthetic(&cfg.data.datasets) || cfg.data.dataset_type == "PhantomStream";
+    if cfg.data.dataset_type == "PhantomStream" {
+        let p = cfg.data.phantom.clone().unwrap_or_default();
+        data_note = format!(
+            "phantom stream (patients [{}, +{}), run seed {}; validation and test patient ranges excluded)",
+            p.train_seeds.start, p.train_seeds.count, cfg.meta.seed
+        );
+    }
     if synthetic {
         data_note =
             format!("SYNTHETIC phantom videos (no patients, no clinical meaning): {data_note}");

@@ -18,6 +18,7 @@ use crate::data::csv::{VideoEntry, read_video_csv};
 use crate::data::dataset::{ClipPipeline, Dataset, Sample, Transform, VideoDataset};
 use crate::data::loader::{Epoch, Loader, LoaderConfig};
 use crate::data::sampling::{ClipSampling, StepRule};
+use crate::phantom_stream::{PhantomStream, Split};
 
 /// Where the loader stands: the epoch and how many of its batches were consumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,8 +227,118 @@ impl ClipSource for LoaderSource {
     }
 }
 
+/// Pretraining clips rendered on the fly from the phantom's training patients, prepared as the
+/// edge runtime prepares its input. Batch `k` of epoch `e` is a pure function of the run seed
+/// and `(e, k)`, so seeking is free and a resumed run sees the same clips.
+pub struct PhantomSource {
+    stream: PhantomStream,
+    batch: usize,
+    per_epoch: usize,
+    pos: LoaderPos,
+    ahead: Option<std::sync::mpsc::Receiver<Result<Tensor>>>,
+}
+
+impl PhantomSource {
+    pub fn new(stream: PhantomStream, batch: usize, per_epoch: usize) -> Self {
+        Self {
+            stream,
+            batch,
+            per_epoch: per_epoch.max(1),
+            pos: LoaderPos::default(),
+            ahead: None,
+        }
+    }
+
+    fn global_batch(&self, pos: LoaderPos) -> usize {
+        pos.epoch as usize * self.per_epoch + pos.consumed
+    }
+
+    /// Renders batches from `first` on, on a worker thread, two ahead of the trainer.
+    fn start(&mut self, first: usize) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let stream = self.stream.clone();
+        let b = self.batch;
+        std::thread::spawn(move || {
+            for k in first.. {
+                if tx.send(render_batch(&stream, b, k)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.ahead = Some(rx);
+    }
+}
+
+fn render_batch(stream: &PhantomStream, b: usize, k: usize) -> Result<Tensor> {
+    let (t, r) = (stream.frames, stream.resolution);
+    let mut data = Vec::with_capacity(b * 3 * t * r * r);
+    for i in 0..b {
+        let c = stream.clip(Split::Train, (k * b + i) as u64)?;
+        data.extend_from_slice(&c.input);
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (b, 3, t, r, r),
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+impl ClipSource for PhantomSource {
+    fn next_batch(&mut self) -> Result<Tensor> {
+        if self.ahead.is_none() {
+            self.start(self.global_batch(self.pos));
+        }
+        let rx = self.ahead.as_ref().context("phantom renderer")?;
+        let batch = rx.recv().context("the phantom renderer stopped")??;
+        self.pos.consumed += 1;
+        if self.pos.consumed == self.per_epoch {
+            self.pos = LoaderPos {
+                epoch: self.pos.epoch + 1,
+                consumed: 0,
+            };
+        }
+        Ok(batch)
+    }
+
+    fn position(&self) -> LoaderPos {
+        self.pos
+    }
+
+    fn seek(&mut self, pos: LoaderPos) -> Result<()> {
+        self.pos = pos;
+        self.ahead = None;
+        Ok(())
+    }
+
+    fn iterations_per_epoch(&self) -> usize {
+        self.per_epoch
+    }
+
+    fn skipped(&self) -> u64 {
+        0
+    }
+}
+
 /// Opens the config's datasets as a batch source.
 pub fn open(cfg: &PretrainConfig) -> Result<Box<dyn ClipSource>> {
+    if cfg.data.dataset_type == "PhantomStream" {
+        let d = &cfg.data;
+        let step = d.frame_step.context(
+            "data.dataset_type PhantomStream takes data.frame_step (frames of the capture between clip frames)",
+        )?;
+        let stream = PhantomStream::new(
+            d.phantom.clone().unwrap_or_default(),
+            cfg.frames_per_clip(),
+            step,
+            d.crop_size,
+            cfg.meta.seed,
+        )?;
+        let ipe = cfg
+            .optimization
+            .ipe
+            .context("PhantomStream needs optimization.ipe")?;
+        return Ok(Box::new(PhantomSource::new(stream, d.batch_size, ipe)));
+    }
     let pipe = pipeline(cfg);
     let mut parts = Vec::new();
     for csv in &cfg.data.datasets {

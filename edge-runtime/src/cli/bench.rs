@@ -179,6 +179,7 @@ pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
                 "bundle": model.dir,
                 "model": {"id": model.info.model_id, "version": model.info.model_version},
                 "runs_on": model.info.runs_on,
+                "ef_min_confidence": model.info.ef_min_confidence(board.clinical.ef_min_confidence),
                 "source": source_name,
                 "encoder_alone_ms": alone.map(|(median, min)| serde_json::json!({
                     "median": median, "min": min, "runs": ALONE_RUNS,

@@ -47,7 +47,12 @@ pub struct PretrainData {
     #[serde(default = "default_dataset_type")]
     pub dataset_type: String,
     /// CSV files (`path label`, space-delimited) of the datasets mixed in pretraining.
+    #[serde(default)]
     pub datasets: Vec<PathBuf>,
+    /// Extension: with `dataset_type: PhantomStream`, clips are rendered on the fly from the
+    /// phantom (views, capture size, patient seed ranges); `optimization.ipe` sets the epoch.
+    #[serde(default)]
+    pub phantom: Option<crate::phantom_stream::StreamSpec>,
     /// Sampling weight per dataset (default: proportional to size).
     #[serde(default)]
     pub datasets_weights: Option<Vec<f64>>,
@@ -414,13 +419,18 @@ impl PretrainConfig {
                 self.app
             );
         }
-        if self.data.dataset_type != "VideoDataset" {
+        if self.data.dataset_type == "PhantomStream" {
+            if self.optimization.ipe.is_none() {
+                bail!(
+                    "data.dataset_type PhantomStream is endless: set optimization.ipe (steps per epoch)"
+                );
+            }
+        } else if self.data.dataset_type != "VideoDataset" {
             bail!(
-                "data.dataset_type `{}` is not supported for pretraining (only VideoDataset)",
+                "data.dataset_type `{}` is not supported for pretraining (VideoDataset or PhantomStream)",
                 self.data.dataset_type
             );
-        }
-        if self.data.datasets.is_empty() {
+        } else if self.data.datasets.is_empty() {
             bail!("data.datasets is empty: list at least one CSV");
         }
         if let Some(w) = &self.data.datasets_weights {

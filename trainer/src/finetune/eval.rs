@@ -278,11 +278,12 @@ impl Evaluated {
             cal.ef_min_confidence = self.ef_threshold(t, f.ef_misread_target);
         }
         if let Some(lv) = &self.lv {
+            let ef_views = self.ef_views().to_vec();
             let pts: Vec<(f64, f64)> = lv
                 .iter()
                 .zip(&self.views)
                 .zip(&self.ef_true)
-                .filter(|((_, v), _)| in_views(&self.lv_views, **v))
+                .filter(|((_, v), _)| in_views(&ef_views, **v))
                 .filter_map(|((l, _), y)| model::ef_from_areas(&l.0).map(|x| (x, *y)))
                 .collect();
             cal.ef_area_fit = fit_line(&pts);
@@ -290,12 +291,12 @@ impl Evaluated {
         cal
     }
 
-    /// EF views: the EF head's, else the LV head's.
+    /// EF views: the EF head's, else A4C and A2C (where the area rule holds).
     fn ef_views(&self) -> &[View] {
         if self.ef_pred.is_some() {
             &self.ef_views
         } else {
-            &self.lv_views
+            &[View::A4c, View::A2c]
         }
     }
 
@@ -369,6 +370,8 @@ impl Evaluated {
                 .filter(|&i| in_views(&self.lv_views, self.views[i]))
                 .collect();
             r.lv_dice = mean(lv_idx.iter().map(|&i| lv[i].2));
+            // EF from the areas only where EF is measured (apical views)
+            let lv_idx = &idx;
             let raw = |i: usize, which: usize| {
                 let areas = if which == 0 { &lv[i].0 } else { &lv[i].1 };
                 model::ef_from_areas(areas)
@@ -451,7 +454,7 @@ pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) ->
     for h in heads {
         let _ = write!(csv, "loss_{},", h.name);
     }
-    csv.push_str("lr,grad_norm,clips_per_s,val_view_accuracy,val_ef_mae,val_ef_mean_predictor_mae,val_lv_dice,val_ef_area_raw_mae\n");
+    csv.push_str("lr,grad_norm,clips_per_s,data_wait_share,val_view_accuracy,val_ef_mae,val_ef_mean_predictor_mae,val_lv_dice,val_ef_area_raw_mae\n");
     for r in rows {
         let _ = write!(csv, "{},{},{:.5},", r.epoch, r.step, r.train_loss);
         for l in &r.head_losses {
@@ -460,10 +463,11 @@ pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) ->
         let v = &r.val;
         let _ = writeln!(
             csv,
-            "{:.3e},{:.4},{:.3},{},{},{},{},{}",
+            "{:.3e},{:.4},{:.3},{:.3},{},{},{},{},{}",
             r.lr,
             r.grad_norm,
             r.clips_per_s,
+            r.data_wait_share,
             opt(v.view_accuracy),
             opt(v.ef_mae),
             opt(v.ef_mean_predictor_mae),
@@ -511,8 +515,12 @@ pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) ->
 pub fn describe_row(r: &super::EpochRow) -> String {
     let v = &r.val;
     let mut s = format!(
-        "epoch {} (step {}): loss {:.4}, {:.2} clips/s",
-        r.epoch, r.step, r.train_loss, r.clips_per_s
+        "epoch {} (step {}): loss {:.4}, {:.2} clips/s ({:.0} % waiting for clips)",
+        r.epoch,
+        r.step,
+        r.train_loss,
+        r.clips_per_s,
+        100.0 * r.data_wait_share
     );
     if let Some(a) = v.view_accuracy {
         let _ = write!(s, "; val view acc {a:.3}");

@@ -80,6 +80,8 @@ pub struct EpochRow {
     pub lr: f64,
     pub grad_norm: f64,
     pub clips_per_s: f64,
+    /// Share of the epoch's wall time the training loop waited for rendered clips.
+    pub data_wait_share: f64,
     pub val: EvalReport,
 }
 
@@ -307,7 +309,7 @@ fn batch_loss(
                     tgt.extend_from_slice(&batch.lv_tokens[i * per..(i + 1) * per]);
                 }
                 let tgt = Tensor::from_vec(tgt, sel.dims(), &s.device)?;
-                model::bce_with_logits(&sel, &tgt)?
+                (model::bce_with_logits(&sel, &tgt)? + model::soft_dice_loss(&sel, &tgt)?)?
             }
         };
         parts.push(loss.to_scalar::<f32>()? as f64);
@@ -578,11 +580,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let mut last_norm;
     let mut epoch_t0 = Instant::now();
     let mut epoch_clips = 0usize;
+    let mut epoch_wait = 0.0f64;
     while state.step < stop_at {
+        let wait0 = Instant::now();
         let batch = rx
             .recv()
             .context("the phantom renderer stopped")?
             .with_context(|| format!("rendering the batch of step {}", state.step))?;
+        epoch_wait += wait0.elapsed().as_secs_f64();
         let (loss, parts) = batch_loss(&s, &m, &batch, state.step, state.ef_scaler)?;
         let lv = loss.to_scalar::<f32>()? as f64;
         if !lv.is_finite() {
@@ -630,6 +635,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
                 lr: lr_sched.lr_at(sched_step),
                 grad_norm: last_norm,
                 clips_per_s: epoch_clips as f64 / epoch_t0.elapsed().as_secs_f64().max(1e-9),
+                data_wait_share: epoch_wait / epoch_t0.elapsed().as_secs_f64().max(1e-9),
                 val: report,
             };
             let line = eval::describe_row(&row);
@@ -638,6 +644,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             epoch_losses.clear();
             epoch_parts.clear();
             epoch_clips = 0;
+            epoch_wait = 0.0;
             epoch_t0 = Instant::now();
             candle_core::safetensors::save(&live, s.out_dir.join("latest.live.safetensors"))
                 .context("cannot write the live weights")?;

@@ -261,6 +261,19 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(((relu - xy)? + soft)?.mean_all()?)
 }
 
+/// Soft Dice loss `1 − 2Σpy / (Σp + Σy)` per sample of `[B, …]` logits, averaged over the
+/// batch: unlike the pixel-mean cross-entropy it does not reward calling everything
+/// background when the cavity is a small part of the image.
+pub fn soft_dice_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let b = logits.dim(0)?;
+    let p = candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?.reshape((b, ()))?;
+    let y = targets.reshape((b, ()))?;
+    let inter = (&p * &y)?.sum(1)?;
+    let denom = ((p.sum(1)? + y.sum(1)?)? + 1.0)?;
+    let dice = ((inter * 2.0)? + 1.0)?.div(&denom)?;
+    Ok((1.0 - dice)?.mean_all()?)
+}
+
 /// Per-token LV targets `[N, tubelet · p²]` from a `[T, R, R]` map, in the encoder's token
 /// order (time, row, column) and each token's pixel order (frame, row, column).
 pub fn lv_tokens(lv: &[f32], frames: usize, res: usize, tubelet: usize, patch: usize) -> Vec<f32> {
