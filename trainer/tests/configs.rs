@@ -45,7 +45,14 @@ fn is_eval(path: &Path) -> bool {
 
 /// Runs the dry run of the right subcommand; returns (success, stdout, stderr).
 fn dry_run(path: &Path, json: bool) -> (bool, String, String) {
-    let sub = if is_eval(path) { "probe" } else { "pretrain" };
+    let text = std::fs::read_to_string(path).unwrap();
+    let sub = if text.contains("\nfinetune:") {
+        "finetune"
+    } else if is_eval(path) {
+        "probe"
+    } else {
+        "pretrain"
+    };
     let mut cmd = trainer();
     cmd.args([sub, "--dry-run", "--config"]).arg(path);
     if json {

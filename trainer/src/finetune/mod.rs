@@ -56,9 +56,103 @@ pub struct Args {
     /// Stop after this many optimizer steps in this invocation (the run resumes from there).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Print the summary as JSON.
+    /// Check the config and print what the run would do, without reading checkpoints or
+    /// rendering clips.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary (or the plan with --dry-run) as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What a run would do (`--dry-run`).
+#[derive(Debug, Serialize)]
+struct Plan {
+    encoder: String,
+    embed_dim: usize,
+    depth: usize,
+    init: String,
+    heads: Vec<config::HeadCfg>,
+    clip: String,
+    batch_size: usize,
+    steps: usize,
+    warmup_steps: usize,
+    head_lr: f64,
+    /// Peak learning rate per encoder part (patch embedding, then blocks 0..depth).
+    encoder_lr: Vec<(String, f64)>,
+    frozen: Vec<String>,
+    drop_path: Vec<f64>,
+    ema: Option<f64>,
+    phantom: crate::phantom_stream::StreamSpec,
+    output_dir: PathBuf,
+}
+
+fn plan(s: &Setup) -> Plan {
+    let f = &s.cfg.finetune;
+    let d = &s.cfg.experiment.data;
+    let depth = s.enc_cfg.depth;
+    let mut parts = vec!["encoder.patch_embed.proj.weight".to_string()];
+    parts.extend((0..depth).map(|i| format!("encoder.blocks.{i}.attn.qkv.weight")));
+    let encoder_lr = parts
+        .iter()
+        .map(|n| {
+            let label = n
+                .trim_start_matches("encoder.")
+                .split('.')
+                .take(if n.contains("blocks") { 2 } else { 1 })
+                .collect::<Vec<_>>()
+                .join(".");
+            (
+                label,
+                f.lr * model::lr_scale(n, depth, f.lr, f.encoder_lr, f.layer_decay),
+            )
+        })
+        .collect();
+    let frozen = parts
+        .iter()
+        .filter(|n| !model::is_trainable(n, f.freeze_blocks))
+        .map(|n| {
+            n.trim_start_matches("encoder.")
+                .split('.')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    Plan {
+        encoder: s.enc_cfg.name.clone(),
+        embed_dim: s.enc_cfg.embed_dim,
+        depth,
+        init: match f.init {
+            Init::Random => "random".into(),
+            Init::Pretrained => s
+                .cfg
+                .model_kwargs
+                .checkpoint
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+        },
+        heads: f.heads.clone(),
+        clip: format!(
+            "{} frames every {} at {} px, from a {}x{} capture at {} fps",
+            d.frames_per_clip,
+            d.frame_step,
+            d.resolution,
+            f.phantom.width,
+            f.phantom.height,
+            f.phantom.fps
+        ),
+        batch_size: s.cfg.experiment.optimization.batch_size,
+        steps: f.steps_per_epoch * s.cfg.experiment.optimization.num_epochs,
+        warmup_steps: (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize,
+        head_lr: f.lr,
+        encoder_lr,
+        frozen,
+        drop_path: model::drop_rates(depth, f.drop_path),
+        ema: f.ema,
+        phantom: f.phantom.clone(),
+        output_dir: s.out_dir.clone(),
+    }
 }
 
 /// What `latest.train.json` records besides the tensors.
@@ -459,6 +553,63 @@ fn notes(s: &Setup, init_note: &str, step: usize) -> BTreeMap<String, String> {
 /// Runs the fine-tuning.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let s = setup(&args)?;
+    if args.dry_run {
+        let p = plan(&s);
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&p)?)?;
+        } else {
+            writeln!(out, "fine-tuning plan (SYNTHETIC phantom stream)")?;
+            writeln!(
+                out,
+                "  encoder      {} (dim {}, {} blocks) from {}",
+                p.encoder, p.embed_dim, p.depth, p.init
+            )?;
+            for h in &p.heads {
+                let views: Vec<&str> = h.views.iter().map(|v| v.name()).collect();
+                writeln!(
+                    out,
+                    "  head         {} ({:?}) on {}; loss weight {}",
+                    h.name,
+                    h.task,
+                    if views.is_empty() {
+                        "every view".to_string()
+                    } else {
+                        views.join(",")
+                    },
+                    h.loss_weight
+                )?;
+            }
+            writeln!(out, "  clips        {}; batch {}", p.clip, p.batch_size)?;
+            writeln!(
+                out,
+                "  steps        {} (warmup {})",
+                p.steps, p.warmup_steps
+            )?;
+            writeln!(out, "  lr           heads {:.2e}", p.head_lr)?;
+            for (part, lr) in &p.encoder_lr {
+                writeln!(out, "               {part} {lr:.2e}")?;
+            }
+            if !p.frozen.is_empty() {
+                writeln!(out, "  frozen       {}", p.frozen.join(", "))?;
+            }
+            writeln!(out, "  drop path    {:?}; EMA {:?}", p.drop_path, p.ema)?;
+            let ph = &p.phantom;
+            writeln!(
+                out,
+                "  patients     train [{}, +{}), val [{}, +{}), test [{}, +{})",
+                ph.train_seeds.start,
+                ph.train_seeds.count,
+                ph.val_seeds.start,
+                ph.val_seeds.count,
+                ph.test_seeds.start,
+                ph.test_seeds.count
+            )?;
+            writeln!(out, "  output       {}", p.output_dir.display())?;
+        }
+        return Ok(());
+    }
+    fs::create_dir_all(&s.out_dir)
+        .with_context(|| format!("cannot create {}", s.out_dir.display()))?;
     let f = s.cfg.finetune.clone();
     let o = s.cfg.experiment.optimization.clone();
     let total_steps = f.steps_per_epoch * o.num_epochs;
