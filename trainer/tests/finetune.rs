@@ -126,6 +126,29 @@ fn a_run_writes_a_calibrated_synthetic_checkpoint_and_resumes_exactly() {
     let b = json(&run2.join("summary.json"));
     assert_eq!(a["test"], b["test"]);
 
+    // a damaged resume state is named, not trusted
+    std::fs::write(run2.join("latest.train.json"), "{ not json").unwrap();
+    let o = trainer(&["finetune", "--config", cfg2], &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("latest.train.json"),
+        "{err}"
+    );
+    std::fs::write(
+        run2.join("latest.train.json"),
+        serde_json::to_string(&json(&run.join("latest.train.json"))).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(run2.join("latest.train.safetensors"), b"garbage").unwrap();
+    let o = trainer(&["finetune", "--config", cfg2], &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("latest.train.safetensors")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+
     // a fine-tuned checkpoint starts another run
     let ck_path = run.join("latest");
     let cfg3 = write(

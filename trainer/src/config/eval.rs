@@ -281,6 +281,23 @@ pub struct EncoderKwargs {
     pub mlp_ratio: Option<f64>,
 }
 
+impl EncoderKwargs {
+    /// The encoder these keys describe: the preset with its overrides, patch and tubelet.
+    pub fn encoder_config(&self) -> Result<EncoderConfig> {
+        let mut enc = resolve_encoder(
+            &self.model_name,
+            self.embed_dim,
+            self.depth,
+            self.num_heads,
+            self.mlp_ratio,
+        )?;
+        enc.patch_size = self.patch_size;
+        enc.tubelet_size = self.tubelet_size;
+        enc.validate()?;
+        Ok(enc)
+    }
+}
+
 fn default_ckpt_key() -> String {
     "target_encoder".into()
 }
@@ -318,18 +335,7 @@ impl EvalConfig {
     }
 
     pub fn encoder_config(&self) -> Result<EncoderConfig> {
-        let e = &self.model_kwargs.pretrain_kwargs.encoder;
-        let mut enc = resolve_encoder(
-            &e.model_name,
-            e.embed_dim,
-            e.depth,
-            e.num_heads,
-            e.mlp_ratio,
-        )?;
-        enc.patch_size = e.patch_size;
-        enc.tubelet_size = e.tubelet_size;
-        enc.validate()?;
-        Ok(enc)
+        self.model_kwargs.pretrain_kwargs.encoder.encoder_config()
     }
 
     /// Number of probe outputs: classes or regression targets.

@@ -10,7 +10,6 @@ use echojepa::phantom::View;
 use serde::{Deserialize, Serialize};
 
 use crate::config::eval::EncoderKwargs;
-use crate::config::pretrain::resolve_encoder;
 use crate::phantom_stream::StreamSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,18 +207,7 @@ fn default_misread() -> f64 {
 
 impl FinetuneConfig {
     pub fn encoder_config(&self) -> Result<EncoderConfig> {
-        let e = &self.model_kwargs.pretrain_kwargs.encoder;
-        let mut enc = resolve_encoder(
-            &e.model_name,
-            e.embed_dim,
-            e.depth,
-            e.num_heads,
-            e.mlp_ratio,
-        )?;
-        enc.patch_size = e.patch_size;
-        enc.tubelet_size = e.tubelet_size;
-        enc.validate()?;
-        Ok(enc)
+        self.model_kwargs.pretrain_kwargs.encoder.encoder_config()
     }
 
     pub fn output_dir(&self) -> PathBuf {

@@ -319,17 +319,23 @@ impl Evaluated {
             .collect()
     }
 
+    /// How many EF values are shown, and how many of those on a clip of another view.
+    fn shown_and_misread(&self, shown: &[bool], ef_views: &[View]) -> (usize, usize) {
+        let n = shown.iter().filter(|s| **s).count();
+        let bad = shown
+            .iter()
+            .zip(&self.views)
+            .filter(|(s, v)| **s && !in_views(ef_views, **v))
+            .count();
+        (n, bad)
+    }
+
     fn ef_threshold(&self, temp: f64, target: f64) -> Option<f64> {
         let ef_views = self.ef_views().to_vec();
         for step in 0..=99 {
             let th = step as f64 / 100.0;
             let shown = self.shown(temp, th);
-            let n = shown.iter().filter(|s| **s).count();
-            let bad = shown
-                .iter()
-                .zip(&self.views)
-                .filter(|(s, v)| **s && !in_views(&ef_views, **v))
-                .count();
+            let (n, bad) = self.shown_and_misread(&shown, &ef_views);
             if n == 0 || (bad as f64) <= target * n as f64 {
                 return Some(th);
             }
@@ -398,12 +404,7 @@ impl Evaluated {
             && let Some(th) = c.ef_min_confidence
         {
             let shown = self.shown(c.temperature, th);
-            let n = shown.iter().filter(|s| **s).count();
-            let bad = shown
-                .iter()
-                .zip(&self.views)
-                .filter(|(s, v)| **s && !in_views(&ef_views, **v))
-                .count();
+            let (n, bad) = self.shown_and_misread(&shown, &ef_views);
             r.ef_shown_misread_share = (n > 0).then(|| bad as f64 / n as f64);
             r.ef_shown_share = (!idx.is_empty())
                 .then(|| idx.iter().filter(|&&i| shown[i]).count() as f64 / idx.len() as f64);
