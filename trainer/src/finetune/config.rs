@@ -278,8 +278,11 @@ impl FinetuneConfig {
                 enc.patch_size
             );
         }
-        if f.val_clips == 0 {
-            bail!("finetune.val_clips must be > 0");
+        // the evaluation clips are held in memory (about 1 MB each at 16 x 112 x 112)
+        for (key, n) in [("val_clips", f.val_clips), ("test_clips", f.test_clips)] {
+            if !(1..=20_000).contains(&n) {
+                bail!("finetune.{key} = {n}: expected 1 to 20000 clips");
+            }
         }
         Ok(())
     }

@@ -551,6 +551,313 @@ fn notes(s: &Setup, init_note: &str, step: usize) -> BTreeMap<String, String> {
 }
 
 /// Runs the fine-tuning.
+fn print_plan(p: &Plan, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "fine-tuning plan (SYNTHETIC phantom stream)")?;
+    writeln!(
+        out,
+        "  encoder      {} (dim {}, {} blocks) from {}",
+        p.encoder, p.embed_dim, p.depth, p.init
+    )?;
+    for h in &p.heads {
+        let views: Vec<&str> = h.views.iter().map(|v| v.name()).collect();
+        writeln!(
+            out,
+            "  head         {} ({:?}) on {}; loss weight {}",
+            h.name,
+            h.task,
+            if views.is_empty() {
+                "every view".to_string()
+            } else {
+                views.join(",")
+            },
+            h.loss_weight
+        )?;
+    }
+    writeln!(out, "  clips        {}; batch {}", p.clip, p.batch_size)?;
+    writeln!(
+        out,
+        "  steps        {} (warmup {})",
+        p.steps, p.warmup_steps
+    )?;
+    writeln!(out, "  lr           heads {:.2e}", p.head_lr)?;
+    for (part, lr) in &p.encoder_lr {
+        writeln!(out, "               {part} {lr:.2e}")?;
+    }
+    if !p.frozen.is_empty() {
+        writeln!(out, "  frozen       {}", p.frozen.join(", "))?;
+    }
+    writeln!(out, "  drop path    {:?}; EMA {:?}", p.drop_path, p.ema)?;
+    let ph = &p.phantom;
+    writeln!(
+        out,
+        "  patients     train [{}, +{}), val [{}, +{}), test [{}, +{})",
+        ph.train_seeds.start,
+        ph.train_seeds.count,
+        ph.val_seeds.start,
+        ph.val_seeds.count,
+        ph.test_seeds.start,
+        ph.test_seeds.count
+    )?;
+    writeln!(out, "  output       {}", p.output_dir.display())?;
+    Ok(())
+}
+
+/// What a resumed run continues from.
+struct Resumed {
+    state: TrainState,
+    /// The live weights (the saved model may be the EMA).
+    weights: echojepa::checkpoint::TensorMap,
+    ema: Option<echojepa::checkpoint::TensorMap>,
+    optim: HashMap<String, Tensor>,
+}
+
+/// Reads `latest.train.*` and `latest.live.safetensors` of the output directory.
+fn restore(dir: &Path) -> Result<Resumed> {
+    let state_json = dir.join("latest.train.json");
+    let text = fs::read_to_string(&state_json)
+        .with_context(|| format!("cannot read {}", state_json.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a fine-tuning state", state_json.display()))?;
+    let st = dir.join("latest.train.safetensors");
+    let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", st.display()))?;
+    let mut optim = HashMap::new();
+    let mut ema = HashMap::new();
+    for (k, v) in tensors {
+        match k.strip_prefix("ema.") {
+            Some(rest) => {
+                ema.insert(rest.to_string(), v);
+            }
+            None => {
+                optim.insert(k, v);
+            }
+        }
+    }
+    let live = dir.join("latest.live.safetensors");
+    let weights = candle_core::safetensors::load(&live, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", live.display()))?;
+    Ok(Resumed {
+        state,
+        weights,
+        ema: (!ema.is_empty()).then_some(ema),
+        optim,
+    })
+}
+
+/// The optimizer over the trainable variables, with layer-wise learning rates.
+fn optimizer(s: &Setup, varmap: &candle_nn::VarMap) -> Result<AdamW> {
+    let f = &s.cfg.finetune;
+    let trainable: Vec<_> = model::vars_of(varmap)?
+        .into_iter()
+        .filter(|(n, _)| model::is_trainable(n, f.freeze_blocks))
+        .collect();
+    let mut opt = AdamW::new(trainable, [0.9, 0.999], 1e-8)?;
+    let depth = s.enc_cfg.depth;
+    opt.set_lr_scales(|n| model::lr_scale(n, depth, f.lr, f.encoder_lr, f.layer_decay));
+    Ok(opt)
+}
+
+/// The learning-rate and weight-decay schedules of the run.
+fn schedules(s: &Setup) -> (LrSchedule, WdSchedule) {
+    let f = &s.cfg.finetune;
+    let total = f.steps_per_epoch * s.cfg.experiment.optimization.num_epochs;
+    let warmup = (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize;
+    (
+        LrSchedule::WarmupCosine {
+            warmup_steps: warmup,
+            start_lr: f.lr * f.start_lr_ratio,
+            ref_lr: f.lr,
+            final_lr: f.lr * f.final_lr_ratio,
+            t_max: total.saturating_sub(warmup),
+        },
+        WdSchedule {
+            ref_wd: f.weight_decay,
+            final_wd: f.weight_decay,
+            t_max: total,
+        },
+    )
+}
+
+/// What an epoch accumulates between validations.
+struct EpochAcc {
+    losses: Vec<f64>,
+    parts: Vec<Vec<f64>>,
+    clips: usize,
+    wait: f64,
+    t0: Instant,
+    grad_norm: f64,
+}
+
+impl EpochAcc {
+    fn new() -> Self {
+        Self {
+            losses: Vec::new(),
+            parts: Vec::new(),
+            clips: 0,
+            wait: 0.0,
+            t0: Instant::now(),
+            grad_norm: 0.0,
+        }
+    }
+
+    /// The epoch's line of `metrics.csv`.
+    fn row(&self, step: usize, steps_per_epoch: usize, lr: f64, val: EvalReport) -> EpochRow {
+        let nh = self.parts.first().map_or(0, Vec::len);
+        let head_losses = (0..nh)
+            .map(|h| {
+                let v: Vec<f64> = self
+                    .parts
+                    .iter()
+                    .map(|p| p[h])
+                    .filter(|x| x.is_finite())
+                    .collect();
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            })
+            .collect();
+        let secs = self.t0.elapsed().as_secs_f64().max(1e-9);
+        EpochRow {
+            epoch: step.div_ceil(steps_per_epoch),
+            step,
+            train_loss: self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64,
+            head_losses,
+            lr,
+            grad_norm: self.grad_norm,
+            clips_per_s: self.clips as f64 / secs,
+            data_wait_share: self.wait / secs,
+            val,
+        }
+    }
+}
+
+/// The model being trained and everything that changes with it.
+struct Training<'a> {
+    s: &'a Setup,
+    varmap: candle_nn::VarMap,
+    model: FtModel,
+    opt: AdamW,
+    ema: Option<echojepa::checkpoint::TensorMap>,
+    state: TrainState,
+    lr: LrSchedule,
+    wd: WdSchedule,
+    init_note: String,
+}
+
+impl Training<'_> {
+    /// One optimizer step on `batch`; returns the loss and each head's part.
+    fn step(&mut self, batch: &Batch) -> Result<(f64, Vec<f64>, f64)> {
+        let f = &self.s.cfg.finetune;
+        let (loss, parts) = batch_loss(
+            self.s,
+            &self.model,
+            batch,
+            self.state.step,
+            self.state.ef_scaler,
+        )?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            bail!("loss is {lv} at step {}", self.state.step);
+        }
+        let grads = loss.backward()?;
+        let next = self.state.step + 1;
+        let stats = self.opt.step(
+            &grads,
+            self.lr.lr_at(next),
+            self.wd.wd_at(next),
+            f.clip_grad,
+        )?;
+        if let (Some(mom), Some(e)) = (f.ema, self.ema.as_mut()) {
+            eval::ema_update(e, &self.varmap, mom)?;
+        }
+        self.state.step = next;
+        Ok((lv, parts, stats.grad_norm))
+    }
+
+    /// Validation, the epoch's metrics line and every file a resume needs.
+    fn end_epoch(&mut self, acc: &EpochAcc, val: &[eval::Rendered]) -> Result<String> {
+        let s = self.s;
+        let live = model::snapshot(&self.varmap)?;
+        let eval_weights = self.ema.as_ref().unwrap_or(&live);
+        let report = eval::evaluate(s, eval_weights, val, self.state.ef_scaler)?.report(None);
+        let row = acc.row(
+            self.state.step,
+            s.cfg.finetune.steps_per_epoch,
+            self.lr.lr_at(self.state.step),
+            report,
+        );
+        let line = eval::describe_row(&row);
+        self.state.history.push(row);
+        candle_core::safetensors::save(&live, s.out_dir.join("latest.live.safetensors"))
+            .context("cannot write the live weights")?;
+        save_model(
+            s,
+            eval_weights,
+            self.state.ef_scaler,
+            None,
+            notes(s, &self.init_note, self.state.step),
+            &stem(&s.out_dir, "latest"),
+        )?;
+        save_train_state(&s.out_dir, &self.opt, self.ema.as_ref(), &self.state)?;
+        eval::write_metrics(&s.out_dir, &s.cfg.finetune.heads, &self.state.history)?;
+        Ok(line)
+    }
+}
+
+/// Builds the model from the initial weights or the resumed run.
+fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<'a>> {
+    let (init, init_note) = initial_tensors(s)?;
+    let resumed = if !args.restart && s.out_dir.join("latest.train.json").exists() {
+        let r = restore(&s.out_dir)?;
+        writeln!(
+            out,
+            "resuming {} at step {}",
+            s.out_dir.display(),
+            r.state.step
+        )?;
+        Some(r)
+    } else {
+        None
+    };
+    let weights = resumed.as_ref().map_or(&init, |r| &r.weights);
+    let varmap = model::varmap_of(weights, s.dtype, &s.device)?;
+    let vb = VarBuilder::from_varmap(&varmap, s.dtype, &s.device);
+    let c = &s.cfg.experiment.classifier;
+    let f = &s.cfg.finetune;
+    let model = FtModel::new(&s.enc_cfg, &f.heads, c.num_heads, c.num_probe_blocks, vb)?;
+    let mut opt = optimizer(s, &varmap)?;
+    let (state, mut ema) = match resumed {
+        Some(r) => {
+            opt.load_state("optim.", &r.optim, &r.state.adam_steps)?;
+            (r.state, r.ema)
+        }
+        None => {
+            let (mean, std) = s.stream.ef_stats(4096);
+            let state = TrainState {
+                step: 0,
+                adam_steps: HashMap::new(),
+                ef_scaler: Scaler { mean, std },
+                history: Vec::new(),
+            };
+            (state, None)
+        }
+    };
+    if f.ema.is_some() && ema.is_none() {
+        ema = Some(model::snapshot(&varmap)?);
+    }
+    let (lr, wd) = schedules(s);
+    Ok(Training {
+        s,
+        varmap,
+        model,
+        opt,
+        ema,
+        state,
+        lr,
+        wd,
+        init_note,
+    })
+}
+
+/// Runs the fine-tuning.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let s = setup(&args)?;
     if args.dry_run {
@@ -558,147 +865,23 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&p)?)?;
         } else {
-            writeln!(out, "fine-tuning plan (SYNTHETIC phantom stream)")?;
-            writeln!(
-                out,
-                "  encoder      {} (dim {}, {} blocks) from {}",
-                p.encoder, p.embed_dim, p.depth, p.init
-            )?;
-            for h in &p.heads {
-                let views: Vec<&str> = h.views.iter().map(|v| v.name()).collect();
-                writeln!(
-                    out,
-                    "  head         {} ({:?}) on {}; loss weight {}",
-                    h.name,
-                    h.task,
-                    if views.is_empty() {
-                        "every view".to_string()
-                    } else {
-                        views.join(",")
-                    },
-                    h.loss_weight
-                )?;
-            }
-            writeln!(out, "  clips        {}; batch {}", p.clip, p.batch_size)?;
-            writeln!(
-                out,
-                "  steps        {} (warmup {})",
-                p.steps, p.warmup_steps
-            )?;
-            writeln!(out, "  lr           heads {:.2e}", p.head_lr)?;
-            for (part, lr) in &p.encoder_lr {
-                writeln!(out, "               {part} {lr:.2e}")?;
-            }
-            if !p.frozen.is_empty() {
-                writeln!(out, "  frozen       {}", p.frozen.join(", "))?;
-            }
-            writeln!(out, "  drop path    {:?}; EMA {:?}", p.drop_path, p.ema)?;
-            let ph = &p.phantom;
-            writeln!(
-                out,
-                "  patients     train [{}, +{}), val [{}, +{}), test [{}, +{})",
-                ph.train_seeds.start,
-                ph.train_seeds.count,
-                ph.val_seeds.start,
-                ph.val_seeds.count,
-                ph.test_seeds.start,
-                ph.test_seeds.count
-            )?;
-            writeln!(out, "  output       {}", p.output_dir.display())?;
+            print_plan(&p, out)?;
         }
         return Ok(());
     }
     fs::create_dir_all(&s.out_dir)
         .with_context(|| format!("cannot create {}", s.out_dir.display()))?;
-    let f = s.cfg.finetune.clone();
-    let o = s.cfg.experiment.optimization.clone();
+    let f = &s.cfg.finetune;
+    let o = &s.cfg.experiment.optimization;
     let total_steps = f.steps_per_epoch * o.num_epochs;
-    let latest = stem(&s.out_dir, "latest");
-    let state_json = s.out_dir.join("latest.train.json");
-    let resuming = !args.restart && state_json.exists();
-
-    let (init, init_note) = initial_tensors(&s)?;
-    let mut state = TrainState {
-        step: 0,
-        adam_steps: HashMap::new(),
-        ef_scaler: {
-            let (mean, std) = s.stream.ef_stats(4096);
-            Scaler { mean, std }
-        },
-        history: Vec::new(),
-    };
-    let mut weights = init;
-    let mut ema: Option<echojepa::checkpoint::TensorMap> = None;
-    let mut saved_opt: Option<(HashMap<String, Tensor>, HashMap<String, u64>)> = None;
-    if resuming {
-        let text = fs::read_to_string(&state_json)
-            .with_context(|| format!("cannot read {}", state_json.display()))?;
-        state = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a fine-tuning state", state_json.display()))?;
-        let st = s.out_dir.join("latest.train.safetensors");
-        let tensors = candle_core::safetensors::load(&st, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", st.display()))?;
-        let mut opt_t = HashMap::new();
-        let mut ema_t = HashMap::new();
-        for (k, v) in tensors {
-            if let Some(rest) = k.strip_prefix("ema.") {
-                ema_t.insert(rest.to_string(), v);
-            } else {
-                opt_t.insert(k, v);
-            }
-        }
-        // the saved model may be the EMA; training continues from the live weights
-        let live = s.out_dir.join("latest.live.safetensors");
-        weights = candle_core::safetensors::load(&live, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", live.display()))?;
-        if !ema_t.is_empty() {
-            ema = Some(ema_t);
-        }
-        saved_opt = Some((opt_t, state.adam_steps.clone()));
-        writeln!(
-            out,
-            "resuming {} at step {}",
-            s.out_dir.display(),
-            state.step
-        )?;
-    }
-    let varmap = model::varmap_of(&weights, s.dtype, &s.device)?;
-    let vb = VarBuilder::from_varmap(&varmap, s.dtype, &s.device);
-    let c = &s.cfg.experiment.classifier;
-    let m = FtModel::new(&s.enc_cfg, &f.heads, c.num_heads, c.num_probe_blocks, vb)?;
-    let trainable: Vec<_> = model::vars_of(&varmap)?
-        .into_iter()
-        .filter(|(n, _)| model::is_trainable(n, f.freeze_blocks))
-        .collect();
-    let mut opt = AdamW::new(trainable, [0.9, 0.999], 1e-8)?;
-    let depth = s.enc_cfg.depth;
-    opt.set_lr_scales(|n| model::lr_scale(n, depth, f.lr, f.encoder_lr, f.layer_decay));
-    if let Some((t, steps)) = &saved_opt {
-        opt.load_state("optim.", t, steps)?;
-    }
-    if f.ema.is_some() && ema.is_none() {
-        ema = Some(model::snapshot(&varmap)?);
-    }
-    let warmup = (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize;
-    let lr_sched = LrSchedule::WarmupCosine {
-        warmup_steps: warmup,
-        start_lr: f.lr * f.start_lr_ratio,
-        ref_lr: f.lr,
-        final_lr: f.lr * f.final_lr_ratio,
-        t_max: total_steps.saturating_sub(warmup),
-    };
-    let wd_sched = WdSchedule {
-        ref_wd: f.weight_decay,
-        final_wd: f.weight_decay,
-        t_max: total_steps,
-    };
-
+    let mut t = start(&s, &args, out)?;
     writeln!(
         out,
-        "fine-tuning {} ({} blocks, dim {}) from {init_note}: heads {}; {} epochs x {} steps x {} clips; SYNTHETIC phantom stream",
+        "fine-tuning {} ({} blocks, dim {}) from {}: heads {}; {} epochs x {} steps x {} clips; SYNTHETIC phantom stream",
         s.enc_cfg.name,
-        depth,
+        s.enc_cfg.depth,
         s.enc_cfg.embed_dim,
+        t.init_note,
         f.heads
             .iter()
             .map(|h| h.name.as_str())
@@ -711,122 +894,58 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let val = eval::render_split(&s.stream, Split::Val, f.val_clips)?;
     let stop_at = args
         .max_steps
-        .map_or(total_steps, |n| (state.step + n).min(total_steps));
+        .map_or(total_steps, |n| (t.state.step + n).min(total_steps));
     let rx = prefetch(
         s.stream.clone(),
         s.enc_cfg.clone(),
         o.batch_size,
-        state.step..stop_at,
+        t.state.step..stop_at,
     );
     let pb = indicatif::ProgressBar::new(total_steps as u64);
-    pb.set_position(state.step as u64);
+    pb.set_position(t.state.step as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
             "finetune [{bar:30}] {pos}/{len} steps {msg} ({elapsed}, eta {eta})",
         )?
         .progress_chars("=> "),
     );
-    let mut epoch_losses: Vec<f64> = Vec::new();
-    let mut epoch_parts: Vec<Vec<f64>> = Vec::new();
-    let mut last_norm;
-    let mut epoch_t0 = Instant::now();
-    let mut epoch_clips = 0usize;
-    let mut epoch_wait = 0.0f64;
-    while state.step < stop_at {
+    let mut acc = EpochAcc::new();
+    while t.state.step < stop_at {
         let wait0 = Instant::now();
         let batch = rx
             .recv()
             .context("the phantom renderer stopped")?
-            .with_context(|| format!("rendering the batch of step {}", state.step))?;
-        epoch_wait += wait0.elapsed().as_secs_f64();
-        let (loss, parts) = batch_loss(&s, &m, &batch, state.step, state.ef_scaler)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            bail!("loss is {lv} at step {}", state.step);
-        }
-        let grads = loss.backward()?;
-        let sched_step = state.step + 1;
-        let stats = opt.step(
-            &grads,
-            lr_sched.lr_at(sched_step),
-            wd_sched.wd_at(sched_step),
-            f.clip_grad,
-        )?;
-        last_norm = stats.grad_norm;
-        if let (Some(mom), Some(e)) = (f.ema, ema.as_mut()) {
-            eval::ema_update(e, &varmap, mom)?;
-        }
-        state.step += 1;
-        epoch_losses.push(lv);
-        epoch_parts.push(parts);
-        epoch_clips += batch.views.len();
-        pb.set_position(state.step as u64);
-        pb.set_message(format!("loss {lv:.3}"));
-        if state.step.is_multiple_of(f.steps_per_epoch) || state.step == stop_at {
-            let live = model::snapshot(&varmap)?;
-            let eval_weights = ema.as_ref().unwrap_or(&live);
-            let report = eval::evaluate(&s, eval_weights, &val, state.ef_scaler)?.report(None);
-            let n = epoch_losses.len().max(1) as f64;
-            let nh = f.heads.len();
-            let head_losses: Vec<f64> = (0..nh)
-                .map(|h| {
-                    let v: Vec<f64> = epoch_parts
-                        .iter()
-                        .map(|p| p[h])
-                        .filter(|x| x.is_finite())
-                        .collect();
-                    v.iter().sum::<f64>() / v.len().max(1) as f64
-                })
-                .collect();
-            let row = EpochRow {
-                epoch: state.step.div_ceil(f.steps_per_epoch),
-                step: state.step,
-                train_loss: epoch_losses.iter().sum::<f64>() / n,
-                head_losses,
-                lr: lr_sched.lr_at(sched_step),
-                grad_norm: last_norm,
-                clips_per_s: epoch_clips as f64 / epoch_t0.elapsed().as_secs_f64().max(1e-9),
-                data_wait_share: epoch_wait / epoch_t0.elapsed().as_secs_f64().max(1e-9),
-                val: report,
-            };
-            let line = eval::describe_row(&row);
+            .with_context(|| format!("rendering the batch of step {}", t.state.step))?;
+        acc.wait += wait0.elapsed().as_secs_f64();
+        let (loss, parts, norm) = t.step(&batch)?;
+        acc.losses.push(loss);
+        acc.parts.push(parts);
+        acc.clips += batch.views.len();
+        acc.grad_norm = norm;
+        pb.set_position(t.state.step as u64);
+        pb.set_message(format!("loss {loss:.3}"));
+        if t.state.step.is_multiple_of(f.steps_per_epoch) || t.state.step == stop_at {
+            let line = t.end_epoch(&acc, &val)?;
             pb.suspend(|| writeln!(out, "{line}"))?;
-            state.history.push(row);
-            epoch_losses.clear();
-            epoch_parts.clear();
-            epoch_clips = 0;
-            epoch_wait = 0.0;
-            epoch_t0 = Instant::now();
-            candle_core::safetensors::save(&live, s.out_dir.join("latest.live.safetensors"))
-                .context("cannot write the live weights")?;
-            save_model(
-                &s,
-                eval_weights,
-                state.ef_scaler,
-                None,
-                notes(&s, &init_note, state.step),
-                &latest,
-            )?;
-            save_train_state(&s.out_dir, &opt, ema.as_ref(), &state)?;
-            eval::write_metrics(&s.out_dir, &f.heads, &state.history)?;
+            acc = EpochAcc::new();
         }
     }
     pb.finish_and_clear();
-    if state.step < total_steps {
+    if t.state.step < total_steps {
         writeln!(
             out,
             "stopped at step {} of {total_steps}; run the same command again to continue",
-            state.step
+            t.state.step
         )?;
         return Ok(());
     }
     finish(
         &s,
-        &varmap,
-        ema.as_ref(),
+        &t.varmap,
+        t.ema.as_ref(),
         &val,
-        &state,
-        &init_note,
+        &t.state,
+        &t.init_note,
         &args,
         out,
     )
