@@ -557,6 +557,22 @@ pub struct NativeConfig {
     /// Free-form provenance (training data, synthetic or not, commit, …).
     #[serde(default)]
     pub notes: BTreeMap<String, String>,
+    /// The LV cavity decoder (tensors under `lv_head.`), when the model has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv_head: Option<LvHeadEntry>,
+}
+
+/// What a checkpoint records about its LV cavity decoder (see [`crate::lv`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LvHeadEntry {
+    /// Views it was trained on (EF is measured only there).
+    pub valid_views: Vec<String>,
+    /// `EF = a + b · EF_traced`, fitted on validation clips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_fit: Option<[f64; 2]>,
+    /// Dice on validation clips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_dice: Option<f64>,
 }
 
 impl NativeConfig {
@@ -570,6 +586,7 @@ impl NativeConfig {
             input: None,
             probes: BTreeMap::new(),
             notes: BTreeMap::new(),
+            lv_head: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod rope;
 // Filled by other work streams (see DESIGN.md); each file says why it exists.
 pub mod bundle;
 pub mod input;
+pub mod lv;
 pub mod perturb;
 pub mod phantom;
 pub mod preprocess;

@@ -121,6 +121,38 @@ impl InferenceEngine for BundleEngine {
             .model
             .run_heads(&tokens)
             .map_err(|e| fail(e.to_string()))?;
+        let lv = if self.plan.lv {
+            let probs = self
+                .model
+                .lv_probabilities(&tokens)
+                .map_err(|e| fail(e.to_string()))?
+                .and_then(|mut b| b.pop())
+                .ok_or_else(|| fail("the LV decoder gave no output".into()))?;
+            let e = &self.model.manifest().encoder;
+            let layout = echojepa::lv::TokenLayout {
+                frames: t,
+                resolution: r,
+                tubelet: e.tubelet_size,
+                patch: e.patch_size,
+            };
+            if probs.len() != layout.tokens() * layout.width() {
+                return Err(fail(format!(
+                    "the LV decoder gave {} values for {} tokens of {}",
+                    probs.len(),
+                    layout.tokens(),
+                    layout.width()
+                )));
+            }
+            let frames = layout.to_frames(&probs);
+            let volumes = frames
+                .iter()
+                .map(|f| echojepa::lv::measure(f, r).volume)
+                .collect();
+            let outline = frames.last().map(|f| echojepa::lv::outline(f, r));
+            Some((volumes, outline))
+        } else {
+            None
+        };
         let t3 = Instant::now();
         let heads = outs.pop().ok_or_else(|| fail("no output".into()))?;
         let view_probs = match heads.get(self.plan.view_head) {
@@ -141,9 +173,15 @@ impl InferenceEngine for BundleEngine {
             ("encoder", t2 - t1),
             ("probes", t3 - t2),
         ];
+        let (lv_volumes, lv_outline) = match lv {
+            Some((v, o)) => (Some(v), o),
+            None => (None, None),
+        };
         Ok(EngineOutput {
             view_probs,
             ef,
+            lv_volumes,
+            lv_outline,
             stages,
         })
     }

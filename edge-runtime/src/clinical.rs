@@ -9,8 +9,12 @@
 //! - EF shown is the median of the per-clip estimates of the last `ef_window_seconds` of the
 //!   same view, with their spread (standard deviation) and count. A change of view, or a pause
 //!   longer than the window, starts the estimate afresh.
+//! - With a traced LV (a bundle with an LV decoder) the window holds the cavity's volume in every
+//!   frame instead: EF is the median over the whole beats in it (end-diastole at each peak,
+//!   end-systole at the trough before the next), calibrated with the bundle's line, shown with
+//!   the number of beats and their spread. Clips below the confidence threshold add no frames.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,6 +41,9 @@ pub struct EfEstimate {
     pub clips: usize,
     /// Seconds of video the window covers.
     pub window_s: f32,
+    /// With a traced LV: the whole beats behind the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beats: Option<usize>,
 }
 
 /// The decision for one clip.
@@ -44,6 +51,10 @@ pub struct EfEstimate {
 pub struct EfDecision {
     pub status: EfStatus,
     pub estimate: Option<EfEstimate>,
+    /// The model's EF at this clip whether shown or not: the regressor's value for the clip, or
+    /// with a traced LV the beats of the window including this clip's frames (its own extremes
+    /// while the window holds no whole beat). For logging and scoring.
+    pub clip_estimate: Option<f32>,
 }
 
 /// Thresholds (from the board profile).
@@ -54,6 +65,17 @@ pub struct ClinicalPolicy {
     pub ef_window: Duration,
     /// Views EF may be shown for; `None` means the model has no EF head.
     pub ef_views: Option<Vec<String>>,
+    /// Traced LV: `EF = a + b · EF_traced` (absent: the traced EF as is).
+    pub lv_fit: Option<[f64; 2]>,
+}
+
+/// One frame of a traced LV: source sequence number, source time, area–length volume.
+pub type LvSample = (u64, Duration, f64);
+
+/// What a clip measured.
+enum Measure<'a> {
+    Clip(f32),
+    Traced(&'a [LvSample]),
 }
 
 /// Running state across clips.
@@ -64,6 +86,9 @@ pub struct ClinicalState {
     held: Option<(String, Duration)>,
     /// (clip end time, per-clip EF) of the current view.
     history: VecDeque<(Duration, f32)>,
+    /// Traced LV volumes of the current view by source frame: (time, sum, count); frames seen
+    /// by overlapping clips are averaged.
+    volumes: BTreeMap<u64, (Duration, f64, u32)>,
 }
 
 impl ClinicalState {
@@ -72,16 +97,18 @@ impl ClinicalState {
             policy,
             held: None,
             history: VecDeque::new(),
+            volumes: BTreeMap::new(),
         }
     }
 
     fn reset(&mut self) {
         self.held = None;
         self.history.clear();
+        self.volumes.clear();
     }
 
     /// Decides for a clip covering `[start, end]` (source time) with the view label, its
-    /// confidence and the clip's raw EF estimate.
+    /// confidence and the clip's raw EF estimate from a regressor.
     pub fn update(
         &mut self,
         start: Duration,
@@ -90,62 +117,178 @@ impl ClinicalState {
         confidence: f32,
         ef: Option<f32>,
     ) -> EfDecision {
-        let withheld = |status| EfDecision {
+        self.observe(start, end, view, confidence, ef.map(Measure::Clip))
+    }
+
+    /// Decides for a clip whose LV was traced: `lv` holds each frame's volume.
+    pub fn update_traced(
+        &mut self,
+        start: Duration,
+        end: Duration,
+        view: &str,
+        confidence: f32,
+        lv: &[LvSample],
+    ) -> EfDecision {
+        self.observe(start, end, view, confidence, Some(Measure::Traced(lv)))
+    }
+
+    fn observe(
+        &mut self,
+        start: Duration,
+        end: Duration,
+        view: &str,
+        confidence: f32,
+        m: Option<Measure<'_>>,
+    ) -> EfDecision {
+        let withheld = |status, clip_estimate| EfDecision {
             status,
             estimate: None,
+            clip_estimate,
         };
-        let (Some(views), Some(ef)) = (&self.policy.ef_views, ef) else {
-            return withheld(EfStatus::NoEfHead);
+        let regressed = match &m {
+            Some(Measure::Clip(e)) => Some(*e),
+            _ => None,
+        };
+        let (Some(views), Some(m)) = (&self.policy.ef_views, m) else {
+            return withheld(EfStatus::NoEfHead, None);
         };
         if !views.iter().any(|v| v == view) {
             self.reset();
-            return withheld(EfStatus::WrongView);
+            let own = match m {
+                Measure::Clip(e) => Some(e),
+                Measure::Traced(lv) => self
+                    .traced(lv.iter().map(|x| (x.1, x.2)).collect())
+                    .map(|e| e.value),
+            };
+            return withheld(EfStatus::WrongView, own.or(regressed));
         }
         // A pause longer than the window, a jump back in time or a different view: start over.
-        let stale = self
+        let last = self
             .history
             .back()
-            .is_some_and(|&(t, _)| end < t || end.saturating_sub(t) > self.policy.ef_window);
+            .map(|&(t, _)| t)
+            .or_else(|| self.volumes.values().map(|v| v.0).max());
+        let stale = last.is_some_and(|t| end < t || end.saturating_sub(t) > self.policy.ef_window);
         let other_view = self.held.as_ref().is_some_and(|(v, _)| v != view);
         if stale || other_view {
             self.reset();
         }
+        let clip_estimate = match &m {
+            Measure::Clip(e) => Some(*e),
+            Measure::Traced(lv) => {
+                let mut series = self.series();
+                series.extend(lv.iter().map(|x| (x.1, x.2)));
+                series.sort_by_key(|p| p.0);
+                self.traced(series).map(|e| e.value)
+            }
+        };
         if confidence < self.policy.ef_min_confidence {
-            return withheld(EfStatus::LowConfidence);
+            return withheld(EfStatus::LowConfidence, clip_estimate);
         }
         let since = self.held.get_or_insert_with(|| (view.to_string(), start)).1;
-        self.history.push_back((end, ef));
+        self.history
+            .push_back((end, clip_estimate.unwrap_or(f32::NAN)));
+        if let Measure::Traced(lv) = m {
+            for &(seq, t, v) in lv {
+                let e = self.volumes.entry(seq).or_insert((t, 0.0, 0));
+                e.1 += v;
+                e.2 += 1;
+            }
+        }
+        let window = self.policy.ef_window;
         while let Some(&(t, _)) = self.history.front() {
-            if end.saturating_sub(t) > self.policy.ef_window {
+            if end.saturating_sub(t) > window {
                 self.history.pop_front();
             } else {
                 break;
             }
         }
+        self.volumes
+            .retain(|_, v| end.saturating_sub(v.0) <= window);
         if end.saturating_sub(since) < self.policy.min_cycle {
-            return withheld(EfStatus::WarmingUp);
+            return withheld(EfStatus::WarmingUp, clip_estimate);
         }
-        let mut values: Vec<f32> = self.history.iter().map(|&(_, e)| e).collect();
-        values.sort_by(f32::total_cmp);
-        let n = values.len();
-        let median = if n % 2 == 1 {
-            values[n / 2]
-        } else {
-            (values[n / 2 - 1] + values[n / 2]) / 2.0
-        };
-        let mean = values.iter().sum::<f32>() / n as f32;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n as f32;
         let first = self.history.front().map(|&(t, _)| t).unwrap_or(end);
+        let estimate = if self.volumes.is_empty() {
+            let values: Vec<f32> = self.history.iter().map(|&(_, e)| e).collect();
+            let (value, spread) = median_and_spread(&values);
+            EfEstimate {
+                value,
+                spread,
+                clips: values.len(),
+                window_s: end.saturating_sub(first).as_secs_f32(),
+                beats: None,
+            }
+        } else {
+            let Some(mut e) = self.traced(self.series()) else {
+                return withheld(EfStatus::WarmingUp, clip_estimate);
+            };
+            e.clips = self.history.len();
+            e
+        };
         EfDecision {
             status: EfStatus::Ok,
-            estimate: Some(EfEstimate {
-                value: median,
-                spread: var.sqrt(),
-                clips: n,
-                window_s: end.saturating_sub(first).as_secs_f32(),
-            }),
+            estimate: Some(estimate),
+            clip_estimate,
         }
     }
+
+    /// The traced volume curve of the window, oldest first.
+    fn series(&self) -> Vec<(Duration, f64)> {
+        let mut v: Vec<(Duration, f64)> = self
+            .volumes
+            .values()
+            .map(|&(t, sum, n)| (t, sum / n.max(1) as f64))
+            .collect();
+        v.sort_by_key(|p| p.0);
+        v
+    }
+
+    /// EF of a traced volume curve: calibrated median over its beats (or its extremes when it
+    /// holds no whole beat), with the beats' spread.
+    fn traced(&self, series: Vec<(Duration, f64)>) -> Option<EfEstimate> {
+        let pts: Vec<(f64, f64)> = series.iter().map(|p| (p.0.as_secs_f64(), p.1)).collect();
+        let (raw, beats) = echojepa::lv::ef_of_series(&pts)?;
+        let cal = |e: f64| match self.policy.lv_fit {
+            Some([a, b]) => a + b * e,
+            None => e,
+        };
+        let per_beat: Vec<f32> = beats.iter().map(|b| cal(b.ef_percent) as f32).collect();
+        let spread = if per_beat.len() > 1 {
+            median_and_spread(&per_beat).1
+        } else {
+            0.0
+        };
+        let span = match (series.first(), series.last()) {
+            (Some(a), Some(b)) => b.0.saturating_sub(a.0).as_secs_f32(),
+            _ => 0.0,
+        };
+        Some(EfEstimate {
+            value: cal(raw).clamp(0.0, 100.0) as f32,
+            spread,
+            clips: 1,
+            window_s: span,
+            beats: Some(beats.len()),
+        })
+    }
+}
+
+/// Median and standard deviation (population) of some values; NaNs are ignored.
+fn median_and_spread(values: &[f32]) -> (f32, f32) {
+    let mut v: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f32::NAN, 0.0);
+    }
+    v.sort_by(f32::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let mean = v.iter().sum::<f32>() / n as f32;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n as f32;
+    (median, var.sqrt())
 }
 
 /// Index and value of the largest probability.
@@ -167,6 +310,7 @@ mod tests {
             min_cycle: Duration::from_millis(1500),
             ef_window: Duration::from_secs(6),
             ef_views: Some(vec!["A4C".into(), "A2C".into()]),
+            lv_fit: None,
         }
     }
 
@@ -268,6 +412,76 @@ mod tests {
             s.update(ms(0), ms(1000), "A4C", 0.9, None).status,
             EfStatus::NoEfHead
         );
+    }
+
+    /// Clips of 8 frames every 133 ms (1.07 s), back to back from `t0`, of a heart at 75 bpm
+    /// whose traced volume swings between 100 and 40 (EF 60).
+    fn traced_clip(s: &mut ClinicalState, k: u64, view: &str, conf: f32) -> EfDecision {
+        let dt = Duration::from_micros(133_333);
+        let samples: Vec<LvSample> = (0..8)
+            .map(|j| {
+                let seq = k * 8 + j;
+                let t = dt * seq as u32;
+                let ph = (t.as_secs_f64() / 0.8).fract();
+                let v = 70.0 + 30.0 * (2.0 * std::f64::consts::PI * ph).cos();
+                (seq, t, v)
+            })
+            .collect();
+        s.update_traced(samples[0].1, samples[7].1, view, conf, &samples)
+    }
+
+    #[test]
+    fn traced_lv_reports_ef_from_whole_beats() {
+        let mut s = ClinicalState::new(policy());
+        let first = traced_clip(&mut s, 0, "A4C", 0.9);
+        assert_eq!(first.status, EfStatus::WarmingUp);
+        // one clip's own extremes already say something
+        assert!(first.clip_estimate.is_some());
+        let mut last = None;
+        for k in 1..5 {
+            last = Some(traced_clip(&mut s, k, "A4C", 0.9));
+        }
+        let d = last.unwrap();
+        assert_eq!(d.status, EfStatus::Ok);
+        let e = d.estimate.unwrap();
+        assert!(e.beats.unwrap() >= 3, "{e:?}");
+        assert!((e.value - 60.0).abs() < 4.0, "{e:?}");
+        assert!(e.window_s > 4.0 && e.window_s <= 6.0, "{e:?}");
+        // the calibration line is applied
+        let mut p = policy();
+        p.lv_fit = Some([10.0, 0.5]);
+        let mut s = ClinicalState::new(p);
+        let mut last = None;
+        for k in 0..5 {
+            last = Some(traced_clip(&mut s, k, "A4C", 0.9));
+        }
+        let v = last.unwrap().estimate.unwrap().value;
+        assert!((v - 40.0).abs() < 2.5, "{v}");
+    }
+
+    #[test]
+    fn traced_lv_skips_unsure_clips_and_restarts_on_a_new_view() {
+        let mut s = ClinicalState::new(policy());
+        for k in 0..4 {
+            traced_clip(&mut s, k, "A4C", 0.9);
+        }
+        // a low-confidence clip is withheld and adds no frames
+        let d = traced_clip(&mut s, 4, "A4C", 0.3);
+        assert_eq!(d.status, EfStatus::LowConfidence);
+        assert!(d.estimate.is_none() && d.clip_estimate.is_some());
+        assert_eq!(s.volumes.len(), 32);
+        // another EF view starts over
+        assert_eq!(
+            traced_clip(&mut s, 5, "A2C", 0.9).status,
+            EfStatus::WarmingUp
+        );
+        assert_eq!(s.volumes.len(), 8);
+        // a wrong view clears everything
+        assert_eq!(
+            traced_clip(&mut s, 6, "PLAX", 0.9).status,
+            EfStatus::WrongView
+        );
+        assert!(s.volumes.is_empty());
     }
 
     #[test]

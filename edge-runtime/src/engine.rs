@@ -21,9 +21,26 @@ pub enum SectorUse {
     CropAndMask,
 }
 
+/// How a model measures EF.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EfMethod {
+    /// A regressor reads EF from the clip's tokens.
+    Regressor,
+    /// The LV cavity is traced in every frame and EF measured beat by beat from the
+    /// area–length volumes (end-diastole and end-systole of each beat), then calibrated with
+    /// the bundle's line `EF = a + b · EF_traced`.
+    TracedLv {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fit: Option<[f64; 2]>,
+    },
+}
+
 /// The EF head of a model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EfHeadInfo {
+    /// How EF is measured.
+    pub method: EfMethod,
     /// Output name (`lvef`).
     pub name: String,
     /// Unit of the de-normalised value (`%`).
@@ -74,8 +91,14 @@ impl ModelInfo {
 pub struct EngineOutput {
     /// Probabilities over [`ModelInfo::view_classes`] (sum 1).
     pub view_probs: Vec<f32>,
-    /// De-normalised EF estimate of this clip, when the model has an EF head.
+    /// De-normalised EF estimate of this clip, when the model has an EF regressor.
     pub ef: Option<f32>,
+    /// With an LV decoder: the traced cavity's area–length volume in each frame of the clip,
+    /// oldest first (pixel units; only ratios matter).
+    pub lv_volumes: Option<Vec<f64>>,
+    /// With an LV decoder: the traced cavity's outline in the newest frame, in model-input
+    /// pixels (`resolution × resolution`), for drawing.
+    pub lv_outline: Option<Vec<(u16, u16)>>,
     /// Time spent per stage inside the engine (`normalise`, `encoder`, `probes`, ...).
     pub stages: Vec<(&'static str, Duration)>,
 }

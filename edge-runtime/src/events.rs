@@ -84,8 +84,13 @@ pub struct EfOut {
     /// Clips in the window.
     pub clips: Option<usize>,
     pub window_s: Option<f32>,
+    /// With a traced LV: whole beats behind the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beats: Option<usize>,
     pub unit: String,
-    /// This clip's own estimate (null when the model has no EF head), for logging and tuning.
+    /// The model's EF at this clip whether shown or not (null without an EF head), for logging
+    /// and scoring: the regressor's value for the clip, or with a traced LV the beats of the
+    /// current view's window including this clip.
     pub clip_estimate: Option<f32>,
 }
 
@@ -97,6 +102,7 @@ impl EfOut {
             spread: est.map(|e| e.spread),
             clips: est.map(|e| e.clips),
             window_s: est.map(|e| e.window_s),
+            beats: est.and_then(|e| e.beats),
             unit: unit.to_string(),
             clip_estimate: clip,
         }

@@ -13,7 +13,7 @@ use echojepa::bundle::{
 use echojepa::config::ProbeKind;
 
 use crate::clip::ClipSpec;
-use crate::engine::{EfHeadInfo, ModelInfo, SectorUse};
+use crate::engine::{EfHeadInfo, EfMethod, ModelInfo, SectorUse};
 
 /// Frame rate of the training videos assumed when a bundle gives `frame_step` but no `fps`
 /// (the reference exports echo at 30 fps).
@@ -80,6 +80,8 @@ pub struct HeadPlan {
     pub view_head: usize,
     /// (head index, target index) of EF.
     pub ef_head: Option<(usize, usize)>,
+    /// Whether the bundle has an LV decoder (EF is then measured from the traced cavity).
+    pub lv: bool,
 }
 
 /// Reads what the pipeline needs from a verified manifest. `runs_on` is filled in by the engine.
@@ -149,7 +151,7 @@ pub fn model_info(
         }
     };
     let view = &m.heads[view_head];
-    let ef = ef_head.map(|(hi, ti)| {
+    let mut ef = ef_head.map(|(hi, ti)| {
         let h = &m.heads[hi];
         let valid_views = if h.valid_views.is_empty() {
             // A head trained on any view: EF may be shown for every view class.
@@ -158,6 +160,7 @@ pub fn model_info(
             h.valid_views.clone()
         };
         EfHeadInfo {
+            method: EfMethod::Regressor,
             name: h.targets[ti].name.clone(),
             unit: h.targets[ti].unit.clone(),
             valid_views,
@@ -165,6 +168,26 @@ pub fn model_info(
             min_view_confidence: view.min_confidence.map(|c| c as f32),
         }
     });
+    if let Some(lv) = &m.lv_segmentation {
+        // The traced cavity measures EF as a sonographer does; it replaces a regressor. The
+        // regressor's training mean stays the baseline to beat.
+        for v in &lv.valid_views {
+            if !view.classes.contains(v) {
+                return Err(unsupported(format!(
+                    "lv_segmentation.valid_views names `{v}`, which is not a view class ({})",
+                    view.classes.join(", ")
+                )));
+            }
+        }
+        ef = Some(EfHeadInfo {
+            method: EfMethod::TracedLv { fit: lv.ef_fit },
+            name: "lvef".into(),
+            unit: "%".into(),
+            valid_views: lv.valid_views.clone(),
+            training_mean: ef.as_ref().and_then(|e| e.training_mean),
+            min_view_confidence: view.min_confidence.map(|c| c as f32),
+        });
+    }
     let info = ModelInfo {
         model_id: m.model_id.clone(),
         model_version: m.model_version.clone(),
@@ -184,7 +207,14 @@ pub fn model_info(
         ef,
         runs_on: String::new(),
     };
-    Ok((info, HeadPlan { view_head, ef_head }))
+    Ok((
+        info,
+        HeadPlan {
+            view_head,
+            ef_head,
+            lv: m.lv_segmentation.is_some(),
+        },
+    ))
 }
 
 /// Refuses a model that needs more than the board allows.

@@ -34,7 +34,7 @@ use crate::clinical::{ClinicalPolicy, ClinicalState, top1};
 use crate::clip::{ClipBuilder, ClipSpec, ProcessedFrame};
 use crate::clock::SharedClock;
 use crate::convert::to_gray;
-use crate::engine::{InferenceEngine, ModelInfo, SectorUse};
+use crate::engine::{EfMethod, InferenceEngine, ModelInfo, SectorUse};
 use crate::events::{
     Accuracy, EfOut, Event, Level, ModelRef, NOT_FOR_DIAGNOSTIC_USE, Prediction, SCHEMA_VERSION,
     Started, Status, Summary, TRAINED_ON_SYNTHETIC, ViewOut,
@@ -580,6 +580,10 @@ impl Pipeline {
             min_cycle: t.min_cycle,
             ef_window: t.ef_window,
             ef_views: info.ef.as_ref().map(|e| e.valid_views.clone()),
+            lv_fit: match info.ef.as_ref().map(|e| e.method) {
+                Some(EfMethod::TracedLv { fit }) => fit,
+                _ => None,
+            },
         });
         let unit = info
             .ef
@@ -614,8 +618,21 @@ impl Pipeline {
                     .get(idx)
                     .cloned()
                     .unwrap_or_else(|| format!("class_{idx}"));
-                let decision =
-                    clinical.update(clip.first_ts, clip.last_ts, &label, confidence, out.ef);
+                let decision = match &out.lv_volumes {
+                    Some(v) => {
+                        let samples = lv_samples(&clip, v);
+                        clinical.update_traced(
+                            clip.first_ts,
+                            clip.last_ts,
+                            &label,
+                            confidence,
+                            &samples,
+                        )
+                    }
+                    None => {
+                        clinical.update(clip.first_ts, clip.last_ts, &label, confidence, out.ef)
+                    }
+                };
                 let mut lat = BTreeMap::new();
                 let mut rec = |k: &'static str, v: f32| {
                     latencies.record(k, v);
@@ -653,7 +670,12 @@ impl Pipeline {
                         confidence,
                         probs,
                     },
-                    ef: EfOut::new(decision.status, decision.estimate, &unit, out.ef),
+                    ef: EfOut::new(
+                        decision.status,
+                        decision.estimate,
+                        &unit,
+                        decision.clip_estimate,
+                    ),
                     latency_ms: lat,
                     counters: counters.snapshot(),
                     synthetic_training_data: info.synthetic_training_data,
@@ -671,6 +693,23 @@ impl Pipeline {
         });
         handle.unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"))
     }
+}
+
+/// Each frame's traced volume with its source sequence number and time (frames are evenly
+/// spaced between the clip's first and newest).
+fn lv_samples(clip: &crate::clip::Clip, volumes: &[f64]) -> Vec<crate::clinical::LvSample> {
+    let n = clip.seqs.len().min(volumes.len());
+    let span = clip.last_ts.saturating_sub(clip.first_ts);
+    (0..n)
+        .map(|k| {
+            let t = if n > 1 {
+                clip.first_ts + span.mul_f64(k as f64 / (n - 1) as f64)
+            } else {
+                clip.last_ts
+            };
+            (clip.seqs[k], t, volumes[k])
+        })
+        .collect()
 }
 
 fn ms(d: Duration) -> f32 {

@@ -12,14 +12,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::Value;
 use echojepa::bundle::{
-    BundleBuilder, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision, Manifest,
-    Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo, ToolInfo,
+    BundleBuilder, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision, LvHeadSpec,
+    Manifest, Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo, ToolInfo,
 };
 use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{
     self, CalibrationOptions, Clip, encoder_tensors, probe_prefix, probe_tensors,
 };
 use echojepa::quantized::gguf::write_gguf;
+use echojepa::quantized::model::LV_PREFIX;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data;
@@ -289,6 +290,18 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
             min_confidence: p.min_confidence,
         });
     }
+    let lv_segmentation = match &src.lv {
+        Some((entry, t)) => {
+            tensors.extend(calibrate::f32_tensors(t, LV_PREFIX)?);
+            Some(LvHeadSpec {
+                tensor_prefix: LV_PREFIX.into(),
+                valid_views: entry.valid_views.clone(),
+                ef_fit: entry.ef_fit,
+                val_dice: entry.val_dice,
+            })
+        }
+        None => None,
+    };
     let model_id = a
         .model_id
         .clone()
@@ -338,6 +351,7 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
         encoder: cfg.clone(),
         input,
         heads,
+        lv_segmentation,
         weights: WEIGHTS_FILE.into(),
         source: SourceInfo {
             checkpoint: file_name(&src.checkpoint),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use echojepa::bundle::{SourceFile, TargetSpec, sha256_file};
-use echojepa::checkpoint::{self, NativeCheckpoint, PtFile, Scaler, TensorMap};
+use echojepa::checkpoint::{self, LvHeadEntry, NativeCheckpoint, PtFile, Scaler, TensorMap};
 use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind, SlotConfig};
 use echojepa::encoder::VisionTransformer;
 use echojepa::probe::AttentiveProbe;
@@ -45,6 +45,9 @@ pub struct Source {
     pub model_id: String,
     /// Whether the checkpoint's notes say it was trained on synthetic data.
     pub notes_say_synthetic: bool,
+    /// The LV cavity decoder of a fine-tuned checkpoint: what it records, and its
+    /// `weight` and `bias`.
+    pub lv: Option<(LvHeadEntry, TensorMap)>,
 }
 
 /// What the command line says about the source.
@@ -318,6 +321,30 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
             origin: st.clone(),
         });
     }
+    let lv = match &cfg.lv_head {
+        Some(entry) => {
+            let tensors = ck.part("lv_head");
+            let e = &cfg.encoder;
+            let width = e.tubelet_size * e.patch_size * e.patch_size;
+            let shape = |n: &str| tensors.get(n).map(|t| t.dims().to_vec());
+            if shape("weight") != Some(vec![width, e.embed_dim])
+                || shape("bias") != Some(vec![width])
+                || tensors.len() != 2
+            {
+                bail!(
+                    "{}: the LV decoder `lv_head` must be exactly weight [{width}, {}] and bias [{width}], found {:?}",
+                    st.display(),
+                    e.embed_dim,
+                    tensors
+                        .iter()
+                        .map(|(k, t)| format!("{k} {:?}", t.dims()))
+                        .collect::<Vec<_>>()
+                );
+            }
+            Some((entry.clone(), tensors))
+        }
+        None => None,
+    };
     let (sha, _) = sha256_file(&st)?;
     let (jsha, _) = sha256_file(&js)?;
     let synthetic = cfg.notes.iter().any(|(k, v)| {
@@ -339,6 +366,7 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
         input: cfg.input.clone(),
         model_id: cfg.model_id.clone(),
         notes_say_synthetic: synthetic,
+        lv,
     })
 }
 
@@ -366,6 +394,7 @@ fn load_pt(a: &SourceArgs, dev: &Device) -> Result<Source> {
         input: None,
         model_id: String::new(),
         notes_say_synthetic: false,
+        lv: None,
     })
 }
 

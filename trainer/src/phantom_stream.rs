@@ -250,7 +250,21 @@ impl PhantomStream {
 
     /// Renders clip `index` of `split`.
     pub fn clip(&self, split: Split, index: u64) -> Result<StreamClip> {
+        self.clip_at(split, index, 0.0)
+    }
+
+    /// Seconds one clip spans (`frames · frame_step / fps`): where the next clip of a continuous
+    /// scan starts.
+    pub fn clip_span_s(&self) -> f64 {
+        (self.frames * self.frame_step) as f64 / self.spec.fps
+    }
+
+    /// Renders clip `index` of `split` as if the scan went on `offset_s` seconds longer before
+    /// it: the same patient and video, later in time. Consecutive clips of one scan are
+    /// `offset_s = j · clip_span_s()`; frame `k` is at `offset_s + k · frame_step / fps`.
+    pub fn clip_at(&self, split: Split, index: u64, offset_s: f64) -> Result<StreamClip> {
         let (patient, view, video, start) = self.placement(split, index);
+        let start = start + offset_s;
         let params = PhantomParams::for_patient(patient, view, video);
         let phantom = Phantom::new(params)
             .with_context(|| format!("phantom patient {patient} view {view}"))?;

@@ -47,6 +47,10 @@ pub struct Manifest {
     pub input: InputSpec,
     /// The probe heads, in the order the runtime should report them.
     pub heads: Vec<HeadSpec>,
+    /// The LV cavity decoder, when the model has one: the runtime then measures EF beat by beat
+    /// from the traced cavity instead of reading it from a regressor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv_segmentation: Option<LvHeadSpec>,
     /// Name of the GGUF weights file (one of [`Manifest::files`]).
     pub weights: String,
     /// Where the weights came from.
@@ -177,6 +181,48 @@ impl HeadSpec {
                 n
             )),
             _ => Ok(()),
+        }
+    }
+}
+
+/// A per-token linear decoder of the LV cavity: each encoder token (after the final norm) gives
+/// the logits of its `tubelet · patch²` pixels (frame, row, column), and the cavity is where the
+/// sigmoid exceeds 0.5. EF comes from the traced cavity with [`crate::lv`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LvHeadSpec {
+    /// Prefix of the decoder's `weight` `[tubelet · patch², embed_dim]` and `bias` (f32).
+    pub tensor_prefix: String,
+    /// Views the decoder was trained on; EF is measured only there.
+    pub valid_views: Vec<String>,
+    /// `EF = a + b · EF_traced`, fitted on validation clips (absent: the traced EF as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_fit: Option<[f64; 2]>,
+    /// Dice of the decoder on validation clips, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_dice: Option<f64>,
+}
+
+impl LvHeadSpec {
+    /// Checks the calibration line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.valid_views.is_empty() {
+            return Err("lv_segmentation: valid_views is empty".into());
+        }
+        if let Some([a, b]) = self.ef_fit
+            && !(a.is_finite() && b.is_finite() && b > 0.0)
+        {
+            return Err(format!(
+                "lv_segmentation: ef_fit [{a}, {b}] must be finite with a positive slope"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The calibrated EF of a traced EF.
+    pub fn calibrated(&self, traced: f64) -> f64 {
+        match self.ef_fit {
+            Some([a, b]) => a + b * traced,
+            None => traced,
         }
     }
 }

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 pub use keys::{PublicKey, SecretKey, key_id};
 pub use manifest::{
     CalibrationSummary, FORMAT, FORMAT_VERSION, FileEntry, HeadSpec, InputSpec, LayerPrecision,
-    Manifest, Precision, QuantizationInfo, Scaler, SectorHandling, SourceFile, SourceInfo,
-    TargetSpec, ToolInfo,
+    LvHeadSpec, Manifest, Precision, QuantizationInfo, Scaler, SectorHandling, SourceFile,
+    SourceInfo, TargetSpec, ToolInfo,
 };
 
 use keys::SignatureFile;
@@ -458,6 +458,9 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
     }
     for h in &m.heads {
         h.check().map_err(invalid)?;
+    }
+    if let Some(lv) = &m.lv_segmentation {
+        lv.check().map_err(invalid)?;
     }
     m.encoder
         .validate()

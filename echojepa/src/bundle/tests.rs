@@ -63,6 +63,7 @@ fn manifest() -> Manifest {
                 min_confidence: None,
             },
         ],
+        lv_segmentation: None,
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "ckpt.safetensors".into(),

@@ -393,6 +393,25 @@ pub fn encoder_tensors(
     Ok(out)
 }
 
+/// The LV cavity decoder's tensors, stored f32 under `prefix` (it is one small matrix; int8 would
+/// save a few kilobytes and move the traced outline).
+pub fn f32_tensors(
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+) -> Result<Vec<NamedTensor>, QuantError> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            Ok((
+                format!("{prefix}.{n}"),
+                store_tensor(n, &tensors[n], Precision::F32)?,
+            ))
+        })
+        .collect()
+}
+
 fn store_tensor(name: &str, t: &Tensor, p: Precision) -> Result<QTensor, QuantError> {
     let v = t
         .to_dtype(candle_core::DType::F32)?

@@ -59,7 +59,12 @@ pub struct EdgeModel {
     signer: String,
     encoder: QuantizedEncoder,
     heads: Vec<Head>,
+    /// LV decoder `(weight [W, D], bias [W])`, f32.
+    lv: Option<(Tensor, Tensor)>,
 }
+
+/// Tensor prefix of the LV cavity decoder in a bundle's weights.
+pub const LV_PREFIX: &str = "lv_head";
 
 impl EdgeModel {
     /// Verifies the bundle at `dir` against `trusted` keys, then loads it.
@@ -129,6 +134,35 @@ impl EdgeModel {
                 probe,
             });
         }
+        let lv = match &m.lv_segmentation {
+            Some(spec) => {
+                if spec.tensor_prefix != LV_PREFIX {
+                    return Err(QuantError::Unsupported(format!(
+                        "lv_segmentation: tensor prefix `{}` (this build reads `{LV_PREFIX}`)",
+                        spec.tensor_prefix
+                    )));
+                }
+                let mut t = w.f32_tensors(LV_PREFIX)?;
+                used.extend(t.keys().map(|k| format!("{LV_PREFIX}.{k}")));
+                let (Some(weight), Some(bias)) = (t.remove("weight"), t.remove("bias")) else {
+                    return Err(QuantError::Unsupported(format!(
+                        "lv_segmentation: `{LV_PREFIX}.weight` and `{LV_PREFIX}.bias` are needed"
+                    )));
+                };
+                let e = &m.encoder;
+                let width = e.tubelet_size * e.patch_size * e.patch_size;
+                if weight.dims() != [width, e.embed_dim] || bias.dims() != [width] {
+                    return Err(QuantError::Unsupported(format!(
+                        "lv_segmentation: weight {:?} and bias {:?}, expected [{width}, {}] and [{width}]",
+                        weight.dims(),
+                        bias.dims(),
+                        e.embed_dim
+                    )));
+                }
+                Some((weight, bias))
+            }
+            None => None,
+        };
         let mut extra: Vec<&str> = w.names().filter(|n| !used.contains(*n)).collect();
         if !extra.is_empty() {
             extra.sort_unstable();
@@ -149,7 +183,21 @@ impl EdgeModel {
             signer: bundle.signer().to_string(),
             encoder,
             heads,
+            lv,
         })
+    }
+
+    /// LV cavity probabilities `[B][tokens · tubelet · patch²]` (sigmoid of the decoder's
+    /// logits, laid out as [`crate::lv::TokenLayout`] reads them), when the bundle has the
+    /// decoder.
+    pub fn lv_probabilities(&self, tokens: &Tensor) -> Result<Option<Vec<Vec<f32>>>, QuantError> {
+        let Some((w, b)) = &self.lv else {
+            return Ok(None);
+        };
+        let x = tokens.to_dtype(DType::F32)?;
+        let logits = x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?;
+        let p = candle_nn::ops::sigmoid(&logits)?.flatten_from(1)?;
+        Ok(Some(p.to_vec2::<f32>()?))
     }
 
     /// The signed manifest.

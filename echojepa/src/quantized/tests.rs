@@ -382,6 +382,7 @@ fn tiny_bundle(
                 min_confidence: None,
             },
         ],
+        lv_segmentation: None,
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "random".into(),

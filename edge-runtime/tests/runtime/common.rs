@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use edge_runtime::clip::{Clip, ClipSpec};
 use edge_runtime::clock::{SharedClock, TestClock};
 use edge_runtime::engine::{
-    EfHeadInfo, EngineError, EngineOutput, InferenceEngine, ModelInfo, SectorUse,
+    EfHeadInfo, EfMethod, EngineError, EngineOutput, InferenceEngine, ModelInfo, SectorUse,
 };
 use edge_runtime::events::Event;
 use edge_runtime::frame::{Frame, GroundTruth};
@@ -33,6 +33,7 @@ pub fn test_model_info() -> ModelInfo {
         sector: SectorUse::FullFrame,
         view_classes: vec!["A4C".into(), "PLAX".into()],
         ef: Some(EfHeadInfo {
+            method: EfMethod::Regressor,
             name: "lvef".into(),
             unit: "%".into(),
             valid_views: vec!["A4C".into()],
@@ -106,6 +107,8 @@ impl InferenceEngine for TestEngine {
         Ok(EngineOutput {
             view_probs,
             ef: Some(20.0 + mean / 4.0),
+            lv_volumes: None,
+            lv_outline: None,
             stages: vec![("test_engine", Duration::ZERO)],
         })
     }

@@ -73,6 +73,7 @@ fn manifest(version: &str) -> Manifest {
                 min_confidence: None,
             },
         ],
+        lv_segmentation: None,
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "ckpt.safetensors".into(),

@@ -184,6 +184,21 @@ pub struct FinetuneBlock {
     /// confidence threshold from the validation split.
     #[serde(default = "default_misread")]
     pub ef_misread_target: f64,
+    /// With an LV head: continuous scans (patients of the EF views, several clips in a row)
+    /// on which EF is measured beat by beat from the traced cavity, as the cart does; the
+    /// validation scans fit the calibration line, the test scans report it.
+    #[serde(default = "default_scans")]
+    pub lv_scans: usize,
+    /// Clips in a row per scan.
+    #[serde(default = "default_scan_clips")]
+    pub scan_clips: usize,
+}
+
+fn default_scans() -> usize {
+    40
+}
+fn default_scan_clips() -> usize {
+    4
 }
 
 fn default_init() -> Init {
@@ -283,6 +298,13 @@ impl FinetuneConfig {
             if !(1..=20_000).contains(&n) {
                 bail!("finetune.{key} = {n}: expected 1 to 20000 clips");
             }
+        }
+        if !(1..=2_000).contains(&f.lv_scans) || !(1..=64).contains(&f.scan_clips) {
+            bail!(
+                "finetune.lv_scans = {} and scan_clips = {}: expected 1 to 2000 scans of 1 to 64 clips",
+                f.lv_scans,
+                f.scan_clips
+            );
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Evaluation of a fine-tuned model on fixed phantom clips: view accuracy and calibration, EF
-//! from the regressor and from the LV cavity's areas over the clip, the mean predictor on the
-//! same clips, LV Dice; the temperature fit and the EF confidence threshold; metric files.
+//! from the regressor and from the traced LV cavity (area–length volumes, [`echojepa::lv`]) over
+//! the clip and, as the cart measures it, beat by beat over a continuous scan of several clips;
+//! the mean predictor on the same clips, LV Dice; the temperature fit, the EF confidence threshold
+//! and the line that calibrates the traced EF; metric files.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,6 +11,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use echojepa::checkpoint::{Scaler, TensorMap};
+use echojepa::lv::{self, TokenLayout};
 use echojepa::phantom::View;
 use serde::{Deserialize, Serialize};
 
@@ -23,13 +26,22 @@ pub struct Rendered {
     pub input: Vec<f32>,
     pub view: View,
     pub ef: f64,
-    /// Per-frame true cavity areas (model pixels).
-    pub lv_areas: Vec<f64>,
-    pub lv_tokens: Vec<f32>,
+    /// `[T, R, R]` true cavity (1 inside).
+    pub lv: Vec<f32>,
 }
 
 /// Renders clips `0..n` of a split (two threads).
 pub fn render_split(stream: &PhantomStream, split: Split, n: usize) -> Result<Vec<Rendered>> {
+    render_jobs(stream, split, n, &|i| (i as u64, 0.0))
+}
+
+/// Renders `n` clips, clip `i` being `job(i) = (index, offset s)` of the split.
+fn render_jobs(
+    stream: &PhantomStream,
+    split: Split,
+    n: usize,
+    job: &(dyn Fn(usize) -> (u64, f64) + Sync),
+) -> Result<Vec<Rendered>> {
     let threads = 2usize;
     let chunks: Vec<Vec<usize>> = (0..threads)
         .map(|t| (t..n).step_by(threads).collect())
@@ -42,20 +54,15 @@ pub fn render_split(stream: &PhantomStream, split: Split, n: usize) -> Result<Ve
                 sc.spawn(move || -> Result<Vec<(usize, Rendered)>> {
                     idx.iter()
                         .map(|&i| {
-                            let c = stream.clip(split, i as u64)?;
-                            let r = stream.resolution;
-                            let lv_areas =
-                                c.lv.chunks(r * r)
-                                    .map(|f| f.iter().map(|&v| v as f64).sum())
-                                    .collect();
+                            let (index, offset) = job(i);
+                            let c = stream.clip_at(split, index, offset)?;
                             Ok((
                                 i,
                                 Rendered {
                                     input: c.input,
                                     view: c.view,
                                     ef: c.ef_percent,
-                                    lv_areas,
-                                    lv_tokens: c.lv,
+                                    lv: c.lv,
                                 },
                             ))
                         })
@@ -83,10 +90,28 @@ pub struct Evaluated {
     pub view_logits: Option<Vec<Vec<f32>>>,
     pub ef_pred: Option<Vec<f64>>,
     pub ef_views: Vec<View>,
-    /// Per clip: predicted and true per-frame cavity areas, and Dice at 0.5.
-    pub lv: Option<Vec<(Vec<f64>, Vec<f64>, f64)>>,
+    /// Per clip: the cavity traced by the model and the true one.
+    pub lv: Option<Vec<LvClip>>,
     pub lv_views: Vec<View>,
     pub scaler: Scaler,
+}
+
+/// The LV cavity of one clip, frame by frame.
+pub struct LvClip {
+    /// Predicted and true cavity in each frame.
+    pub pred: Vec<lv::FrameLv>,
+    pub truth: Vec<lv::FrameLv>,
+    /// Dice of the cavity above 0.5 over the clip.
+    pub dice: f64,
+}
+
+/// Volume curve `(s, volume)` of frames `dt` seconds apart starting at `t0`.
+fn series(frames: &[lv::FrameLv], t0: f64, dt: f64) -> Vec<(f64, f64)> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(k, f)| (t0 + k as f64 * dt, f.volume))
+        .collect()
 }
 
 /// What calibration on the validation split fixed.
@@ -100,8 +125,9 @@ pub struct Calibration {
     /// Smallest calibrated view confidence at which, on validation, misread views make up at
     /// most the target share of shown EF values (None without a view head).
     pub ef_min_confidence: Option<f64>,
-    /// `EF = a + b · EF_areas`, fitted on validation clips of the LV head's views.
-    pub ef_area_fit: Option<[f64; 2]>,
+    /// `EF = a + b · EF_traced`, fitted on validation scans (several clips in a row) of the EF
+    /// views, EF measured beat by beat as the cart does.
+    pub ef_beat_fit: Option<[f64; 2]>,
 }
 
 /// Metrics of one evaluation.
@@ -116,10 +142,10 @@ pub struct EvalReport {
     /// Always answering the training mean, on the same clips.
     pub ef_mean_predictor_mae: Option<f64>,
     pub lv_dice: Option<f64>,
-    /// EF from the predicted cavity areas, before and after the linear calibration.
+    /// EF from the traced cavity within each clip (area–length, largest and smallest volume of
+    /// the clip), uncalibrated.
     pub ef_area_raw_mae: Option<f64>,
-    pub ef_area_mae: Option<f64>,
-    /// EF from the true cavity areas with the same rule (the rule's own error).
+    /// The same rule on the true cavity (the rule's own error within one clip).
     pub ef_true_area_raw_mae: Option<f64>,
     /// With the calibrated threshold: share of EF values shown on a clip whose true view is not
     /// an EF view, and share of EF-view clips on which EF is shown.
@@ -144,7 +170,12 @@ pub fn evaluate(
     let vb = VarBuilder::from_tensors(tensors, s.dtype, &s.device);
     let m = FtModel::new(&s.enc_cfg, &f.heads, c.num_heads, c.num_probe_blocks, vb)?;
     let (t, r) = (d.frames_per_clip, d.resolution);
-    let enc = &s.enc_cfg;
+    let layout = TokenLayout {
+        frames: t,
+        resolution: r,
+        tubelet: s.enc_cfg.tubelet_size,
+        patch: s.enc_cfg.patch_size,
+    };
     let head_of = |task: HeadTask| f.heads.iter().position(|h| h.task == task);
     let (vi, ei, li) = (
         head_of(HeadTask::View),
@@ -183,21 +214,148 @@ pub fn evaluate(
             let probs: Vec<Vec<Vec<f32>>> = probs.to_device(&Device::Cpu)?.to_vec3()?;
             for (clip, p) in chunk.iter().zip(probs) {
                 let flat: Vec<f32> = p.into_iter().flatten().collect();
-                let pred = model::lv_frame_areas(&flat, t, r, enc.tubelet_size, enc.patch_size);
-                let truth =
-                    model::lv_tokens(&clip.lv_tokens, t, r, enc.tubelet_size, enc.patch_size);
-                let (mut inter, mut sum) = (0.0f64, 0.0f64);
-                for (a, b) in flat.iter().zip(&truth) {
-                    let (a, b) = (*a > 0.5, *b > 0.5);
-                    inter += (a && b) as u8 as f64;
-                    sum += a as u8 as f64 + b as u8 as f64;
-                }
-                let dice = if sum > 0.0 { 2.0 * inter / sum } else { 1.0 };
-                v.push((pred, clip.lv_areas.clone(), dice));
+                v.push(lv_clip(&layout.to_frames(&flat), &clip.lv, r));
             }
         }
     }
     Ok(ev)
+}
+
+/// Measures the predicted frames against the true cavity `[T, R, R]`.
+fn lv_clip(pred: &[Vec<f32>], truth: &[f32], r: usize) -> LvClip {
+    let (mut inter, mut sum) = (0.0f64, 0.0f64);
+    for (p, y) in pred.iter().zip(truth.chunks(r * r)) {
+        for (a, b) in p.iter().zip(y) {
+            let (a, b) = (*a > 0.5, *b > 0.5);
+            inter += (a && b) as u8 as f64;
+            sum += a as u8 as f64 + b as u8 as f64;
+        }
+    }
+    LvClip {
+        pred: pred.iter().map(|f| lv::measure(f, r)).collect(),
+        truth: truth.chunks(r * r).map(|f| lv::measure(f, r)).collect(),
+        dice: if sum > 0.0 { 2.0 * inter / sum } else { 1.0 },
+    }
+}
+
+/// A continuous scan of one patient: several clips in a row, traced and measured as the cart
+/// does it.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub ef: f64,
+    /// Volume curves `(s, volume)` of the traced and the true cavity.
+    pub pred: Vec<(f64, f64)>,
+    pub truth: Vec<(f64, f64)>,
+}
+
+/// Renders `n` scans of `clips` consecutive clips each from the split's patients in the EF views
+/// and traces them with the model.
+pub fn evaluate_scans(
+    s: &Setup,
+    weights: &TensorMap,
+    split: Split,
+    n: usize,
+    clips: usize,
+    ef_views: &[View],
+) -> Result<Vec<Scan>> {
+    let stream = &s.stream;
+    let nv = stream.spec.views.len().max(1);
+    let indices: Vec<u64> = (0..(n * nv * 4) as u64)
+        .filter(|&i| in_views(ef_views, stream.placement(split, i).1))
+        .take(n)
+        .collect();
+    let span = stream.clip_span_s();
+    let rendered = render_jobs(stream, split, indices.len() * clips, &|j| {
+        (indices[j / clips], (j % clips) as f64 * span)
+    })?;
+    let ev = evaluate(
+        s,
+        weights,
+        &rendered,
+        Scaler {
+            mean: 0.0,
+            std: 1.0,
+        },
+    )?;
+    let lvs = ev
+        .lv
+        .context("the model has no LV head to trace scans with")?;
+    let dt = span / stream.frames.max(1) as f64;
+    Ok(lvs
+        .chunks(clips)
+        .zip(rendered.chunks(clips))
+        .map(|(l, r)| {
+            let mut scan = Scan {
+                ef: r[0].ef,
+                pred: Vec::new(),
+                truth: Vec::new(),
+            };
+            for (j, c) in l.iter().enumerate() {
+                scan.pred.extend(series(&c.pred, j as f64 * span, dt));
+                scan.truth.extend(series(&c.truth, j as f64 * span, dt));
+            }
+            scan
+        })
+        .collect())
+}
+
+/// EF measured beat by beat over scans, against the truth and the mean predictor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScanReport {
+    pub scans: usize,
+    pub seconds_per_scan: f64,
+    /// Mean number of whole beats found per scan in the traced cavity.
+    pub beats_per_scan: f64,
+    pub ef_beats_raw_mae: Option<f64>,
+    /// With the validation line.
+    pub ef_beats_mae: Option<f64>,
+    /// The same measurement on the true cavity (the method's own error).
+    pub ef_true_beats_mae: Option<f64>,
+    pub ef_mean_predictor_mae: Option<f64>,
+}
+
+/// `EF = a + b · EF_traced` over scans (validation).
+pub fn fit_scans(scans: &[Scan]) -> Option<[f64; 2]> {
+    let pts: Vec<(f64, f64)> = scans
+        .iter()
+        .filter_map(|sc| lv::ef_of_series(&sc.pred).map(|(e, _)| (e, sc.ef)))
+        .collect();
+    fit_line(&pts).filter(|[a, b]| a.is_finite() && b.is_finite() && *b > 0.0)
+}
+
+/// Metrics over scans; `fit` calibrates, `mean` is the training mean of EF.
+pub fn report_scans(scans: &[Scan], fit: Option<[f64; 2]>, mean_ef: f64) -> ScanReport {
+    let traced: Vec<Option<(f64, Vec<lv::Beat>)>> =
+        scans.iter().map(|sc| lv::ef_of_series(&sc.pred)).collect();
+    let err = |f: &dyn Fn(f64) -> f64| {
+        mean(
+            scans
+                .iter()
+                .zip(&traced)
+                .filter_map(|(sc, t)| t.as_ref().map(|(e, _)| (f(*e) - sc.ef).abs())),
+        )
+    };
+    ScanReport {
+        scans: scans.len(),
+        seconds_per_scan: scans
+            .first()
+            .and_then(|s| s.pred.last())
+            .map_or(0.0, |p| p.0),
+        beats_per_scan: mean(
+            traced
+                .iter()
+                .map(|t| t.as_ref().map_or(0.0, |(_, b)| b.len() as f64)),
+        )
+        .unwrap_or(0.0),
+        ef_beats_raw_mae: err(&|e| e),
+        ef_beats_mae: fit.and_then(|[a, b]| err(&|e| a + b * e)),
+        ef_true_beats_mae: mean(
+            scans
+                .iter()
+                .filter_map(|sc| lv::ef_of_series(&sc.truth).map(|(e, _)| (e - sc.ef).abs())),
+        ),
+        ef_mean_predictor_mae: mean(scans.iter().map(|sc| (sc.ef - mean_ef).abs())),
+    }
 }
 
 fn nll_and_ece(logits: &[Vec<f32>], labels: &[usize], temp: f64) -> (f64, f64) {
@@ -253,7 +411,7 @@ impl Evaluated {
             view_ece_before: f64::NAN,
             view_ece_after: f64::NAN,
             ef_min_confidence: None,
-            ef_area_fit: None,
+            ef_beat_fit: None,
         };
         if let Some(logits) = &self.view_logits {
             let nll = |lt: f64| nll_and_ece(logits, &labels, lt.exp()).0;
@@ -277,22 +435,11 @@ impl Evaluated {
             cal.view_ece_after = e1;
             cal.ef_min_confidence = self.ef_threshold(t, f.ef_misread_target);
         }
-        if let Some(lv) = &self.lv {
-            let ef_views = self.ef_views().to_vec();
-            let pts: Vec<(f64, f64)> = lv
-                .iter()
-                .zip(&self.views)
-                .zip(&self.ef_true)
-                .filter(|((_, v), _)| in_views(&ef_views, **v))
-                .filter_map(|((l, _), y)| model::ef_from_areas(&l.0).map(|x| (x, *y)))
-                .collect();
-            cal.ef_area_fit = fit_line(&pts);
-        }
         cal
     }
 
     /// EF views: the EF head's, else A4C and A2C (where the area rule holds).
-    fn ef_views(&self) -> &[View] {
+    pub fn ef_views(&self) -> &[View] {
         if self.ef_pred.is_some() {
             &self.ef_views
         } else {
@@ -375,30 +522,20 @@ impl Evaluated {
             let lv_idx: Vec<usize> = (0..self.views.len())
                 .filter(|&i| in_views(&self.lv_views, self.views[i]))
                 .collect();
-            r.lv_dice = mean(lv_idx.iter().map(|&i| lv[i].2));
-            // EF from the areas only where EF is measured (apical views)
-            let lv_idx = &idx;
-            let raw = |i: usize, which: usize| {
-                let areas = if which == 0 { &lv[i].0 } else { &lv[i].1 };
-                model::ef_from_areas(areas)
+            r.lv_dice = mean(lv_idx.iter().map(|&i| lv[i].dice));
+            // EF from the cavity only where EF is measured (apical views)
+            let raw = |f: &[lv::FrameLv]| {
+                let v: Vec<f64> = f.iter().map(|x| x.volume).collect();
+                lv::ef_of_extremes(&v)
             };
             r.ef_area_raw_mae = mean(
-                lv_idx
-                    .iter()
-                    .filter_map(|&i| raw(i, 0).map(|e| (e - self.ef_true[i]).abs())),
+                idx.iter()
+                    .filter_map(|&i| raw(&lv[i].pred).map(|e| (e - self.ef_true[i]).abs())),
             );
             r.ef_true_area_raw_mae = mean(
-                lv_idx
-                    .iter()
-                    .filter_map(|&i| raw(i, 1).map(|e| (e - self.ef_true[i]).abs())),
+                idx.iter()
+                    .filter_map(|&i| raw(&lv[i].truth).map(|e| (e - self.ef_true[i]).abs())),
             );
-            if let Some([a, b]) = cal.and_then(|c| c.ef_area_fit) {
-                r.ef_area_mae = mean(
-                    lv_idx
-                        .iter()
-                        .filter_map(|&i| raw(i, 0).map(|e| (a + b * e - self.ef_true[i]).abs())),
-                );
-            }
         }
         if let Some(c) = cal
             && let Some(th) = c.ef_min_confidence
@@ -543,7 +680,7 @@ pub fn describe_row(r: &super::EpochRow) -> String {
 }
 
 /// The closing summary.
-pub fn describe_final(cal: &Calibration, t: &EvalReport) -> String {
+pub fn describe_final(cal: &Calibration, t: &EvalReport, scans: Option<&ScanReport>) -> String {
     let mut s = format!("test on {} unseen phantom clips:", t.clips);
     if let Some(a) = t.view_accuracy {
         let _ = write!(
@@ -565,11 +702,29 @@ pub fn describe_final(cal: &Calibration, t: &EvalReport) -> String {
         if let Some(e) = t.ef_mae {
             let _ = write!(s, "; regressor {e:.2} ({:.2} x)", e / m);
         }
-        if let Some(e) = t.ef_area_mae {
-            let _ = write!(s, "; from LV areas {e:.2} ({:.2} x)", e / m);
+        if let Some(e) = t.ef_area_raw_mae {
+            let _ = write!(s, "; traced LV within the clip {e:.2} ({:.2} x)", e / m);
         }
         if let Some(e) = t.ef_true_area_raw_mae {
-            let _ = write!(s, "; the area rule on true masks {e:.2}");
+            let _ = write!(s, "; the same rule on true masks {e:.2}");
+        }
+    }
+    if let Some(sc) = scans
+        && let Some(m) = sc.ef_mean_predictor_mae
+    {
+        let _ = write!(
+            s,
+            "\n  EF beat by beat over {} scans of {:.1} s ({:.1} beats each): mean predictor {m:.2}",
+            sc.scans, sc.seconds_per_scan, sc.beats_per_scan
+        );
+        if let Some(e) = sc.ef_beats_raw_mae {
+            let _ = write!(s, "; traced LV {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = sc.ef_beats_mae {
+            let _ = write!(s, ", calibrated {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = sc.ef_true_beats_mae {
+            let _ = write!(s, "; on true masks {e:.2} ({:.2} x)", e / m);
         }
     }
     if let Some(d) = t.lv_dice {

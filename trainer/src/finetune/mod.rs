@@ -24,7 +24,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use echojepa::checkpoint::{InputSpec, NativeCheckpoint, NativeConfig, ProbeEntry, Scaler};
+use echojepa::checkpoint::{
+    InputSpec, LvHeadEntry, NativeCheckpoint, NativeConfig, ProbeEntry, Scaler,
+};
 use echojepa::phantom::View;
 use serde::{Deserialize, Serialize};
 
@@ -309,6 +311,7 @@ fn setup(args: &Args) -> Result<Setup> {
 fn make_batch(
     stream: &PhantomStream,
     enc: &echojepa::EncoderConfig,
+    with_lv: bool,
     b: usize,
     step: usize,
 ) -> Result<Batch> {
@@ -323,13 +326,15 @@ fn make_batch(
         batch.input.extend_from_slice(&c.input);
         batch.views.push(c.view);
         batch.ef.push(c.ef_percent);
-        batch.lv_tokens.extend(model::lv_tokens(
-            &c.lv,
-            stream.frames,
-            stream.resolution,
-            enc.tubelet_size,
-            enc.patch_size,
-        ));
+        if with_lv {
+            let layout = echojepa::lv::TokenLayout {
+                frames: stream.frames,
+                resolution: stream.resolution,
+                tubelet: enc.tubelet_size,
+                patch: enc.patch_size,
+            };
+            batch.lv_tokens.extend(layout.to_tokens(&c.lv));
+        }
     }
     Ok(batch)
 }
@@ -338,13 +343,17 @@ fn make_batch(
 fn prefetch(
     stream: PhantomStream,
     enc: echojepa::EncoderConfig,
+    with_lv: bool,
     b: usize,
     steps: std::ops::Range<usize>,
 ) -> mpsc::Receiver<Result<Batch>> {
     let (tx, rx) = mpsc::sync_channel(2);
     std::thread::spawn(move || {
         for step in steps {
-            if tx.send(make_batch(&stream, &enc, b, step)).is_err() {
+            if tx
+                .send(make_batch(&stream, &enc, with_lv, b, step))
+                .is_err()
+            {
                 break;
             }
         }
@@ -417,6 +426,34 @@ fn batch_loss(
     Ok((total, parts))
 }
 
+/// The views EF is measured in: the EF head's, else the apical A4C and A2C (where the
+/// area–length rule holds).
+fn ef_measure_views(s: &Setup) -> Vec<View> {
+    s.cfg
+        .finetune
+        .heads
+        .iter()
+        .find(|h| h.task == HeadTask::Ef && !h.views.is_empty())
+        .map_or_else(|| vec![View::A4c, View::A2c], |h| h.views.clone())
+}
+
+/// What the checkpoint records about the LV head, when there is one.
+fn lv_entry(s: &Setup, ef_fit: Option<[f64; 2]>, val_dice: Option<f64>) -> Option<LvHeadEntry> {
+    s.cfg
+        .finetune
+        .heads
+        .iter()
+        .any(|h| h.task == HeadTask::LvSegmentation)
+        .then(|| LvHeadEntry {
+            valid_views: ef_measure_views(s)
+                .iter()
+                .map(|v| v.name().to_string())
+                .collect(),
+            ef_fit,
+            val_dice,
+        })
+}
+
 /// Saves the model (EMA when enabled) as a native checkpoint with its probes.
 #[allow(clippy::too_many_arguments)]
 fn save_model(
@@ -424,6 +461,7 @@ fn save_model(
     weights: &echojepa::checkpoint::TensorMap,
     scaler: Scaler,
     cal: Option<&Calibration>,
+    lv_head: Option<LvHeadEntry>,
     notes: BTreeMap<String, String>,
     path: &Path,
 ) -> Result<()> {
@@ -485,6 +523,7 @@ fn save_model(
         }
     }
     nc.notes = notes;
+    nc.lv_head = lv_head;
     let mut ck = NativeCheckpoint::new(nc);
     for (prefix, t) in ck_parts {
         ck.insert_part(&prefix, t);
@@ -793,6 +832,7 @@ impl Training<'_> {
             eval_weights,
             self.state.ef_scaler,
             None,
+            lv_entry(s, None, None),
             notes(s, &self.init_note, self.state.step),
             &stem(&s.out_dir, "latest"),
         )?;
@@ -898,6 +938,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let rx = prefetch(
         s.stream.clone(),
         s.enc_cfg.clone(),
+        f.heads.iter().any(|h| h.task == HeadTask::LvSegmentation),
         o.batch_size,
         t.state.step..stop_at,
     );
@@ -968,15 +1009,35 @@ fn finish(
     let live = model::snapshot(varmap)?;
     let weights = ema.unwrap_or(&live);
     let val_ev: Evaluated = eval::evaluate(s, weights, val, state.ef_scaler)?;
-    let cal = val_ev.calibrate(f);
+    let mut cal = val_ev.calibrate(f);
     let test = eval::render_split(&s.stream, Split::Test, f.test_clips)?;
     let test_ev = eval::evaluate(s, weights, &test, state.ef_scaler)?;
+    // EF beat by beat over continuous scans, as the cart measures it
+    let scans = match val_ev.lv {
+        Some(_) => {
+            let views = ef_measure_views(s);
+            let v = eval::evaluate_scans(s, weights, Split::Val, f.lv_scans, f.scan_clips, &views)?;
+            cal.ef_beat_fit = eval::fit_scans(&v);
+            let t =
+                eval::evaluate_scans(s, weights, Split::Test, f.lv_scans, f.scan_clips, &views)?;
+            Some(eval::report_scans(
+                &t,
+                cal.ef_beat_fit,
+                state.ef_scaler.mean,
+            ))
+        }
+        None => None,
+    };
     let test_report = test_ev.report(Some(&cal));
     let val_report = val_ev.report(Some(&cal));
     let mut n = notes(s, init_note, state.step);
     n.insert("finetune_test".into(), serde_json::to_string(&test_report)?);
+    if let Some(sc) = &scans {
+        n.insert("finetune_test_scans".into(), serde_json::to_string(sc)?);
+    }
+    let lv = lv_entry(s, cal.ef_beat_fit, val_report.lv_dice);
     let latest = stem(&s.out_dir, "latest");
-    save_model(s, weights, state.ef_scaler, Some(&cal), n, &latest)?;
+    save_model(s, weights, state.ef_scaler, Some(&cal), lv, n, &latest)?;
     let summary = serde_json::json!({
         "synthetic_training_data": true,
         "init": init_note,
@@ -985,6 +1046,7 @@ fn finish(
         "calibration": cal,
         "val": val_report,
         "test": test_report,
+        "test_scans": scans,
         "checkpoint": latest.display().to_string(),
         "seeds": notes(s, init_note, state.step).get("finetune_seeds"),
     });
@@ -995,7 +1057,11 @@ fn finish(
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        writeln!(out, "{}", eval::describe_final(&cal, &test_report))?;
+        writeln!(
+            out,
+            "{}",
+            eval::describe_final(&cal, &test_report, scans.as_ref())
+        )?;
         writeln!(
             out,
             "wrote {} (+ .json), metrics.csv, curves.png and summary.json in {} (SYNTHETIC training data)",

@@ -274,58 +274,6 @@ pub fn soft_dice_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((1.0 - dice)?.mean_all()?)
 }
 
-/// Per-token LV targets `[N, tubelet · p²]` from a `[T, R, R]` map, in the encoder's token
-/// order (time, row, column) and each token's pixel order (frame, row, column).
-pub fn lv_tokens(lv: &[f32], frames: usize, res: usize, tubelet: usize, patch: usize) -> Vec<f32> {
-    let (gt, g) = (frames / tubelet, res / patch);
-    let mut out = Vec::with_capacity(lv.len());
-    for tt in 0..gt {
-        for gy in 0..g {
-            for gx in 0..g {
-                for dt in 0..tubelet {
-                    let f = tt * tubelet + dt;
-                    for py in 0..patch {
-                        let row = (f * res + gy * patch + py) * res + gx * patch;
-                        out.extend_from_slice(&lv[row..row + patch]);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Per-frame cavity areas (pixels) from per-token values `[N, tubelet · p²]`.
-pub fn lv_frame_areas(
-    tok: &[f32],
-    frames: usize,
-    res: usize,
-    tubelet: usize,
-    patch: usize,
-) -> Vec<f64> {
-    let per_frame_tokens = (res / patch) * (res / patch);
-    let pp = patch * patch;
-    let mut areas = vec![0.0f64; frames];
-    for (n, chunk) in tok.chunks(tubelet * pp).enumerate() {
-        let tt = n / per_frame_tokens;
-        for dt in 0..tubelet {
-            let s: f32 = chunk[dt * pp..(dt + 1) * pp].iter().sum();
-            if let Some(a) = areas.get_mut(tt * tubelet + dt) {
-                *a += s as f64;
-            }
-        }
-    }
-    areas
-}
-
-/// EF (percent) from a beat's cavity areas, as the area–length rule reduces for a shape that
-/// scales uniformly: `100 (1 − (A_min / A_max)^1.5)`.
-pub fn ef_from_areas(areas: &[f64]) -> Option<f64> {
-    let max = areas.iter().cloned().fold(f64::MIN, f64::max);
-    let min = areas.iter().cloned().fold(f64::MAX, f64::min);
-    (max > 0.0 && min.is_finite()).then(|| 100.0 * (1.0 - (min / max).max(0.0).powf(1.5)))
-}
-
 /// Cross-entropy of logits `[B, C]` against class indices.
 pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let t = Tensor::from_slice(labels, labels.len(), logits.device())?;
@@ -392,26 +340,6 @@ pub fn check_heads(heads: &[HeadCfg]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lv_tokens_round_trip_to_frame_areas() {
-        let (t, r, tub, p) = (4, 8, 2, 4);
-        let lv: Vec<f32> = (0..t * r * r).map(|i| ((i * 7) % 5) as f32 / 4.0).collect();
-        let tok = lv_tokens(&lv, t, r, tub, p);
-        assert_eq!(tok.len(), lv.len());
-        let areas = lv_frame_areas(&tok, t, r, tub, p);
-        for f in 0..t {
-            let want: f32 = lv[f * r * r..(f + 1) * r * r].iter().sum();
-            assert!((areas[f] - want as f64).abs() < 1e-3, "frame {f}");
-        }
-    }
-
-    #[test]
-    fn ef_from_areas_follows_the_power_rule() {
-        let ef = ef_from_areas(&[100.0, 80.0, 64.0, 80.0]).unwrap();
-        assert!((ef - 100.0 * (1.0 - 0.64f64.powf(1.5))).abs() < 1e-9);
-        assert!(ef_from_areas(&[0.0, 0.0]).is_none());
-    }
 
     #[test]
     fn layer_decay_and_freezing_by_name() {
