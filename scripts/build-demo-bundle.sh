@@ -1,40 +1,89 @@
 #!/usr/bin/env bash
-# Rebuilds the demo model bundle that `edge-runtime` runs by default (edge-runtime/demo/bundle):
-# a small encoder pretrained on the SYNTHETIC echo phantom, view and EF probes on it, quantized
-# to int8 and signed with the published demo key (edge-runtime/demo/keys). Nothing here has seen
-# a patient; the bundle says so and only the generic-cpu board profile trusts the demo key.
+# Rebuilds the demo model bundle that `edge-runtime` runs by default (edge-runtime/demo/bundle)
+# from a clean clone, on the CPU, deterministically for its seeds:
 #
-#   bash scripts/build-demo-bundle.sh [WORKDIR]      (CPU, roughly 20-40 minutes on 2 cores)
+#   1. V-JEPA pretraining of a small encoder (4 blocks, 96 wide) on phantom clips rendered on the
+#      fly (configs/demo/pretrain-stream.yaml, seed 0);
+#   2. end-to-end fine-tuning of that encoder with three heads (configs/demo/finetune.yaml,
+#      seed 0): the echo view, EF regressed directly, and the LV cavity traced per pixel, from
+#      which the cart measures EF beat by beat; the view head's temperature, the EF confidence
+#      threshold and the traced EF's calibration line are fitted on validation patients;
+#   3. `quantize build` (int8, signed with the published demo key in edge-runtime/demo/keys) with
+#      the recipe, seeds, timings and test metrics written into the signed manifest;
+#   4. `quantize report` on 600 fresh phantom clips (the int8 checks must pass);
+#   5. `edge-runtime bench` on phantom patients never used in training, six views, 60 s.
+#
+# Everything is SYNTHETIC: no patient data is involved, the bundle says so and only the
+# generic-cpu board profile trusts the demo key.
+#
+#   bash scripts/build-demo-bundle.sh [OUT_DIR]     (about 50-60 minutes on 2 cores)
+#
+# OUT_DIR defaults to edge-runtime/demo/bundle. Working files go to $DEMO_WORK (default
+# target/demo-work); the reports land there as quantize-report.{md,json} and bench.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-work=${1:-target/demo-work}
+out=$(realpath -m "${1:-edge-runtime/demo/bundle}")
+work=$(realpath -m "${DEMO_WORK:-target/demo-work}")
+version=${DEMO_VERSION:-2026.12.6}
 mkdir -p "$work"
-cargo build --release -p trainer -p quantize
+now() { date +%s; }
+
+t0=$(now)
+cargo build --release -p trainer -p quantize -p edge-runtime
 T=$root/target/release/trainer
 Q=$root/target/release/quantize
+E=$root/target/release/edge-runtime
+t1=$(now)
 
 cd "$work"
-# same layout the quick-start configs expect (data/phantom, runs/phantom)
-[ -f data/phantom/view/train.csv ] || "$T" synth --out data/phantom --patients 60
-"$T" pretrain --config "$root/configs/quickstart/pretrain-tiny.yaml"
-"$T" probe --config "$root/configs/quickstart/probe-view.yaml"
-"$T" probe --config "$root/configs/quickstart/probe-ef.yaml"
+"$T" pretrain --config "$root/configs/demo/pretrain-stream.yaml"
+t2=$(now)
+"$T" finetune --config "$root/configs/demo/finetune.yaml"
+t3=$(now)
+ck=runs/demo/finetune/demo/latest
+summary=runs/demo/finetune/demo/summary.json
 
-view=$(ls -d runs/phantom/evals/*/view | head -n 1)
-ef=$(ls -d runs/phantom/evals/*/ef | head -n 1)
-out=$root/edge-runtime/demo/bundle
+# test metrics of the fine-tuning, one line each, for the manifest
+metric() { python3 -c "import json,sys; d=json.load(open('$summary')); v=d$1; print('n/a' if v is None else (f'{v:.4g}' if isinstance(v,float) else v))"; }
+view_acc=$(metric "['test']['view_accuracy']")
+ef_reg=$(metric "['test']['ef_mae']")
+ef_mean=$(metric "['test']['ef_mean_predictor_mae']")
+dice=$(metric "['test']['lv_dice']")
+beats=$(metric "['test_scans']['ef_beats_mae']")
+beats_mean=$(metric "['test_scans']['ef_mean_predictor_mae']")
+
 rm -rf "$out.new"
 "$Q" build \
-    --checkpoint runs/phantom/pretrain-tiny/latest \
-    --probe "view=$view/probe" --probe "ef=$ef/probe" \
-    --valid-views ef=a4c \
-    --model-id echojepa-demo-phantom --model-version "$(date -u +%Y.%m.%d)" \
-    --description "demo: 4-block 96-wide EchoJEPA-style encoder pretrained on the synthetic phantom" \
+    --checkpoint "$ck" \
+    --model-id echojepa-demo-phantom --model-version "$version" \
+    --description "demo: 4-block 96-wide EchoJEPA-style encoder, V-JEPA pretrained then fine-tuned end to end on the synthetic phantom; view, EF regressor and LV tracing (EF per beat)" \
     --synthetic --sector full \
+    --note "recipe=scripts/build-demo-bundle.sh: configs/demo/pretrain-stream.yaml (300 steps x 8 clips) then configs/demo/finetune.yaml (2100 steps x 8 clips), 8 frames every 4th at 30 fps, 112 px" \
+    --note "seeds=pretrain meta.seed 0, finetune optimization.seed 0; phantom patients train [2^32, 2^33), validation [2000000, 2001000), test [3000000, 3001000)" \
+    --note "timings=build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s on $(nproc) cores ($(uname -m))" \
+    --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc; EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \
     --key "$root/edge-runtime/demo/keys/echojepa-demo.secret" \
     --out "$out.new"
+t4=$(now)
+"$Q" verify "$out.new" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub"
+"$Q" report "$out.new" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub" \
+    --checkpoint "$ck" --phantom 600 --seed 5000000 \
+    --markdown quantize-report.md --json quantize-report.json
+python3 - <<'EOF'
+import json, sys
+r = json.load(open("quantize-report.json"))
+bad = [c for c in r["checks"] if not c["pass"]]
+for c in r["checks"]:
+    print(f"  int8 check {c['what']}: {c['value']:.4g} (limit {c['limit']}) {'pass' if c['pass'] else 'FAIL'}")
+sys.exit(1 if bad else 0)
+EOF
+t5=$(now)
 rm -rf "$out"
 mv "$out.new" "$out"
-"$Q" verify "$out" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub"
+"$E" bench --bundle "$out" --fast --phantom-seed 7771 \
+    --phantom-views a4c,a2c,plax,psax,a3c,subcostal --phantom-seconds 4 --seconds 60 --json > bench.json
+t6=$(now)
 echo "demo bundle written to $out"
+echo "timings: build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s, quantize build $((t4 - t3)) s, report $((t5 - t4)) s, bench $((t6 - t5)) s; total $((t6 - t0)) s"
+echo "reports: $work/quantize-report.md, $work/bench.json"

@@ -211,6 +211,7 @@ mod tests {
             arrived: Duration::ZERO,
             built_at: Duration::ZERO,
             truth: None,
+            input_rect: [0.0, 0.0, 1.0, 1.0],
         };
         let x = normalise_clip(&clip, 3, [0.5, 0.0, 0.2], [0.5, 1.0, 0.1]);
         // Layout [C, T, H*W]: 3 channels x 2 frames x 2 pixels.

@@ -39,6 +39,9 @@ pub struct ProcessedFrame {
     pub arrived: Duration,
     pub image: Arc<GrayImage>,
     pub truth: Option<GroundTruth>,
+    /// The part of the source frame the model input shows, `[x, y, width, height]` as
+    /// fractions of the source frame (for drawing model-space results over the echo).
+    pub input_rect: [f32; 4],
 }
 
 /// `F` frames for the model, with where they came from.
@@ -59,6 +62,8 @@ pub struct Clip {
     pub built_at: Duration,
     /// Ground truth when every frame of the clip shows the same phantom view.
     pub truth: Option<GroundTruth>,
+    /// [`ProcessedFrame::input_rect`] of the newest frame.
+    pub input_rect: [f32; 4],
 }
 
 /// Why the ring was emptied.
@@ -211,6 +216,7 @@ impl ClipBuilder {
             arrived: last.arrived,
             built_at: now,
             truth,
+            input_rect: last.input_rect,
         };
         self.next_id += 1;
         clip
@@ -246,6 +252,7 @@ mod tests {
             arrived: Duration::from_millis(ts_ms),
             image: Arc::new(GrayImage::new(2, 2)),
             truth: None,
+            input_rect: [0.0, 0.0, 1.0, 1.0],
         }
     }
 

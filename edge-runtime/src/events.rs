@@ -121,6 +121,11 @@ pub struct Prediction {
     pub frames: [u64; 2],
     pub view: ViewOut,
     pub ef: EfOut,
+    /// With an LV decoder: the traced LV cavity's rim in the clip's newest frame, `[x, y]` as
+    /// fractions of the source frame's width and height, so a viewer can show what EF was
+    /// measured from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lv_outline: Option<Vec<[f32; 2]>>,
     /// Milliseconds from the newest frame's arrival to this prediction, and per stage.
     pub latency_ms: BTreeMap<String, f32>,
     pub counters: CounterSnapshot,

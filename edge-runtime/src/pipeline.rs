@@ -519,6 +519,7 @@ impl Pipeline {
                     }
                 };
                 let image = stage.process(&gray);
+                let input_rect = stage.input_rect(&gray);
                 Counters::inc(&counters.processed);
                 latencies.record("frame_preprocess", ms(clock.now().saturating_sub(t0)));
                 if let Some(tap) = &display
@@ -532,6 +533,7 @@ impl Pipeline {
                     arrived: frame.arrived,
                     image: Arc::new(image),
                     truth: frame.truth,
+                    input_rect,
                 };
                 let (clip, disc) = builder.push(pf, clock.now());
                 if let Some(d) = disc {
@@ -676,6 +678,10 @@ impl Pipeline {
                         &unit,
                         decision.clip_estimate,
                     ),
+                    lv_outline: out
+                        .lv_outline
+                        .as_deref()
+                        .map(|o| outline_in_frame(o, clip.spec.resolution, clip.input_rect)),
                     latency_ms: lat,
                     counters: counters.snapshot(),
                     synthetic_training_data: info.synthetic_training_data,
@@ -693,6 +699,23 @@ impl Pipeline {
         });
         handle.unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"))
     }
+}
+
+/// The traced outline (model-input pixels) as fractions of the source frame, at most 400
+/// points (every k-th rim pixel of a large cavity).
+fn outline_in_frame(points: &[(u16, u16)], res: usize, rect: [f32; 4]) -> Vec<[f32; 2]> {
+    let step = points.len().div_ceil(400).max(1);
+    let r = res.max(1) as f32;
+    points
+        .iter()
+        .step_by(step)
+        .map(|&(x, y)| {
+            [
+                rect[0] + (x as f32 + 0.5) / r * rect[2],
+                rect[1] + (y as f32 + 0.5) / r * rect[3],
+            ]
+        })
+        .collect()
 }
 
 /// Each frame's traced volume with its source sequence number and time (frames are evenly
@@ -800,6 +823,30 @@ impl Preprocess {
         }
     }
 
+    /// The part of `img` the model input shows (after [`Preprocess::process`]), as fractions
+    /// of the frame: the sector box (or the whole frame), short side resized, centre cropped.
+    fn input_rect(&self, img: &GrayImage) -> [f32; 4] {
+        let (fw, fh) = (img.width.max(1) as f32, img.height.max(1) as f32);
+        let r = match (&self.current, self.crop) {
+            (Some(s), true) => s.rect,
+            _ => Rect {
+                x: 0,
+                y: 0,
+                width: img.width,
+                height: img.height,
+            },
+        };
+        let res = self.spec.resolution;
+        let (sw, sh) = echojepa::input::short_side_size(r.width, r.height, res);
+        let (sx, sy) = (
+            sw as f32 / r.width.max(1) as f32,
+            sh as f32 / r.height.max(1) as f32,
+        );
+        let x = r.x as f32 + (sw.saturating_sub(res) / 2) as f32 / sx;
+        let y = r.y as f32 + (sh.saturating_sub(res) / 2) as f32 / sy;
+        [x / fw, y / fh, res as f32 / sx / fw, res as f32 / sy / fh]
+    }
+
     /// The full frame reduced to at most 480 pixels wide, with the sector box.
     fn display_frame(&self, img: &GrayImage, ts: Duration) -> DisplayFrame {
         let scale = (480.0 / img.width as f64).min(1.0);
@@ -877,5 +924,68 @@ impl AccuracyAcc {
         a.ef_shown_on_other_views_share =
             (a.ef_shown > 0).then(|| a.ef_shown_on_other_views as f64 / a.ef_shown as f64);
         self.acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traced_outline_lands_where_the_model_looked() {
+        let spec = ClipSpec {
+            frames: 8,
+            interval: Duration::from_millis(133),
+            resolution: 112,
+        };
+        let stage = Preprocess::new(SectorConfig::Whole, SectorUse::FullFrame, false, spec);
+        let frame = GrayImage::new(320, 240);
+        let r = stage.input_rect(&frame);
+        // 320x240 -> short side 128 -> 171x128 -> centre 112x112: a centred square of the
+        // frame's height times 112/128
+        let h = 112.0 / 128.0;
+        assert!((r[3] - h).abs() < 1e-3, "{r:?}");
+        assert!((r[2] - h * 240.0 / 320.0).abs() < 0.01, "{r:?}");
+        assert!((r[0] + r[2] / 2.0 - 0.5).abs() < 0.01, "{r:?}");
+        assert!((r[1] + r[3] / 2.0 - 0.5).abs() < 0.01, "{r:?}");
+        // model pixels map into that rectangle; the centre maps to the frame's centre
+        let pts = outline_in_frame(&[(0, 0), (56, 56), (111, 111)], 112, r);
+        assert!((pts[1][0] - 0.5).abs() < 0.01 && (pts[1][1] - 0.5).abs() < 0.01);
+        assert!(pts[0][0] > r[0] && pts[0][1] > r[1]);
+        assert!(pts[2][0] < r[0] + r[2] && pts[2][1] < r[1] + r[3]);
+        // a large rim is thinned to at most 400 points
+        let many: Vec<(u16, u16)> = (0..1000).map(|i| (i % 112, i / 112)).collect();
+        assert!(outline_in_frame(&many, 112, r).len() <= 400);
+    }
+
+    #[test]
+    fn lv_samples_follow_the_clip_frames() {
+        let spec = ClipSpec {
+            frames: 3,
+            interval: Duration::from_millis(100),
+            resolution: 4,
+        };
+        let img = Arc::new(GrayImage::new(4, 4));
+        let clip = crate::clip::Clip {
+            id: 0,
+            spec,
+            frames: vec![img.clone(), img.clone(), img],
+            seqs: vec![10, 13, 16],
+            first_ts: Duration::from_millis(1000),
+            last_ts: Duration::from_millis(1200),
+            arrived: Duration::ZERO,
+            built_at: Duration::ZERO,
+            truth: None,
+            input_rect: [0.0, 0.0, 1.0, 1.0],
+        };
+        let s = lv_samples(&clip, &[5.0, 6.0, 7.0]);
+        assert_eq!(
+            s,
+            vec![
+                (10, Duration::from_millis(1000), 5.0),
+                (13, Duration::from_millis(1100), 6.0),
+                (16, Duration::from_millis(1200), 7.0)
+            ]
+        );
     }
 }

@@ -84,6 +84,10 @@ pub struct Args {
     /// One line describing the model.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// A note on how the model was made, KEY=VALUE (recipe, seeds, timings, metrics); repeat
+    /// for more. Stored in the signed manifest.
+    #[arg(long = "note")]
+    pub notes: Vec<String>,
     /// The model (or a probe) was trained on synthetic data (also detected from checkpoint notes).
     #[arg(long)]
     pub synthetic: bool,
@@ -338,6 +342,16 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
         model_id,
         model_version: a.model_version.clone(),
         description: a.description.clone(),
+        notes: a
+            .notes
+            .iter()
+            .map(|n| {
+                n.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .with_context(|| format!("--note `{n}` must look like KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?,
         synthetic_training_data: synthetic,
         notice,
         created_unix: SystemTime::now()
@@ -403,7 +417,13 @@ pub fn f32_bytes(src: &source::Source) -> u64 {
         .flat_map(|p| p.tensors.values())
         .map(|t| t.elem_count())
         .sum();
-    4 * (enc + probes) as u64
+    let lv: usize = src
+        .lv
+        .iter()
+        .flat_map(|(_, t)| t.values())
+        .map(|t| t.elem_count())
+        .sum();
+    4 * (enc + probes + lv) as u64
 }
 
 fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {

@@ -2,7 +2,8 @@
 //! streamed phantom) → `quantize build` → `quantize verify` → `edge-runtime bench`. The view
 //! head's fitted temperature and EF confidence threshold, and the EF head's views, must reach
 //! the signed manifest, and the runtime must apply the stricter of the bundle's and the board
-//! profile's EF thresholds.
+//! profile's EF thresholds. The LV decoder reaches the bundle, and the runtime measures EF from
+//! the traced LV.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,6 +43,8 @@ finetune:
   encoder_lr: 1.0e-3
   val_clips: 12
   test_clips: 6
+  lv_scans: 6
+  scan_clips: 3
   heads:
   - {name: view, task: view}
   - {name: ef, task: ef, views: [a4c, a2c]}
@@ -96,6 +99,11 @@ fn a_fine_tuned_checkpoint_becomes_a_bundle_the_cart_runs_with_its_calibration()
     assert_eq!(head("view")["min_confidence"].as_f64(), min_conf);
     assert_eq!(head("ef")["valid_views"], serde_json::json!(["a4c", "a2c"]));
     assert_eq!(manifest["synthetic_training_data"], true);
+    // The LV decoder travels with its views and the calibration line fitted on validation scans.
+    let lv = &manifest["lv_segmentation"];
+    assert_eq!(lv["tensor_prefix"], "lv_head", "{manifest}");
+    assert_eq!(lv["valid_views"], serde_json::json!(["a4c", "a2c"]));
+    assert_eq!(lv["ef_fit"], ck["lv_head"]["ef_fit"], "{ck}");
 
     // The generic board profile with its EF threshold at 0.05 and at 0.95: the runtime must
     // take the bundle's when that is stricter, the board's otherwise.
@@ -131,7 +139,13 @@ fn a_fine_tuned_checkpoint_becomes_a_bundle_the_cart_runs_with_its_calibration()
             .arg("--bundle")
             .arg(w.join("bundle"))
             .current_dir(w));
-        let used = json(&out)["ef_min_confidence"].as_f64().unwrap();
+        let report = json(&out);
+        // EF comes from the traced LV, beat by beat
+        assert!(
+            report["ef"]["method"].get("traced_lv").is_some(),
+            "{report}"
+        );
+        let used = report["ef_min_confidence"].as_f64().unwrap();
         let want = board_th.max(bundle_th);
         assert!(
             (used - want).abs() < 1e-6,

@@ -31,6 +31,10 @@ pub struct Manifest {
     /// One line for people.
     #[serde(default)]
     pub description: String,
+    /// How the model was made, for people and audits (recipe, seeds, timings, metrics), as
+    /// the builder gave it (`quantize build --note KEY=VALUE`). Covered by the signature.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
     /// True when any part (encoder or probe) was trained on synthetic data (the phantom).
     /// Runtimes must say so wherever a user sees the model's output.
     pub synthetic_training_data: bool,

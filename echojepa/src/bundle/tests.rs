@@ -64,6 +64,7 @@ fn manifest() -> Manifest {
             },
         ],
         lv_segmentation: None,
+        notes: Default::default(),
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "ckpt.safetensors".into(),

@@ -383,6 +383,7 @@ fn tiny_bundle(
             },
         ],
         lv_segmentation: None,
+        notes: Default::default(),
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "random".into(),

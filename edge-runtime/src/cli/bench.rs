@@ -118,6 +118,7 @@ fn encoder_alone(engine: &mut dyn InferenceEngine) -> Result<Option<(f64, f64)>>
         arrived: std::time::Duration::ZERO,
         built_at: std::time::Duration::ZERO,
         truth: None,
+        input_rect: [0.0, 0.0, 1.0, 1.0],
     };
     let mut times = Vec::with_capacity(ALONE_RUNS);
     for i in 0..ALONE_WARMUP + ALONE_RUNS {
@@ -180,6 +181,7 @@ pub fn run(args: BenchArgs, out: &mut impl Write) -> Result<ExitCode> {
                 "model": {"id": model.info.model_id, "version": model.info.model_version},
                 "runs_on": model.info.runs_on,
                 "ef_min_confidence": model.info.ef_min_confidence(board.clinical.ef_min_confidence),
+                "ef": model.info.ef,
                 "source": source_name,
                 "encoder_alone_ms": alone.map(|(median, min)| serde_json::json!({
                     "median": median, "min": min, "runs": ALONE_RUNS,

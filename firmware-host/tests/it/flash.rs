@@ -74,6 +74,7 @@ fn manifest(version: &str) -> Manifest {
             },
         ],
         lv_segmentation: None,
+        notes: Default::default(),
         weights: "model.gguf".into(),
         source: SourceInfo {
             checkpoint: "ckpt.safetensors".into(),
