@@ -326,6 +326,36 @@ mod tests {
     }
 
     #[test]
+    fn beats_of_the_phantoms_true_cavity_give_its_ef() {
+        use crate::phantom::{Label, Phantom, PhantomParams, View};
+        // 4 s at 15 fps of two apical patients, labels at the model's 112 px crop
+        for (seed, view) in [(3u64, View::A4c), (8, View::A2c)] {
+            let ph = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
+            let truth = ph.ground_truth().ef_percent;
+            let (w, h) = (149usize, 112usize);
+            let series: Vec<(f64, f64)> = (0..60)
+                .map(|k| {
+                    let t = k as f64 / 15.0;
+                    let l = ph.render_labels(t, w, h).unwrap();
+                    let crop: Vec<f32> = (0..112 * 112)
+                        .map(|i| {
+                            let (x, y) = (i % 112 + (w - 112) / 2, i / 112);
+                            (l[y * w + x] == Label::LvCavity as u8) as u8 as f32
+                        })
+                        .collect();
+                    (t, measure(&crop, 112).volume)
+                })
+                .collect();
+            let (ef, beats) = ef_of_series(&series).unwrap();
+            assert!(!beats.is_empty(), "seed {seed}: no beat in 4 s");
+            assert!(
+                (ef - truth).abs() < 4.0,
+                "seed {seed} {view:?}: EF from the true cavity {ef:.1}, truth {truth:.1}"
+            );
+        }
+    }
+
+    #[test]
     fn outline_is_the_rim() {
         let img = ellipse(32, 16.0, 16.0, 6.0, 9.0);
         let o = outline(&img, 32);

@@ -296,7 +296,9 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
     }
     let lv_segmentation = match &src.lv {
         Some((entry, t)) => {
-            tensors.extend(calibrate::f32_tensors(t, LV_PREFIX)?);
+            let (t, l) = calibrate::lv_tensors(t, LV_PREFIX)?;
+            tensors.extend(t);
+            layers.extend(l);
             Some(LvHeadSpec {
                 tensor_prefix: LV_PREFIX.into(),
                 valid_views: entry.valid_views.clone(),

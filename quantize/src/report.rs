@@ -16,6 +16,7 @@ use echojepa::bundle::{PublicKey, verify_bundle};
 use echojepa::config::ProbeKind;
 use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{flatten_patch, token_cosine};
+use echojepa::quantized::model::lv_head_probabilities;
 use echojepa::quantized::{EdgeModel, QuantizedEncoder, Tap, TensorSource};
 use echojepa_kernels::Epilogue;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -114,6 +115,9 @@ pub struct Report {
     pub blocks: Vec<BlockError>,
     pub classifiers: Vec<ClassifierResult>,
     pub regressors: Vec<RegressorResult>,
+    /// The traced LV both ways, on the clips of the views EF is measured in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lv: Option<LvResult>,
     pub checks: Vec<Check>,
     pub machine: String,
 }
@@ -165,12 +169,69 @@ pub struct RegressorResult {
     pub mae_int8: Option<f64>,
 }
 
+/// int8 vs f32 traced LV.
+#[derive(Debug, Serialize)]
+pub struct LvResult {
+    pub clips: usize,
+    /// Dice between the cavity traced from int8 tokens and from f32 tokens (above 0.5), per
+    /// clip: mean and smallest.
+    pub mask_dice_mean: f64,
+    pub mask_dice_min: f64,
+    /// |int8 − f32| of the clip's traced EF (area–length volumes, largest vs smallest), points.
+    pub ef_mean_abs_diff: f64,
+    pub ef_max_abs_diff: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Check {
     pub what: String,
     pub value: f64,
     pub limit: String,
     pub pass: bool,
+}
+
+/// Dice of the two traced cavities over the clip, and |int8 − f32| of the clip's traced EF
+/// (None when either traced no cavity).
+fn compare_traced(layout: &echojepa::lv::TokenLayout, f: &[f32], q: &[f32]) -> (f64, Option<f64>) {
+    let (mut inter, mut sum) = (0.0f64, 0.0f64);
+    for (a, b) in f.iter().zip(q) {
+        let (a, b) = (*a > 0.5, *b > 0.5);
+        inter += (a && b) as u8 as f64;
+        sum += a as u8 as f64 + b as u8 as f64;
+    }
+    let dice = if sum > 0.0 { 2.0 * inter / sum } else { 1.0 };
+    let ef = |p: &[f32]| {
+        let v: Vec<f64> = layout
+            .to_frames(p)
+            .iter()
+            .map(|fr| echojepa::lv::measure(fr, layout.resolution).volume)
+            .collect();
+        echojepa::lv::ef_of_extremes(&v)
+    };
+    let diff = match (ef(f), ef(q)) {
+        (Some(a), Some(b)) => Some((a - b).abs()),
+        _ => None,
+    };
+    (dice, diff)
+}
+
+fn summarize_traced(pairs: &[(f64, Option<f64>)]) -> Option<LvResult> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let diffs: Vec<f64> = pairs.iter().filter_map(|p| p.1).collect();
+    Some(LvResult {
+        clips: pairs.len(),
+        mask_dice_mean: pairs.iter().map(|p| p.0).sum::<f64>() / n,
+        mask_dice_min: pairs.iter().map(|p| p.0).fold(1.0, f64::min),
+        ef_mean_abs_diff: if diffs.is_empty() {
+            f64::NAN
+        } else {
+            diffs.iter().sum::<f64>() / diffs.len() as f64
+        },
+        ef_max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
+    })
 }
 
 fn bar(len: u64, msg: &str, quiet: bool) -> ProgressBar {
@@ -339,6 +400,12 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
     let (mut cmin, mut csum) = (f64::INFINITY, 0.0);
     let mut head_f: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
     let mut head_q: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
+    let lv_views: Vec<String> = m
+        .lv_segmentation
+        .as_ref()
+        .map(|l| l.valid_views.clone())
+        .unwrap_or_default();
+    let mut lv_pairs: Vec<(f64, Option<f64>)> = Vec::new();
     let pb = bar(samples.len() as u64, "comparing", json_stdout);
     for s in &samples {
         let video = to_video(s)?;
@@ -351,6 +418,25 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         );
         cmin = cmin.min(mn);
         csum += mean;
+        if let Some((_, t)) = &src.lv
+            && s.view
+                .as_deref()
+                .is_none_or(|v| lv_views.iter().any(|w| w.eq_ignore_ascii_case(v)))
+            && let Some(q) = edge.lv_probabilities(&tq)?
+        {
+            let (w, b) = (
+                t.get("weight").context("lv_head.weight")?,
+                t.get("bias").context("lv_head.bias")?,
+            );
+            let f = lv_head_probabilities(&tf, w, b)?;
+            let layout = echojepa::lv::TokenLayout {
+                frames: m.input.frames,
+                resolution: m.input.resolution[0],
+                tubelet: cfg.tubelet_size,
+                patch: cfg.patch_size,
+            };
+            lv_pairs.push(compare_traced(&layout, &f[0], &q[0]));
+        }
         let q_raw = edge.head_logits(&tq)?;
         for (i, h) in m.heads.iter().enumerate() {
             let f_raw = ref_probes[h.name.as_str()].forward(&tf, None)?;
@@ -572,6 +658,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
     let size_ratio = bundle_bytes as f64 / f32_bytes as f64;
     let token_cosine_mean = csum / samples.len() as f64;
 
+    let lv = summarize_traced(&lv_pairs);
     let mut checks = vec![
         Check {
             what: "token cosine (min over tokens and clips)".into(),
@@ -605,6 +692,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             pass: r.mean_abs_diff <= 0.3,
         });
     }
+    if let Some(l) = &lv {
+        checks.push(Check {
+            what: "traced LV: mask Dice int8 vs f32 (mean over clips)".into(),
+            value: l.mask_dice_mean,
+            limit: ">= 0.95".into(),
+            pass: l.mask_dice_mean >= 0.95,
+        });
+    }
     let report = Report {
         model_id: m.model_id.clone(),
         model_version: m.model_version.clone(),
@@ -634,6 +729,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         blocks,
         classifiers,
         regressors,
+        lv,
         checks,
         machine: echojepa_kernels::cpu::describe(),
     };
@@ -774,6 +870,13 @@ pub fn markdown(r: &Report) -> String {
             );
         }
         let _ = writeln!(w);
+    }
+    if let Some(l) = &r.lv {
+        let _ = writeln!(
+            w,
+            "Traced LV on {} clips of the EF views: mask Dice int8 vs f32 mean {:.4} (smallest {:.4}); the clip's traced EF differs by {:.3} points on average (at most {:.3}).\n",
+            l.clips, l.mask_dice_mean, l.mask_dice_min, l.ef_mean_abs_diff, l.ef_max_abs_diff
+        );
     }
     let _ = writeln!(
         w,

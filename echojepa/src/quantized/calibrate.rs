@@ -393,23 +393,44 @@ pub fn encoder_tensors(
     Ok(out)
 }
 
-/// The LV cavity decoder's tensors, stored f32 under `prefix` (it is one small matrix; int8 would
-/// save a few kilobytes and move the traced outline).
-pub fn f32_tensors(
+/// The LV cavity decoder's tensors under `prefix`: the weight as q8_0 (computed in f32 after
+/// dequantisation; `quantize report` measures the traced cavity both ways), the bias f32.
+pub fn lv_tensors(
     tensors: &HashMap<String, Tensor>,
     prefix: &str,
-) -> Result<Vec<NamedTensor>, QuantError> {
+) -> Result<(Vec<NamedTensor>, Vec<LayerPrecision>), QuantError> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            Ok((
-                format!("{prefix}.{n}"),
-                store_tensor(n, &tensors[n], Precision::F32)?,
-            ))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut layers = Vec::new();
+    for name in names {
+        let t = &tensors[name];
+        let stored = format!("{prefix}.{name}");
+        let p = match t.dims() {
+            [n, k] if name == "weight" && k.is_multiple_of(QK8_0) => {
+                let w = t
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let e = rel_error(&round_to(&w, [*n, *k], Precision::Q8_0, name)?, &w);
+                layers.push(LayerPrecision {
+                    tensor: stored.clone(),
+                    shape: vec![*n, *k],
+                    precision: Precision::Q8_0,
+                    reason: format!(
+                        "LV decoder: q8_0 storage (weight rel. error {e:.4}), computed in f32"
+                    ),
+                    rel_error: Some(e),
+                    int8_ms: None,
+                    full_ms: None,
+                });
+                Precision::Q8_0
+            }
+            _ => Precision::F32,
+        };
+        out.push((stored, store_tensor(name, t, p)?));
+    }
+    Ok((out, layers))
 }
 
 fn store_tensor(name: &str, t: &Tensor, p: Precision) -> Result<QTensor, QuantError> {

@@ -63,6 +63,22 @@ pub struct EdgeModel {
     lv: Option<(Tensor, Tensor)>,
 }
 
+/// The LV decoder's probabilities `[B][tokens · width]` for tokens `[B, N, D]`, weight
+/// `[width, D]` and bias `[width]`.
+pub fn lv_head_probabilities(
+    tokens: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Vec<Vec<f32>>, QuantError> {
+    let x = tokens.to_dtype(DType::F32)?;
+    let w = weight.to_dtype(DType::F32)?;
+    let b = bias.to_dtype(DType::F32)?;
+    let logits = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+    Ok(candle_nn::ops::sigmoid(&logits)?
+        .flatten_from(1)?
+        .to_vec2::<f32>()?)
+}
+
 /// Tensor prefix of the LV cavity decoder in a bundle's weights.
 pub const LV_PREFIX: &str = "lv_head";
 
@@ -194,10 +210,7 @@ impl EdgeModel {
         let Some((w, b)) = &self.lv else {
             return Ok(None);
         };
-        let x = tokens.to_dtype(DType::F32)?;
-        let logits = x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?;
-        let p = candle_nn::ops::sigmoid(&logits)?.flatten_from(1)?;
-        Ok(Some(p.to_vec2::<f32>()?))
+        lv_head_probabilities(tokens, w, b).map(Some)
     }
 
     /// The signed manifest.

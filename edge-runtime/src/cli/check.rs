@@ -65,6 +65,7 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<ExitCode> {
                 "model": {"id": model.info.model_id, "version": model.info.model_version},
                 "signer": model.signer,
                 "runs_on": model.info.runs_on,
+                "ef": model.info.ef,
                 "clips_inferred": c.clips_inferred,
                 "engine_errors": c.engine_errors,
                 "inference_ms_p50": inference,
@@ -73,7 +74,7 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<ExitCode> {
     } else {
         writeln!(
             out,
-            "{}: board {}, bundle {} ({} {}), signed by {}, runs on {}: {} clip(s) run, {} error(s){}",
+            "{}: board {}, bundle {} ({} {}), signed by {}, runs on {}, EF {}: {} clip(s) run, {} error(s){}",
             if healthy { "healthy" } else { "NOT HEALTHY" },
             board.name,
             model.dir.display(),
@@ -81,6 +82,18 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<ExitCode> {
             model.info.model_version,
             model.signer,
             model.info.runs_on,
+            match &model.info.ef {
+                None => "none".to_string(),
+                Some(e) => format!(
+                    "{} in {}",
+                    match e.method {
+                        edge_runtime::engine::EfMethod::Regressor => "from a regressor",
+                        edge_runtime::engine::EfMethod::TracedLv { .. } =>
+                            "per beat from the traced LV",
+                    },
+                    e.valid_views.join(", ")
+                ),
+            },
             c.clips_inferred,
             c.engine_errors,
             inference
