@@ -175,7 +175,7 @@ fn decode_in_chunks(reader: &mut dyn VideoReader) -> Result<usize, echojepa::vid
     Ok(done)
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {

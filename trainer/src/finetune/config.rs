@@ -81,11 +81,35 @@ fn one() -> usize {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FtData {
-    /// `PhantomStream` (clips rendered on the fly, see `finetune.phantom`).
+    /// `PhantomStream` (clips rendered on the fly, see `finetune.phantom`) or `EchoNet` (a
+    /// folder in EchoNet-Dynamic's layout at `root`).
     pub dataset_type: String,
     pub resolution: usize,
     pub frames_per_clip: usize,
     pub frame_step: usize,
+    /// `EchoNet`: the folder holding `FileList.csv`, `VolumeTracings.csv` and `Videos/`.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// `EchoNet`: only the first N `FileList.csv` rows of each split (file order).
+    #[serde(default)]
+    pub max_videos_per_split: Option<usize>,
+    /// `EchoNet`: memory for the decoded, prepared frames (MB); videos beyond it are decoded
+    /// again for every clip.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: usize,
+}
+
+fn default_cache_mb() -> usize {
+    4096
+}
+
+/// Where the fine-tuning clips come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// The synthetic phantom, rendered on the fly.
+    Phantom,
+    /// A folder in EchoNet-Dynamic's layout.
+    EchoNet,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,15 +253,52 @@ impl FinetuneConfig {
         self.folder.join(&self.eval_name).join(&self.tag)
     }
 
+    /// Where the clips come from (`experiment.data.dataset_type`).
+    pub fn data_kind(&self) -> Result<DataKind> {
+        match self.experiment.data.dataset_type.as_str() {
+            "PhantomStream" => Ok(DataKind::Phantom),
+            "EchoNet" => Ok(DataKind::EchoNet),
+            other => bail!(
+                "experiment.data.dataset_type `{other}`: fine-tuning reads `PhantomStream` (clips rendered on the fly) or `EchoNet` (a folder in EchoNet-Dynamic's layout at experiment.data.root)"
+            ),
+        }
+    }
+
+    /// The settings an EchoNet-layout dataset needs.
+    fn validate_echonet(&self) -> Result<()> {
+        let d = &self.experiment.data;
+        if d.root.is_none() {
+            bail!(
+                "experiment.data.root is not set: `EchoNet` reads FileList.csv, VolumeTracings.csv and Videos/ from it"
+            );
+        }
+        if d.max_videos_per_split == Some(0) {
+            bail!("experiment.data.max_videos_per_split = 0: expected at least 1 video");
+        }
+        for h in &self.finetune.heads {
+            if h.task == HeadTask::View {
+                bail!(
+                    "finetune.heads: `{}` is a view head, but EchoNet has no view labels (every video is an apical 4-chamber view); remove it",
+                    h.name
+                );
+            }
+            if !h.views.is_empty() && !h.views.contains(&View::A4c) {
+                bail!(
+                    "finetune.heads: `{}` trains on views {:?}, but every EchoNet video is a4c; use `views: [a4c]` or leave it out",
+                    h.name,
+                    h.views
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Settings that cannot train: named so the user can fix the config.
     pub fn validate(&self) -> Result<()> {
         let f = &self.finetune;
         let d = &self.experiment.data;
-        if d.dataset_type != "PhantomStream" {
-            bail!(
-                "experiment.data.dataset_type `{}`: fine-tuning reads `PhantomStream` (clips rendered on the fly)",
-                d.dataset_type
-            );
+        if self.data_kind()? == DataKind::EchoNet {
+            self.validate_echonet()?;
         }
         if f.heads.is_empty() {
             bail!("finetune.heads is empty: give at least one head (view, ef or lv_segmentation)");

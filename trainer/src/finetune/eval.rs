@@ -1,8 +1,9 @@
-//! Evaluation of a fine-tuned model on fixed phantom clips: view accuracy and calibration, EF
-//! from the regressor and from the traced LV cavity (area–length volumes, [`echojepa::lv`]) over
-//! the clip and, as the cart measures it, beat by beat over a continuous scan of several clips;
-//! the mean predictor on the same clips, LV Dice; the temperature fit, the EF confidence threshold
-//! and the line that calibrates the traced EF; metric files.
+//! Evaluation of a fine-tuned model on fixed clips: view accuracy and calibration, EF from the
+//! regressor and from the traced LV cavity (area–length volumes, [`echojepa::lv`]) over the clip
+//! and, on the phantom as the cart measures it, beat by beat over a continuous scan of several
+//! clips; on a dataset with tracings (EchoNet), per video from the traced ED and ES frames; the
+//! mean predictor on the same clips, LV Dice (on traced frames only); the temperature fit, the EF
+//! confidence threshold and the line that calibrates the traced EF; metric files.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use echojepa::checkpoint::{Scaler, TensorMap};
+use echojepa::input::normalise_frames;
 use echojepa::lv::{self, TokenLayout};
 use echojepa::phantom::View;
 use serde::{Deserialize, Serialize};
@@ -18,16 +20,52 @@ use serde::{Deserialize, Serialize};
 use super::Setup;
 use super::config::{FinetuneBlock, HeadCfg, HeadTask};
 use super::model::{self, FtModel};
-use crate::phantom_stream::{PhantomStream, Split};
+use crate::phantom_stream::{MEAN, PhantomStream, STD, Split};
 use crate::plot::{Series, line_chart};
 
-/// A rendered evaluation clip.
+/// The pixels of an evaluation clip.
+pub enum Pixels {
+    /// `[3, T, R, R]`, normalised (the phantom stream's output).
+    Normalised(Vec<f32>),
+    /// `[T, R, R]` prepared grey frames, normalised when the clip meets the model (a twelfth of
+    /// the memory, for datasets with many evaluation clips).
+    Gray(Vec<u8>),
+}
+
+impl Pixels {
+    /// Appends the normalised `[3, T, R, R]` input to `out`.
+    pub fn extend_normalised(&self, out: &mut Vec<f32>, frames: usize) {
+        match self {
+            Pixels::Normalised(v) => out.extend_from_slice(v),
+            Pixels::Gray(g) => {
+                let planes: Vec<&[u8]> = g.chunks(g.len() / frames.max(1)).collect();
+                out.extend(normalise_frames(&planes, 3, MEAN, STD));
+            }
+        }
+    }
+}
+
+/// Which traced frame of a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Ed,
+    Es,
+}
+
+/// An evaluation (or, for datasets on disk, training) clip with its labels.
 pub struct Rendered {
-    pub input: Vec<f32>,
+    pub input: Pixels,
     pub view: View,
     pub ef: f64,
-    /// `[T, R, R]` true cavity (1 inside).
-    pub lv: Vec<f32>,
+    /// `[T, R, R]` true cavity, `255` inside (soft edges where a traced outline was resampled).
+    pub lv: Vec<u8>,
+    /// `[T]`: 1 where `lv` is the truth of the frame, 0 where the frame has no tracing.
+    pub lv_weight: Vec<f32>,
+    /// The video the clip comes from (clips of one video are measured together).
+    pub video: usize,
+    /// Frames of the clip that are the video's traced end-diastole or end-systole.
+    pub traced: Vec<(usize, Phase)>,
 }
 
 /// Renders clips `0..n` of a split (two threads).
@@ -59,10 +97,13 @@ fn render_jobs(
                             Ok((
                                 i,
                                 Rendered {
-                                    input: c.input,
+                                    input: Pixels::Normalised(c.input),
                                     view: c.view,
                                     ef: c.ef_percent,
-                                    lv: c.lv,
+                                    lv: c.lv.iter().map(|&v| (v * 255.0).round() as u8).collect(),
+                                    lv_weight: vec![1.0; stream.frames],
+                                    video: i,
+                                    traced: Vec::new(),
                                 },
                             ))
                         })
@@ -101,8 +142,10 @@ pub struct LvClip {
     /// Predicted and true cavity in each frame.
     pub pred: Vec<lv::FrameLv>,
     pub truth: Vec<lv::FrameLv>,
-    /// Dice of the cavity above 0.5 over the clip.
-    pub dice: f64,
+    /// Dice of the cavity above 0.5 over the clip's traced frames (`None` without any).
+    pub dice: Option<f64>,
+    /// Every frame has its truth (the phantom), so measures over the whole clip hold.
+    pub full: bool,
 }
 
 /// Volume curve `(s, volume)` of frames `dt` seconds apart starting at `t0`.
@@ -126,7 +169,8 @@ pub struct Calibration {
     /// most the target share of shown EF values (None without a view head).
     pub ef_min_confidence: Option<f64>,
     /// `EF = a + b · EF_traced`, fitted on validation scans (several clips in a row) of the EF
-    /// views, EF measured beat by beat as the cart does.
+    /// views, EF measured beat by beat as the cart does; on a dataset (EchoNet), fitted on the
+    /// validation videos' EF from the traced LV at their ED and ES frames.
     pub ef_beat_fit: Option<[f64; 2]>,
 }
 
@@ -196,7 +240,7 @@ pub fn evaluate(
         let b = chunk.len();
         let mut input = Vec::with_capacity(b * 3 * t * r * r);
         for c in chunk {
-            input.extend_from_slice(&c.input);
+            c.input.extend_normalised(&mut input, t);
         }
         let x = Tensor::from_vec(input, (b, 3, t, r, r), &s.device)?.to_dtype(s.dtype)?;
         let tokens = m.encode(&x, None, 0)?;
@@ -214,27 +258,41 @@ pub fn evaluate(
             let probs: Vec<Vec<Vec<f32>>> = probs.to_device(&Device::Cpu)?.to_vec3()?;
             for (clip, p) in chunk.iter().zip(probs) {
                 let flat: Vec<f32> = p.into_iter().flatten().collect();
-                v.push(lv_clip(&layout.to_frames(&flat), &clip.lv, r));
+                v.push(lv_clip(&layout.to_frames(&flat), clip, r));
             }
         }
     }
     Ok(ev)
 }
 
-/// Measures the predicted frames against the true cavity `[T, R, R]`.
-fn lv_clip(pred: &[Vec<f32>], truth: &[f32], r: usize) -> LvClip {
-    let (mut inter, mut sum) = (0.0f64, 0.0f64);
-    for (p, y) in pred.iter().zip(truth.chunks(r * r)) {
+/// Measures the predicted frames against the clip's true cavity `[T, R, R]`; Dice only on the
+/// frames that have a truth.
+fn lv_clip(pred: &[Vec<f32>], clip: &Rendered, r: usize) -> LvClip {
+    let (mut inter, mut sum, mut any) = (0.0f64, 0.0f64, false);
+    for ((p, y), w) in pred.iter().zip(clip.lv.chunks(r * r)).zip(&clip.lv_weight) {
+        if *w <= 0.0 {
+            continue;
+        }
+        any = true;
         for (a, b) in p.iter().zip(y) {
-            let (a, b) = (*a > 0.5, *b > 0.5);
+            let (a, b) = (*a > 0.5, *b > 127);
             inter += (a && b) as u8 as f64;
             sum += a as u8 as f64 + b as u8 as f64;
         }
     }
+    let truth = clip
+        .lv
+        .chunks(r * r)
+        .map(|f| {
+            let p: Vec<f32> = f.iter().map(|&v| v as f32 / 255.0).collect();
+            lv::measure(&p, r)
+        })
+        .collect();
     LvClip {
         pred: pred.iter().map(|f| lv::measure(f, r)).collect(),
-        truth: truth.chunks(r * r).map(|f| lv::measure(f, r)).collect(),
-        dice: if sum > 0.0 { 2.0 * inter / sum } else { 1.0 },
+        truth,
+        dice: any.then(|| if sum > 0.0 { 2.0 * inter / sum } else { 1.0 }),
+        full: clip.lv_weight.iter().all(|w| *w > 0.0),
     }
 }
 
@@ -258,7 +316,10 @@ pub fn evaluate_scans(
     clips: usize,
     ef_views: &[View],
 ) -> Result<Vec<Scan>> {
-    let stream = &s.stream;
+    let stream = s
+        .source
+        .phantom()
+        .context("continuous scans are rendered from the phantom stream only")?;
     let nv = stream.spec.views.len().max(1);
     let indices: Vec<u64> = (0..(n * nv * 4) as u64)
         .filter(|&i| in_views(ef_views, stream.placement(split, i).1))
@@ -355,6 +416,119 @@ pub fn report_scans(scans: &[Scan], fit: Option<[f64; 2]>, mean_ef: f64) -> Scan
                 .filter_map(|sc| lv::ef_of_series(&sc.truth).map(|(e, _)| (e - sc.ef).abs())),
         ),
         ef_mean_predictor_mae: mean(scans.iter().map(|sc| (sc.ef - mean_ef).abs())),
+    }
+}
+
+/// EF of one video of a dataset, from all its evaluation clips.
+#[derive(Debug, Clone)]
+pub struct VideoEf {
+    /// The label (`FileList.csv`).
+    pub ef: f64,
+    /// The regressor, averaged over the video's clips.
+    pub regressor: Option<f64>,
+    /// `100 (1 − V_ES / V_ED)` with area–length volumes of the traced LV on the video's traced
+    /// ED and ES frames: from the model's cavity and from the true (rasterised) outline.
+    pub traced: Option<f64>,
+    pub true_traced: Option<f64>,
+    /// The video's clips hold its traced ED and ES frames.
+    pub has_ed_es: bool,
+}
+
+/// Groups the clips by video and measures EF per video; the ED and ES volumes come from the
+/// first clip that holds each traced frame.
+pub fn per_video(ev: &Evaluated, clips: &[Rendered]) -> Vec<VideoEf> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, c) in clips.iter().enumerate() {
+        groups.entry(c.video).or_default().push(i);
+    }
+    let ef_of = |ed: f64, es: f64| (ed > 0.0).then(|| 100.0 * (1.0 - es / ed));
+    groups
+        .into_values()
+        .map(|idx| {
+            let regressor = ev
+                .ef_pred
+                .as_ref()
+                .and_then(|p| mean(idx.iter().map(|&i| p[i])));
+            let volume = |phase: Phase, truth: bool| -> Option<f64> {
+                let lv = ev.lv.as_ref()?;
+                idx.iter().find_map(|&i| {
+                    let (k, _) = clips[i].traced.iter().find(|(_, p)| *p == phase)?;
+                    let frames = if truth { &lv[i].truth } else { &lv[i].pred };
+                    frames.get(*k).map(|f| f.volume)
+                })
+            };
+            let both = |truth: bool| ef_of(volume(Phase::Ed, truth)?, volume(Phase::Es, truth)?);
+            let has = |phase: Phase| {
+                idx.iter()
+                    .any(|&i| clips[i].traced.iter().any(|t| t.1 == phase))
+            };
+            VideoEf {
+                ef: ev.ef_true[idx[0]],
+                regressor,
+                traced: both(false),
+                true_traced: both(true),
+                has_ed_es: has(Phase::Ed) && has(Phase::Es),
+            }
+        })
+        .collect()
+}
+
+/// EF per video of a dataset split, against the label and the training mean.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VideoReport {
+    pub videos: usize,
+    /// Regressor (mean over the video's clips).
+    pub ef_mae: Option<f64>,
+    pub ef_mean_predictor_mae: Option<f64>,
+    /// Videos with traced ED and ES frames, where EF from the traced LV is measured.
+    pub traced_videos: usize,
+    /// Of those, the videos where the model traced a cavity in the ED frame (EF needs a
+    /// volume to divide by); the traced MAEs are over these.
+    pub traced_measured: usize,
+    pub ef_traced_raw_mae: Option<f64>,
+    /// With the line fitted on the validation videos.
+    pub ef_traced_mae: Option<f64>,
+    /// The same rule on the true outlines (the rule's own error against the label).
+    pub ef_true_traced_mae: Option<f64>,
+    /// The mean predictor on the videos of `traced_measured`.
+    pub ef_mean_predictor_traced_mae: Option<f64>,
+}
+
+/// `EF = a + b · EF_traced` over validation videos.
+pub fn fit_videos(v: &[VideoEf]) -> Option<[f64; 2]> {
+    let pts: Vec<(f64, f64)> = v
+        .iter()
+        .filter_map(|x| x.traced.map(|e| (e, x.ef)))
+        .collect();
+    fit_line(&pts).filter(|[a, b]| a.is_finite() && b.is_finite() && *b > 0.0)
+}
+
+/// Metrics over videos; `fit` calibrates the traced EF, `mean_ef` is the training mean.
+pub fn report_videos(v: &[VideoEf], fit: Option<[f64; 2]>, mean_ef: f64) -> VideoReport {
+    let traced: Vec<&VideoEf> = v.iter().filter(|x| x.traced.is_some()).collect();
+    let err = |f: &dyn Fn(f64) -> f64| {
+        mean(
+            traced
+                .iter()
+                .filter_map(|x| x.traced.map(|e| (f(e) - x.ef).abs())),
+        )
+    };
+    VideoReport {
+        videos: v.len(),
+        ef_mae: mean(
+            v.iter()
+                .filter_map(|x| x.regressor.map(|p| (p - x.ef).abs())),
+        ),
+        ef_mean_predictor_mae: mean(v.iter().map(|x| (x.ef - mean_ef).abs())),
+        traced_videos: v.iter().filter(|x| x.has_ed_es).count(),
+        traced_measured: traced.len(),
+        ef_traced_raw_mae: err(&|e| e),
+        ef_traced_mae: fit.and_then(|[a, b]| err(&|e| a + b * e)),
+        ef_true_traced_mae: mean(
+            v.iter()
+                .filter_map(|x| x.true_traced.map(|e| (e - x.ef).abs())),
+        ),
+        ef_mean_predictor_traced_mae: mean(traced.iter().map(|x| (x.ef - mean_ef).abs())),
     }
 }
 
@@ -522,18 +696,20 @@ impl Evaluated {
             let lv_idx: Vec<usize> = (0..self.views.len())
                 .filter(|&i| in_views(&self.lv_views, self.views[i]))
                 .collect();
-            r.lv_dice = mean(lv_idx.iter().map(|&i| lv[i].dice));
-            // EF from the cavity only where EF is measured (apical views)
+            r.lv_dice = mean(lv_idx.iter().filter_map(|&i| lv[i].dice));
+            // EF from the cavity only where EF is measured (apical views), and only on clips
+            // whose every frame has its truth (the phantom; a dataset traces two frames)
             let raw = |f: &[lv::FrameLv]| {
                 let v: Vec<f64> = f.iter().map(|x| x.volume).collect();
                 lv::ef_of_extremes(&v)
             };
+            let full: Vec<usize> = idx.iter().copied().filter(|&i| lv[i].full).collect();
             r.ef_area_raw_mae = mean(
-                idx.iter()
+                full.iter()
                     .filter_map(|&i| raw(&lv[i].pred).map(|e| (e - self.ef_true[i]).abs())),
             );
             r.ef_true_area_raw_mae = mean(
-                idx.iter()
+                full.iter()
                     .filter_map(|&i| raw(&lv[i].truth).map(|e| (e - self.ef_true[i]).abs())),
             );
         }
@@ -586,8 +762,14 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(String::new, |x| format!("{x:.5}"))
 }
 
-/// Writes `metrics.csv` and `curves.png` (training losses; validation metrics).
-pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) -> Result<()> {
+/// Writes `metrics.csv` and `curves.png` (training losses; validation metrics); `title` heads
+/// the plot.
+pub fn write_metrics(
+    dir: &Path,
+    heads: &[HeadCfg],
+    rows: &[super::EpochRow],
+    title: &str,
+) -> Result<()> {
     let mut csv = String::from("epoch,step,train_loss,");
     for h in heads {
         let _ = write!(csv, "loss_{},", h.name);
@@ -641,7 +823,7 @@ pub fn write_metrics(dir: &Path, heads: &[HeadCfg], rows: &[super::EpochRow]) ->
     add("val LV 1 - Dice", &|v| v.lv_dice.map(|d| 1.0 - d));
     line_chart(
         &dir.join("curves.png"),
-        "fine-tuning (SYNTHETIC phantom)",
+        title,
         "step",
         "loss / error",
         &series,
@@ -679,9 +861,15 @@ pub fn describe_row(r: &super::EpochRow) -> String {
     s
 }
 
-/// The closing summary.
-pub fn describe_final(cal: &Calibration, t: &EvalReport, scans: Option<&ScanReport>) -> String {
-    let mut s = format!("test on {} unseen phantom clips:", t.clips);
+/// The closing summary; `what` names the test clips (`unseen phantom clips`).
+pub fn describe_final(
+    cal: &Calibration,
+    t: &EvalReport,
+    scans: Option<&ScanReport>,
+    videos: Option<&VideoReport>,
+    what: &str,
+) -> String {
+    let mut s = format!("test on {} {what}:", t.clips);
     if let Some(a) = t.view_accuracy {
         let _ = write!(
             s,
@@ -727,6 +915,9 @@ pub fn describe_final(cal: &Calibration, t: &EvalReport, scans: Option<&ScanRepo
             let _ = write!(s, "; on true masks {e:.2} ({:.2} x)", e / m);
         }
     }
+    if let Some(v) = videos {
+        describe_videos(&mut s, v);
+    }
     if let Some(d) = t.lv_dice {
         let _ = write!(s, "\n  LV Dice {d:.3}");
     }
@@ -743,4 +934,34 @@ pub fn describe_final(cal: &Calibration, t: &EvalReport, scans: Option<&ScanRepo
         );
     }
     s
+}
+
+/// The per-video EF lines of the closing summary.
+fn describe_videos(s: &mut String, v: &VideoReport) {
+    if let Some(m) = v.ef_mean_predictor_mae {
+        let _ = write!(
+            s,
+            "\n  EF per video ({} videos): mean predictor MAE {m:.2}",
+            v.videos
+        );
+        if let Some(e) = v.ef_mae {
+            let _ = write!(s, "; regressor {e:.2} ({:.2} x)", e / m);
+        }
+    }
+    if let Some(m) = v.ef_mean_predictor_traced_mae {
+        let _ = write!(
+            s,
+            "\n  EF from the traced LV at the ED and ES frames ({} of {} traced videos have a traced cavity at ED): mean predictor {m:.2}",
+            v.traced_measured, v.traced_videos
+        );
+        if let Some(e) = v.ef_traced_raw_mae {
+            let _ = write!(s, "; traced LV {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = v.ef_traced_mae {
+            let _ = write!(s, ", calibrated on VAL {e:.2} ({:.2} x)", e / m);
+        }
+        if let Some(e) = v.ef_true_traced_mae {
+            let _ = write!(s, "; on the true outlines {e:.2}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `trainer finetune`: the encoder trained end to end together with its heads (view
-//! classifier, EF regressor, LV cavity decoder) on clips streamed from the phantom, starting
-//! from a pretrained checkpoint or from random weights.
+//! classifier, EF regressor, LV cavity decoder) on clips streamed from the phantom or read from
+//! a dataset in EchoNet-Dynamic's layout ([`echonet`]), starting from a pretrained checkpoint or
+//! from random weights.
 //!
 //! The output is a native checkpoint holding the tuned encoder (`target_encoder`) and the
 //! attentive heads as probes, so `quantize build` and the edge runtime take it unchanged; the
@@ -11,8 +12,10 @@
 //! run seed and the step.
 
 pub mod config;
+pub mod echonet;
 pub mod eval;
 pub mod model;
+pub mod source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -33,13 +36,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Loaded, load};
 use crate::device::DeviceSpec;
 use crate::optim::AdamW;
-use crate::phantom_stream::{PhantomStream, Split};
+use crate::phantom_stream::Split;
 use crate::schedule::{LrSchedule, WdSchedule};
-use config::{FinetuneConfig, HeadTask, Init};
+use config::{DataKind, FinetuneConfig, HeadTask, Init};
 use eval::{Calibration, EvalReport, Evaluated};
 use model::FtModel;
+use source::Source;
 
-/// Fine-tune an encoder with its heads end to end (view, EF, LV cavity) on streamed phantom clips.
+/// Fine-tune an encoder with its heads end to end (view, EF, LV cavity) on streamed phantom clips
+/// or an EchoNet-Dynamic-layout dataset.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Fine-tuning config: the frozen-evaluation schema plus a `finetune:` block
@@ -58,7 +63,7 @@ pub struct Args {
     /// Stop after this many optimizer steps in this invocation (the run resumes from there).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Check the config and print what the run would do, without reading checkpoints or
+    /// Check the config and print what the run would do, without reading checkpoints, videos or
     /// rendering clips.
     #[arg(long)]
     pub dry_run: bool,
@@ -85,14 +90,30 @@ struct Plan {
     frozen: Vec<String>,
     drop_path: Vec<f64>,
     ema: Option<f64>,
-    phantom: crate::phantom_stream::StreamSpec,
+    /// Where the clips come from, in words.
+    data: String,
+    /// With `PhantomStream`.
+    phantom: Option<crate::phantom_stream::StreamSpec>,
+    /// With `EchoNet`.
+    echonet: Option<EchoNetPlan>,
     output_dir: PathBuf,
 }
 
-fn plan(s: &Setup) -> Plan {
-    let f = &s.cfg.finetune;
-    let d = &s.cfg.experiment.data;
-    let depth = s.enc_cfg.depth;
+/// What a dry run says about an EchoNet-layout dataset (without reading it).
+#[derive(Debug, Serialize)]
+struct EchoNetPlan {
+    root: PathBuf,
+    filelist_present: bool,
+    tracings_present: bool,
+    videos_dir_present: bool,
+    max_videos_per_split: Option<usize>,
+    cache_mb: usize,
+}
+
+fn plan(cfg: &FinetuneConfig, enc_cfg: &echojepa::EncoderConfig, out_dir: &Path) -> Result<Plan> {
+    let f = &cfg.finetune;
+    let d = &cfg.experiment.data;
+    let depth = enc_cfg.depth;
     let mut parts = vec!["encoder.patch_embed.proj.weight".to_string()];
     parts.extend((0..depth).map(|i| format!("encoder.blocks.{i}.attn.qkv.weight")));
     let encoder_lr = parts
@@ -121,14 +142,32 @@ fn plan(s: &Setup) -> Plan {
                 .join(".")
         })
         .collect();
-    Plan {
-        encoder: s.enc_cfg.name.clone(),
-        embed_dim: s.enc_cfg.embed_dim,
+    let kind = cfg.data_kind()?;
+    let source = match kind {
+        DataKind::Phantom => format!(
+            "from a {}x{} capture at {} fps",
+            f.phantom.width, f.phantom.height, f.phantom.fps
+        ),
+        DataKind::EchoNet => "from each video at its own size and frame rate".into(),
+    };
+    let echonet = (kind == DataKind::EchoNet).then(|| {
+        let root = d.root.clone().unwrap_or_default();
+        EchoNetPlan {
+            filelist_present: root.join("FileList.csv").is_file(),
+            tracings_present: root.join("VolumeTracings.csv").is_file(),
+            videos_dir_present: root.join("Videos").is_dir(),
+            root,
+            max_videos_per_split: d.max_videos_per_split,
+            cache_mb: d.cache_mb,
+        }
+    });
+    Ok(Plan {
+        encoder: enc_cfg.name.clone(),
+        embed_dim: enc_cfg.embed_dim,
         depth,
         init: match f.init {
             Init::Random => "random".into(),
-            Init::Pretrained => s
-                .cfg
+            Init::Pretrained => cfg
                 .model_kwargs
                 .checkpoint
                 .as_ref()
@@ -136,25 +175,28 @@ fn plan(s: &Setup) -> Plan {
         },
         heads: f.heads.clone(),
         clip: format!(
-            "{} frames every {} at {} px, from a {}x{} capture at {} fps",
-            d.frames_per_clip,
-            d.frame_step,
-            d.resolution,
-            f.phantom.width,
-            f.phantom.height,
-            f.phantom.fps
+            "{} frames every {} at {} px, {source}",
+            d.frames_per_clip, d.frame_step, d.resolution,
         ),
-        batch_size: s.cfg.experiment.optimization.batch_size,
-        steps: f.steps_per_epoch * s.cfg.experiment.optimization.num_epochs,
+        batch_size: cfg.experiment.optimization.batch_size,
+        steps: f.steps_per_epoch * cfg.experiment.optimization.num_epochs,
         warmup_steps: (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize,
         head_lr: f.lr,
         encoder_lr,
         frozen,
         drop_path: model::drop_rates(depth, f.drop_path),
         ema: f.ema,
-        phantom: f.phantom.clone(),
-        output_dir: s.out_dir.clone(),
-    }
+        data: match kind {
+            DataKind::Phantom => "SYNTHETIC phantom stream".into(),
+            DataKind::EchoNet => format!(
+                "EchoNet-layout dataset {}",
+                d.root.as_deref().unwrap_or(Path::new("")).display()
+            ),
+        },
+        phantom: (kind == DataKind::Phantom).then(|| f.phantom.clone()),
+        echonet,
+        output_dir: out_dir.to_path_buf(),
+    })
 }
 
 /// What `latest.train.json` records besides the tensors.
@@ -187,6 +229,9 @@ struct Batch {
     views: Vec<View>,
     ef: Vec<f64>,
     lv_tokens: Vec<f32>,
+    /// Per-pixel weight of the LV target in the token layout of `lv_tokens` (1 on traced
+    /// frames, 0 elsewhere); `None`: every pixel has its truth (the phantom).
+    lv_weight: Option<Vec<f32>>,
 }
 
 pub(crate) struct Setup {
@@ -194,7 +239,7 @@ pub(crate) struct Setup {
     out_dir: PathBuf,
     device: Device,
     dtype: DType,
-    stream: PhantomStream,
+    source: Source,
     enc_cfg: echojepa::EncoderConfig,
 }
 
@@ -277,49 +322,54 @@ fn initial_tensors(s: &Setup) -> Result<(echojepa::checkpoint::TensorMap, String
     Ok((out, note))
 }
 
-fn setup(args: &Args) -> Result<Setup> {
+/// The checked config, its encoder and the output directory.
+fn load_config(args: &Args) -> Result<(FinetuneConfig, echojepa::EncoderConfig, PathBuf)> {
     let loaded: Loaded<FinetuneConfig> = load(&args.config)?;
     let cfg = loaded.config;
     cfg.validate()
         .with_context(|| format!("{}", args.config.display()))?;
     model::check_heads(&cfg.finetune.heads)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| cfg.output_dir());
+    let enc_cfg = cfg.encoder_config()?;
+    Ok((cfg, enc_cfg, out_dir))
+}
+
+/// Everything a run needs, the data opened (a dataset is read and decoded here).
+fn setup(args: &Args) -> Result<Setup> {
+    let (cfg, enc_cfg, out_dir) = load_config(args)?;
     let dev = DeviceSpec::from_list(&args.devices)?;
     let device = dev.open()?;
     let dtype = dev.compute_dtype(false);
-    let out_dir = args.out.clone().unwrap_or_else(|| cfg.output_dir());
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let d = &cfg.experiment.data;
-    let stream = PhantomStream::new(
-        cfg.finetune.phantom.clone(),
-        d.frames_per_clip,
-        d.frame_step,
-        d.resolution,
-        cfg.experiment.optimization.seed,
-    )?;
-    let enc_cfg = cfg.encoder_config()?;
+    let source = Source::open(&cfg)?;
     Ok(Setup {
         cfg,
         out_dir,
         device,
         dtype,
-        stream,
+        source,
         enc_cfg,
     })
 }
 
-/// Renders the batch of `step` (a pure function of the run seed and the step).
+/// Draws the batch of `step` (a pure function of the run seed and the step).
 fn make_batch(
-    stream: &PhantomStream,
+    source: &Source,
     enc: &echojepa::EncoderConfig,
     with_lv: bool,
     b: usize,
     step: usize,
 ) -> Result<Batch> {
+    let stream = match source {
+        Source::Phantom(p) => p,
+        Source::EchoNet(e) => return dataset_batch(e, enc, with_lv, b, step),
+    };
     let mut batch = Batch {
         input: Vec::new(),
         views: Vec::with_capacity(b),
         ef: Vec::with_capacity(b),
         lv_tokens: Vec::new(),
+        lv_weight: None,
     };
     for i in 0..b {
         let c = stream.clip(Split::Train, (step * b + i) as u64)?;
@@ -339,9 +389,51 @@ fn make_batch(
     Ok(batch)
 }
 
-/// Renders batches ahead of the training loop on a worker thread.
+/// A training batch from an EchoNet-layout dataset: the LV target and its weight (traced
+/// frames only) in the decoder's token layout.
+fn dataset_batch(
+    data: &echonet::EchoNet,
+    enc: &echojepa::EncoderConfig,
+    with_lv: bool,
+    b: usize,
+    step: usize,
+) -> Result<Batch> {
+    let (t, r) = (data.spec.frames, data.spec.resolution);
+    let layout = echojepa::lv::TokenLayout {
+        frames: t,
+        resolution: r,
+        tubelet: enc.tubelet_size,
+        patch: enc.patch_size,
+    };
+    let mut batch = Batch {
+        input: Vec::with_capacity(b * 3 * t * r * r),
+        views: Vec::with_capacity(b),
+        ef: Vec::with_capacity(b),
+        lv_tokens: Vec::new(),
+        lv_weight: with_lv.then(Vec::new),
+    };
+    for i in 0..b {
+        let c = data.train_clip((step * b + i) as u64, with_lv)?;
+        c.input.extend_normalised(&mut batch.input, t);
+        batch.views.push(c.view);
+        batch.ef.push(c.ef);
+        if let Some(w) = batch.lv_weight.as_mut() {
+            let lv: Vec<f32> = c.lv.iter().map(|&v| v as f32 / 255.0).collect();
+            batch.lv_tokens.extend(layout.to_tokens(&lv));
+            let per_pixel: Vec<f32> = c
+                .lv_weight
+                .iter()
+                .flat_map(|&x| std::iter::repeat_n(x, r * r))
+                .collect();
+            w.extend(layout.to_tokens(&per_pixel));
+        }
+    }
+    Ok(batch)
+}
+
+/// Draws batches ahead of the training loop on a worker thread.
 fn prefetch(
-    stream: PhantomStream,
+    source: Source,
     enc: echojepa::EncoderConfig,
     with_lv: bool,
     b: usize,
@@ -351,7 +443,7 @@ fn prefetch(
     std::thread::spawn(move || {
         for step in steps {
             if tx
-                .send(make_batch(&stream, &enc, with_lv, b, step))
+                .send(make_batch(&source, &enc, with_lv, b, step))
                 .is_err()
             {
                 break;
@@ -380,9 +472,18 @@ fn batch_loss(
     let outs = m.heads_forward(&tokens)?;
     let mut total: Option<Tensor> = None;
     let mut parts = Vec::with_capacity(f.heads.len());
+    let per = batch.lv_tokens.len() / b.max(1);
+    // a clip without a traced frame gives the LV head nothing to learn
+    let traced = |i: usize| {
+        batch
+            .lv_weight
+            .as_ref()
+            .is_none_or(|w| w[i * per..(i + 1) * per].iter().any(|&x| x > 0.0))
+    };
     for (h, out) in f.heads.iter().zip(&outs) {
         let rows: Vec<u32> = (0..b as u32)
             .filter(|&i| h.views.is_empty() || h.views.contains(&batch.views[i as usize]))
+            .filter(|&i| h.task != HeadTask::LvSegmentation || traced(i as usize))
             .collect();
         let Some(sel) = model::select_rows(out, &rows)? else {
             parts.push(f64::NAN);
@@ -405,14 +506,23 @@ fn batch_loss(
                 crate::probe::heads::smooth_l1(&(sel.to_dtype(DType::F32)? - z)?)?
             }
             HeadTask::LvSegmentation => {
-                let per = batch.lv_tokens.len() / b;
-                let mut tgt = Vec::with_capacity(rows.len() * per);
-                for &i in &rows {
-                    let i = i as usize;
-                    tgt.extend_from_slice(&batch.lv_tokens[i * per..(i + 1) * per]);
+                let pick = |v: &[f32]| -> Vec<f32> {
+                    rows.iter()
+                        .flat_map(|&i| &v[i as usize * per..(i as usize + 1) * per])
+                        .copied()
+                        .collect()
+                };
+                let tgt = Tensor::from_vec(pick(&batch.lv_tokens), sel.dims(), &s.device)?;
+                match &batch.lv_weight {
+                    None => {
+                        (model::bce_with_logits(&sel, &tgt)? + model::soft_dice_loss(&sel, &tgt)?)?
+                    }
+                    Some(w) => {
+                        let w = Tensor::from_vec(pick(w), sel.dims(), &s.device)?;
+                        (model::weighted_bce_with_logits(&sel, &tgt, &w)?
+                            + model::weighted_soft_dice_loss(&sel, &tgt, &w)?)?
+                    }
                 }
-                let tgt = Tensor::from_vec(tgt, sel.dims(), &s.device)?;
-                (model::bce_with_logits(&sel, &tgt)? + model::soft_dice_loss(&sel, &tgt)?)?
             }
         };
         parts.push(loss.to_scalar::<f32>()? as f64);
@@ -422,19 +532,29 @@ fn batch_loss(
             None => weighted,
         });
     }
-    let total = total.context("no head had a sample in this batch")?;
+    let total = match (total, &batch.lv_weight) {
+        (Some(t), _) => t,
+        // a dataset batch whose clips are all untraced, with only an LV head: a step that
+        // changes nothing but the weight decay
+        (None, Some(_)) => (outs[0].to_dtype(DType::F32)?.sum_all()? * 0.0)?,
+        (None, None) => bail!("no head had a sample in this batch"),
+    };
     Ok((total, parts))
 }
 
 /// The views EF is measured in: the EF head's, else the apical A4C and A2C (where the
-/// area–length rule holds).
+/// area–length rule holds); A4C alone on EchoNet.
 fn ef_measure_views(s: &Setup) -> Vec<View> {
+    let default = match s.source {
+        Source::Phantom(_) => vec![View::A4c, View::A2c],
+        Source::EchoNet(_) => vec![View::A4c],
+    };
     s.cfg
         .finetune
         .heads
         .iter()
         .find(|h| h.task == HeadTask::Ef && !h.views.is_empty())
-        .map_or_else(|| vec![View::A4c, View::A2c], |h| h.views.clone())
+        .map_or(default, |h| h.views.clone())
 }
 
 /// What the checkpoint records about the LV head, when there is one.
@@ -559,39 +679,17 @@ fn save_train_state(
 /// Notes stored in the checkpoint: provenance (the synthetic-data flag the quantizer and the
 /// runtime read), the recipe and the seeds.
 fn notes(s: &Setup, init_note: &str, step: usize) -> BTreeMap<String, String> {
-    let p = &s.stream.spec;
     let mut n = BTreeMap::new();
-    n.insert(
-        "training_data".into(),
-        format!(
-            "SYNTHETIC echo phantom streamed by `trainer finetune` (views {}, {}x{} at {} fps); no patient data",
-            p.views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
-            p.width,
-            p.height,
-            p.fps
-        ),
-    );
+    n.insert("training_data".into(), s.source.training_note());
     n.insert("finetune_init".into(), init_note.to_string());
-    n.insert(
-        "finetune_seeds".into(),
-        format!(
-            "run seed {}; patients train [{}, +{}), val [{}, +{}), test [{}, +{})",
-            s.stream.seed,
-            p.train_seeds.start,
-            p.train_seeds.count,
-            p.val_seeds.start,
-            p.val_seeds.count,
-            p.test_seeds.start,
-            p.test_seeds.count
-        ),
-    );
+    n.insert("finetune_seeds".into(), s.source.seeds_note());
     n.insert("finetune_steps".into(), step.to_string());
     n
 }
 
 /// Runs the fine-tuning.
 fn print_plan(p: &Plan, out: &mut dyn Write) -> Result<()> {
-    writeln!(out, "fine-tuning plan (SYNTHETIC phantom stream)")?;
+    writeln!(out, "fine-tuning plan ({})", p.data)?;
     writeln!(
         out,
         "  encoder      {} (dim {}, {} blocks) from {}",
@@ -626,18 +724,44 @@ fn print_plan(p: &Plan, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  frozen       {}", p.frozen.join(", "))?;
     }
     writeln!(out, "  drop path    {:?}; EMA {:?}", p.drop_path, p.ema)?;
-    let ph = &p.phantom;
-    writeln!(
-        out,
-        "  patients     train [{}, +{}), val [{}, +{}), test [{}, +{})",
-        ph.train_seeds.start,
-        ph.train_seeds.count,
-        ph.val_seeds.start,
-        ph.val_seeds.count,
-        ph.test_seeds.start,
-        ph.test_seeds.count
-    )?;
+    if let Some(ph) = &p.phantom {
+        writeln!(
+            out,
+            "  patients     train [{}, +{}), val [{}, +{}), test [{}, +{})",
+            ph.train_seeds.start,
+            ph.train_seeds.count,
+            ph.val_seeds.start,
+            ph.val_seeds.count,
+            ph.test_seeds.start,
+            ph.test_seeds.count
+        )?;
+    }
+    if let Some(e) = &p.echonet {
+        let yes = |b: bool| if b { "found" } else { "NOT FOUND" };
+        writeln!(
+            out,
+            "  dataset      {}: FileList.csv {}, VolumeTracings.csv {}, Videos/ {}",
+            e.root.display(),
+            yes(e.filelist_present),
+            yes(e.tracings_present),
+            yes(e.videos_dir_present)
+        )?;
+        writeln!(
+            out,
+            "               splits from FileList.csv's Split column ({}); every video decoded once at the start, prepared frames cached up to {} MB",
+            e.max_videos_per_split
+                .map_or("every row".to_string(), |n| format!(
+                    "first {n} rows of each"
+                )),
+            e.cache_mb
+        )?;
+        writeln!(
+            out,
+            "               evaluation: per traced video one clip on the ED and one on the ES frame, else one clip; EF per video from the regressor and from the traced LV (line fitted on VAL)"
+        )?;
+    }
     writeln!(out, "  output       {}", p.output_dir.display())?;
+    writeln!(out, "dry run: no data or checkpoint was read")?;
     Ok(())
 }
 
@@ -837,7 +961,17 @@ impl Training<'_> {
             &stem(&s.out_dir, "latest"),
         )?;
         save_train_state(&s.out_dir, &self.opt, self.ema.as_ref(), &self.state)?;
-        eval::write_metrics(&s.out_dir, &s.cfg.finetune.heads, &self.state.history)?;
+        let title = if s.source.synthetic() {
+            "fine-tuning (SYNTHETIC phantom)"
+        } else {
+            "fine-tuning (EchoNet-layout dataset)"
+        };
+        eval::write_metrics(
+            &s.out_dir,
+            &s.cfg.finetune.heads,
+            &self.state.history,
+            title,
+        )?;
         Ok(line)
     }
 }
@@ -870,7 +1004,7 @@ fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<
             (r.state, r.ema)
         }
         None => {
-            let (mean, std) = s.stream.ef_stats(4096);
+            let (mean, std) = s.source.ef_stats();
             let state = TrainState {
                 step: 0,
                 adam_steps: HashMap::new(),
@@ -899,9 +1033,13 @@ fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<
 
 /// Runs the fine-tuning.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
-    let s = setup(&args)?;
     if args.dry_run {
-        let p = plan(&s);
+        let (cfg, enc_cfg, out_dir) = load_config(&args)?;
+        DeviceSpec::from_list(&args.devices)?;
+        if cfg.data_kind()? == DataKind::Phantom {
+            source::phantom_stream(&cfg)?;
+        }
+        let p = plan(&cfg, &enc_cfg, &out_dir)?;
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&p)?)?;
         } else {
@@ -909,15 +1047,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         }
         return Ok(());
     }
-    fs::create_dir_all(&s.out_dir)
-        .with_context(|| format!("cannot create {}", s.out_dir.display()))?;
+    let s = setup(&args)?;
     let f = &s.cfg.finetune;
     let o = &s.cfg.experiment.optimization;
     let total_steps = f.steps_per_epoch * o.num_epochs;
     let mut t = start(&s, &args, out)?;
     writeln!(
         out,
-        "fine-tuning {} ({} blocks, dim {}) from {}: heads {}; {} epochs x {} steps x {} clips; SYNTHETIC phantom stream",
+        "fine-tuning {} ({} blocks, dim {}) from {}: heads {}; {} epochs x {} steps x {} clips; {}",
         s.enc_cfg.name,
         s.enc_cfg.depth,
         s.enc_cfg.embed_dim,
@@ -929,14 +1066,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             .join(", "),
         o.num_epochs,
         f.steps_per_epoch,
-        o.batch_size
+        o.batch_size,
+        s.source.describe()
     )?;
-    let val = eval::render_split(&s.stream, Split::Val, f.val_clips)?;
+    let val = s.source.eval_clips(Split::Val, f.val_clips)?;
     let stop_at = args
         .max_steps
         .map_or(total_steps, |n| (t.state.step + n).min(total_steps));
     let rx = prefetch(
-        s.stream.clone(),
+        s.source.clone(),
         s.enc_cfg.clone(),
         f.heads.iter().any(|h| h.task == HeadTask::LvSegmentation),
         o.batch_size,
@@ -955,8 +1093,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         let wait0 = Instant::now();
         let batch = rx
             .recv()
-            .context("the phantom renderer stopped")?
-            .with_context(|| format!("rendering the batch of step {}", t.state.step))?;
+            .context("the clip loader stopped")?
+            .with_context(|| format!("making the batch of step {}", t.state.step))?;
         acc.wait += wait0.elapsed().as_secs_f64();
         let (loss, parts, norm) = t.step(&batch)?;
         acc.losses.push(loss);
@@ -1010,24 +1148,16 @@ fn finish(
     let weights = ema.unwrap_or(&live);
     let val_ev: Evaluated = eval::evaluate(s, weights, val, state.ef_scaler)?;
     let mut cal = val_ev.calibrate(f);
-    let test = eval::render_split(&s.stream, Split::Test, f.test_clips)?;
+    let test = s.source.eval_clips(Split::Test, f.test_clips)?;
     let test_ev = eval::evaluate(s, weights, &test, state.ef_scaler)?;
-    // EF beat by beat over continuous scans, as the cart measures it
-    let scans = match val_ev.lv {
-        Some(_) => {
-            let views = ef_measure_views(s);
-            let v = eval::evaluate_scans(s, weights, Split::Val, f.lv_scans, f.scan_clips, &views)?;
-            cal.ef_beat_fit = eval::fit_scans(&v);
-            let t =
-                eval::evaluate_scans(s, weights, Split::Test, f.lv_scans, f.scan_clips, &views)?;
-            Some(eval::report_scans(
-                &t,
-                cal.ef_beat_fit,
-                state.ef_scaler.mean,
-            ))
-        }
-        None => None,
-    };
+    let (scans, videos) = traced_ef(
+        s,
+        weights,
+        state,
+        &mut cal,
+        (&val_ev, val),
+        (&test_ev, &test),
+    )?;
     let test_report = test_ev.report(Some(&cal));
     let val_report = val_ev.report(Some(&cal));
     let mut n = notes(s, init_note, state.step);
@@ -1035,11 +1165,16 @@ fn finish(
     if let Some(sc) = &scans {
         n.insert("finetune_test_scans".into(), serde_json::to_string(sc)?);
     }
+    if let Some(v) = &videos {
+        n.insert("finetune_test_videos".into(), serde_json::to_string(v)?);
+    }
     let lv = lv_entry(s, cal.ef_beat_fit, val_report.lv_dice);
     let latest = stem(&s.out_dir, "latest");
     save_model(s, weights, state.ef_scaler, Some(&cal), lv, n, &latest)?;
     let summary = serde_json::json!({
-        "synthetic_training_data": true,
+        "synthetic_training_data": s.source.synthetic(),
+        "training_data": s.source.training_note(),
+        "data": s.source.counts(),
         "init": init_note,
         "steps": state.step,
         "ef_scaler": state.ef_scaler,
@@ -1047,6 +1182,7 @@ fn finish(
         "val": val_report,
         "test": test_report,
         "test_scans": scans,
+        "test_videos": videos,
         "checkpoint": latest.display().to_string(),
         "seeds": notes(s, init_note, state.step).get("finetune_seeds"),
     });
@@ -1060,14 +1196,59 @@ fn finish(
         writeln!(
             out,
             "{}",
-            eval::describe_final(&cal, &test_report, scans.as_ref())
+            eval::describe_final(
+                &cal,
+                &test_report,
+                scans.as_ref(),
+                videos.as_ref(),
+                s.source.test_clips_name()
+            )
         )?;
         writeln!(
             out,
-            "wrote {} (+ .json), metrics.csv, curves.png and summary.json in {} (SYNTHETIC training data)",
+            "wrote {} (+ .json), metrics.csv, curves.png and summary.json in {} ({})",
             latest.with_extension("safetensors").display(),
-            s.out_dir.display()
+            s.out_dir.display(),
+            if s.source.synthetic() {
+                "SYNTHETIC training data"
+            } else {
+                "training data: EchoNet-layout dataset"
+            }
         )?;
     }
     Ok(())
+}
+
+/// EF from the traced LV, with its calibration line fitted on validation (stored in `cal`): on
+/// the phantom beat by beat over continuous scans, as the cart measures it; on a dataset per
+/// video from the traced ED and ES frames. Nothing without an LV head (the dataset's report
+/// then holds the regressor's EF per video).
+fn traced_ef(
+    s: &Setup,
+    weights: &echojepa::checkpoint::TensorMap,
+    state: &TrainState,
+    cal: &mut Calibration,
+    (val_ev, val): (&Evaluated, &[eval::Rendered]),
+    (test_ev, test): (&Evaluated, &[eval::Rendered]),
+) -> Result<(Option<eval::ScanReport>, Option<eval::VideoReport>)> {
+    let f = &s.cfg.finetune;
+    let mean = state.ef_scaler.mean;
+    match &s.source {
+        Source::Phantom(_) => {
+            if val_ev.lv.is_none() {
+                return Ok((None, None));
+            }
+            let views = ef_measure_views(s);
+            let v = eval::evaluate_scans(s, weights, Split::Val, f.lv_scans, f.scan_clips, &views)?;
+            cal.ef_beat_fit = eval::fit_scans(&v);
+            let t =
+                eval::evaluate_scans(s, weights, Split::Test, f.lv_scans, f.scan_clips, &views)?;
+            Ok((Some(eval::report_scans(&t, cal.ef_beat_fit, mean)), None))
+        }
+        Source::EchoNet(_) => {
+            cal.ef_beat_fit = eval::fit_videos(&eval::per_video(val_ev, val));
+            let t = eval::per_video(test_ev, test);
+            Ok((None, Some(eval::report_videos(&t, cal.ef_beat_fit, mean))))
+        }
+    }
 }

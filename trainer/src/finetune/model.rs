@@ -274,6 +274,39 @@ pub fn soft_dice_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((1.0 - dice)?.mean_all()?)
 }
 
+/// Binary cross-entropy as [`bce_with_logits`], each element weighted by `weights` (same
+/// shape) and the sum divided by the total weight: elements of weight 0 (frames without a
+/// tracing) contribute nothing.
+pub fn weighted_bce_with_logits(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    let x = logits.to_dtype(DType::F32)?;
+    let relu = x.relu()?;
+    let xy = (&x * targets)?;
+    let soft = ((x.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    let per = ((relu - xy)? + soft)?;
+    let total = weights.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+    Ok(((per * weights)?.sum_all()? / total)?)
+}
+
+/// Soft Dice loss as [`soft_dice_loss`] over the weighted pixels only (`p·w`, `y·w`).
+pub fn weighted_soft_dice_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    let b = logits.dim(0)?;
+    let w = weights.reshape((b, ()))?;
+    let p = (candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?.reshape((b, ()))? * &w)?;
+    let y = (targets.reshape((b, ()))? * &w)?;
+    let inter = (&p * &y)?.sum(1)?;
+    let denom = ((p.sum(1)? + y.sum(1)?)? + 1.0)?;
+    let dice = ((inter * 2.0)? + 1.0)?.div(&denom)?;
+    Ok((1.0 - dice)?.mean_all()?)
+}
+
 /// Cross-entropy of logits `[B, C]` against class indices.
 pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let t = Tensor::from_slice(labels, labels.len(), logits.device())?;
@@ -368,6 +401,21 @@ mod tests {
             .sum::<f64>()
             / 3.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn zero_weights_silence_their_elements() {
+        let x = Tensor::new(&[[-2.0f32, 0.0, 3.0, 5.0]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[[0.0f32, 0.5, 1.0, 0.0]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[[1.0f32, 1.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+        let f = |t: Tensor| t.to_scalar::<f32>().unwrap();
+        let three = |t: &Tensor| t.narrow(1, 0, 3).unwrap();
+        let a = f(weighted_bce_with_logits(&x, &y, &w).unwrap());
+        let b = f(bce_with_logits(&three(&x), &three(&y)).unwrap());
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        let a = f(weighted_soft_dice_loss(&x, &y, &w).unwrap());
+        let b = f(soft_dice_loss(&three(&x), &three(&y)).unwrap());
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
 
     #[test]
