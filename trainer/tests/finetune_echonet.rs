@@ -320,6 +320,14 @@ fn finetunes_on_an_echonet_layout_dataset_made_by_ffmpeg() {
         "test videos: EF regressor MAE {mae:.2} vs mean predictor {mean_mae:.2}; traced LV raw {traced:.2} (calibrated {}); true outlines {true_traced:.2}; LV Dice {dice:.3}",
         v["ef_traced_mae"]
     );
+    // the recipe's bar on a dataset this project did not render: EF from the traced LV,
+    // calibrated on VAL, within half the mean predictor's error on TEST (0.22 when written;
+    // the run is seeded, so this is a fixed number per machine, not a flaky one)
+    let calibrated = num(&v["ef_traced_mae"]);
+    assert!(
+        calibrated <= 0.5 * mean_mae,
+        "EF from the traced LV {calibrated:.2} vs mean predictor {mean_mae:.2}"
+    );
     let ck = json(&run.join("latest.json"));
     assert!(ck["probes"]["ef"].is_object(), "{ck}");
     assert!(
