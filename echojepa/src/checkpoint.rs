@@ -573,6 +573,11 @@ pub struct LvHeadEntry {
     /// Dice on validation clips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_dice: Option<f64>,
+    /// Whether EF from the traced LV measured better on validation than the EF regressor (or
+    /// the model has no regressor): then the cart reports it; otherwise the regressor's EF is
+    /// reported and the tracing is only drawn.
+    #[serde(default)]
+    pub measures_ef: bool,
 }
 
 impl NativeConfig {

@@ -168,7 +168,11 @@ pub fn model_info(
             min_view_confidence: view.min_confidence.map(|c| c as f32),
         }
     });
-    if let Some(lv) = &m.lv_segmentation {
+    if let Some(lv) = m
+        .lv_segmentation
+        .as_ref()
+        .filter(|l| l.measures_ef || ef.is_none())
+    {
         // The traced cavity measures EF as a sonographer does; it replaces a regressor. The
         // regressor's training mean stays the baseline to beat.
         for v in &lv.valid_views {

@@ -587,6 +587,12 @@ impl Pipeline {
                 _ => None,
             },
         });
+        // EF from the traced LV only when the bundle measures it so; otherwise the tracing is
+        // only drawn
+        let traced = matches!(
+            info.ef.as_ref().map(|e| e.method),
+            Some(EfMethod::TracedLv { .. })
+        );
         let unit = info
             .ef
             .as_ref()
@@ -620,7 +626,7 @@ impl Pipeline {
                     .get(idx)
                     .cloned()
                     .unwrap_or_else(|| format!("class_{idx}"));
-                let decision = match &out.lv_volumes {
+                let decision = match out.lv_volumes.as_ref().filter(|_| traced) {
                     Some(v) => {
                         let samples = lv_samples(&clip, v);
                         clinical.update_traced(

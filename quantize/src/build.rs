@@ -29,6 +29,14 @@ use crate::source::{self, SourceArgs};
 /// Name of the weights file inside a bundle.
 pub const WEIGHTS_FILE: &str = "model.gguf";
 
+/// Where a bundle with an LV decoder takes EF from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EfFrom {
+    Auto,
+    Regressor,
+    TracedLv,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sector {
     /// The whole frame was resized.
@@ -84,6 +92,11 @@ pub struct Args {
     /// One line describing the model.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// With an LV decoder: where the cart's EF comes from. `auto` takes what the fine-tuning
+    /// measured better on validation (recorded in the checkpoint), and the traced LV when there
+    /// is no regressor.
+    #[arg(long, value_enum, default_value_t = EfFrom::Auto)]
+    pub ef_from: EfFrom,
     /// A note on how the model was made, KEY=VALUE (recipe, seeds, timings, metrics); repeat
     /// for more. Stored in the signed manifest.
     #[arg(long = "note")]
@@ -299,11 +312,20 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
             let (t, l) = calibrate::lv_tensors(t, LV_PREFIX)?;
             tensors.extend(t);
             layers.extend(l);
+            let has_regressor = src.probes.iter().any(|p| !p.targets.is_empty());
             Some(LvHeadSpec {
                 tensor_prefix: LV_PREFIX.into(),
                 valid_views: entry.valid_views.clone(),
                 ef_fit: entry.ef_fit,
                 val_dice: entry.val_dice,
+                measures_ef: match a.ef_from {
+                    EfFrom::Auto => entry.measures_ef || !has_regressor,
+                    EfFrom::TracedLv => true,
+                    EfFrom::Regressor if !has_regressor => {
+                        bail!("--ef-from regressor: the checkpoint has no regressor head")
+                    }
+                    EfFrom::Regressor => false,
+                },
             })
         }
         None => None,

@@ -78,6 +78,8 @@ fn a_fine_tuned_checkpoint_becomes_a_bundle_the_cart_runs_with_its_calibration()
             "--synthetic",
             "--calibration-clips",
             "2",
+            "--ef-from",
+            "traced-lv",
             "--key",
         ])
         .arg(keys.join("echojepa-demo.secret"))
@@ -140,7 +142,7 @@ fn a_fine_tuned_checkpoint_becomes_a_bundle_the_cart_runs_with_its_calibration()
             .arg(w.join("bundle"))
             .current_dir(w));
         let report = json(&out);
-        // EF comes from the traced LV, beat by beat
+        // EF comes from the traced LV, beat by beat (`--ef-from traced-lv`)
         assert!(
             report["ef"]["method"].get("traced_lv").is_some(),
             "{report}"

@@ -204,6 +204,10 @@ pub struct LvHeadSpec {
     /// Dice of the decoder on validation clips, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_dice: Option<f64>,
+    /// EF is reported from the traced LV (else from the EF regressor, the tracing only drawn).
+    /// A bundle without an EF regressor always measures EF from the tracing.
+    #[serde(default)]
+    pub measures_ef: bool,
 }
 
 impl LvHeadSpec {

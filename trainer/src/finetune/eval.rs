@@ -172,6 +172,10 @@ pub struct Calibration {
     /// views, EF measured beat by beat as the cart does; on a dataset (EchoNet), fitted on the
     /// validation videos' EF from the traced LV at their ED and ES frames.
     pub ef_beat_fit: Option<[f64; 2]>,
+    /// MAE of the calibrated traced EF on the validation scans (or videos) it was fitted on:
+    /// what decides, against the regressor's validation MAE, where the cart's EF comes from.
+    #[serde(default)]
+    pub ef_traced_val_mae: Option<f64>,
 }
 
 /// Metrics of one evaluation.
@@ -586,6 +590,7 @@ impl Evaluated {
             view_ece_after: f64::NAN,
             ef_min_confidence: None,
             ef_beat_fit: None,
+            ef_traced_val_mae: None,
         };
         if let Some(logits) = &self.view_logits {
             let nll = |lt: f64| nll_and_ece(logits, &labels, lt.exp()).0;

@@ -558,7 +558,12 @@ fn ef_measure_views(s: &Setup) -> Vec<View> {
 }
 
 /// What the checkpoint records about the LV head, when there is one.
-fn lv_entry(s: &Setup, ef_fit: Option<[f64; 2]>, val_dice: Option<f64>) -> Option<LvHeadEntry> {
+fn lv_entry(
+    s: &Setup,
+    ef_fit: Option<[f64; 2]>,
+    val_dice: Option<f64>,
+    measures_ef: bool,
+) -> Option<LvHeadEntry> {
     s.cfg
         .finetune
         .heads
@@ -571,6 +576,7 @@ fn lv_entry(s: &Setup, ef_fit: Option<[f64; 2]>, val_dice: Option<f64>) -> Optio
                 .collect(),
             ef_fit,
             val_dice,
+            measures_ef,
         })
 }
 
@@ -956,7 +962,7 @@ impl Training<'_> {
             eval_weights,
             self.state.ef_scaler,
             None,
-            lv_entry(s, None, None),
+            lv_entry(s, None, None, false),
             notes(s, &self.init_note, self.state.step),
             &stem(&s.out_dir, "latest"),
         )?;
@@ -1168,7 +1174,13 @@ fn finish(
     if let Some(v) = &videos {
         n.insert("finetune_test_videos".into(), serde_json::to_string(v)?);
     }
-    let lv = lv_entry(s, cal.ef_beat_fit, val_report.lv_dice);
+    // the cart reports EF from the tracing when it measured better on validation
+    let measures_ef = match (cal.ef_traced_val_mae, val_report.ef_mae) {
+        (Some(traced), Some(regressor)) => traced < regressor,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let lv = lv_entry(s, cal.ef_beat_fit, val_report.lv_dice, measures_ef);
     let latest = stem(&s.out_dir, "latest");
     save_model(s, weights, state.ef_scaler, Some(&cal), lv, n, &latest)?;
     let summary = serde_json::json!({
@@ -1241,12 +1253,15 @@ fn traced_ef(
             let views = ef_measure_views(s);
             let v = eval::evaluate_scans(s, weights, Split::Val, f.lv_scans, f.scan_clips, &views)?;
             cal.ef_beat_fit = eval::fit_scans(&v);
+            cal.ef_traced_val_mae = eval::report_scans(&v, cal.ef_beat_fit, mean).ef_beats_mae;
             let t =
                 eval::evaluate_scans(s, weights, Split::Test, f.lv_scans, f.scan_clips, &views)?;
             Ok((Some(eval::report_scans(&t, cal.ef_beat_fit, mean)), None))
         }
         Source::EchoNet(_) => {
-            cal.ef_beat_fit = eval::fit_videos(&eval::per_video(val_ev, val));
+            let v = eval::per_video(val_ev, val);
+            cal.ef_beat_fit = eval::fit_videos(&v);
+            cal.ef_traced_val_mae = eval::report_videos(&v, cal.ef_beat_fit, mean).ef_traced_mae;
             let t = eval::per_video(test_ev, test);
             Ok((None, Some(eval::report_videos(&t, cal.ef_beat_fit, mean))))
         }
