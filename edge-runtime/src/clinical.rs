@@ -145,10 +145,6 @@ impl ClinicalState {
             estimate: None,
             clip_estimate,
         };
-        let regressed = match &m {
-            Some(Measure::Clip(e)) => Some(*e),
-            _ => None,
-        };
         let (Some(views), Some(m)) = (&self.policy.ef_views, m) else {
             return withheld(EfStatus::NoEfHead, None);
         };
@@ -160,7 +156,7 @@ impl ClinicalState {
                     .traced(lv.iter().map(|x| (x.1, x.2)).collect())
                     .map(|e| e.value),
             };
-            return withheld(EfStatus::WrongView, own.or(regressed));
+            return withheld(EfStatus::WrongView, own);
         }
         // A pause longer than the window, a jump back in time or a different view: start over.
         let last = self

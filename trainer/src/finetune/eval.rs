@@ -618,7 +618,7 @@ impl Evaluated {
     }
 
     /// EF views: the EF head's, else A4C and A2C (where the area rule holds).
-    pub fn ef_views(&self) -> &[View] {
+    fn ef_views(&self) -> &[View] {
         if self.ef_pred.is_some() {
             &self.ef_views
         } else {
