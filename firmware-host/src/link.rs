@@ -23,6 +23,20 @@
 //! [`LinkConfig::backoff_max`]). A reader thread per open port decodes frames; garbled frames are
 //! dropped and counted, duplicates (by sequence number) are dropped, gaps are counted.
 //!
+//! **Authentication** (with [`LinkConfig::cart_key`]): privileged commands are signed with a
+//! counter that only moves forward, and the MCU's replies that the host acts on — `HelloAck`,
+//! `Status`, `CommandResult` — must carry a valid tag for this session (see
+//! [`cart_protocol::auth`]); one that does not is dropped, counted in [`LinkStats`], logged and
+//! reported as [`LinkEvent::ReplyRejected`]. So [`LinkEvent::CommandResult`] only ever reports a
+//! result the MCU really sent for a command this link sent, and the command counter is only ever
+//! raised to a `last_counter` the MCU authenticated. The host keeps no counter on disk: the MCU's
+//! non-volatile counter is the authority, and the host only moves forward on authenticated
+//! evidence of it (or its own signatures), so nothing on the wire can push the host's counter
+//! up, and a genuine counter at the top of its range is a typed error
+//! ([`LinkError::CounterExhausted`]: re-key the cart), never a wrap. Without a key the link still
+//! comes up (ping, status, monitoring), but [`PeerInfo::authenticated`] is false: nothing the MCU
+//! said was verified, and privileged commands are refused ([`LinkError::NoKey`]).
+//!
 //! ```no_run
 //! use firmware_host::link::{HostLink, LinkConfig, LinkEvent};
 //! use cart_protocol::{EfStatus, Prediction};
@@ -56,7 +70,7 @@ use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cart_protocol::auth::{self, CartKey};
+use cart_protocol::auth::{self, CartKey, Reply, ReplyVerifier};
 use cart_protocol::{
     BootInfo, ButtonEvent, CommandResult, DisplayCommand, Envelope, FaultReport, Feed,
     FrameDecoder, Heartbeat, Hello, HelloReject, HostMsg, Liveness, LogRecord, McuMsg, McuStatus,
@@ -98,8 +112,9 @@ pub struct LinkConfig {
     pub command_capacity: usize,
     /// Event queue capacity (drop oldest). Default 256.
     pub event_capacity: usize,
-    /// Per-cart key for privileged commands; without it they are refused with
-    /// [`LinkError::NoKey`].
+    /// Per-cart key: signs privileged commands and verifies the MCU's replies. Without it
+    /// privileged commands are refused with [`LinkError::NoKey`] and replies are taken
+    /// unverified ([`PeerInfo::authenticated`] is false).
     pub cart_key: Option<CartKey>,
     /// Also emit [`LinkEvent::Trace`] for every frame sent, received or dropped (monitoring).
     pub trace: bool,
@@ -172,6 +187,15 @@ pub enum LinkError {
     /// no per-cart key configured, privileged commands cannot be signed
     #[error("no per-cart key configured, privileged commands cannot be signed")]
     NoKey,
+    /// the privileged-command counter is used up for this cart key
+    #[error(
+        "the privileged-command counter is used up for this cart key (last used {last_used}, \
+         the highest possible); re-key the cart: provisioning a new key resets the MCU's counter"
+    )]
+    CounterExhausted {
+        /// The highest counter known to be used (`u64::MAX`).
+        last_used: u64,
+    },
     /// the link thread has stopped
     #[error("the link thread has stopped")]
     Stopped,
@@ -219,10 +243,14 @@ pub struct PeerInfo {
     pub firmware: String,
     /// Firmware build id (selects the ELF for defmt logs).
     pub build_id: [u8; 8],
-    /// Highest privileged counter the MCU had accepted.
+    /// Highest privileged counter the MCU had accepted (as claimed; trusted, and adopted for
+    /// the next command, only when `authenticated`).
     pub last_counter: u64,
     /// Slot the MCU tracks as active.
     pub active_slot: Option<Slot>,
+    /// The handshake answer verified with the cart key, and so will every status report and
+    /// command result of this session. False when the link has no key.
+    pub authenticated: bool,
 }
 
 /// Why the link went down.
@@ -243,6 +271,55 @@ pub enum DownReason {
     McuRebooted(BootInfo),
     /// No handshake completed within `reopen_after`; the port is being reopened.
     HandshakeTimeout,
+    /// A `HelloAck` answering our `Hello` did not verify with the configured cart key (a wrong
+    /// key file, or a forged answer): the link stays down and keeps handshaking. Reported once
+    /// per port opening.
+    HandshakeAuthFailed,
+}
+
+/// Which MCU reply was dropped (see [`LinkEvent::ReplyRejected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    /// Handshake answer.
+    HelloAck,
+    /// Status report.
+    Status,
+    /// Privileged command result.
+    CommandResult,
+}
+
+/// Why an MCU reply was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyProblem {
+    /// Its tag did not verify (forged, altered, wrong key, or from another session).
+    BadTag,
+    /// Its reply counter was not above the last accepted one: a replayed reply.
+    Replayed,
+    /// A command result for no command this link has pending (already answered, never sent,
+    /// or forgotten).
+    Unsolicited,
+}
+
+impl ReplyProblem {
+    fn from_error(e: cart_protocol::Error) -> Self {
+        match e {
+            cart_protocol::Error::Replayed => ReplyProblem::Replayed,
+            _ => ReplyProblem::BadTag,
+        }
+    }
+}
+
+/// Why a queued privileged command was not sent (see [`LinkEvent::CommandRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandRefusal {
+    /// No counter is left for this key (see [`LinkError::CounterExhausted`]).
+    CounterExhausted {
+        /// The highest counter known to be used.
+        last_used: u64,
+    },
 }
 
 /// Direction-tagged frame record for monitoring (only with [`LinkConfig::trace`]).
@@ -289,12 +366,27 @@ pub enum LinkEvent {
         #[serde(rename = "rtt_ms", serialize_with = "millis")]
         rtt: Duration,
     },
-    /// Answer to [`HostLink::send_privileged`].
+    /// Answer to [`HostLink::send_privileged`]: only for a result whose tag verified and
+    /// that answers a command this link sent and had not yet seen answered.
     CommandResult {
-        /// The command, if the link still remembered it.
+        /// The command answered (always `Some` since protocol 2).
         command: Option<PrivilegedCommand>,
         /// Counter and outcome.
         result: CommandResult,
+    },
+    /// A queued privileged command was not sent.
+    CommandRefused {
+        /// The command.
+        command: PrivilegedCommand,
+        /// Why.
+        reason: CommandRefusal,
+    },
+    /// An MCU reply was dropped because it failed authentication or answers nothing pending.
+    ReplyRejected {
+        /// What it claimed to be.
+        kind: ReplyKind,
+        /// Why it was dropped.
+        problem: ReplyProblem,
     },
     /// The MCU (re)booted.
     McuBooted(BootInfo),
@@ -339,6 +431,12 @@ pub struct LinkStats {
     pub write_timeouts: u64,
     /// Times the MCU was silent longer than the watchdog timeout.
     pub watchdog_trips: u64,
+    /// MCU replies dropped because their tag did not verify.
+    pub rx_auth_failed: u64,
+    /// MCU replies dropped because their reply counter was not fresh (replays).
+    pub rx_auth_replayed: u64,
+    /// Command results dropped because they answer no pending command.
+    pub rx_unsolicited: u64,
 }
 
 #[derive(Default)]
@@ -356,6 +454,9 @@ struct Counters {
     predictions_dropped_down: AtomicU64,
     write_timeouts: AtomicU64,
     watchdog_trips: AtomicU64,
+    rx_auth_failed: AtomicU64,
+    rx_auth_replayed: AtomicU64,
+    rx_unsolicited: AtomicU64,
 }
 
 fn inc(c: &AtomicU64, by: u64) {
@@ -367,6 +468,8 @@ struct Shared {
     stopped: AtomicBool,
     counters: Counters,
     peer: Mutex<Option<PeerInfo>>,
+    /// Highest privileged counter known to be used (own signatures, authenticated `HelloAck`).
+    last_counter: AtomicU64,
 }
 
 impl Shared {
@@ -413,6 +516,7 @@ impl HostLink {
             stopped: AtomicBool::new(false),
             counters: Counters::default(),
             peer: Mutex::new(None),
+            last_counter: AtomicU64::new(0),
         });
         let has_key = config.cart_key.is_some();
         let mut worker = Worker {
@@ -424,7 +528,7 @@ impl HostLink {
             stop: stop_rx,
             events: events_tx.clone(),
             start: Instant::now(),
-            next_counter: 1,
+            last_counter: 0,
             privileged: VecDeque::new(),
             pings: VecDeque::new(),
         };
@@ -487,13 +591,26 @@ impl HostLink {
     }
 
     /// Queues a privileged command; the link signs it with the next counter when it is sent.
-    /// The answer is [`LinkEvent::CommandResult`]. Commands are not retransmitted: if no result
-    /// arrives (frame lost on the wire), send it again (it gets a fresh counter).
+    /// The answer is [`LinkEvent::CommandResult`] (authenticated). Commands are not
+    /// retransmitted: if no result arrives (frame lost on the wire), send it again (it gets a
+    /// fresh counter). Fails with [`LinkError::CounterExhausted`] once the counter reached
+    /// `u64::MAX` (a command queued before that became known is reported as
+    /// [`LinkEvent::CommandRefused`] instead).
     pub fn send_privileged(&self, command: PrivilegedCommand) -> Result<(), LinkError> {
         if !self.has_key {
             return Err(LinkError::NoKey);
         }
+        let last_used = self.shared.last_counter.load(Ordering::Relaxed);
+        if auth::next_counter(last_used).is_err() {
+            return Err(LinkError::CounterExhausted { last_used });
+        }
         self.command(Command::Privileged(command))
+    }
+
+    /// Highest privileged-command counter this link knows to be used: its own last command, or
+    /// the `last_counter` of an authenticated `HelloAck`, whichever is higher.
+    pub fn last_counter(&self) -> u64 {
+        self.shared.last_counter.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued before this call has been written to the port (or
@@ -546,6 +663,9 @@ impl HostLink {
             events_dropped: self.events_tx.dropped(),
             write_timeouts: g(&c.write_timeouts),
             watchdog_trips: g(&c.watchdog_trips),
+            rx_auth_failed: g(&c.rx_auth_failed),
+            rx_auth_replayed: g(&c.rx_auth_replayed),
+            rx_unsolicited: g(&c.rx_unsolicited),
         }
     }
 
@@ -604,8 +724,11 @@ struct Worker {
     stop: Receiver<()>,
     events: DropOldest<LinkEvent>,
     start: Instant,
-    next_counter: u64,
-    privileged: VecDeque<(u64, PrivilegedCommand)>,
+    /// Highest privileged counter known to be used (mirrored in `Shared::last_counter`).
+    last_counter: u64,
+    /// Commands awaiting a result: counter, command, and the command's tag (results are bound
+    /// to it).
+    privileged: VecDeque<(u64, PrivilegedCommand, [u8; 32])>,
     pings: VecDeque<(u32, Instant)>,
 }
 
@@ -618,6 +741,10 @@ struct Session {
     handshake_started: Instant,
     hello_every: Duration,
     rx_seq: SeqTracker,
+    /// Verifies the MCU's replies for the latest `Hello`.
+    verifier: ReplyVerifier,
+    /// A `HandshakeAuthFailed` was reported on this port opening.
+    auth_failure_reported: bool,
 }
 
 impl Worker {
@@ -627,6 +754,36 @@ impl Worker {
 
     fn emit(&self, e: LinkEvent) {
         self.events.push(e);
+    }
+
+    /// Drops an MCU reply: counted, logged, reported.
+    fn reject(&self, kind: ReplyKind, problem: ReplyProblem) {
+        let c = &self.shared.counters;
+        inc(
+            match problem {
+                ReplyProblem::BadTag => &c.rx_auth_failed,
+                ReplyProblem::Replayed => &c.rx_auth_replayed,
+                ReplyProblem::Unsolicited => &c.rx_unsolicited,
+            },
+            1,
+        );
+        tracing::warn!(?kind, ?problem, "dropped a reply from the cart MCU");
+        self.emit(LinkEvent::ReplyRejected { kind, problem });
+    }
+
+    /// Moves the command counter forward (never back) to `used`.
+    fn counter_used(&mut self, used: u64) {
+        if used > self.last_counter {
+            self.last_counter = used;
+            self.shared.last_counter.store(used, Ordering::Relaxed);
+        }
+        if auth::next_counter(self.last_counter).is_err() {
+            tracing::error!(
+                "the privileged-command counter of this cart key is used up ({}); \
+                 privileged commands are refused until the cart is re-keyed",
+                self.last_counter
+            );
+        }
     }
 
     fn run(&mut self) {
@@ -727,6 +884,8 @@ impl Worker {
             handshake_started: now,
             hello_every: self.cfg.handshake_retry,
             rx_seq: SeqTracker::new(),
+            verifier: ReplyVerifier::new(0),
+            auth_failure_reported: false,
         };
         let end = match self.start_handshake(&mut s) {
             Ok(()) => self.session_loop(&mut s, &rx_rx),
@@ -755,6 +914,7 @@ impl Worker {
     fn send_hello(&mut self, s: &mut Session) -> Result<(), SessionEnd> {
         s.tx_seq = 0;
         s.nonce = rand::random();
+        s.verifier = ReplyVerifier::new(s.nonce);
         s.last_hello = Instant::now();
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -910,14 +1070,25 @@ impl Worker {
                 let Some(key) = self.cfg.cart_key.clone() else {
                     return Ok(());
                 };
-                let counter = self.next_counter;
-                self.next_counter += 1;
+                let Ok(counter) = auth::next_counter(self.last_counter) else {
+                    let last_used = self.last_counter;
+                    tracing::error!(
+                        "not sending {command:?}: the privileged-command counter is used up \
+                         ({last_used}); re-key the cart"
+                    );
+                    self.emit(LinkEvent::CommandRefused {
+                        command,
+                        reason: CommandRefusal::CounterExhausted { last_used },
+                    });
+                    return Ok(());
+                };
                 match auth::sign(&key, counter, command) {
                     Ok(signed) => {
+                        self.counter_used(counter);
                         if self.privileged.len() >= PENDING_LIMIT {
                             self.privileged.pop_front();
                         }
-                        self.privileged.push_back((counter, command));
+                        self.privileged.push_back((counter, command, signed.tag));
                         self.write(s, HostMsg::Privileged(signed))
                     }
                     Err(e) => {
@@ -956,7 +1127,7 @@ impl Worker {
             }
             RxItem::Frame(env) => env,
         };
-        if matches!(env.msg, McuMsg::Boot(_) | McuMsg::HelloAck(_)) {
+        if matches!(env.msg, McuMsg::Boot(_) | McuMsg::HelloAck(..)) {
             s.rx_seq.reset();
         }
         match s.rx_seq.observe(env.seq) {
@@ -981,16 +1152,40 @@ impl Worker {
             self.emit(LinkEvent::Trace(Trace::Received(env.clone())));
         }
         match env.msg {
-            McuMsg::HelloAck(ack) => {
+            McuMsg::HelloAck(ack, reply_auth) => {
                 if s.up.is_some() || ack.nonce != s.nonce {
                     return Ok(()); // an answer to an earlier Hello
                 }
+                let authenticated = match &self.cfg.cart_key {
+                    Some(key) => {
+                        if let Err(e) = s.verifier.accept(key, &Reply::HelloAck(&ack), &reply_auth)
+                        {
+                            self.reject(ReplyKind::HelloAck, ReplyProblem::from_error(e));
+                            if !s.auth_failure_reported {
+                                s.auth_failure_reported = true;
+                                tracing::error!(
+                                    port = %self.cfg.port,
+                                    "the cart MCU's handshake answer does not verify with the \
+                                     configured cart key (wrong key file, or a forged answer); \
+                                     the link stays down"
+                                );
+                                self.emit(LinkEvent::Down(DownReason::HandshakeAuthFailed));
+                            }
+                            return Ok(());
+                        }
+                        true
+                    }
+                    None => false,
+                };
                 let interval = self.cfg.heartbeat_interval.as_millis() as u16;
                 let timeout = self.cfg.watchdog_timeout.as_millis() as u16;
                 let mut l = Liveness::new(interval, timeout, now_ms);
                 l.sent(now_ms);
                 s.up = Some(l);
-                self.next_counter = self.next_counter.max(ack.last_counter.saturating_add(1));
+                if authenticated {
+                    // Only authenticated evidence moves the counter; never backwards.
+                    self.counter_used(ack.last_counter);
+                }
                 let peer = PeerInfo {
                     version: ack.version,
                     cart_id: ack.cart_id.as_str().to_owned(),
@@ -998,13 +1193,19 @@ impl Worker {
                     build_id: ack.build_id,
                     last_counter: ack.last_counter,
                     active_slot: ack.active_slot,
+                    authenticated,
                 };
                 if let Ok(mut p) = self.shared.peer.lock() {
                     *p = Some(peer.clone());
                 }
                 inc(&self.shared.counters.handshakes, 1);
                 self.shared.set_state(LinkState::Up);
-                tracing::info!(cart = %peer.cart_id, firmware = %peer.firmware, "cart link up");
+                tracing::info!(
+                    cart = %peer.cart_id,
+                    firmware = %peer.firmware,
+                    authenticated,
+                    "cart link up"
+                );
                 self.emit(LinkEvent::Up(peer));
             }
             McuMsg::HelloReject(r) => {
@@ -1036,17 +1237,42 @@ impl Worker {
                 }
             }
             McuMsg::Button(b) => self.emit(LinkEvent::Button(b)),
-            McuMsg::Status(st) => self.emit(LinkEvent::McuStatus(st)),
+            McuMsg::Status(st, reply_auth) => {
+                if let Some(key) = &self.cfg.cart_key
+                    && let Err(e) = s.verifier.accept(key, &Reply::Status(&st), &reply_auth)
+                {
+                    self.reject(ReplyKind::Status, ReplyProblem::from_error(e));
+                    return Ok(());
+                }
+                self.emit(LinkEvent::McuStatus(st));
+            }
             McuMsg::Fault(f) => self.emit(LinkEvent::Fault(f)),
             McuMsg::Log(l) => self.emit(LinkEvent::Log(l)),
-            McuMsg::CommandResult(result) => {
-                let command = self
+            McuMsg::CommandResult(result, reply_auth) => {
+                // Pending entries exist only when the link has a key (it signed them).
+                let pending = self
                     .privileged
                     .iter()
-                    .position(|(c, _)| *c == result.counter)
-                    .and_then(|i| self.privileged.remove(i))
-                    .map(|(_, c)| c);
-                self.emit(LinkEvent::CommandResult { command, result });
+                    .position(|(c, _, _)| *c == result.counter);
+                let (Some(i), Some(key)) = (pending, &self.cfg.cart_key) else {
+                    self.reject(ReplyKind::CommandResult, ReplyProblem::Unsolicited);
+                    return Ok(());
+                };
+                let (_, command, request_tag) = self.privileged[i];
+                let reply = Reply::CommandResult {
+                    result: &result,
+                    request_tag: &request_tag,
+                };
+                if let Err(e) = s.verifier.accept(key, &reply, &reply_auth) {
+                    // The command stays pending: the genuine answer may still come.
+                    self.reject(ReplyKind::CommandResult, ReplyProblem::from_error(e));
+                    return Ok(());
+                }
+                self.privileged.remove(i);
+                self.emit(LinkEvent::CommandResult {
+                    command: Some(command),
+                    result,
+                });
             }
         }
         Ok(())

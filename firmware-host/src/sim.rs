@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cart_protocol::auth::CartKey;
+use cart_protocol::auth::{CartKey, Reply, ReplySigner};
 use cart_protocol::{
     BootInfo, ButtonAction, ButtonEvent, CommandOutcome, CommandResult, DisplayCommand, Envelope,
     FaultCode, FaultReport, Feed, FrameDecoder, Heartbeat, HelloAck, HelloReject, HostMsg,
@@ -101,6 +101,15 @@ pub enum SimReport {
     },
     /// The MCU (re)booted.
     Booted(BootInfo),
+    /// A reply could not be authenticated and was not sent (no host `Hello` since boot, or the
+    /// session's reply counters are used up, which ends the session).
+    ReplyNotSigned {
+        /// The reply's [`McuMsg`] variant index.
+        kind: u8,
+        /// Why: `None` when no host session was open to sign for, else the signer's error
+        /// ([`cart_protocol::Error::CounterExhausted`]).
+        error: Option<cart_protocol::Error>,
+    },
     /// The MCU stopped responding for a while (injected).
     Stalled {
         /// Length of the stall.
@@ -135,6 +144,9 @@ pub struct McuCore {
     tx_seq: u32,
     boot_ms: u64,
     session: Option<Session>,
+    /// Signs replies for the host session opened by the latest `Hello` (kept across a host
+    /// watchdog trip, so a late status answer still verifies; gone after a reboot).
+    signer: Option<ReplySigner>,
     host_watchdog_trips: u32,
     outbox: Vec<Envelope<McuMsg>>,
     reports: Vec<SimReport>,
@@ -154,6 +166,7 @@ impl McuCore {
             tx_seq: 0,
             boot_ms: now_ms,
             session: None,
+            signer: None,
             host_watchdog_trips: 0,
             outbox: Vec::new(),
             reports: Vec::new(),
@@ -173,6 +186,7 @@ impl McuCore {
         self.tx_seq = 0;
         self.boot_ms = now_ms;
         self.session = None;
+        self.signer = None;
         self.reboot_requested = false;
         self.display = DisplayState::default();
         self.outbox.clear();
@@ -193,6 +207,33 @@ impl McuCore {
         let seq = self.tx_seq;
         self.tx_seq = self.tx_seq.wrapping_add(1);
         self.outbox.push(Envelope { seq, msg });
+    }
+
+    /// Authenticates a reply for the current host session; `None` (reported) when there is no
+    /// session to sign for or its reply counters are exhausted (the session then ends, so the
+    /// host's watchdog makes it handshake again under a new nonce).
+    fn sign(&mut self, reply: &Reply<'_>) -> Option<cart_protocol::ReplyAuth> {
+        let kind = reply.kind();
+        let result = match self.signer.as_mut() {
+            Some(signer) => signer.sign(&self.config.key, reply),
+            None => {
+                self.reports
+                    .push(SimReport::ReplyNotSigned { kind, error: None });
+                return None;
+            }
+        };
+        match result {
+            Ok(auth) => Some(auth),
+            Err(error) => {
+                self.signer = None;
+                self.session = None;
+                self.reports.push(SimReport::ReplyNotSigned {
+                    kind,
+                    error: Some(error),
+                });
+                None
+            }
+        }
     }
 
     /// Frames to transmit, in order.
@@ -305,6 +346,7 @@ impl McuCore {
                 // The ack itself counts as the first heartbeat.
                 liveness.sent(now_ms);
                 self.session = Some(Session { liveness });
+                self.signer = Some(ReplySigner::new(hello.nonce));
                 self.reports.push(SimReport::HostUp {
                     host_name: hello.host_name.as_str().to_owned(),
                 });
@@ -317,7 +359,9 @@ impl McuCore {
                     last_counter: self.guard.last_accepted(),
                     active_slot: self.config.active_slot,
                 };
-                self.send(McuMsg::HelloAck(ack));
+                if let Some(auth) = self.sign(&Reply::HelloAck(&ack)) {
+                    self.send(McuMsg::HelloAck(ack, auth));
+                }
                 self.log(LogLevel::Info, "host connected", now_ms);
             }
             HostMsg::Heartbeat(_) => {}
@@ -344,7 +388,9 @@ impl McuCore {
                     rx_dropped: self.decoder.stats().dropped,
                     host_watchdog_trips: self.host_watchdog_trips,
                 };
-                self.send(McuMsg::Status(status));
+                if let Some(auth) = self.sign(&Reply::Status(&status)) {
+                    self.send(McuMsg::Status(status, auth));
+                }
             }
             HostMsg::Privileged(signed) => {
                 let outcome = match self.guard.accept(&self.config.key, &signed) {
@@ -371,10 +417,17 @@ impl McuCore {
                     command: signed.command,
                     outcome,
                 });
-                self.send(McuMsg::CommandResult(CommandResult {
+                let result = CommandResult {
                     counter: signed.counter,
                     outcome,
-                }));
+                };
+                let reply = Reply::CommandResult {
+                    result: &result,
+                    request_tag: &signed.tag,
+                };
+                if let Some(auth) = self.sign(&reply) {
+                    self.send(McuMsg::CommandResult(result, auth));
+                }
             }
         }
     }

@@ -7,7 +7,8 @@
 //! * [`messages`]: every message, one enum per direction ([`HostMsg`], [`McuMsg`]).
 //! * [`frame`]: `0x00 ‖ COBS(postcard(Envelope) ‖ CRC-32C) ‖ 0x00` encoding and the streaming
 //!   [`FrameDecoder`] that resynchronises after garbage and says what it dropped.
-//! * [`auth`]: HMAC-SHA256 and replay counters for privileged commands.
+//! * [`auth`]: HMAC-SHA256 and replay counters for privileged commands (host → MCU) and for the
+//!   MCU's replies (handshake answer, status, command results).
 //! * [`SeqTracker`] and [`Liveness`]: lost/duplicate frame detection and heartbeat/watchdog timing,
 //!   driven by a caller-supplied millisecond clock so both sides can be tested deterministically.
 //!
@@ -21,15 +22,15 @@ mod cobs;
 pub mod frame;
 pub mod messages;
 
-pub use auth::{CartKey, ReplayGuard};
+pub use auth::{CartKey, ReplayGuard, ReplySigner, ReplyVerifier};
 pub use frame::{
     DecoderStats, Feed, FrameDecoder, MAX_BODY, MAX_ENCODED, MAX_FRAME, decode_frame, encode,
     encode_vec,
 };
 pub use messages::*;
 
-/// The version this build speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+/// The version this build speaks. 2.0: MCU replies carry a [`ReplyAuth`] (incompatible with 1.x).
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 2, minor: 0 };
 
 /// Default heartbeat period, both directions.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u16 = 200;
@@ -57,10 +58,12 @@ pub enum Error {
     Serialize,
     /// output buffer too small for the frame
     BufferFull,
-    /// privileged command's HMAC tag did not verify
+    /// HMAC tag did not verify (privileged command or MCU reply)
     BadTag,
-    /// privileged command's counter was not above the last accepted one (replay)
+    /// counter was not above the last accepted one (replay)
     Replayed,
+    /// counter space exhausted (no value after `u64::MAX`); re-key the cart
+    CounterExhausted,
 }
 
 impl core::fmt::Display for Error {
@@ -78,9 +81,10 @@ impl core::fmt::Display for Error {
             Error::TrailingBytes => "CRC matched but bytes follow the message",
             Error::Serialize => "message could not be serialized",
             Error::BufferFull => "output buffer too small for the frame",
-            Error::BadTag => "privileged command's HMAC tag did not verify",
-            Error::Replayed => {
-                "privileged command's counter was not above the last accepted one (replay)"
+            Error::BadTag => "HMAC tag did not verify (privileged command or MCU reply)",
+            Error::Replayed => "counter was not above the last accepted one (replay)",
+            Error::CounterExhausted => {
+                "counter space exhausted (no value after u64::MAX); re-key the cart"
             }
         })
     }

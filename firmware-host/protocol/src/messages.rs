@@ -70,8 +70,8 @@ pub enum HostMsg {
 #[derive(Serialize, Deserialize, MaxSize, Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum McuMsg {
-    /// Handshake accepted; the session is up.
-    HelloAck(HelloAck),
+    /// Handshake accepted; the session is up. Authenticated (see [`ReplyAuth`]).
+    HelloAck(HelloAck, ReplyAuth),
     /// Handshake refused (e.g. incompatible major version).
     HelloReject(HelloReject),
     /// MCU is alive.
@@ -80,14 +80,15 @@ pub enum McuMsg {
     Pong(Ping),
     /// A cart button changed state.
     Button(ButtonEvent),
-    /// Answer to [`HostMsg::RequestStatus`].
-    Status(McuStatus),
+    /// Answer to [`HostMsg::RequestStatus`]. Authenticated (see [`ReplyAuth`]).
+    Status(McuStatus, ReplyAuth),
     /// Something went wrong on the MCU side.
     Fault(FaultReport),
     /// A log record from the MCU firmware (plain text or a raw defmt frame).
     Log(LogRecord),
-    /// Outcome of a [`HostMsg::Privileged`] command.
-    CommandResult(CommandResult),
+    /// Outcome of a [`HostMsg::Privileged`] command. Authenticated and bound to the command it
+    /// answers (see [`ReplyAuth`]).
+    CommandResult(CommandResult, ReplyAuth),
     /// Sent once after every MCU (re)boot; the host must redo the handshake.
     Boot(BootInfo),
 }
@@ -323,6 +324,19 @@ pub struct SignedCommand {
     /// The command.
     pub command: PrivilegedCommand,
     /// HMAC-SHA256 over domain tag, counter and command.
+    pub tag: [u8; 32],
+}
+
+/// Authentication of an MCU reply ([`McuMsg::HelloAck`], [`McuMsg::Status`],
+/// [`McuMsg::CommandResult`]); see [`auth`](crate::auth) for what the tag covers.
+#[derive(Serialize, Deserialize, MaxSize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReplyAuth {
+    /// The MCU's reply counter in this session: 0 for the `HelloAck`, then strictly increasing
+    /// per authenticated reply. The host refuses one that is not above the last it accepted.
+    pub counter: u64,
+    /// HMAC-SHA256 over the reply domain, direction, message kind, the session's `Hello` nonce,
+    /// `counter`, the message and (for a command result) the answered command's tag.
     pub tag: [u8; 32],
 }
 

@@ -2,7 +2,7 @@
 //! maximum frame size, the streaming decoder's recovery behaviour, and property tests over
 //! arbitrary and corrupted input.
 
-use cart_protocol::auth::{self, CartKey, ReplayGuard};
+use cart_protocol::auth::{self, CartKey, ReplayGuard, Reply};
 use cart_protocol::*;
 use heapless::String;
 use proptest::prelude::*;
@@ -169,15 +169,21 @@ fn biggest() -> (Envelope<HostMsg>, Envelope<McuMsg>) {
     let host = if a >= b { host } else { host_status };
     let mcu = Envelope {
         seq: u32::MAX,
-        msg: McuMsg::HelloAck(HelloAck {
-            version: PROTOCOL_VERSION,
-            nonce: u32::MAX,
-            cart_id: s(&"c".repeat(messages::ID_LEN)),
-            firmware: s(&"f".repeat(messages::ID_LEN)),
-            build_id: [0xFF; 8],
-            last_counter: u64::MAX,
-            active_slot: Some(Slot::B),
-        }),
+        msg: McuMsg::HelloAck(
+            HelloAck {
+                version: PROTOCOL_VERSION,
+                nonce: u32::MAX,
+                cart_id: s(&"c".repeat(messages::ID_LEN)),
+                firmware: s(&"f".repeat(messages::ID_LEN)),
+                build_id: [0xFF; 8],
+                last_counter: u64::MAX,
+                active_slot: Some(Slot::B),
+            },
+            ReplyAuth {
+                counter: u64::MAX,
+                tag: [0xFF; 32],
+            },
+        ),
     };
     (host, mcu)
 }
@@ -186,9 +192,9 @@ fn biggest() -> (Envelope<HostMsg>, Envelope<McuMsg>) {
 fn maximum_frame_size_is_asserted() {
     // The bound every MCU buffer is sized with. Changing a message changes this number; update
     // WIRE.md ("Sizes") and the firmware's UART buffers together with it.
-    assert_eq!(MAX_BODY, 83);
-    assert_eq!(MAX_ENCODED, 88);
-    assert_eq!(MAX_FRAME, 90);
+    assert_eq!(MAX_BODY, 125);
+    assert_eq!(MAX_ENCODED, 130);
+    assert_eq!(MAX_FRAME, 132);
     let (host, mcu) = biggest();
     let h = encode_vec(&host).unwrap();
     let m = encode_vec(&mcu).unwrap();
@@ -362,6 +368,212 @@ fn privileged_commands_refuse_forgery_and_replay() {
         guard.last_accepted(),
         11,
         "failed checks do not move the counter"
+    );
+}
+
+// Protocol 2 reply authentication, computed by tests/golden_replies.py (Python's hmac/hashlib
+// and a hand-written CRC-32C and COBS), not by this crate.
+const GOLDEN_COMMAND_TAG: &str = "0df846fa3162a695d555273d9964c13a662b51c46b22804dfc2ed4b111884d0c";
+const GOLDEN_NONCE: u32 = 0x0102_0304;
+const RESULT_TAG: &str = "9758d58022ad07c18859078a60d725b8b322e72385b1eab49926dfc2e4b6ad96";
+const RESULT_FRAME: [u8; 44] = [
+    0x00, 0x04, 0x03, 0x08, 0x05, 0x26, 0x07, 0x97, 0x58, 0xd5, 0x80, 0x22, 0xad, 0x07, 0xc1, 0x88,
+    0x59, 0x07, 0x8a, 0x60, 0xd7, 0x25, 0xb8, 0xb3, 0x22, 0xe7, 0x23, 0x85, 0xb1, 0xea, 0xb4, 0x99,
+    0x26, 0xdf, 0xc2, 0xe4, 0xb6, 0xad, 0x96, 0xc1, 0xc9, 0x47, 0xd7, 0x00,
+];
+const ACK_TAG: &str = "c1d5fc74338c14b558b8ff604a141cd8c3cc248b534bd29f1447f15eef22cfc4";
+const ACK_FRAME: [u8; 73] = [
+    0x00, 0x01, 0x01, 0x02, 0x02, 0x1e, 0x84, 0x86, 0x88, 0x08, 0x06, 0x63, 0x61, 0x72, 0x74, 0x2d,
+    0x31, 0x06, 0x66, 0x77, 0x2d, 0x32, 0x2e, 0x30, 0x42, 0x55, 0x49, 0x4c, 0x44, 0x30, 0x30, 0x31,
+    0x29, 0x01, 0x01, 0x25, 0xc1, 0xd5, 0xfc, 0x74, 0x33, 0x8c, 0x14, 0xb5, 0x58, 0xb8, 0xff, 0x60,
+    0x4a, 0x14, 0x1c, 0xd8, 0xc3, 0xcc, 0x24, 0x8b, 0x53, 0x4b, 0xd2, 0x9f, 0x14, 0x47, 0xf1, 0x5e,
+    0xef, 0x22, 0xcf, 0xc4, 0x2a, 0x45, 0xe5, 0x71, 0x00,
+];
+const STATUS_TAG: &str = "33d38e2f38f3ab03c49a4e3bf3195d9775a2ae802e314e8190a4d000d9979b7e";
+
+fn hex(bytes: &[u8]) -> std::string::String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn golden_key() -> CartKey {
+    CartKey::new(core::array::from_fn(|i| i as u8))
+}
+
+fn golden_command_tag() -> [u8; 32] {
+    auth::sign(
+        &golden_key(),
+        5,
+        PrivilegedCommand::SwitchModelSlot { slot: Slot::B },
+    )
+    .unwrap()
+    .tag
+}
+
+fn golden_result() -> CommandResult {
+    CommandResult {
+        counter: 5,
+        outcome: CommandOutcome::Accepted,
+    }
+}
+
+fn golden_ack() -> HelloAck {
+    HelloAck {
+        version: PROTOCOL_VERSION,
+        nonce: GOLDEN_NONCE,
+        cart_id: s("cart-1"),
+        firmware: s("fw-2.0"),
+        build_id: *b"BUILD001",
+        last_counter: 41,
+        active_slot: Some(Slot::B),
+    }
+}
+
+fn golden_status() -> McuStatus {
+    McuStatus {
+        uptime_ms: 1000,
+        boot_count: 3,
+        power: PowerSource::Mains,
+        temperature_c: None,
+        active_slot: Some(Slot::A),
+        last_counter: 41,
+        rx_dropped: 0,
+        host_watchdog_trips: 0,
+    }
+}
+
+#[test]
+fn reply_tags_and_frames_match_independent_computation() {
+    let key = golden_key();
+    let request_tag = golden_command_tag();
+    assert_eq!(hex(&request_tag), GOLDEN_COMMAND_TAG);
+    let result = golden_result();
+    let reply = Reply::CommandResult {
+        result: &result,
+        request_tag: &request_tag,
+    };
+    let auth = auth::sign_reply(&key, GOLDEN_NONCE, 7, &reply).unwrap();
+    assert_eq!((auth.counter, hex(&auth.tag)), (7, RESULT_TAG.into()));
+    let env = Envelope {
+        seq: 3,
+        msg: McuMsg::CommandResult(result, auth),
+    };
+    assert_eq!(encode_vec(&env).unwrap().as_slice(), &RESULT_FRAME);
+    let mut dec: FrameDecoder = FrameDecoder::new();
+    let (frames, errors) = decode_all::<McuMsg>(&mut dec, &RESULT_FRAME);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(frames, vec![env]);
+
+    let ack = golden_ack();
+    let mut signer = ReplySigner::new(GOLDEN_NONCE);
+    let auth = signer.sign(&key, &Reply::HelloAck(&ack)).unwrap();
+    assert_eq!((auth.counter, hex(&auth.tag)), (0, ACK_TAG.into()));
+    let env = Envelope {
+        seq: 0,
+        msg: McuMsg::HelloAck(ack, auth),
+    };
+    assert_eq!(encode_vec(&env).unwrap().as_slice(), &ACK_FRAME);
+
+    let status = golden_status();
+    let auth = signer.sign(&key, &Reply::Status(&status)).unwrap();
+    assert_eq!((auth.counter, hex(&auth.tag)), (1, STATUS_TAG.into()));
+}
+
+#[test]
+fn replies_refuse_forgery_replay_and_rebinding() {
+    let key = golden_key();
+    let other = CartKey::new([8; 32]);
+    let ack = golden_ack();
+    let status = golden_status();
+    let mut signer = ReplySigner::new(GOLDEN_NONCE);
+    let ack_auth = signer.sign(&key, &Reply::HelloAck(&ack)).unwrap();
+    let st_auth = signer.sign(&key, &Reply::Status(&status)).unwrap();
+
+    let mut v = ReplyVerifier::new(GOLDEN_NONCE);
+    // Forged: altered content, wrong key, another session's nonce, a tag for another kind.
+    let mut lying = ack.clone();
+    lying.last_counter = u64::MAX - 1;
+    assert_eq!(
+        v.accept(&key, &Reply::HelloAck(&lying), &ack_auth),
+        Err(Error::BadTag)
+    );
+    let foreign = ReplySigner::new(GOLDEN_NONCE)
+        .sign(&other, &Reply::HelloAck(&ack))
+        .unwrap();
+    assert_eq!(
+        v.accept(&key, &Reply::HelloAck(&ack), &foreign),
+        Err(Error::BadTag)
+    );
+    assert_eq!(
+        ReplyVerifier::new(GOLDEN_NONCE ^ 1).accept(&key, &Reply::HelloAck(&ack), &ack_auth),
+        Err(Error::BadTag),
+        "a reply recorded in another session does not verify"
+    );
+    assert_eq!(v.last_accepted(), None, "failed checks change nothing");
+    assert_eq!(v.accept(&key, &Reply::HelloAck(&ack), &ack_auth), Ok(()));
+    assert_eq!(v.accept(&key, &Reply::Status(&status), &st_auth), Ok(()));
+    assert_eq!(
+        v.accept(&key, &Reply::Status(&status), &st_auth),
+        Err(Error::Replayed),
+        "the same status again is a replay"
+    );
+    assert_eq!(
+        v.accept(&key, &Reply::HelloAck(&ack), &ack_auth),
+        Err(Error::Replayed)
+    );
+
+    // A command result is bound to the command it answers.
+    let tag_a = golden_command_tag();
+    let tag_b = auth::sign(&key, 6, PrivilegedCommand::Reboot).unwrap().tag;
+    let result = golden_result();
+    let for_a = signer
+        .sign(
+            &key,
+            &Reply::CommandResult {
+                result: &result,
+                request_tag: &tag_a,
+            },
+        )
+        .unwrap();
+    let as_b = Reply::CommandResult {
+        result: &result,
+        request_tag: &tag_b,
+    };
+    assert_eq!(v.accept(&key, &as_b, &for_a), Err(Error::BadTag));
+    let mut failed = result;
+    failed.outcome = CommandOutcome::Failed;
+    let altered = Reply::CommandResult {
+        result: &failed,
+        request_tag: &tag_a,
+    };
+    assert_eq!(v.accept(&key, &altered, &for_a), Err(Error::BadTag));
+    let genuine = Reply::CommandResult {
+        result: &result,
+        request_tag: &tag_a,
+    };
+    assert_eq!(v.accept(&key, &genuine, &for_a), Ok(()));
+    assert_eq!(v.last_accepted(), Some(2));
+}
+
+#[test]
+fn counters_stop_at_the_top_instead_of_wrapping() {
+    assert_eq!(auth::next_counter(0), Ok(1));
+    assert_eq!(auth::next_counter(u64::MAX - 1), Ok(u64::MAX));
+    assert_eq!(auth::next_counter(u64::MAX), Err(Error::CounterExhausted));
+    // An MCU at the top refuses everything as a replay (it cannot be moved past it).
+    let key = CartKey::new([7; 32]);
+    let mut guard = ReplayGuard::new(u64::MAX);
+    let top = auth::sign(&key, u64::MAX, PrivilegedCommand::Reboot).unwrap();
+    assert_eq!(guard.accept(&key, &top), Err(Error::Replayed));
+    // The MCU's reply counter: the last value is usable, then the signer refuses.
+    let status = golden_status();
+    let mut v = ReplyVerifier::new(1);
+    let near_top = auth::sign_reply(&key, 1, u64::MAX - 1, &Reply::Status(&status)).unwrap();
+    assert_eq!(v.accept(&key, &Reply::Status(&status), &near_top), Ok(()));
+    let top = auth::sign_reply(&key, 1, u64::MAX, &Reply::Status(&status)).unwrap();
+    assert_eq!(v.accept(&key, &Reply::Status(&status), &top), Ok(()));
+    assert_eq!(
+        v.accept(&key, &Reply::Status(&status), &top),
+        Err(Error::Replayed)
     );
 }
 

@@ -103,5 +103,6 @@ fn unreachable_peer() -> firmware_host::link::PeerInfo {
         build_id: [0; 8],
         last_counter: 0,
         active_slot: None,
+        authenticated: false,
     }
 }

@@ -254,6 +254,10 @@ fn print_report(out: &mut impl Write, r: &SimReport, start: Instant, args: &Args
             SimReport::Replugged { path } => {
                 serde_json::json!({"event": "replugged", "pty": path})
             }
+            SimReport::ReplyNotSigned { kind, error } => serde_json::json!({
+                "event": "reply_not_signed", "kind": kind,
+                "error": error.map(|e| e.to_string()).unwrap_or_else(|| "no host session".into())
+            }),
         };
         let mut v = v;
         v["t_s"] = serde_json::json!(t);
@@ -307,6 +311,13 @@ fn print_report(out: &mut impl Write, r: &SimReport, start: Instant, args: &Args
         SimReport::Replugged { path } => {
             writeln!(out, "{t:9.3}s re-plugged as {}", path.display())?
         }
+        SimReport::ReplyNotSigned { kind, error } => writeln!(
+            out,
+            "{t:9.3}s reply (message kind {kind}) not sent: {}",
+            error
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no host session to authenticate it for".into())
+        )?,
     }
     Ok(())
 }

@@ -71,6 +71,15 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
     )?;
     writeln!(
         out,
+        "authenticated   {}",
+        if peer.authenticated {
+            "yes (handshake and status verified with the cart key)"
+        } else {
+            "NO: no --key-file, so nothing below is verified"
+        }
+    )?;
+    writeln!(
+        out,
         "uptime          {:.1} s",
         f64::from(st.uptime_ms) / 1000.0
     )?;

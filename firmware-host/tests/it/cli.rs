@@ -68,8 +68,44 @@ fn simulate_then_ping_and_status_through_the_cli() {
     );
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["peer"]["cart_id"], "sim-cart-0001");
+    assert_eq!(
+        st["peer"]["authenticated"], false,
+        "no key, nothing verified"
+    );
     assert_eq!(st["status"]["active_slot"], "A");
     assert!(st["status"]["boot_count"].as_u64().unwrap() >= 1);
+
+    // With the cart key (the simulator's default test key) the replies are verified.
+    let key_file = dir.path().join("cart.key");
+    std::fs::write(&key_file, "5a".repeat(32)).unwrap();
+    let out = bin()
+        .args(["status", "--json", "--port"])
+        .arg(&port)
+        .arg("--key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["peer"]["authenticated"], true);
+    assert_eq!(st["link"]["rx_auth_failed"], 0);
+
+    // With the wrong key the handshake answer does not verify: a clear failure, not a session.
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let out = bin()
+        .args(["status", "--timeout", "1.5", "--port"])
+        .arg(&port)
+        .arg("--key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HandshakeAuthFailed"), "{err}");
 
     // The simulator saw the pings (its JSON report stream).
     let (ping_seen, _) = wait_for(&lines, DEADLINE, |l: &String| l.contains("\"Ping\""));

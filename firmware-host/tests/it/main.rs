@@ -1,6 +1,7 @@
 //! Integration tests of `firmware-host`, built as one test binary: the host link against the
 //! simulated MCU over real pseudo-terminals, defmt log decoding, and the CLI.
 
+mod auth;
 mod cli;
 #[cfg(feature = "defmt-elf")]
 mod defmt;
