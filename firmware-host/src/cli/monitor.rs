@@ -233,14 +233,24 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
                     LinkEvent::Up(peer) => p.note(
                         "up",
                         format!(
-                            "cart {} firmware {} build {}",
+                            "cart {} firmware {} build {}{}",
                             peer.cart_id,
                             peer.firmware,
-                            hex8(&peer.build_id)
+                            hex8(&peer.build_id),
+                            if peer.authenticated {
+                                ", authenticated"
+                            } else {
+                                ", NOT authenticated (no --key-file)"
+                            }
                         ),
                     )?,
                     LinkEvent::Down(reason) => p.note("down", format!("{reason:?}"))?,
                     LinkEvent::Rejected(r) => p.note("rejected", format!("{r:?}"))?,
+                    // The frame was traced as received; say that the link dropped it.
+                    LinkEvent::ReplyRejected { kind, problem } => p.note(
+                        "reply_rejected",
+                        format!("{kind:?} dropped: {problem:?}"),
+                    )?,
                     // Everything else is also traced as a received frame.
                     _ => {}
                 }
