@@ -274,7 +274,10 @@ pub enum DownReason {
     /// A `HelloAck` answering our `Hello` did not verify with the configured cart key (a wrong
     /// key file, or a forged answer): the link stays down and keeps handshaking. Reported once
     /// per port opening.
-    HandshakeAuthFailed,
+    HandshakeAuthFailed {
+        /// What was wrong with the answer.
+        problem: ReplyProblem,
+    },
 }
 
 /// Which MCU reply was dropped (see [`LinkEvent::ReplyRejected`]).
@@ -1160,7 +1163,8 @@ impl Worker {
                     Some(key) => {
                         if let Err(e) = s.verifier.accept(key, &Reply::HelloAck(&ack), &reply_auth)
                         {
-                            self.reject(ReplyKind::HelloAck, ReplyProblem::from_error(e));
+                            let problem = ReplyProblem::from_error(e);
+                            self.reject(ReplyKind::HelloAck, problem);
                             if !s.auth_failure_reported {
                                 s.auth_failure_reported = true;
                                 tracing::error!(
@@ -1169,7 +1173,9 @@ impl Worker {
                                      configured cart key (wrong key file, or a forged answer); \
                                      the link stays down"
                                 );
-                                self.emit(LinkEvent::Down(DownReason::HandshakeAuthFailed));
+                                self.emit(LinkEvent::Down(DownReason::HandshakeAuthFailed {
+                                    problem,
+                                }));
                             }
                             return Ok(());
                         }

@@ -245,7 +245,7 @@ fn a_hostile_hello_ack_is_not_adopted_and_the_host_is_not_locked_out() {
         auth::sign_reply(&peer.key, nonce, 0, &Reply::HelloAck(&Peer::ack(nonce, 3))).unwrap();
     peer.send(McuMsg::HelloAck(lie, honest_tag));
     let (down, seen) = wait_for(link.events(), DEADLINE, |e| {
-        matches!(e, LinkEvent::Down(DownReason::HandshakeAuthFailed))
+        matches!(e, LinkEvent::Down(DownReason::HandshakeAuthFailed { .. }))
     });
     assert!(down.is_some(), "no auth failure reported; saw {seen:?}");
     let (second, seen2) = wait_for(link.events(), DEADLINE, |e| {

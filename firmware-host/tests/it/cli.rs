@@ -105,7 +105,10 @@ fn simulate_then_ping_and_status_through_the_cli() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("HandshakeAuthFailed"), "{err}");
+    assert!(
+        err.contains("HandshakeAuthFailed") && err.contains("BadTag"),
+        "{err}"
+    );
 
     // The simulator saw the pings (its JSON report stream).
     let (ping_seen, _) = wait_for(&lines, DEADLINE, |l: &String| l.contains("\"Ping\""));

@@ -377,7 +377,7 @@ fn privileged_commands_are_authenticated_and_counters_survive_a_new_host() {
     cfg.cart_key = Some(CartKey::new([1; 32]));
     let link = HostLink::spawn(cfg).unwrap();
     let (down, seen) = wait_for(link.events(), DEADLINE, |e| {
-        matches!(e, LinkEvent::Down(DownReason::HandshakeAuthFailed))
+        matches!(e, LinkEvent::Down(DownReason::HandshakeAuthFailed { .. }))
     });
     assert!(down.is_some(), "no handshake auth failure; saw {seen:?}");
     assert!(
