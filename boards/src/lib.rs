@@ -18,8 +18,8 @@ mod profile;
 pub use error::{BoardError, Result};
 pub use profile::{
     BoardProfile, BundleSettings, CaptureSettings, ClinicalSettings, ComputeDevice,
-    ComputeSettings, ModelSettings, PixelFormatName, Precision, SectorMode, SectorSettings,
-    SerialSettings, SourceKind, TrustSettings, TrustedKey,
+    ComputeSettings, LiveViewFieldError, LiveViewSettings, ModelSettings, PixelFormatName,
+    Precision, SectorMode, SectorSettings, SerialSettings, SourceKind, TrustSettings, TrustedKey,
 };
 
 /// Names of the profiles compiled into the crate, the default first.

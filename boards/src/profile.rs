@@ -32,6 +32,9 @@ pub struct BoardProfile {
     pub trust: TrustSettings,
     #[serde(default)]
     pub bundles: BundleSettings,
+    /// The web live view's limits (`edge-runtime --serve`).
+    #[serde(default)]
+    pub live_view: LiveViewSettings,
     /// Where the profile came from (`built-in generic-cpu` or a file path); set by the loader.
     #[serde(skip)]
     pub origin: String,
@@ -395,6 +398,169 @@ impl Default for BundleSettings {
         Self {
             slots_dir: default_slots_dir(),
         }
+    }
+}
+
+/// `[live_view]`: the limits of the web live view (`edge-runtime --serve`). Every field has a safe
+/// default; `edge-runtime --view-*` flags override them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveViewSettings {
+    /// Open connections at once (page loads, event streams, anything half-sent); more are
+    /// answered `503` and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Event streams (`/events`) at once; more get `503`.
+    #[serde(default = "default_max_viewers")]
+    pub max_viewers: usize,
+    /// Request line plus headers, in bytes; enforced while reading (`431` past it).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Headers per request (`431` past it).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// A request's line and headers must arrive within this many milliseconds of the connection
+    /// (or of the previous response); otherwise the connection is closed.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A write that cannot proceed for this long closes the connection, and an event-stream
+    /// viewer whose queue stays full this long is evicted.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Messages queued per event-stream viewer before it loses messages.
+    #[serde(default = "default_viewer_queue")]
+    pub viewer_queue: usize,
+    /// Host names (besides loopback names and IP addresses) that the `Host` header may carry,
+    /// e.g. the cart's DNS name. Anything else is refused (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn default_max_connections() -> usize {
+    32
+}
+fn default_max_viewers() -> usize {
+    16
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_viewer_queue() -> usize {
+    64
+}
+
+impl Default for LiveViewSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_viewers: default_max_viewers(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_timeout_ms: default_header_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            write_timeout_ms: default_write_timeout_ms(),
+            viewer_queue: default_viewer_queue(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// A `[live_view]` value out of range: the field (without the `live_view.` prefix) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveViewFieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl LiveViewSettings {
+    /// Checks every field; the first problem names its field. Used by the profile validator and
+    /// by `edge-runtime` after its `--view-*` flags were applied.
+    pub fn check(&self) -> std::result::Result<(), LiveViewFieldError> {
+        let bad = |field: &str, reason: String| LiveViewFieldError {
+            field: field.to_string(),
+            reason,
+        };
+        let range = |field: &str, v: u64, lo: u64, hi: u64, unit: &str| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(
+                    field,
+                    format!("must be between {lo} and {hi}{unit}, got {v}"),
+                ))
+            }
+        };
+        range("max_connections", self.max_connections as u64, 1, 4096, "")?;
+        range("max_viewers", self.max_viewers as u64, 1, 1024, "")?;
+        if self.max_viewers > self.max_connections {
+            return Err(bad(
+                "max_viewers",
+                format!(
+                    "must not exceed max_connections ({}), got {}",
+                    self.max_connections, self.max_viewers
+                ),
+            ));
+        }
+        range(
+            "max_header_bytes",
+            self.max_header_bytes as u64,
+            1024,
+            1024 * 1024,
+            " bytes",
+        )?;
+        range("max_headers", self.max_headers as u64, 4, 1024, "")?;
+        range(
+            "header_timeout_ms",
+            self.header_timeout_ms,
+            50,
+            600_000,
+            " ms",
+        )?;
+        range(
+            "idle_timeout_ms",
+            self.idle_timeout_ms,
+            100,
+            3_600_000,
+            " ms",
+        )?;
+        range(
+            "write_timeout_ms",
+            self.write_timeout_ms,
+            50,
+            600_000,
+            " ms",
+        )?;
+        range("viewer_queue", self.viewer_queue as u64, 1, 4096, "")?;
+        for (i, h) in self.allowed_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                return Err(bad(
+                    &format!("allowed_hosts[{i}]"),
+                    format!(
+                        "must be a host name (ASCII letters, digits, '-', '.'; no port), got {h:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -799,6 +965,9 @@ impl BoardProfile {
                     self.bundles.slots_dir
                 ),
             ));
+        }
+        if let Err(e) = self.live_view.check() {
+            return Err(bad(&format!("live_view.{}", e.field), e.reason));
         }
         Ok(())
     }

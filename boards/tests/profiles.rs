@@ -287,3 +287,58 @@ fn generic_cpu_trusts_the_published_demo_key() {
         .expect("key line");
     assert_eq!(k.ed25519.as_deref(), Some(hex.trim()));
 }
+
+#[test]
+fn live_view_limits_have_safe_defaults_and_are_checked() {
+    let p = parse(BASE).unwrap();
+    let v = &p.live_view;
+    assert_eq!(v.max_connections, 32);
+    assert_eq!(v.max_viewers, 16);
+    assert_eq!(v.max_header_bytes, 16 * 1024);
+    assert_eq!(v.max_headers, 64);
+    assert_eq!(v.header_timeout_ms, 10_000);
+    assert_eq!(v.idle_timeout_ms, 60_000);
+    assert_eq!(v.write_timeout_ms, 10_000);
+    assert_eq!(v.viewer_queue, 64);
+    assert!(v.allowed_hosts.is_empty());
+
+    let p = parse(&format!(
+        "{BASE}\n[live_view]\nmax_connections = 8\nmax_viewers = 4\nallowed_hosts = [\"cart-7.ward.example\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(p.live_view.max_connections, 8);
+    assert_eq!(p.live_view.max_viewers, 4);
+    assert_eq!(p.live_view.allowed_hosts, ["cart-7.ward.example"]);
+
+    let cases: &[(&str, &str)] = &[
+        ("max_connections = 0", "live_view.max_connections"),
+        ("max_connections = 100000", "live_view.max_connections"),
+        (
+            "max_connections = 4\nmax_viewers = 8",
+            "live_view.max_viewers",
+        ),
+        ("max_viewers = 0", "live_view.max_viewers"),
+        ("max_header_bytes = 10", "live_view.max_header_bytes"),
+        ("max_header_bytes = 268435456", "live_view.max_header_bytes"),
+        ("max_headers = 0", "live_view.max_headers"),
+        ("header_timeout_ms = 0", "live_view.header_timeout_ms"),
+        ("idle_timeout_ms = 1", "live_view.idle_timeout_ms"),
+        ("write_timeout_ms = 0", "live_view.write_timeout_ms"),
+        ("write_timeout_ms = 99999999", "live_view.write_timeout_ms"),
+        ("viewer_queue = 0", "live_view.viewer_queue"),
+        ("allowed_hosts = [\"\"]", "live_view.allowed_hosts[0]"),
+        (
+            "allowed_hosts = [\"ok.example\", \"evil.example:80\"]",
+            "live_view.allowed_hosts[1]",
+        ),
+    ];
+    for (body, field) in cases {
+        let e = error_of(&format!("{BASE}\n[live_view]\n{body}\n"));
+        assert!(
+            e.contains(field),
+            "{body:?}: error does not name {field}: {e}"
+        );
+    }
+    let e = error_of(&format!("{BASE}\n[live_view]\nmax_conections = 3\n"));
+    assert!(e.contains("max_conections"), "{e}");
+}

@@ -171,6 +171,8 @@ pub struct RunArgs {
     /// Video frames per second sent to the live view.
     #[arg(long, default_value_t = 10.0, value_parser = positive_rate)]
     pub view_fps: f64,
+    #[command(flatten)]
+    pub view: ViewLimitArgs,
     /// Serial port of the cart MCU (default: the profile's serial.port).
     #[arg(long)]
     pub serial: Option<String>,
@@ -193,6 +195,79 @@ pub struct RunArgs {
     /// Stop after this many captured frames.
     #[arg(long)]
     pub max_frames: Option<u64>,
+}
+
+/// The live view's limits and access (`--serve`). Each limit defaults to the board profile's
+/// `[live_view]` value; see boards/src/profile.rs for what each means.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ViewLimitArgs {
+    /// Live view: open connections at once; more get 503 (default: live_view.max_connections).
+    #[arg(long, value_name = "N")]
+    pub view_max_connections: Option<usize>,
+    /// Live view: event streams at once; more get 503 (default: live_view.max_viewers).
+    #[arg(long, value_name = "N")]
+    pub view_max_viewers: Option<usize>,
+    /// Live view: bytes of request line plus headers (default: live_view.max_header_bytes).
+    #[arg(long, value_name = "BYTES")]
+    pub view_max_header_bytes: Option<usize>,
+    /// Live view: headers per request (default: live_view.max_headers).
+    #[arg(long, value_name = "N")]
+    pub view_max_headers: Option<usize>,
+    /// Live view: ms for a request's head to arrive (default: live_view.header_timeout_ms).
+    #[arg(long, value_name = "MS")]
+    pub view_header_timeout_ms: Option<u64>,
+    /// Live view: ms of no traffic before a connection closes (default: live_view.idle_timeout_ms).
+    #[arg(long, value_name = "MS")]
+    pub view_idle_timeout_ms: Option<u64>,
+    /// Live view: ms a write may stall (or a viewer's queue stay full) before the connection is
+    /// closed (default: live_view.write_timeout_ms).
+    #[arg(long, value_name = "MS")]
+    pub view_write_timeout_ms: Option<u64>,
+    /// Live view: messages queued per viewer (default: live_view.viewer_queue).
+    #[arg(long, value_name = "N")]
+    pub view_viewer_queue: Option<usize>,
+    /// Live view: a host name the view may be reached by besides loopback names and IP addresses
+    /// (repeatable; adds to live_view.allowed_hosts). Other Host headers get 421.
+    #[arg(long = "view-allowed-host", value_name = "NAME")]
+    pub view_allowed_hosts: Vec<String>,
+    /// Live view: the access token every request must carry (?token=, cookie or bearer). Default:
+    /// none on loopback; generated at start and printed when --serve binds beyond loopback.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EDGE_RUNTIME_VIEW_TOKEN",
+        hide_env_values = true
+    )]
+    pub view_token: Option<String>,
+}
+
+impl ViewLimitArgs {
+    /// The profile's `[live_view]` with these flags applied.
+    pub fn apply(&self, profile: &boards::LiveViewSettings) -> boards::LiveViewSettings {
+        let mut s = profile.clone();
+        let set = |v: Option<usize>, f: &mut usize| {
+            if let Some(v) = v {
+                *f = v;
+            }
+        };
+        set(self.view_max_connections, &mut s.max_connections);
+        set(self.view_max_viewers, &mut s.max_viewers);
+        set(self.view_max_header_bytes, &mut s.max_header_bytes);
+        set(self.view_max_headers, &mut s.max_headers);
+        set(self.view_viewer_queue, &mut s.viewer_queue);
+        for (v, f) in [
+            (self.view_header_timeout_ms, &mut s.header_timeout_ms),
+            (self.view_idle_timeout_ms, &mut s.idle_timeout_ms),
+            (self.view_write_timeout_ms, &mut s.write_timeout_ms),
+        ] {
+            if let Some(v) = v {
+                *f = v;
+            }
+        }
+        s.allowed_hosts
+            .extend(self.view_allowed_hosts.iter().cloned());
+        s
+    }
 }
 
 /// `edge-runtime bench`.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use edge_runtime::clock::SystemClock;
 use edge_runtime::output::serial::SerialSink;
-use edge_runtime::output::web::{WebServer, WebSink};
+use edge_runtime::output::web::{WebConfig, WebServer, WebSink};
 use edge_runtime::output::{HumanLines, JsonLines};
 use edge_runtime::pipeline::{Pipeline, Sink};
 use firmware_host::link::LinkConfig;
@@ -45,8 +45,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let server = match &args.serve {
         Some(addr) => {
-            let server = WebServer::start(addr, args.view_fps)
-                .with_context(|| format!("cannot serve the live view on {addr}"))?;
+            let config = WebConfig {
+                max_fps: args.view_fps,
+                limits: args.view.apply(&board.live_view),
+                token: args.view.view_token.clone(),
+            };
+            let server = WebServer::start_with(addr, config).with_context(|| {
+                format!(
+                    "cannot serve the live view on {addr} (limits: board profile [live_view], \
+                     --view-* flags)"
+                )
+            })?;
             eprintln!("live view: {}", server.url());
             pipeline = pipeline.with_display(server.hub.clone());
             sinks.push(Box::new(WebSink::new(server.hub.clone())));

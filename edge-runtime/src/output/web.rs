@@ -1,51 +1,145 @@
-//! The local web live view: a small HTTP/1.1 server on std threads (no async runtime on the cart)
-//! that serves one page and a server-sent-event stream.
+//! The local web live view: one page and a server-sent-event stream, served by `hyper` (HTTP/1
+//! only) on a one-thread tokio runtime of its own, with explicit limits.
+//!
+//! Why hyper: it is the most widely used and maintained HTTP implementation in Rust (under
+//! tokio, audited, fuzzed), it parses requests incrementally with caps on the header size and
+//! count enforced while reading, it has a header-read timeout, and it lets the application own
+//! the accept loop and the socket, which is where the connection cap and the write/idle timeouts
+//! live (see [`server`]). A single-threaded runtime serves any number of connections on one
+//! thread, so an attacker opening connections costs the cart memory for sockets, not threads.
 //!
 //! Routes: `GET /` (the page), `GET /events` (SSE: `started`, `prediction`, `status`, `summary`
 //! with the JSON of `SCHEMA.md`, and `frame` with a JPEG of the live video and the sector box),
 //! `GET /latest.json` (the newest prediction), `GET /health` (`ok`).
 //!
+//! Limits (board profile `[live_view]`, `edge-runtime --view-*`), see
+//! [`boards::LiveViewSettings`]: connections at once (`503` past it), event streams at
+//! once (`503`), request head bytes and header count (`431`), the head must arrive within the
+//! header timeout, a connection where nothing moves for the idle timeout is closed, a write
+//! that cannot proceed for the write timeout closes the connection, and a viewer whose queue
+//! stays full that long is evicted (the others keep receiving).
+//!
+//! Access: the `Host` header must be a loopback name (`localhost`), an IP address, or a name in
+//! `allowed_hosts`; anything else gets `421` (a page of another site whose DNS name was
+//! rebound to the cart's address cannot read the view). Bound beyond loopback (or with a token
+//! configured), every request needs the token: `?token=` (the page then sets a cookie so its
+//! event stream carries it), the `live_view_token` cookie, or `Authorization: Bearer`; without
+//! it, `403`. Unless configured, the token is generated at start and is part of
+//! [`WebServer::url`].
+//!
 //! Nothing here can slow the pipeline down:
 //! - frames reach the view through a one-slot mailbox (newest wins) at most `max_fps` times a
 //!   second, and are JPEG-encoded on the view's own thread;
 //! - each browser has a bounded queue of messages; a browser that does not keep up loses
-//!   messages (counted), a browser that disconnects is forgotten;
-//! - at most [`MAX_CLIENTS`] browsers at once; more get `503`.
+//!   messages (counted), a browser that stays stalled is evicted, a browser that disconnects is
+//!   forgotten.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod server;
+
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use boards::LiveViewSettings;
+use hyper::body::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::events::Event;
 use crate::pipeline::{DisplayFrame, DisplayTap, Sink};
 
-/// Browsers served at once.
-pub const MAX_CLIENTS: usize = 16;
-/// Messages queued per browser before it starts losing them.
-const CLIENT_QUEUE: usize = 64;
-
 const INDEX_HTML: &str = include_str!("web/index.html");
+
+/// Why the live view could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("live view setting live_view.{field} (--view-{}): {reason}", field.replace('_', "-"))]
+    Setting { field: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the live view: {0}")]
+    Start(#[source] std::io::Error),
+    #[error("cannot generate the live view token: {0}")]
+    Token(String),
+}
+
+/// Everything the live view is started with.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Video frames per second passed to browsers.
+    pub max_fps: f64,
+    /// Limits and allowed host names.
+    pub limits: LiveViewSettings,
+    /// The access token; `None`: none on loopback, a generated one beyond loopback.
+    pub token: Option<String>,
+}
+
+impl WebConfig {
+    /// The defaults of [`LiveViewSettings`] and no configured token.
+    pub fn new(max_fps: f64) -> Self {
+        Self {
+            max_fps,
+            limits: LiveViewSettings::default(),
+            token: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), WebError> {
+        if let Err(e) = self.limits.check() {
+            return Err(WebError::Setting {
+                field: e.field,
+                reason: e.reason,
+            });
+        }
+        if let Some(t) = &self.token {
+            let ok = (16..=256).contains(&t.len())
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(WebError::Setting {
+                    field: "token".into(),
+                    reason: "must be 16 to 256 ASCII letters, digits, '-' or '_'".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One event-stream viewer: its queue, and since when that queue has been full.
+struct Viewer {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    full_since: Option<Instant>,
+}
 
 /// Shared state between the pipeline (events, frames) and the HTTP threads.
 pub struct WebHub {
-    clients: Mutex<Vec<SyncSender<Arc<str>>>>,
+    clients: Mutex<Vec<Viewer>>,
     /// Replayed to a browser that connects late.
-    started: Mutex<Option<Arc<str>>>,
-    latest: Mutex<Option<Arc<str>>>,
+    started: Mutex<Option<Bytes>>,
+    latest: Mutex<Option<Bytes>>,
     latest_json: Mutex<Option<String>>,
     frame: Mutex<FrameSlot>,
     frame_ready: Condvar,
     min_frame_interval: Duration,
     closed: AtomicBool,
+    /// Wakes the server's accept loop on [`WebHub::close`].
+    shutdown: tokio::sync::Notify,
+    /// A viewer whose queue stays full this long is evicted.
+    evict_after: Duration,
     /// Messages not delivered because a browser's queue was full.
     pub messages_dropped: AtomicU64,
     /// Frames encoded and sent.
     pub frames_sent: AtomicU64,
+    /// Viewers evicted because their queue stayed full.
+    pub viewers_evicted: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub connections_refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -55,8 +149,9 @@ struct FrameSlot {
 }
 
 impl WebHub {
-    /// A hub that passes at most `max_fps` video frames a second to browsers.
-    pub fn new(max_fps: f64) -> Arc<Self> {
+    /// A hub that passes at most `max_fps` video frames a second to browsers and evicts a
+    /// viewer whose queue stays full for `evict_after`.
+    pub fn new(max_fps: f64, evict_after: Duration) -> Arc<Self> {
         Arc::new(Self {
             clients: Mutex::new(Vec::new()),
             started: Mutex::new(None),
@@ -66,8 +161,12 @@ impl WebHub {
             frame_ready: Condvar::new(),
             min_frame_interval: Duration::from_secs_f64(1.0 / max_fps.max(0.1)),
             closed: AtomicBool::new(false),
+            shutdown: tokio::sync::Notify::new(),
+            evict_after,
             messages_dropped: AtomicU64::new(0),
             frames_sent: AtomicU64::new(0),
+            viewers_evicted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
         })
     }
 
@@ -75,21 +174,53 @@ impl WebHub {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends an SSE message to every browser without waiting.
-    fn broadcast(&self, msg: Arc<str>) {
-        Self::lock(&self.clients).retain(|c| match c.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.messages_dropped.fetch_add(1, Ordering::Relaxed);
+    /// Sends an SSE message to every browser without waiting; evicts a browser whose queue has
+    /// been full for `evict_after` (its stream ends, its connection closes).
+    fn broadcast(&self, msg: Bytes) {
+        let now = Instant::now();
+        Self::lock(&self.clients).retain_mut(|v| match v.tx.try_send(msg.clone()) {
+            Ok(()) => {
+                v.full_since = None;
                 true
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_)) => {
+                self.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                let since = *v.full_since.get_or_insert(now);
+                if now.duration_since(since) >= self.evict_after {
+                    self.viewers_evicted.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "live view: a viewer has read nothing for {:?}; evicted",
+                        self.evict_after
+                    );
+                    false
+                } else {
+                    true
+                }
+            }
+            Err(TrySendError::Closed(_)) => false,
         });
     }
 
-    /// Number of connected browsers.
+    /// Registers an event-stream viewer unless `max` are open.
+    fn add_viewer(&self, max: usize, queue: usize) -> Option<tokio::sync::mpsc::Receiver<Bytes>> {
+        let mut clients = Self::lock(&self.clients);
+        clients.retain(|v| !v.tx.is_closed());
+        if clients.len() >= max || self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(queue.max(1));
+        clients.push(Viewer {
+            tx,
+            full_since: None,
+        });
+        Some(rx)
+    }
+
+    /// Number of connected browsers (event streams).
     pub fn clients(&self) -> usize {
-        Self::lock(&self.clients).len()
+        let mut clients = Self::lock(&self.clients);
+        clients.retain(|v| !v.tx.is_closed());
+        clients.len()
     }
 
     /// Stops the frame encoder and ends every event stream.
@@ -97,10 +228,11 @@ impl WebHub {
         self.closed.store(true, Ordering::Relaxed);
         self.frame_ready.notify_all();
         Self::lock(&self.clients).clear();
+        self.shutdown.notify_one();
     }
 
-    fn sse(event: &str, data: &str) -> Arc<str> {
-        Arc::from(format!("event: {event}\ndata: {data}\n\n"))
+    fn sse(event: &str, data: &str) -> Bytes {
+        Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
     }
 
     /// Encodes pending frames until closed; runs on its own thread.
@@ -217,137 +349,85 @@ impl Sink for WebSink {
 pub struct WebServer {
     pub addr: SocketAddr,
     pub hub: Arc<WebHub>,
+    /// The token every request needs, if any.
+    pub token: Option<String>,
 }
 
 impl WebServer {
-    /// Binds `addr` (port 0 picks a free port) and serves on background threads.
-    pub fn start(addr: &str, max_fps: f64) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        let hub = WebHub::new(max_fps);
+    /// Binds `addr` (port 0 picks a free port) with the default limits.
+    pub fn start(addr: &str, max_fps: f64) -> Result<Self, WebError> {
+        Self::start_with(addr, WebConfig::new(max_fps))
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves on background threads: the HTTP
+    /// server (one thread, any number of connections) and the frame encoder.
+    pub fn start_with(addr: &str, config: WebConfig) -> Result<Self, WebError> {
+        config.check()?;
+        let bind_err = |source| WebError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let token = match config.token.clone() {
+            Some(t) => Some(t),
+            None if !local.ip().is_loopback() => Some(generate_token()?),
+            None => None,
+        };
+        let limits = config.limits.clone();
+        let hub = WebHub::new(
+            config.max_fps,
+            Duration::from_millis(limits.write_timeout_ms),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(WebError::Start)?;
         let h = hub.clone();
         std::thread::Builder::new()
             .name("web-frames".into())
-            .spawn(move || h.encode_frames())?;
-        let h = hub.clone();
+            .spawn(move || h.encode_frames())
+            .map_err(WebError::Start)?;
+        let state = Arc::new(server::State {
+            hub: hub.clone(),
+            limits,
+            token: token.clone(),
+        });
         std::thread::Builder::new()
-            .name("web-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if h.closed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let h2 = h.clone();
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("web-client".into())
-                            .spawn(move || {
-                                if let Err(e) = serve(stream, &h2) {
-                                    tracing::debug!("live view client: {e}");
-                                }
-                            });
-                    if let Err(e) = spawned {
-                        tracing::warn!("live view: cannot start a client thread: {e}");
-                    }
-                }
-            })?;
-        Ok(Self { addr, hub })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-}
-
-fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -> std::io::Result<()> {
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    stream.flush()
-}
-
-fn serve(mut stream: TcpStream, hub: &WebHub) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Skip headers (bounded).
-    let mut header_bytes = 0usize;
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line)?;
-        header_bytes += n;
-        if n == 0 || line == "\r\n" || line == "\n" || header_bytes > 16 * 1024 {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let target = parts.next().unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    if method != "GET" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"only GET\n",
-        );
-    }
-    match path {
-        "/" | "/index.html" => respond(
-            &mut stream,
-            "200 OK",
-            "text/html; charset=utf-8",
-            INDEX_HTML.as_bytes(),
-        ),
-        "/health" => respond(&mut stream, "200 OK", "text/plain", b"ok\n"),
-        "/latest.json" => {
-            let body = WebHub::lock(&hub.latest_json)
-                .clone()
-                .unwrap_or_else(|| "null".into());
-            respond(&mut stream, "200 OK", "application/json", body.as_bytes())
-        }
-        "/events" => stream_events(stream, hub),
-        _ => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n"),
-    }
-}
-
-fn stream_events(mut stream: TcpStream, hub: &WebHub) -> std::io::Result<()> {
-    let rx: Receiver<Arc<str>> = {
-        let mut clients = WebHub::lock(&hub.clients);
-        if clients.len() >= MAX_CLIENTS {
-            drop(clients);
-            return respond(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                b"too many live views open\n",
+            .name("web-http".into())
+            .spawn(move || runtime.block_on(server::serve(listener, state)))
+            .map_err(WebError::Start)?;
+        if token.is_some() {
+            tracing::info!(
+                "live view on {local}: requests need the token (open {})",
+                url_of(local, token.as_deref())
             );
         }
-        let (tx, rx) = sync_channel(CLIENT_QUEUE);
-        clients.push(tx);
-        rx
-    };
-    stream.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: keep-alive\r\n\r\nretry: 1000\n\n",
-    )?;
-    for m in [&hub.started, &hub.latest] {
-        let msg = WebHub::lock(m).clone();
-        if let Some(msg) = msg {
-            stream.write_all(msg.as_bytes())?;
-        }
+        Ok(Self {
+            addr: local,
+            hub,
+            token,
+        })
     }
-    stream.flush()?;
-    loop {
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(msg) => stream.write_all(msg.as_bytes())?,
-            Err(RecvTimeoutError::Timeout) => stream.write_all(b": keep-alive\n\n")?,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        stream.flush()?;
+
+    /// The page's address, with the token when one is needed.
+    pub fn url(&self) -> String {
+        url_of(self.addr, self.token.as_deref())
     }
+}
+
+fn url_of(addr: SocketAddr, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("http://{addr}/?token={t}"),
+        None => format!("http://{addr}/"),
+    }
+}
+
+/// 128 random bits, hex.
+fn generate_token() -> Result<String, WebError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| WebError::Token(e.to_string()))?;
+    Ok(hex::encode(bytes))
 }

@@ -44,7 +44,7 @@ fn serve_live() -> (WebServer, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -61,7 +61,7 @@ fn http_routes_serve_the_page_the_event_stream_and_errors() {
     let (head, _) = http_get(server.addr, "/nope");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let mut s = TcpStream::connect(server.addr).unwrap();
-    write!(s, "POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "POST / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 405"), "{text}");
@@ -70,7 +70,7 @@ fn http_routes_serve_the_page_the_event_stream_and_errors() {
     let s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut w = s.try_clone().unwrap();
-    write!(w, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(w, "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
