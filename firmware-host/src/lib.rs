@@ -8,9 +8,9 @@
 //! * [`sim`]: a simulated MCU speaking the same protocol over a real pseudo-terminal, with seeded
 //!   fault injection ([`faults`]).
 //! * [`queue`]: the bounded queues and their back-pressure policies.
-//! * [`slots`]: A/B model slots: verified install, atomic switch, health-check rollback, and
-//!   recovery after power loss; [`verify`] (feature `flash`, on by default) checks signed
-//!   bundles with `echojepa::bundle`.
+//! * [`slots`]: A/B model slots: verified install, anti-rollback floor, atomic switch,
+//!   health-check rollback, and recovery after power loss; [`verify`] checks signed bundles.
+//!   Both need the feature `flash` (on by default), which links `echojepa::bundle`.
 //! * `defmt_log` (feature `defmt-elf`, on by default): decoding the MCU's defmt log records with
 //!   the firmware ELF.
 //!
@@ -22,6 +22,7 @@ pub mod faults;
 pub mod link;
 pub mod queue;
 pub mod sim;
+#[cfg(feature = "flash")]
 pub mod slots;
 #[cfg(feature = "flash")]
 pub mod verify;

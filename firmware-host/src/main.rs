@@ -21,10 +21,11 @@ use tracing_subscriber::EnvFilter;
 ///
 ///   firmware-host ping --port /tmp/cart-mcu
 ///
-/// Install a bundle made by `quantize` on a cart (verified before anything is written; the
-/// previous bundle stays in the other slot):
+/// Install a bundle made by `quantize` on a cart (verified and checked against the anti-rollback
+/// floor before anything is written; `edge-runtime check` runs on the new slot before the switch
+/// is committed; the previous bundle stays in the other slot):
 ///
-///   firmware-host flash ./bundle --board jetson-orin-nano --health-check 'edge-runtime selftest'
+///   firmware-host flash ./bundle --board jetson-orin-nano
 ///
 ///   firmware-host slots recover --board jetson-orin-nano    (at boot, before the runtime)
 #[derive(Parser)]

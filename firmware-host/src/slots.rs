@@ -10,7 +10,17 @@
 //!   b/            the other bundle (the previous one after a switch)
 //!   current -> a  symlink: what the runtime loads (`slots/current/manifest.json`)
 //!   pending       JSON {"trial": "b", "fallback": "a"} while a new slot is on trial
+//!   security_floor.json   the highest security version accepted (anti-rollback)
+//!   audit.log     one JSON line per operator override (rollback or expired bundle forced)
 //! ```
+//!
+//! Anti-rollback ([`echojepa::bundle::rollback`]): a bundle whose `security_version` is below the
+//! floor, or whose `not_after_unix` has passed, is refused before anything is written, and a slot
+//! holding one is not booted. The floor rises to a bundle's version once it is committed (after
+//! its health check) and again at every boot (`recover`), so a crash between commit and raise
+//! cannot leave it low. An operator override ([`Slots::overrides`]) lets one such bundle through;
+//! it is logged in `audit.log` and the floor then follows the forced bundle, since the operator
+//! chose to run it.
 //!
 //! [`Slots::install`] does, in order (each numbered step is a [`Failpoints`] step):
 //! verify the bundle (nothing is written before this passes); create `slots/` if needed; remove
@@ -32,6 +42,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cart_protocol::Slot;
+use echojepa::bundle::rollback::{
+    self, FLOOR_FILE, Overridden, Overrides, PolicyViolation, SecurityFloor,
+};
 use serde::{Deserialize, Serialize};
 
 /// Checks a bundle directory (signature and file hashes) before it is installed or booted.
@@ -52,6 +65,10 @@ pub struct BundleInfo {
     pub label: String,
     /// Every file in the bundle directory (manifest and signature included), flat names.
     pub files: Vec<String>,
+    /// The manifest's anti-rollback counter.
+    pub security_version: u64,
+    /// The manifest's expiry (seconds since the Unix epoch), if any.
+    pub not_after_unix: Option<u64>,
 }
 
 /// Errors of slot management.
@@ -101,6 +118,17 @@ pub enum SlotError {
         /// What `current` points to now.
         rolled_back_to: String,
     },
+    /// bundle {bundle} is authentic but refused by the anti-rollback policy; nothing was written
+    #[error("bundle {bundle} refused, nothing was written: {violation}")]
+    Policy {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// What it violates.
+        violation: PolicyViolation,
+    },
+    /// the security floor file cannot be read: {0}
+    #[error(transparent)]
+    Floor(#[from] rollback::FloorError),
     /// no slot holds a bundle that verifies: {details}
     #[error("no slot in {dir} holds a bundle that verifies: {details}")]
     NoBootableSlot {
@@ -307,6 +335,9 @@ pub struct RecoverReport {
 pub struct SlotState {
     /// `a` or `b`.
     pub slot: String,
+    /// Refused by the anti-rollback policy (below the floor, or expired), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Whether `current` points here.
     pub current: bool,
     /// The bundle, if the slot holds one that verifies.
@@ -320,6 +351,8 @@ pub struct SlotState {
 pub struct Slots {
     dir: PathBuf,
     durable: bool,
+    overrides: Overrides,
+    now_unix: Option<u64>,
 }
 
 const CURRENT: &str = "current";
@@ -345,7 +378,110 @@ impl Slots {
         Self {
             dir: dir.into(),
             durable: true,
+            overrides: Overrides::default(),
+            now_unix: None,
         }
+    }
+
+    /// What the operator explicitly allows past the anti-rollback policy (each use is logged in
+    /// `audit.log`).
+    pub fn overrides(mut self, overrides: Overrides) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// Judges expiry at this time instead of the system clock (tests, audits).
+    pub fn at_time(mut self, now_unix: u64) -> Self {
+        self.now_unix = Some(now_unix);
+        self
+    }
+
+    /// The recorded security floor, if any.
+    pub fn floor(&self) -> Result<Option<SecurityFloor>, SlotError> {
+        Ok(SecurityFloor::load(&self.dir)?)
+    }
+
+    fn now(&self) -> u64 {
+        self.now_unix.unwrap_or_else(rollback::now_unix)
+    }
+
+    /// The policy verdict on `info` with this cart's floor.
+    fn policy(&self, info: &BundleInfo) -> Result<Result<Overridden, PolicyViolation>, SlotError> {
+        let floor = self.floor()?;
+        Ok(rollback::check_terms(
+            info.security_version,
+            info.not_after_unix,
+            floor.as_ref(),
+            self.now(),
+            self.overrides,
+        ))
+    }
+
+    /// Appends one line to `audit.log` and warns in the log: an override was used.
+    fn audit(&self, action: &str, info: &BundleInfo, what: &Overridden) -> Result<(), SlotError> {
+        let reasons: Vec<String> = what.0.iter().map(|v| v.to_string()).collect();
+        tracing::warn!(
+            action,
+            bundle = %info.label,
+            reasons = %reasons.join("; "),
+            "anti-rollback policy overridden by the operator"
+        );
+        let line = serde_json::json!({
+            "unix": self.now(),
+            "action": action,
+            "bundle": info.label,
+            "manifest_sha256": info.id,
+            "security_version": info.security_version,
+            "overridden": reasons,
+        });
+        let path = self.dir.join("audit.log");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{line}").map_err(io(&path))?;
+        self.sync_file(&f, &path)
+    }
+
+    /// Records `info` as the floor when it is higher than the recorded one, or when the operator
+    /// forced it past the floor (`forced`). Atomic: a new file renamed over the old.
+    fn raise_floor(
+        &self,
+        info: &BundleInfo,
+        forced: bool,
+        fp: &mut Failpoints,
+    ) -> Result<(), SlotError> {
+        let current = self.floor()?;
+        let needed = match &current {
+            None => true,
+            Some(f) => {
+                info.security_version > f.security_version
+                    || (forced && info.security_version != f.security_version)
+            }
+        };
+        if !needed {
+            return Ok(());
+        }
+        fp.step(format!(
+            "raise the security floor to {}",
+            info.security_version
+        ))?;
+        let floor = SecurityFloor {
+            security_version: info.security_version,
+            bundle: info.label.clone(),
+            manifest_sha256: info.id.clone(),
+            since_unix: self.now(),
+        };
+        let tmp = self.dir.join(format!("{FLOOR_FILE}.tmp"));
+        let path = self.dir.join(FLOOR_FILE);
+        let bytes =
+            serde_json::to_vec_pretty(&floor).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        self.sync_file(&f, &tmp)?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.sync_dir(&self.dir)
     }
 
     /// With `false`, nothing is fsync'd (files or directories). Only for
@@ -454,6 +590,7 @@ impl Slots {
             ".b.old",
             "current.new",
             "pending.tmp",
+            "security_floor.json.tmp",
         ] {
             let p = self.dir.join(name);
             if std::fs::symlink_metadata(&p).is_ok() {
@@ -483,6 +620,10 @@ impl Slots {
                 bundle: bundle.to_path_buf(),
                 reason,
             })?;
+        let overridden = self.policy(&info)?.map_err(|violation| SlotError::Policy {
+            bundle: bundle.to_path_buf(),
+            violation,
+        })?;
         for f in &info.files {
             if f.is_empty() || f.contains('/') || f == "." || f == ".." {
                 return Err(SlotError::Refused {
@@ -500,6 +641,9 @@ impl Slots {
             self.recover(verifier, fp)?;
         }
         self.remove_leftovers(fp)?;
+        if !overridden.0.is_empty() {
+            self.audit("install", &info, &overridden)?;
+        }
         let active = self.current();
         let target = active.map(Slot::other).unwrap_or(Slot::A);
         let t = slot_name(target);
@@ -569,6 +713,7 @@ impl Slots {
             checked = true;
         }
         self.clear_pending(fp)?;
+        self.raise_floor(&info, !overridden.0.is_empty(), fp)?;
         Ok(InstallReport {
             slot: t.to_owned(),
             previous: active.map(|s| slot_name(s).to_owned()),
@@ -595,7 +740,9 @@ impl Slots {
             let fallback = p.fallback.as_deref().and_then(parse_slot);
             let on_trial = trial.is_some() && self.current() == trial;
             if let (true, Some(fb)) = (on_trial, fallback)
-                && verifier.verify(&self.slot_dir(fb)).is_ok()
+                && verifier
+                    .verify(&self.slot_dir(fb))
+                    .is_ok_and(|info| matches!(self.policy(&info), Ok(Ok(_))))
             {
                 self.switch(fb, fp)?;
                 actions.push(format!(
@@ -630,10 +777,21 @@ impl Slots {
             }
             match verifier.verify(&dir) {
                 Ok(bundle) => {
+                    let overridden = match self.policy(&bundle)? {
+                        Ok(o) => o,
+                        Err(v) => {
+                            problems.push(format!("slot {}: {v}", slot_name(s)));
+                            continue;
+                        }
+                    };
+                    if !overridden.0.is_empty() {
+                        self.audit("boot", &bundle, &overridden)?;
+                    }
                     if current != Some(s) {
                         self.switch(s, fp)?;
                         actions.push(format!("switched current to {}", slot_name(s)));
                     }
+                    self.raise_floor(&bundle, !overridden.0.is_empty(), fp)?;
                     return Ok(RecoverReport {
                         current: slot_name(s).to_owned(),
                         bundle,
@@ -664,8 +822,21 @@ impl Slots {
                 } else {
                     (None, None)
                 };
+                let policy = bundle.as_ref().and_then(|b| {
+                    let floor = self.floor().ok().flatten();
+                    rollback::check_terms(
+                        b.security_version,
+                        b.not_after_unix,
+                        floor.as_ref(),
+                        self.now(),
+                        Overrides::default(),
+                    )
+                    .err()
+                    .map(|v| v.to_string())
+                });
                 SlotState {
                     slot: slot_name(s).to_owned(),
+                    policy,
                     current: current == Some(s),
                     bundle,
                     problem,
@@ -692,7 +863,17 @@ impl Slots {
                     dir: self.dir.clone(),
                     details: format!("slot {}: {e}", slot_name(other)),
                 })?;
+        let overridden = self
+            .policy(&bundle)?
+            .map_err(|violation| SlotError::Policy {
+                bundle: self.slot_dir(other),
+                violation,
+            })?;
+        if !overridden.0.is_empty() {
+            self.audit("rollback", &bundle, &overridden)?;
+        }
         self.switch(other, fp)?;
+        self.raise_floor(&bundle, !overridden.0.is_empty(), fp)?;
         Ok(RecoverReport {
             current: slot_name(other).to_owned(),
             bundle,

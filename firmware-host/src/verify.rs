@@ -46,6 +46,8 @@ impl BundleVerifier for SignedBundleVerifier {
                 }
             ),
             files,
+            security_version: m.security_version,
+            not_after_unix: m.not_after_unix,
         })
     }
 }

@@ -89,6 +89,15 @@ pub struct Args {
     /// Model version written to the manifest.
     #[arg(long)]
     pub model_version: String,
+    /// Anti-rollback counter written to the signed manifest: carts refuse a bundle whose security
+    /// version is below the highest they have accepted. Raise it when older bundles must no
+    /// longer run (a fixed defect); keep it for ordinary updates.
+    #[arg(long, default_value_t = 0)]
+    pub security_version: u64,
+    /// Carts refuse the bundle after this day: YYYY-MM-DD (end of that day, UTC) or seconds
+    /// since the Unix epoch. Default: no expiry.
+    #[arg(long, value_parser = parse_not_after)]
+    pub not_after: Option<u64>,
     /// One line describing the model.
     #[arg(long, default_value = "")]
     pub description: String,
@@ -365,6 +374,8 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
         format_version: FORMAT_VERSION,
         model_id,
         model_version: a.model_version.clone(),
+        security_version: a.security_version,
+        not_after_unix: a.not_after,
         description: a.description.clone(),
         notes: a
             .notes
@@ -478,6 +489,10 @@ fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {
             Sector::CropMask => SectorHandling::CropAndMaskOutside,
         },
     })
+}
+
+fn parse_not_after(s: &str) -> Result<u64, String> {
+    echojepa::bundle::rollback::parse_not_after(s)
 }
 
 fn print_summary(

@@ -28,6 +28,15 @@ pub struct Manifest {
     pub model_id: String,
     /// Version of this model (free text, e.g. `2026.11.1`).
     pub model_version: String,
+    /// Anti-rollback counter: a cart refuses a bundle whose security version is below the
+    /// highest it has accepted (unless the operator overrides it, which is logged). Raise it
+    /// whenever older bundles must no longer run (a fixed model or safety defect). Absent in
+    /// bundles made before it existed: 0.
+    #[serde(default)]
+    pub security_version: u64,
+    /// Seconds since the Unix epoch after which carts refuse the bundle (optional expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_unix: Option<u64>,
     /// One line for people.
     #[serde(default)]
     pub description: String,
@@ -94,7 +103,52 @@ pub struct InputSpec {
     pub sector: SectorHandling,
 }
 
+/// Largest frame rate a bundle may declare (frames per second).
+pub const MAX_INPUT_FPS: f64 = 1000.0;
+
 impl InputSpec {
+    /// Checks that every number can be used as it is: the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.frames == 0 || self.frames > 1024 {
+            return Err(format!("input.frames {} is not in 1..=1024", self.frames));
+        }
+        if let Some(step) = self.frame_step
+            && (step == 0 || step > 1024)
+        {
+            return Err(format!("input.frame_step {step} is not in 1..=1024"));
+        }
+        if let Some(fps) = self.fps
+            && !(fps.is_finite() && (0.1..=MAX_INPUT_FPS).contains(&fps))
+        {
+            return Err(format!(
+                "input.fps {fps} is not a frame rate between 0.1 and {MAX_INPUT_FPS}"
+            ));
+        }
+        if self.fps.is_none() && self.frame_step.is_none() {
+            return Err("input: neither fps nor frame_step is given".into());
+        }
+        for (i, r) in self.resolution.iter().enumerate() {
+            if *r == 0 || *r > 4096 {
+                return Err(format!("input.resolution[{i}] {r} is not in 1..=4096"));
+            }
+        }
+        if !matches!(self.channels, 1 | 3) {
+            return Err(format!("input.channels {} is not 1 or 3", self.channels));
+        }
+        for c in 0..3 {
+            if !self.mean[c].is_finite() {
+                return Err(format!("input.mean[{c}] {} is not finite", self.mean[c]));
+            }
+            if !(self.std[c].is_finite() && self.std[c] > 0.0) {
+                return Err(format!(
+                    "input.std[{c}] {} is not a positive number",
+                    self.std[c]
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The reference evaluation pipeline: ImageNet mean/std, RGB, every `frame_step` frames.
     pub fn reference(frames: usize, frame_step: usize, crop: usize) -> Self {
         Self {

@@ -21,6 +21,7 @@
 
 mod keys;
 mod manifest;
+pub mod rollback;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -456,6 +457,7 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
             m.weights
         )));
     }
+    m.input.check().map_err(invalid)?;
     for h in &m.heads {
         h.check().map_err(invalid)?;
     }

@@ -8,7 +8,7 @@ fn key(name: &str, b: u8) -> SecretKey {
     SecretKey::from_seed(name, &[b; 32])
 }
 
-fn manifest() -> Manifest {
+pub(super) fn manifest() -> Manifest {
     let enc = EncoderConfig::preset("vit_tiny").unwrap();
     let probe = |kind, n| ProbeConfig {
         kind,
@@ -24,6 +24,8 @@ fn manifest() -> Manifest {
         format_version: FORMAT_VERSION,
         model_id: "test-model".into(),
         model_version: "1".into(),
+        security_version: 0,
+        not_after_unix: None,
         description: String::new(),
         synthetic_training_data: true,
         notice: "Trained on synthetic data. Not for diagnostic use.".into(),
@@ -290,4 +292,32 @@ fn builder_refuses_non_empty_output_and_bad_names() {
     // The weights file must exist.
     let msg = b.finish(manifest(), &key("k", 1)).unwrap_err().to_string();
     assert!(msg.contains("model.gguf"), "{msg}");
+}
+
+/// A correctly signed manifest whose numbers cannot be used (a frame rate of 1e-300 would panic
+/// as a duration) is refused at verification, naming the field.
+#[test]
+fn signed_manifest_with_absurd_input_numbers_is_refused_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = key("maker", 1);
+    type Edit = fn(&mut Manifest);
+    let cases: [(&str, Edit); 6] = [
+        ("input.fps", |m| m.input.fps = Some(1e-300)),
+        ("input.fps", |m| m.input.fps = Some(1e300)),
+        ("input.fps", |m| m.input.fps = Some(-30.0)),
+        ("input.frames", |m| m.input.frames = 0),
+        ("input.std[1]", |m| m.input.std[1] = 0.0),
+        ("input.resolution[0]", |m| m.input.resolution[0] = 1 << 20),
+    ];
+    for (i, (field, edit)) in cases.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("b{i}"));
+        build(&dir, &k);
+        let path = dir.join(MANIFEST_FILE);
+        let mut m: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        resign_bundle(&dir, &k).unwrap();
+        let msg = err_text(verify_bundle(&dir, &[k.public()]));
+        assert!(msg.contains(field), "{field}: {msg}");
+    }
 }

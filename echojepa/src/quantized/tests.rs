@@ -343,6 +343,8 @@ fn tiny_bundle(
         format_version: FORMAT_VERSION,
         model_id: "tiny".into(),
         model_version: "1".into(),
+        security_version: 0,
+        not_after_unix: None,
         description: String::new(),
         synthetic_training_data: true,
         notice: "synthetic".into(),

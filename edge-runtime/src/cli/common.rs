@@ -92,6 +92,7 @@ pub fn load_model(args: &ModelArgs, board: &BoardProfile) -> Result<LoadedModel>
         );
     }
     let verified = verify(&dir, &keys)?;
+    check_policy(args, board, &dir, verified.manifest())?;
     let (info, plan) = model_info(&dir, verified.manifest(), args.reference_fps)?;
     check_fits(&dir, &info, board)?;
     let mut compute = board.compute.clone();
@@ -118,6 +119,30 @@ pub fn load_model(args: &ModelArgs, board: &BoardProfile) -> Result<LoadedModel>
         dir,
         signer: verified.signer().to_string(),
     })
+}
+
+/// Anti-rollback and expiry: the bundle must not be below the floor the cart's slots recorded,
+/// nor past its not-after date, unless the operator overrides it (logged).
+fn check_policy(
+    args: &ModelArgs,
+    board: &BoardProfile,
+    dir: &std::path::Path,
+    manifest: &echojepa::bundle::Manifest,
+) -> Result<()> {
+    use echojepa::bundle::rollback;
+    let slots_dir = board.resolve_path(&board.bundles.slots_dir);
+    let floor = rollback::SecurityFloor::load(&slots_dir)
+        .with_context(|| format!("board {}: the anti-rollback floor", board.name))?;
+    let overrides = rollback::Overrides {
+        allow_rollback: args.allow_rollback,
+        allow_expired: args.allow_expired,
+    };
+    let overridden = rollback::check(manifest, floor.as_ref(), rollback::now_unix(), overrides)
+        .with_context(|| format!("bundle {} refused", dir.display()))?;
+    for v in overridden.0 {
+        tracing::warn!(bundle = %dir.display(), "anti-rollback policy overridden by the operator: {v}");
+    }
+    Ok(())
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {

@@ -120,6 +120,13 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: the board profile's compute.threads).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run a bundle whose security version is below the highest this cart has accepted
+    /// (<bundles.slots_dir>/security_floor.json); logged as a warning.
+    #[arg(long)]
+    pub allow_rollback: bool,
+    /// Run a bundle past its not-after date; logged as a warning.
+    #[arg(long)]
+    pub allow_expired: bool,
 }
 
 /// Where frames come from.

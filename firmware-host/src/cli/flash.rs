@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cart_protocol::{CommandOutcome, PrivilegedCommand, Slot};
+use echojepa::bundle::rollback::{Overrides, format_utc};
 use firmware_host::link::LinkEvent;
 use firmware_host::slots::{Failpoints, HealthCheck, Slots};
 use firmware_host::verify::{SignedBundleVerifier, board_keys};
@@ -36,10 +37,19 @@ pub struct FlashArgs {
     pub bundle: PathBuf,
     #[command(flatten)]
     pub target: Target,
-    /// Command that checks the runtime can use the new bundle; it sees ECHOJEPA_BUNDLE (the new
-    /// slot) and ECHOJEPA_SLOT. Non-zero exit or timeout rolls back.
-    #[arg(long)]
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Shell command that checks the runtime can use the new slot before the switch is
+    /// committed; it sees ECHOJEPA_BUNDLE (the new slot) and ECHOJEPA_SLOT. Non-zero exit or
+    /// timeout rolls back. Default: `edge-runtime check --bundle "$ECHOJEPA_BUNDLE"` with this
+    /// --board (the edge-runtime next to this program, else the one on PATH, or
+    /// $ECHOJEPA_EDGE_RUNTIME).
+    #[arg(long, conflicts_with = "no_health_check")]
     pub health_check: Option<String>,
+    /// Commit the switch without any health check (not recommended: a bundle the runtime cannot
+    /// run would then be what the cart boots).
+    #[arg(long)]
+    pub no_health_check: bool,
     /// Seconds the health check may take
     #[arg(long, default_value_t = 120.0)]
     pub health_timeout: f64,
@@ -49,6 +59,28 @@ pub struct FlashArgs {
     pub notify_mcu: bool,
     #[command(flatten)]
     pub port: PortArgs,
+}
+
+/// Operator overrides of the anti-rollback policy; each use is written to the slots'
+/// `audit.log` and logged as a warning.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct PolicyArgs {
+    /// Accept a bundle whose security version is below the highest this cart has accepted (the
+    /// floor then follows it)
+    #[arg(long)]
+    pub allow_rollback: bool,
+    /// Accept a bundle past its not-after date
+    #[arg(long)]
+    pub allow_expired: bool,
+}
+
+impl PolicyArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            allow_rollback: self.allow_rollback,
+            allow_expired: self.allow_expired,
+        }
+    }
 }
 
 /// `slots` subcommands.
@@ -69,6 +101,8 @@ pub enum SlotsCommand {
 pub struct SlotsArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Board profile supplying slots directory and trusted keys
     #[arg(long, env = "ECHOJEPA_BOARD")]
     pub board: Option<String>,
@@ -107,13 +141,28 @@ fn resolve(target: &Target, board: Option<&str>) -> Result<(Slots, SignedBundleV
 /// Runs `flash`.
 pub fn flash(args: FlashArgs, out: &mut impl Write) -> Result<ExitCode> {
     let (slots, verifier) = resolve(&args.target, args.port.board.as_deref())?;
-    let health = match &args.health_check {
-        Some(cmd) => Some(HealthCheck {
-            command: cmd.clone(),
-            timeout: Duration::try_from_secs_f64(args.health_timeout)
-                .context("--health-timeout")?,
-        }),
-        None => None,
+    let slots = slots.overrides(args.policy.overrides());
+    let timeout = if args.health_timeout.is_finite() && args.health_timeout > 0.0 {
+        Duration::try_from_secs_f64(args.health_timeout).context("--health-timeout")?
+    } else {
+        bail!(
+            "--health-timeout {}: must be a positive number of seconds",
+            args.health_timeout
+        )
+    };
+    let health = if args.no_health_check {
+        tracing::warn!(
+            "--no-health-check: the switch is committed without checking the runtime can use the bundle"
+        );
+        None
+    } else {
+        Some(HealthCheck {
+            command: match &args.health_check {
+                Some(cmd) => cmd.clone(),
+                None => default_health_check(args.port.board.as_deref()),
+            },
+            timeout,
+        })
     };
     // Fail on a bad port/key before touching the slots.
     let link_cfg = if args.notify_mcu {
@@ -169,6 +218,30 @@ pub fn flash(args: FlashArgs, out: &mut impl Write) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `'…'` quoting for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `edge-runtime check` on the new slot, with the board profile the runtime will use.
+fn default_health_check(board: Option<&str>) -> String {
+    let exe = std::env::var_os("ECHOJEPA_EDGE_RUNTIME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let sibling = std::env::current_exe().ok()?.parent()?.join("edge-runtime");
+            sibling.is_file().then_some(sibling)
+        })
+        .unwrap_or_else(|| PathBuf::from("edge-runtime"));
+    let mut cmd = format!(
+        "{} check --bundle \"$ECHOJEPA_BUNDLE\"",
+        shell_quote(&exe.to_string_lossy())
+    );
+    if let Some(b) = board {
+        cmd.push_str(&format!(" --board {}", shell_quote(b)));
+    }
+    cmd
+}
+
 fn notify(
     cfg: firmware_host::link::LinkConfig,
     timeout: Duration,
@@ -203,20 +276,37 @@ pub fn slots(cmd: SlotsCommand, out: &mut impl Write) -> Result<ExitCode> {
         SlotsCommand::Rollback(a) => ("rollback", a),
     };
     let (slots, verifier) = resolve(&args.target, args.board.as_deref())?;
+    let slots = slots.overrides(args.policy.overrides());
     let json = args.target.json;
     if c == "status" {
         let st = slots.status(&verifier);
+        let floor = slots.floor()?;
         if json {
-            let v = serde_json::json!({"slots_dir": slots.dir(), "slots": st});
+            let v =
+                serde_json::json!({"slots_dir": slots.dir(), "slots": st, "security_floor": floor});
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         } else {
             writeln!(out, "slots in {}", slots.dir().display())?;
+            match &floor {
+                Some(f) => writeln!(
+                    out,
+                    "security floor {} (set by {} at {})",
+                    f.security_version,
+                    f.bundle,
+                    format_utc(f.since_unix)
+                )?,
+                None => writeln!(out, "no security floor recorded yet")?,
+            }
             for s in &st {
                 let mark = if s.current { "*" } else { " " };
                 let what = match (&s.bundle, &s.problem) {
                     (Some(b), _) => format!("{} [{}]", b.label, &b.id[..b.id.len().min(16)]),
                     (None, Some(p)) => format!("DOES NOT VERIFY: {p}"),
                     (None, None) => "empty".into(),
+                };
+                let what = match &s.policy {
+                    Some(p) => format!("{what}  REFUSED: {p}"),
+                    None => what,
                 };
                 writeln!(out, "{mark} {}  {what}", s.slot)?;
             }

@@ -34,6 +34,8 @@ fn manifest(version: &str) -> Manifest {
         format_version: FORMAT_VERSION,
         model_id: "test-view-ef".into(),
         model_version: version.into(),
+        security_version: 0,
+        not_after_unix: None,
         description: String::new(),
         synthetic_training_data: true,
         notice: "Trained on synthetic data. Not for diagnostic use.".into(),
@@ -100,11 +102,18 @@ fn maker() -> SecretKey {
 
 /// A signed bundle `dir/version` (the weights are stand-in bytes: flashing only moves files).
 fn signed_bundle(dir: &Path, version: &str, key: &SecretKey) -> PathBuf {
+    signed_bundle_with(dir, version, key, 0)
+}
+
+/// A signed bundle with an anti-rollback security version.
+fn signed_bundle_with(dir: &Path, version: &str, key: &SecretKey, security: u64) -> PathBuf {
     let path = dir.join(version);
     let b = BundleBuilder::create(&path).unwrap();
     let weights: Vec<u8> = version.bytes().cycle().take(20_000).collect();
     std::fs::write(b.file_path("model.gguf").unwrap(), weights).unwrap();
-    b.finish(manifest(version), key).unwrap();
+    let mut m = manifest(version);
+    m.security_version = security;
+    b.finish(m, key).unwrap();
     path
 }
 
@@ -283,6 +292,7 @@ fn flash_tells_the_mcu_which_slot_is_active() {
             .arg(&slots)
             .arg("--trusted-key")
             .arg(&pubkey)
+            .arg("--no-health-check")
             .arg("--notify-mcu")
             .arg("--port")
             .arg(sim.port_path())
@@ -311,6 +321,7 @@ fn flash_tells_the_mcu_which_slot_is_active() {
         .arg(&slots)
         .arg("--trusted-key")
         .arg(&pubkey)
+        .arg("--no-health-check")
         .arg("--notify-mcu")
         .arg("--port")
         .arg(sim.port_path())
@@ -328,4 +339,80 @@ fn flash_tells_the_mcu_which_slot_is_active() {
         sim.snapshot(DEADLINE).unwrap().persistent.active_slot,
         Some(Slot::B)
     );
+}
+
+/// The case: a correctly signed older bundle (2020.1.1) flashed over a newer one
+/// (2026.11.28) was installed and committed. Now the older security version is refused before
+/// anything is written, unless the operator forces it (logged in `audit.log`).
+#[test]
+fn flash_refuses_an_older_signed_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = maker();
+    let pubkey = public_key_file(tmp.path(), &key);
+    let new = signed_bundle_with(tmp.path(), "2026.11.28", &key, 4);
+    let old = signed_bundle_with(tmp.path(), "2020.1.1", &key, 1);
+    let slots = tmp.path().join("slots");
+    let flash = |bundle: &Path, extra: &[&str]| {
+        bin()
+            .arg("flash")
+            .arg(bundle)
+            .arg("--slots-dir")
+            .arg(&slots)
+            .arg("--trusted-key")
+            .arg(&pubkey)
+            .args(["--health-check", "test -s \"$ECHOJEPA_BUNDLE/model.gguf\""])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = flash(&new, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = tree(&slots);
+    let out = flash(&old, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("security version 1 is below 4") && err.contains("--allow-rollback"),
+        "{err}"
+    );
+    assert_eq!(tree(&slots), before, "nothing written");
+
+    // `slots status` shows the floor and which slot the policy would refuse.
+    let out = bin()
+        .args(["slots", "status", "--slots-dir"])
+        .arg(&slots)
+        .arg("--trusted-key")
+        .arg(&pubkey)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("security floor 4 (set by test-view-ef 2026.11.28"),
+        "{text}"
+    );
+
+    let out = flash(&old, &["--allow-rollback"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = std::fs::read_to_string(slots.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("2020.1.1") && audit.contains("below 4"),
+        "{audit}"
+    );
+
+    // Bad numbers are refused with the flag's name, not a panic.
+    for bad in ["nan", "-3", "0", "1e300"] {
+        let arg = format!("--health-timeout={bad}");
+        let out = flash(&new, &[&arg]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--health-timeout"), "{bad}: {err}");
+    }
 }

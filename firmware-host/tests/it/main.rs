@@ -8,5 +8,6 @@ mod defmt;
 #[cfg(feature = "flash")]
 mod flash;
 mod link;
+#[cfg(feature = "flash")]
 mod slots;
 mod support;

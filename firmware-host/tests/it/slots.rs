@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use echojepa::bundle::rollback::{Overrides, PolicyViolation, SecurityFloor};
 use firmware_host::slots::{BundleInfo, BundleVerifier, Failpoints, HealthCheck, SlotError, Slots};
 use sha2::{Digest, Sha256};
 
@@ -54,12 +55,19 @@ impl BundleVerifier for HashListVerifier {
             id: sha(&manifest),
             label: m["model_id"].as_str().unwrap_or("?").to_string(),
             files,
+            security_version: m["security_version"].as_u64().unwrap_or(0),
+            not_after_unix: m["not_after_unix"].as_u64(),
         })
     }
 }
 
 /// Writes a small bundle `dir/name` whose weights differ per name.
 fn bundle(dir: &Path, name: &str) -> PathBuf {
+    bundle_with(dir, name, 0, None)
+}
+
+/// A bundle with a security version and an optional expiry.
+fn bundle_with(dir: &Path, name: &str, security_version: u64, not_after: Option<u64>) -> PathBuf {
     let b = dir.join(name);
     std::fs::create_dir_all(&b).unwrap();
     let weights: Vec<u8> = name.bytes().cycle().take(3000).collect();
@@ -68,6 +76,8 @@ fn bundle(dir: &Path, name: &str) -> PathBuf {
     std::fs::write(b.join("labels.json"), &labels).unwrap();
     let manifest = serde_json::json!({
         "model_id": name,
+        "security_version": security_version,
+        "not_after_unix": not_after,
         "files": {"model.gguf": sha(&weights), "labels.json": sha(labels.as_bytes())},
     });
     let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
@@ -431,4 +441,208 @@ pub fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(&p, &dst).unwrap();
         }
     }
+}
+
+fn floor_of(slots: &Slots) -> Option<u64> {
+    slots.floor().unwrap().map(|f| f.security_version)
+}
+
+#[test]
+fn an_older_security_version_is_refused_unless_the_operator_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let new = bundle_with(tmp.path(), "new", 3, None);
+    let old = bundle_with(tmp.path(), "old", 1, None);
+    let same = bundle_with(tmp.path(), "same", 3, None);
+    let slots = Slots::new(tmp.path().join("slots"));
+    slots
+        .install(
+            &new,
+            &HashListVerifier,
+            Some(&ok_check()),
+            &mut Failpoints::none(),
+        )
+        .unwrap();
+    assert_eq!(
+        floor_of(&slots),
+        Some(3),
+        "the floor follows the committed bundle"
+    );
+
+    // The old bundle is authentic, but a rollback: refused, nothing written.
+    let before = tree(slots.dir());
+    let mut fp = Failpoints::none();
+    let e = slots
+        .install(&old, &HashListVerifier, None, &mut fp)
+        .unwrap_err();
+    match &e {
+        SlotError::Policy {
+            violation:
+                PolicyViolation::Rollback {
+                    version: 1,
+                    floor: 3,
+                    ..
+                },
+            ..
+        } => {}
+        other => panic!("expected a rollback refusal, got {other}"),
+    }
+    assert!(e.to_string().contains("--allow-rollback"), "{e}");
+    assert_eq!(fp.taken(), 0, "nothing written: {:?}", fp.log());
+    assert_eq!(tree(slots.dir()), before);
+
+    // An ordinary update at the same security version is fine, and then plain A/B rollback
+    // between two bundles of the same version still works.
+    slots
+        .install(&same, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    let r = slots
+        .rollback(&HashListVerifier, &mut Failpoints::none())
+        .unwrap();
+    assert_eq!(r.bundle.id, id_of(&new));
+
+    // Forced by the operator: installed, logged, and the floor follows the forced bundle (so the
+    // next boot does not undo what the operator chose).
+    let forced = Slots::new(slots.dir()).overrides(Overrides {
+        allow_rollback: true,
+        allow_expired: false,
+    });
+    forced
+        .install(&old, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    assert_eq!(floor_of(&slots), Some(1));
+    let audit = std::fs::read_to_string(slots.dir().join("audit.log")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(line["action"], "install");
+    assert_eq!(line["security_version"], 1);
+    assert!(
+        line["overridden"][0].as_str().unwrap().contains("below 3"),
+        "{line}"
+    );
+    let r = slots
+        .recover(&HashListVerifier, &mut Failpoints::none())
+        .unwrap();
+    assert_eq!(r.bundle.id, id_of(&old), "boot keeps the forced bundle");
+}
+
+#[test]
+fn a_manual_rollback_below_the_floor_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = bundle_with(tmp.path(), "v1", 1, None);
+    let v2 = bundle_with(tmp.path(), "v2", 2, None);
+    let slots = Slots::new(tmp.path().join("slots"));
+    for b in [&v1, &v2] {
+        slots
+            .install(b, &HashListVerifier, None, &mut Failpoints::none())
+            .unwrap();
+    }
+    assert_eq!(floor_of(&slots), Some(2));
+    let e = slots
+        .rollback(&HashListVerifier, &mut Failpoints::none())
+        .unwrap_err();
+    assert!(matches!(e, SlotError::Policy { .. }), "{e}");
+    assert_eq!(
+        slots.current().map(firmware_host::slots::slot_name),
+        Some("b")
+    );
+    let st = slots.status(&HashListVerifier);
+    assert!(
+        st[0].policy.as_deref().unwrap_or("").contains("below 2"),
+        "{st:?}"
+    );
+    assert!(st[1].policy.is_none());
+
+    // At boot, a current slot that no longer verifies does not fall back below the floor.
+    std::fs::write(slots.dir().join("b/model.gguf"), b"torn").unwrap();
+    let e = slots
+        .recover(&HashListVerifier, &mut Failpoints::none())
+        .unwrap_err();
+    assert!(matches!(e, SlotError::NoBootableSlot { .. }), "{e}");
+    assert!(e.to_string().contains("below 2"), "{e}");
+}
+
+#[test]
+fn an_expired_bundle_is_refused_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle_with(tmp.path(), "b", 0, Some(1_000));
+    let slots = Slots::new(tmp.path().join("slots")).at_time(1_001);
+    let e = slots
+        .install(&b, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            SlotError::Policy {
+                violation: PolicyViolation::Expired {
+                    not_after: 1_000,
+                    now: 1_001
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!slots.dir().exists(), "nothing written");
+    // Still valid at its last second.
+    Slots::new(tmp.path().join("ok"))
+        .at_time(1_000)
+        .install(&b, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    Slots::new(tmp.path().join("slots"))
+        .at_time(1_001)
+        .overrides(Overrides {
+            allow_rollback: false,
+            allow_expired: true,
+        })
+        .install(&b, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    assert!(slots.dir().join("audit.log").is_file());
+}
+
+#[test]
+fn a_crash_before_the_floor_is_raised_is_repaired_at_boot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = bundle_with(tmp.path(), "v1", 1, None);
+    let v5 = bundle_with(tmp.path(), "v5", 5, None);
+    let slots = Slots::new(tmp.path().join("slots")).durable(false);
+    slots
+        .install(&v1, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    // Find the step that raises the floor to 5 and cut power there.
+    let mut probe = Failpoints::none();
+    let copy = Slots::new(tmp.path().join("probe")).durable(false);
+    copy.install(&v1, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap();
+    copy.install(&v5, &HashListVerifier, None, &mut probe)
+        .unwrap();
+    let step = probe
+        .log()
+        .iter()
+        .position(|s| s.contains("raise the security floor to 5"))
+        .expect("a floor step")
+        + 1;
+    let e = slots
+        .install(&v5, &HashListVerifier, None, &mut Failpoints::fail_at(step))
+        .unwrap_err();
+    assert!(matches!(e, SlotError::Interrupted { .. }), "{e}");
+    assert_eq!(floor_of(&slots), Some(1));
+    let r = slots
+        .recover(&HashListVerifier, &mut Failpoints::none())
+        .unwrap();
+    assert_eq!(r.bundle.id, id_of(&v5));
+    assert_eq!(floor_of(&slots), Some(5));
+    let f: SecurityFloor = slots.floor().unwrap().unwrap();
+    assert_eq!(f.manifest_sha256, id_of(&v5));
+}
+
+#[test]
+fn a_garbled_floor_file_refuses_installs_instead_of_guessing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle(tmp.path(), "b");
+    let slots = Slots::new(tmp.path().join("slots"));
+    std::fs::create_dir_all(slots.dir()).unwrap();
+    std::fs::write(slots.dir().join("security_floor.json"), b"{garbage").unwrap();
+    let e = slots
+        .install(&b, &HashListVerifier, None, &mut Failpoints::none())
+        .unwrap_err();
+    assert!(e.to_string().contains("security_floor.json"), "{e}");
 }
