@@ -208,9 +208,9 @@ PY
 }
 
 # --- sampling ---------------------------------------------------------------------------------
-echo "t_s,rss_kb,threads,fds,clips_inferred,page_predictions,page_frames,page_conn,mcu_predictions,browser_alive" > "$out/samples.csv"
+echo "t_s,rss_kb,threads,fds,clips_inferred,page_predictions,page_frames,page_conn,mcu_predictions,browser_alive,load1" > "$out/samples.csv"
 sample() {
-    local t=$1 rss threads fds p pl clips pp pf pc mcu alive
+    local t=$1 rss threads fds p pl clips pp pf pc mcu alive load1
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$rt_pid/status" 2>/dev/null || true)
     threads=$(awk '/^Threads:/ {print $2}' "/proc/$rt_pid/status" 2>/dev/null || true)
     fds=$(find "/proc/$rt_pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true)
@@ -219,7 +219,9 @@ sample() {
     printf '{"t_s":%s,"probe":%s}\n' "$t" "$p" >> "$out/page.jsonl"
     mcu=$(grep -c '"Prediction"' "$out/sim.jsonl" || true)
     alive=0; kill -0 "$br_pid" 2>/dev/null && alive=1
-    echo "$t,${rss:-},${threads:-},${fds:-},$pl,$mcu,$alive" >> "$out/samples.csv"
+    # The machine's 1-minute load average: what else competed for the CPUs.
+    load1=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || true)
+    echo "$t,${rss:-},${threads:-},${fds:-},$pl,$mcu,$alive,${load1:-}" >> "$out/samples.csv"
     IFS=, read -r clips pp pf pc <<< "$pl"
     printf 'soak: t=%5ss rss=%s kB threads=%s fds=%s clips=%s page=%s/%s (%s) mcu=%s\n' \
         "$t" "${rss:-?}" "${threads:-?}" "${fds:-?}" "$clips" "$pp" "$pf" "$pc" "$mcu"
@@ -276,7 +278,7 @@ def num(x):
 rows = []
 with open(f"{out}/samples.csv") as f:
     for r in csv.DictReader(f):
-        rows.append({k: (v if k == "page_conn" else num(v)) for k, v in r.items()})
+        rows.append({k: (v if k in ("page_conn", "load1") else num(v)) for k, v in r.items()})
 rows_rss = [r for r in rows if r["rss_kb"]]
 base = next((r for r in rows_rss if r["t_s"] >= warmup_s), None)
 after = [r for r in rows_rss if base and r["t_s"] >= base["t_s"]]
