@@ -4,7 +4,7 @@
 # the whole run, and its cart MCU link talking to a simulated MCU (`firmware-host simulate`) on a
 # pseudo-terminal. Samples the runtime's memory, threads and open files, and writes a verdict.
 #
-#   scripts/soak.sh [SECONDS] [OUT_DIR]          (default 3600 s, OUT_DIR soak-out/<UTC time>)
+#   scripts/soak.sh [SECONDS] [OUT_DIR]     (default 3600 s, OUT_DIR target/soak/<UTC time>)
 #
 # It builds nothing: it runs target/release/{edge-runtime,firmware-host} (build them with
 # `cargo build --release -p edge-runtime -p firmware-host`), or the binaries in SOAK_BIN_DIR.
@@ -34,7 +34,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 duration=${1:-3600}
-out=${2:-$repo/soak-out/$(date -u +%Y%m%dT%H%M%SZ)}
+out=${2:-$repo/target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 sample_s=${SOAK_SAMPLE_S:-60}
 bin_dir=${SOAK_BIN_DIR:-$repo/target/release}
 
