@@ -373,6 +373,57 @@ fn viewers_that_never_read_are_evicted_and_the_others_keep_receiving() {
 }
 
 #[test]
+fn a_silent_connection_is_closed_after_the_idle_timeout_but_a_quiet_stream_is_not() {
+    let _one = one_at_a_time();
+    let server = WebServer::start_with(
+        "127.0.0.1:0",
+        config(|l| {
+            l.header_timeout_ms = 60_000;
+            l.idle_timeout_ms = 600;
+        }),
+    )
+    .unwrap();
+    // Connects and says nothing: closed by the idle timeout, long before the header timeout.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = silent.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // An event stream with nothing to say sends comments often enough to stay open.
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    write!(w, "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let start = Instant::now();
+    let mut comments = 0;
+    let mut line = String::new();
+    while start.elapsed() < Duration::from_millis(2500) {
+        line.clear();
+        let n = r.read_line(&mut line).unwrap();
+        assert!(n > 0, "the stream was closed after {:?}", start.elapsed());
+        if line.starts_with(": keep-alive") {
+            comments += 1;
+        }
+    }
+    assert!(comments >= 3, "{comments} keep-alive comments in 2.5 s");
+    assert_eq!(server.hub.clients(), 1);
+    server.hub.close();
+}
+
+#[test]
 fn a_foreign_host_name_is_refused() {
     let _one = one_at_a_time();
     let server = WebServer::start_with(
