@@ -220,10 +220,13 @@ fn slow_connections_beyond_the_cap_are_refused_and_the_rest_time_out() {
             .all(|c| *c < header_timeout + Duration::from_secs(3)),
         "slow connections were not timed out: {closed:?}"
     );
+    // Closed at once (a 503 first, unless the client's own bytes made the close a reset).
+    let early = closed.len() - late;
     assert!(
-        refused >= 30,
-        "only {refused} of 36 extra connections got 503"
+        early >= 36,
+        "only {early} of 36 extra connections were refused at once"
     );
+    assert!(refused > 0, "no refused connection got a 503");
     assert!(server.hub.connections_refused.load(Ordering::Relaxed) >= 36);
     // One thread serves all connections (plus the frame encoder).
     assert!(
@@ -307,7 +310,7 @@ fn viewers_that_never_read_are_evicted_and_the_others_keep_receiving() {
     let _one = one_at_a_time();
     let mut c = config(|l| {
         l.max_viewers = 3;
-        l.write_timeout_ms = 1000;
+        l.write_timeout_ms = 1500;
         l.viewer_queue = 64;
     });
     c.max_fps = 50.0;

@@ -76,6 +76,10 @@ pub(super) async fn serve(listener: std::net::TcpListener, state: Arc<State>) {
             tracing::debug!("live view: {peer} refused, max_connections open");
             // Best effort, never waits: the socket buffer of a fresh connection takes it.
             let _ = stream.try_write(BUSY);
+            // Whatever the client already sent is read away (without waiting), so that closing
+            // sends a FIN after the 503 rather than a reset that may discard it.
+            let mut discard = [0u8; 1024];
+            while matches!(stream.try_read(&mut discard), Ok(n) if n > 0) {}
             continue;
         };
         let state = state.clone();
