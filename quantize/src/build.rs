@@ -133,9 +133,20 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "full")]
     pub sector: Sector,
 
-    /// Secret signing key (from `quantize keygen`).
-    #[arg(long)]
-    pub key: PathBuf,
+    /// Secret signing key: `quantize keygen`'s NAME.secret, or an Ed25519 PEM private key as
+    /// `openssl genpkey -algorithm ed25519` writes it.
+    #[arg(
+        long = "secret-key",
+        visible_alias = "key",
+        required_unless_present = "unsigned"
+    )]
+    pub key: Option<PathBuf>,
+    /// Write the bundle without signing it: manifest.json holds the exact bytes to sign (Ed25519
+    /// over the file as it is, e.g. `openssl pkeyutl -sign -rawin -inkey KEY.pem -in
+    /// OUT/manifest.json -out manifest.sig.bin`, or an HSM); then `quantize sign OUT
+    /// --signature manifest.sig.bin --public-key KEY.pub` completes it.
+    #[arg(long, conflicts_with = "key")]
+    pub unsigned: bool,
     /// Output bundle directory (must not exist, or be empty).
     #[arg(long)]
     pub out: PathBuf,
@@ -183,17 +194,27 @@ fn progress(len: u64, msg: &str, quiet: bool) -> ProgressBar {
 
 pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
     // Fail before the work: key, then output directory.
-    let key = SecretKey::load(&a.key).context("signing key")?;
+    let key = match &a.key {
+        Some(k) => {
+            Some(SecretKey::load(k).with_context(|| format!("signing key {}", k.display()))?)
+        }
+        None => None,
+    };
     let existed = a.out.exists();
     let builder = BundleBuilder::create(&a.out).context("output bundle")?;
-    let result = build(&a, builder, &key, out);
+    let result = build(&a, builder, key.as_ref(), out);
     if result.is_err() && !existed {
         let _ = std::fs::remove_dir_all(&a.out);
     }
     result
 }
 
-fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write) -> Result<()> {
+fn build(
+    a: &Args,
+    builder: BundleBuilder,
+    key: Option<&SecretKey>,
+    out: &mut impl Write,
+) -> Result<()> {
     let quiet = a.json;
     let spin = progress(1, "loading checkpoint", quiet);
     let src = source::load(&SourceArgs {
@@ -417,6 +438,29 @@ fn build(a: &Args, builder: BundleBuilder, key: &SecretKey, out: &mut impl Write
             layers: layers.clone(),
         },
         files: Default::default(),
+    };
+    let Some(key) = key else {
+        let bytes = builder.finish_unsigned(manifest)?;
+        let manifest_path = a.out.join(echojepa::bundle::MANIFEST_FILE);
+        let sha = echojepa::bundle::sha256_hex(&bytes);
+        if a.json {
+            let v = serde_json::json!({
+                "bundle": a.out, "unsigned": true, "manifest": manifest_path,
+                "manifest_sha256": sha, "manifest_bytes": bytes.len(),
+                "calibration": summary, "layers": layers,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "unsigned bundle {} (manifest sha256 {sha}); sign the exact bytes of {} with Ed25519, e.g.\n  openssl pkeyutl -sign -rawin -inkey maker.pem -in {} -out manifest.sig.bin\nthen: quantize sign {} --signature manifest.sig.bin --public-key maker.pub",
+                a.out.display(),
+                manifest_path.display(),
+                manifest_path.display(),
+                a.out.display()
+            )?;
+        }
+        return Ok(());
     };
     let bundle = builder.finish(manifest, key)?;
     let m = bundle.manifest();

@@ -1,6 +1,6 @@
-//! `quantize keygen`: a new ed25519 signing key pair in the text format of
-//! `echojepa::bundle` (documented there). The secret file is written 0600; existing files are
-//! never overwritten.
+//! `quantize keygen`: a new ed25519 signing key pair as PEM (PKCS #8 secret, SPKI public: what
+//! openssl writes; `echojepa::bundle` documents the name line before each block). The secret file
+//! is written 0600; existing files are never overwritten.
 
 use std::io::Write;
 use std::path::PathBuf;

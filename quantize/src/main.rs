@@ -17,6 +17,7 @@ mod build;
 mod data;
 mod keygen;
 mod report;
+mod sign;
 mod source;
 mod verify;
 
@@ -47,6 +48,9 @@ enum Command {
     Keygen(keygen::Args),
     /// Quantize a checkpoint (+ probes) into a signed bundle.
     Build(build::Args),
+    /// Sign a bundle (made with `build --unsigned`, or re-sign one): with a secret key, or by
+    /// attaching an Ed25519 signature made by any standard signer (openssl, an HSM, minisign).
+    Sign(sign::Args),
     /// Check a bundle's signature and file hashes against trusted public keys.
     Verify(verify::Args),
     /// Compare a bundle's int8 model with the full-precision checkpoint on phantom clips.
@@ -67,6 +71,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Keygen(a) => keygen::run(a, &mut out),
         Command::Build(a) => build::run(a, &mut out),
+        Command::Sign(a) => sign::run(a, &mut out),
         Command::Verify(a) => verify::run(a, &mut out),
         Command::Report(a) => report::run(a, &mut out),
         Command::Bench(a) => bench::run(a, &mut out),

@@ -498,3 +498,201 @@ fn report_on_a_video_list_skips_unreadable_videos() {
         "{err}"
     );
 }
+
+fn tool(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (openssl and ssh-keygen come from .ci/run)"));
+    assert!(o.status.success(), "{cmd:?}: {:?}", text(&o));
+    o
+}
+
+/// The device maker's signing path with tools this project did not write: an Ed25519 key made by
+/// openssl, an unsigned build, the manifest signed by `openssl pkeyutl`, attached by `quantize
+/// sign` and verified with the PEM public key as openssl wrote it. And the other way: a key from
+/// `quantize keygen` is read by openssl, and a bundle signature we made verifies with openssl.
+#[test]
+fn openssl_signs_bundles_and_verifies_ours() {
+    let f = fixture();
+    let dir = f.root.join("openssl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sk, pk) = (dir.join("maker.pem"), dir.join("maker.pub.pem"));
+    tool(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&sk),
+    );
+    tool(
+        Command::new("openssl")
+            .arg("pkey")
+            .arg("-in")
+            .arg(&sk)
+            .arg("-pubout")
+            .arg("-out")
+            .arg(&pk),
+    );
+
+    let unsigned = f.root.join("unsigned");
+    let o = run(&[
+        "build",
+        "--checkpoint",
+        f.stem.to_str().unwrap(),
+        "--model-version",
+        "2",
+        "--unsigned",
+        "--out",
+        unsigned.to_str().unwrap(),
+        "--calibration-clips",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["unsigned"], true);
+    assert!(!unsigned.join("manifest.sig").exists());
+    let o = run(&[
+        "verify",
+        unsigned.to_str().unwrap(),
+        "--key",
+        pk.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("unsigned"), "{:?}", text(&o));
+
+    let sig = dir.join("manifest.sig.bin");
+    tool(
+        Command::new("openssl")
+            .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+            .arg(&sk)
+            .arg("-in")
+            .arg(unsigned.join("manifest.json"))
+            .arg("-out")
+            .arg(&sig),
+    );
+    assert_eq!(std::fs::metadata(&sig).unwrap().len(), 64);
+
+    // A damaged signature is refused and nothing is attached.
+    let mut bad = std::fs::read(&sig).unwrap();
+    bad[10] ^= 1;
+    let bad_path = dir.join("bad.sig.bin");
+    std::fs::write(&bad_path, bad).unwrap();
+    let o = run(&[
+        "sign",
+        unsigned.to_str().unwrap(),
+        "--signature",
+        bad_path.to_str().unwrap(),
+        "--public-key",
+        pk.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("does not match the signature"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(!unsigned.join("manifest.sig").exists());
+
+    let o = run(&[
+        "sign",
+        unsigned.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+        "--public-key",
+        pk.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&[
+        "verify",
+        unsigned.to_str().unwrap(),
+        "--key",
+        pk.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    assert_eq!(
+        v["signer"], "maker.pub",
+        "a PEM key is named after its file"
+    );
+
+    // Our keygen writes keys openssl reads: the public half openssl derives from our secret file
+    // is our public file's key.
+    let ours = f.root.join("keys");
+    let derived = tool(
+        Command::new("openssl")
+            .arg("pkey")
+            .arg("-in")
+            .arg(ours.join("maker.secret"))
+            .arg("-pubout"),
+    );
+    let derived = String::from_utf8(derived.stdout).unwrap();
+    let written = std::fs::read_to_string(ours.join("maker.pub")).unwrap();
+    assert!(written.ends_with(&derived), "{written}\nvs\n{derived}");
+
+    // openssl verifies the signature our build made (fixture bundle, keygen key).
+    let sig_text = std::fs::read_to_string(f.bundle.join("manifest.sig")).unwrap();
+    let hex_sig = sig_text
+        .lines()
+        .find_map(|l| l.strip_prefix("signature: "))
+        .unwrap();
+    let ours_sig = dir.join("ours.sig.bin");
+    std::fs::write(&ours_sig, hex::decode(hex_sig).unwrap()).unwrap();
+    let o = tool(
+        Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(ours.join("maker.pub"))
+            .arg("-rawin")
+            .arg("-in")
+            .arg(f.bundle.join("manifest.json"))
+            .arg("-sigfile")
+            .arg(&ours_sig),
+    );
+    assert!(
+        text(&o).0.contains("Signature Verified Successfully"),
+        "{:?}",
+        text(&o)
+    );
+}
+
+/// An OpenSSH `ssh-ed25519` public key made by ssh-keygen is read as the same key ssh-keygen
+/// fingerprints (SHA256 of the key blob rebuilt from the bytes we parsed).
+#[test]
+fn openssh_public_keys_are_accepted() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let k = tmp.path().join("id_ed25519");
+    tool(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "cart-signer", "-f"])
+            .arg(&k),
+    );
+    let fp = tool(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(k.with_extension("pub")),
+    );
+    let fp = text(&fp).0;
+    let ssh_fp = fp
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("SHA256:"))
+        .unwrap_or_else(|| panic!("no SHA256 fingerprint in {fp}"))
+        .to_string();
+    let a = echojepa::bundle::PublicKey::load(&k.with_extension("pub")).unwrap();
+    assert_eq!(a.name(), "cart-signer", "the OpenSSH comment names the key");
+    let mut blob = Vec::new();
+    for part in [&b"ssh-ed25519"[..], &hex::decode(a.hex()).unwrap()] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    let ours = base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&blob));
+    assert_eq!(ours, ssh_fp);
+    // The private half is not a public key, and the error names the file.
+    let e = echojepa::bundle::PublicKey::load(&k)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("id_ed25519"), "{e}");
+}

@@ -12,6 +12,12 @@
 //! The secret key file has the first line `echojepa-ed25519-secret-key v1` and the 32-byte seed
 //! as `key:`. Its name is the public key's name.
 //!
+//! Keys in standard encodings are read too ([`super::key_formats`]: PEM SPKI and PKCS #8 as
+//! openssl writes them, OpenSSH `ssh-ed25519` lines, minisign public keys), and `quantize keygen`
+//! writes PEM, with the key's name on a line before the PEM block (where PEM readers such as
+//! openssl ignore text): `# echojepa-key-name: NAME`. A key without a name line takes its file's
+//! stem (or the OpenSSH comment) as its name; what identifies a key is its id.
+//!
 //! `manifest.sig` has exactly this form (LF line ends, lowercase hex, nothing else; any other
 //! byte sequence is refused):
 //!
@@ -30,6 +36,53 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::BundleError;
+use super::key_formats;
+
+const NAME_LINE: &str = "# echojepa-key-name:";
+
+/// The name a key file gives itself on a `# echojepa-key-name:` line.
+fn name_line(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(NAME_LINE))
+        .map(|n| n.split_whitespace().next().unwrap_or_default().to_string())
+}
+
+/// A key name made from a file name (invalid characters become `-`).
+fn name_from_origin(origin: &str) -> String {
+    let stem = Path::new(origin)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        name = "key".into();
+    }
+    name
+}
+
+/// The name for a key read from `text` (in a standard format) at `origin`.
+fn standard_name(text: &str, origin: &str, comment: Option<&str>) -> Result<String, String> {
+    if let Some(n) = name_line(text) {
+        check_name(&n)?;
+        return Ok(n);
+    }
+    if let Some(c) = comment
+        && check_name(c).is_ok()
+    {
+        return Ok(c.to_string());
+    }
+    Ok(name_from_origin(origin))
+}
 
 const PUBLIC_HEADER: &str = "echojepa-ed25519-public-key v1";
 const SECRET_HEADER: &str = "echojepa-ed25519-secret-key v1";
@@ -140,13 +193,36 @@ impl PublicKey {
         Self::from_bytes(name, &bytes)
     }
 
-    /// Parses the text of a public key file; `origin` names it in errors.
+    /// Parses the text of a public key file in any accepted format (see the module docs);
+    /// `origin` names it in errors and, for formats without a name, gives the key its name.
     pub fn parse(text: &str, origin: &str) -> Result<Self, BundleError> {
-        let (name, bytes) =
-            parse_key_text(text, PUBLIC_HEADER).map_err(|reason| BundleError::BadKey {
-                what: origin.to_string(),
-                reason,
-            })?;
+        let bad = |reason: String| BundleError::BadKey {
+            what: origin.to_string(),
+            reason,
+        };
+        if text.contains("-----BEGIN PRIVATE KEY-----")
+            || text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        {
+            return Err(bad(
+                "this is a PEM PRIVATE KEY (a secret-key file), expected a public key".into(),
+            ));
+        }
+        let standard = if let Some(r) = key_formats::spki_public(text) {
+            Some(r.and_then(|k| Ok((standard_name(text, origin, None)?, k))))
+        } else if let Some(r) = key_formats::openssh_public(text) {
+            Some(r.and_then(|(k, c)| Ok((standard_name(text, origin, Some(&c))?, k))))
+        } else {
+            key_formats::minisign_public(text)
+                .map(|r| r.and_then(|(k, _id)| Ok((standard_name(text, origin, None)?, k))))
+        };
+        if let Some(r) = standard {
+            let (name, bytes) = r.map_err(bad)?;
+            return Self::from_bytes(&name, &bytes).map_err(|e| match e {
+                BundleError::BadKey { reason, .. } => bad(reason),
+                e => e,
+            });
+        }
+        let (name, bytes) = parse_key_text(text, PUBLIC_HEADER).map_err(bad)?;
         Self::from_bytes(&name, &bytes).map_err(|e| match e {
             BundleError::BadKey { reason, .. } => BundleError::BadKey {
                 what: origin.to_string(),
@@ -162,7 +238,18 @@ impl PublicKey {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The key file text.
+    /// The key as PEM SubjectPublicKeyInfo (what `openssl pkey -pubout` writes), after a name
+    /// line that PEM readers ignore.
+    pub fn to_pem(&self) -> String {
+        format!(
+            "{NAME_LINE} {} (id {})\n{}",
+            self.name,
+            self.id(),
+            key_formats::to_spki_pem(self.key.as_bytes())
+        )
+    }
+
+    /// The key file text (this project's own v1 format).
     pub fn to_file_text(&self) -> String {
         format!(
             "{PUBLIC_HEADER}\n# id {}\nname: {}\nkey: {}\n",
@@ -226,8 +313,21 @@ impl SecretKey {
         }
     }
 
-    /// Parses the text of a secret key file; `origin` names it in errors.
+    /// Parses the text of a secret key file (this project's format, or PEM PKCS #8 as `openssl
+    /// genpkey -algorithm ed25519` writes it); `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, BundleError> {
+        let bad = |reason: String| BundleError::BadKey {
+            what: origin.to_string(),
+            reason,
+        };
+        if let Some(r) = key_formats::pkcs8_seed(text) {
+            let seed = r.map_err(bad)?;
+            let name = standard_name(text, origin, None).map_err(bad)?;
+            return Ok(Self::from_seed(&name, &seed));
+        }
+        if key_formats::spki_public(text).is_some() || key_formats::openssh_public(text).is_some() {
+            return Err(bad("this is a public key, expected a secret key".into()));
+        }
         let (name, seed) =
             parse_key_text(text, SECRET_HEADER).map_err(|reason| BundleError::BadKey {
                 what: origin.to_string(),
@@ -252,7 +352,24 @@ impl SecretKey {
         )
     }
 
-    /// Writes `secret_path` (mode 0600) and `public_path`, refusing to overwrite either.
+    /// The key as PEM PKCS #8 (what `openssl genpkey -algorithm ed25519` writes), after a name
+    /// line that PEM readers ignore.
+    pub fn to_pem(&self) -> String {
+        format!(
+            "{NAME_LINE} {} (secret; public key id {})\n{}",
+            self.name,
+            self.public().id(),
+            key_formats::to_pkcs8_pem(&self.key.to_bytes())
+        )
+    }
+
+    /// The raw Ed25519 signature of `bytes` (64 bytes).
+    pub fn sign_raw(&self, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(bytes).to_bytes()
+    }
+
+    /// Writes `secret_path` (mode 0600) and `public_path` as PEM (PKCS #8 and SPKI, readable by
+    /// openssl and other tools), refusing to overwrite either.
     pub fn write_new(&self, secret_path: &Path, public_path: &Path) -> Result<(), BundleError> {
         for p in [secret_path, public_path] {
             if p.exists() {
@@ -261,8 +378,8 @@ impl SecretKey {
                 });
             }
         }
-        write_new_file(secret_path, self.to_file_text().as_bytes(), true)?;
-        write_new_file(public_path, self.public().to_file_text().as_bytes(), false)
+        write_new_file(secret_path, self.to_pem().as_bytes(), true)?;
+        write_new_file(public_path, self.public().to_pem().as_bytes(), false)
     }
 
     pub fn name(&self) -> &str {

@@ -19,6 +19,7 @@
 //! weights into it, then [`BundleBuilder::finish`] hashes, writes and signs the manifest and
 //! verifies the result.
 
+pub mod key_formats;
 mod keys;
 mod manifest;
 pub mod rollback;
@@ -511,9 +512,20 @@ impl BundleBuilder {
     /// it into `manifest.sig` and verifies the result with the signing key's public half.
     pub fn finish(
         self,
-        mut manifest: Manifest,
+        manifest: Manifest,
         key: &SecretKey,
     ) -> Result<VerifiedBundle, BundleError> {
+        let dir = self.dir.clone();
+        let bytes = self.finish_unsigned(manifest)?;
+        let sig = dir.join(SIGNATURE_FILE);
+        std::fs::write(&sig, key.sign_manifest(&bytes)).map_err(io_err(&sig))?;
+        verify_bundle(&dir, &[key.public()])
+    }
+
+    /// Like [`Self::finish`] but leaves the bundle unsigned: returns the exact bytes written to
+    /// `manifest.json`, which are what a signer must sign (Ed25519 over these bytes, no hashing
+    /// first); [`attach_signature`] then completes the bundle.
+    pub fn finish_unsigned(self, mut manifest: Manifest) -> Result<Vec<u8>, BundleError> {
         manifest.files.clear();
         for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let entry = entry.map_err(io_err(&self.dir))?;
@@ -528,16 +540,40 @@ impl BundleBuilder {
         check_manifest(&self.dir, &manifest)?;
         let mut bytes = serde_json::to_vec_pretty(&manifest).map_err(BundleError::Serialise)?;
         bytes.push(b'\n');
-        let sig = key.sign_manifest(&bytes);
-        for (name, content) in [
-            (MANIFEST_FILE, bytes.as_slice()),
-            (SIGNATURE_FILE, sig.as_bytes()),
-        ] {
-            let path = self.dir.join(name);
-            std::fs::write(&path, content).map_err(io_err(&path))?;
-        }
-        verify_bundle(&self.dir, &[key.public()])
+        let path = self.dir.join(MANIFEST_FILE);
+        std::fs::write(&path, &bytes).map_err(io_err(&path))?;
+        Ok(bytes)
     }
+}
+
+/// Completes an unsigned bundle with a signature made elsewhere (an HSM, `openssl pkeyutl
+/// -sign -rawin`, `minisign -S -l`): the 64-byte Ed25519 signature of the exact `manifest.json`
+/// bytes by `signer`. The signature is checked before `manifest.sig` is written, and the whole
+/// bundle is verified after; an existing `manifest.sig` is replaced only when the new one is good.
+pub fn attach_signature(
+    dir: impl AsRef<Path>,
+    signature: &[u8; 64],
+    signer: &PublicKey,
+) -> Result<VerifiedBundle, BundleError> {
+    let dir = dir.as_ref();
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    let sig = ed25519_dalek::Signature::from_bytes(signature);
+    signer
+        .verifying_key()
+        .verify_strict(&bytes, &sig)
+        .map_err(|_| BundleError::BadSignature {
+            dir: dir.to_path_buf(),
+            key: signer.to_string(),
+        })?;
+    let text = keys::SignatureFile {
+        key: *signer.verifying_key(),
+        signature: sig,
+    }
+    .to_text();
+    let out = dir.join(SIGNATURE_FILE);
+    std::fs::write(&out, text).map_err(io_err(&out))?;
+    verify_bundle(dir, std::slice::from_ref(signer))
 }
 
 /// Re-signs an existing bundle's exact manifest bytes with another key (e.g. a release key
