@@ -54,3 +54,9 @@ elif [ "${CI:-}" = "true" ]; then
 else
     echo "== skipping the aarch64 kernels: needs rustup target aarch64-unknown-linux-gnu, qemu-user and gcc-aarch64-linux-gnu (see .ci/run)"
 fi
+
+# Fuzzing (docs/FUZZING.md): each target replays its committed corpus and kept crashes, then
+# mutates them for FUZZ_SECONDS (default 15) seconds. A panic, a hang or an over-cap allocation
+# fails the run and leaves the input in fuzz/crashes/TARGET/ (commit it: it becomes a test).
+echo "== fuzzing: every target for ${FUZZ_SECONDS:-15} s each (echojepa-fuzz run all)"
+cargo run -p echojepa-fuzz --quiet -- run all --seconds "${FUZZ_SECONDS:-15}"

@@ -76,13 +76,20 @@ impl PtFile {
             .find(|n| n.ends_with("data.pkl"))
             .ok_or_else(|| bad(path, "no data.pkl in the archive"))?;
         let dir = PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(&pkl));
-        let reader = zip
-            .by_name(&pkl)
+        let mut pickle = Vec::new();
+        zip.by_name(&pkl)
+            .and_then(|r| Ok(r.take(MAX_PICKLE_BYTES + 1).read_to_end(&mut pickle)?))
             .map_err(|e| bad(path, format!("{pkl}: {e}")))?;
-        let mut reader = BufReader::new(reader);
+        if pickle.len() as u64 > MAX_PICKLE_BYTES {
+            return Err(bad(
+                path,
+                format!("{pkl}: larger than {MAX_PICKLE_BYTES} bytes"),
+            ));
+        }
+        check_pickle_lengths(&pickle).map_err(|e| bad(path, format!("{pkl}: {e}")))?;
         let mut stack = Stack::empty();
         stack
-            .read_loop(&mut reader)
+            .read_loop(&mut std::io::Cursor::new(&pickle[..]))
             .map_err(|e| bad(path, format!("{pkl}: {e}")))?;
         let root = stack
             .finalize()
@@ -192,6 +199,82 @@ impl PtFile {
             _ => None,
         }
     }
+}
+
+/// Largest `data.pkl` read (the object tree only; tensor data lives in other zip entries, and
+/// real checkpoints have pickles of a few MB at most).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Walks the opcodes of a pickle the way candle's unpickler reads them and refuses arguments it
+/// would trust blindly: a string length past the end of the pickle (candle allocates the
+/// declared length, up to 4 GiB, before reading) and an integer wider than 8 bytes (its shift
+/// overflows). Stops at `STOP` or at an opcode candle does not know (candle then reports it).
+fn check_pickle_lengths(p: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0;
+    let arg = |i: usize, n: usize| -> std::result::Result<&[u8], String> {
+        p.get(i..i + n)
+            .ok_or_else(|| format!("the pickle ends inside the argument at byte {i}"))
+    };
+    while let Some(&op) = p.get(i) {
+        let at = i;
+        i += 1;
+        i += match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'r' | b'J' | b'j' => 4,
+            b'G' => 8,
+            b'c' => {
+                // module and name, each up to a newline
+                let mut n = 0;
+                for _ in 0..2 {
+                    n += p[(i + n).min(p.len())..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map(|k| k + 1)
+                        .ok_or_else(|| format!("GLOBAL at byte {at} has no newline"))?;
+                }
+                n
+            }
+            b'X' => {
+                let len = u32::from_le_bytes(arg(i, 4)?.try_into().unwrap_or([0; 4])) as usize;
+                if len > p.len() - (i + 4).min(p.len()) {
+                    return Err(format!(
+                        "string at byte {at} declares {len} bytes, past the end of the {}-byte pickle",
+                        p.len()
+                    ));
+                }
+                4 + len
+            }
+            0x8a => {
+                let n = arg(i, 1)?[0] as usize;
+                if n > 8 {
+                    return Err(format!(
+                        "integer at byte {at} has {n} bytes (at most 8 are supported)"
+                    ));
+                }
+                1 + n
+            }
+            b')'
+            | b'R'
+            | b'('
+            | b't'
+            | b'Q'
+            | 0x85..=0x89
+            | b'N'
+            | b's'
+            | b'u'
+            | b'}'
+            | b'd'
+            | b'b'
+            | 0x81
+            | b']'
+            | b'a'
+            | b'e' => 0,
+            _ => return Ok(()),
+        };
+    }
+    Ok(())
 }
 
 fn unwrap_build(o: Object) -> Object {
