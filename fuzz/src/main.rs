@@ -104,12 +104,11 @@ fn main() -> anyhow::Result<()> {
             files,
         } => {
             let t = target(&name)?;
-            let crash_dir = std::env::temp_dir();
             let _watchdog = runner::Watchdog::start(Duration::from_secs(20))?;
             let mut failed = 0;
             for f in &files {
                 let data = std::fs::read(f).with_context(|| format!("{}", f.display()))?;
-                match runner::execute_tracked(t, &data, Some(&crash_dir)) {
+                match runner::execute_tracked(t, &data, None) {
                     Ok(outcome) => println!("{}: {outcome}", f.display()),
                     Err(msg) => {
                         failed += 1;

@@ -1,4 +1,9 @@
 //! PyTorch `.pt` checkpoints: a zip archive with a pickle (`data.pkl`) and tensor storages.
+//!
+//! An input starting with `PK` is the whole file. Anything else is the pickle: the harness
+//! packs it as `archive/data.pkl` with four 64-byte storages `archive/data/0..3` into a zip
+//! with valid CRCs, so mutations of the pickle reach the unpickler and `state_dict` instead of
+//! stopping at the zip's CRC check.
 
 use candle_core::Device;
 use echojepa::checkpoint::PtFile;
@@ -35,7 +40,36 @@ pub(crate) static DICT: &[&[u8]] = &[
     b".",
 ];
 
+/// `pickle` as `archive/data.pkl` of a zip with four small storages.
+fn pack(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let storage: Vec<u8> = (0..64u8).collect();
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut put = |name: &str, bytes: &[u8]| -> zip::result::ZipResult<()> {
+        w.start_file(name, opts)?;
+        w.write_all(bytes)?;
+        Ok(())
+    };
+    let written = put("archive/data.pkl", pickle)
+        .and_then(|()| (0..4).try_for_each(|k| put(&format!("archive/data/{k}"), &storage)))
+        .and_then(|()| put("archive/version", b"3\n"))
+        .and_then(|()| w.finish());
+    match written {
+        Ok(c) => c.into_inner(),
+        Err(e) => panic!("fuzz harness: cannot write the zip: {e}"),
+    }
+}
+
 pub(crate) fn pt(data: &[u8]) -> String {
+    let packed;
+    let data = if data.starts_with(b"PK") {
+        data
+    } else {
+        packed = pack(data);
+        &packed
+    };
     with_file("in.pt", data, |path| {
         let pt = match PtFile::open(path) {
             Ok(pt) => pt,
