@@ -70,7 +70,7 @@ t4=$(now)
 "$Q" verify "$out.new" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub"
 "$Q" report "$out.new" --key "$root/edge-runtime/demo/keys/echojepa-demo.pub" \
     --checkpoint "$ck" --phantom 600 --seed 5000000 \
-    --markdown quantize-report.md --json quantize-report.json
+    --markdown quantize-report.md --report quantize-report.json
 # the checks are printed; a failed one is reported (and recorded in quantize-report.md) but does
 # not stop the build: what int8 costs is a measurement, not a gate here
 python3 - <<'EOF'

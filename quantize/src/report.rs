@@ -29,8 +29,9 @@ use crate::source::{self, SourceArgs};
 pub struct Args {
     /// Bundle directory.
     bundle: PathBuf,
-    /// Trusted public key file(s).
-    #[arg(long = "key", required = true)]
+    /// Trusted public key file(s): PEM, OpenSSH, minisign or `quantize keygen`'s NAME.pub;
+    /// repeat for several.
+    #[arg(long = "trusted-key", visible_alias = "key", required = true)]
     keys: Vec<PathBuf>,
     /// The full-precision checkpoint the bundle was built from (native stem or `.pt`).
     #[arg(long)]
@@ -88,9 +89,12 @@ pub struct Args {
     /// Write the markdown report here (default: stdout).
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Write the JSON report here; `-` prints JSON to stdout instead of markdown.
+    /// Also write the JSON report to this file.
     #[arg(long)]
-    json: Option<PathBuf>,
+    report: Option<PathBuf>,
+    /// Print the JSON report to stdout instead of markdown.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The report (also the JSON schema).
@@ -266,7 +270,7 @@ fn is_ef(name: &str) -> bool {
 }
 
 pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
-    let json_stdout = a.json.as_deref() == Some(std::path::Path::new("-"));
+    let json_stdout = a.json;
     let keys = a
         .keys
         .iter()
@@ -733,7 +737,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         checks,
         machine: echojepa_kernels::cpu::describe(),
     };
-    if let Some(p) = a.json.as_ref().filter(|_| !json_stdout) {
+    if let Some(p) = &a.report {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }

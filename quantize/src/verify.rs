@@ -12,8 +12,9 @@ use echojepa::bundle::{PublicKey, verify_bundle};
 pub struct Args {
     /// Bundle directory.
     bundle: PathBuf,
-    /// Trusted public key file(s) (`quantize keygen` writes NAME.pub); repeat for several.
-    #[arg(long = "key", required = true)]
+    /// Trusted public key file(s): PEM, OpenSSH, minisign or `quantize keygen`'s NAME.pub;
+    /// repeat for several.
+    #[arg(long = "trusted-key", visible_alias = "key", required = true)]
     keys: Vec<PathBuf>,
     /// Print the result as JSON (also on failure: {"ok": false, "error": ...}).
     #[arg(long)]

@@ -231,7 +231,6 @@ fn build_verify_report_and_refusals() {
         "--reps",
         "1",
         "--json",
-        "-",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
@@ -422,7 +421,7 @@ fn report_on_a_video_list_skips_unreadable_videos() {
         args.extend_from_slice(extra);
         run(&args)
     };
-    let o = report(&["--csv", list.to_str().unwrap(), "--json", "-"]);
+    let o = report(&["--csv", list.to_str().unwrap(), "--json"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -464,7 +463,6 @@ fn report_on_a_video_list_skips_unreadable_videos() {
         "--csv-head",
         "ef",
         "--json",
-        "-",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");

@@ -18,7 +18,7 @@ use crate::probe::features::split_features;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Frozen-evaluation config (its data lists and `model_kwargs.checkpoint` are used).
-    #[arg(long, short)]
+    #[arg(long, short, visible_alias = "fname")]
     pub config: PathBuf,
     /// Which list: train, val or test.
     #[arg(long, default_value = "val")]

@@ -29,7 +29,7 @@ use crate::schedule::Schedules;
 pub struct Args {
     /// Pretraining config in the reference YAML schema (app, data, data_aug, loss, mask, meta,
     /// model, optimization).
-    #[arg(long, short)]
+    #[arg(long, short, visible_alias = "fname")]
     pub config: PathBuf,
     /// Device: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, num_args = 1.., default_value = "cpu")]

@@ -304,3 +304,22 @@ fn shipped_example_configs_dry_run() {
         assert!(ok, "{}: {err}\n{out}", f.display());
     }
 }
+
+/// The reference's habit `--fname config.yaml` is accepted, and a config that asks for several
+/// processes (`tasks_per_node: 8`) says that this trainer runs one.
+#[test]
+fn fname_is_accepted_and_several_processes_are_said() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/train/vitl16/pretrain-phantom-224px-16f.yaml");
+    let out = trainer()
+        .args(["pretrain", "--dry-run", "--fname"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("8 processes") && err.contains("ONE process"),
+        "{err}"
+    );
+}

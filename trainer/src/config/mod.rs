@@ -43,6 +43,9 @@ pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<
             for key in &unknown {
                 tracing::warn!("{}: unknown key `{key}` (ignored)", path.display());
             }
+            if let Some(msg) = multi_process_request(text) {
+                tracing::warn!("{}: {msg}", path.display());
+            }
             Ok(Loaded {
                 config,
                 unknown_keys: unknown,
@@ -54,6 +57,21 @@ pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<
             None => bail!("{}: {e}", path.display()),
         },
     }
+}
+
+/// The SLURM keys `nodes` and `tasks_per_node` ask for several processes; this trainer runs one
+/// process on one device, so the global batch is the config's per-process batch. Said, not
+/// silently dropped.
+fn multi_process_request(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(1);
+    let (nodes, tasks) = (n("nodes"), n("tasks_per_node"));
+    (nodes * tasks > 1).then(|| {
+        format!(
+            "the config asks for {nodes} node(s) x {tasks} task(s) per node = {} processes; this trainer runs ONE process on one device, so the global batch is the per-process batch_size and the learning rate is not rescaled",
+            nodes * tasks
+        )
+    })
 }
 
 /// Reads and parses a YAML config file.
@@ -70,6 +88,17 @@ pub type Opaque = Option<serde_json::Value>;
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn several_nodes_or_tasks_are_said() {
+        assert_eq!(multi_process_request("nodes: 1\ntasks_per_node: 1\n"), None);
+        assert_eq!(multi_process_request("folder: x\n"), None);
+        let m = multi_process_request("nodes: 2\ntasks_per_node: 8\n").unwrap();
+        assert!(
+            m.contains("16 processes") && m.contains("ONE process"),
+            "{m}"
+        );
+    }
 
     #[derive(Debug, Deserialize)]
     struct Inner {

@@ -49,7 +49,7 @@ use source::Source;
 pub struct Args {
     /// Fine-tuning config: the frozen-evaluation schema plus a `finetune:` block
     /// (see configs/quickstart/finetune-tiny.yaml).
-    #[arg(long, short)]
+    #[arg(long, short, visible_alias = "fname")]
     pub config: PathBuf,
     /// Device: `cpu` or `cuda:N`.
     #[arg(long, num_args = 1.., default_value = "cpu")]

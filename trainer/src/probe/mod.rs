@@ -37,7 +37,7 @@ use heads::{Eval, HeadSpec, MultiView, ProbeTrainer, Sample, eval_probe, probe_f
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Frozen-evaluation config (eval_name, folder, tag, experiment.*, model_kwargs.*).
-    #[arg(long, short)]
+    #[arg(long, short, visible_alias = "fname")]
     pub config: PathBuf,
     /// Device: `cpu` or `cuda:N`.
     #[arg(long, num_args = 1.., default_value = "cpu")]
@@ -70,7 +70,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// Frozen-evaluation config; `dataset_val` (or `--split`) is evaluated.
-    #[arg(long, short)]
+    #[arg(long, short, visible_alias = "fname")]
     pub config: PathBuf,
     /// Probe checkpoint: native (`probe.safetensors` + `.json`, from `trainer probe`) or an
     /// official `.pt` with `classifiers` (head 0). Default: `probe_checkpoint` of the config,
