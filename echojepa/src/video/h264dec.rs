@@ -78,7 +78,18 @@ impl H264Decoder {
         match self {
             Self::Rusty(d) => {
                 use rusty_h264_decoder::DecodeError;
-                match d.decode(annexb) {
+                // rusty_h264 can panic on a damaged stream (an arithmetic overflow in its CABAC
+                // engine: fuzz/crashes/h264/). The panic is caught and treated like a tool it
+                // lacks: the session is decoded again by OpenH264, which reports damage as an
+                // error, and the decoder that panicked is dropped with its session.
+                let decoded =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.decode(annexb)));
+                let Ok(decoded) = decoded else {
+                    return Err(DecodeFailure::Unsupported(
+                        "a stream rusty_h264 cannot decode (it panicked)".into(),
+                    ));
+                };
+                match decoded {
                     Ok(Some(f)) => {
                         let cw = f.width.div_ceil(2);
                         out(Picture {
