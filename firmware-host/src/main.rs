@@ -5,11 +5,10 @@
 
 mod cli;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// Serial link to the cart microcontroller (MCU): watch it, ping it, ask its status, run a
 /// simulated one, and install signed model bundles into the cart's A/B slots.
@@ -31,6 +30,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
+    #[command(flatten)]
+    log: cli_log::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,14 +56,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    cli_log::init(&cli.log);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match cli.command {

@@ -35,9 +35,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "quantize", version, about, long_about)]
 struct Cli {
-    /// Log filter (e.g. `info`, `debug`); also RUST_LOG.
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,12 +60,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    cli_log::init(&cli.log);
     let mut out = std::io::stdout().lock();
     let result: Result<()> = match cli.command {
         Command::Keygen(a) => keygen::run(a, &mut out),

@@ -35,9 +35,8 @@ mod schedule;
 #[derive(Debug, Parser)]
 #[command(name = "trainer", version, about, long_about = None)]
 struct Cli {
-    /// Log filter (e.g. `info`, `debug`, `trainer=debug`); also read from RUST_LOG.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    #[command(flatten)]
+    log: cli_log::LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -91,7 +90,7 @@ fn keep_freed_memory() {
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    cli_log::init(&cli.log);
     let result: Result<std::process::ExitCode> =
         match cli.command {
             Command::Conformance(args) => conformance::run(args, &mut std::io::stdout()),
@@ -125,15 +124,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 #[cfg(test)]

@@ -1,0 +1,107 @@
+//! One logging vocabulary for the four binaries (`trainer`, `quantize`, `edge-runtime`,
+//! `firmware-host`): `--log LEVEL` (a level or a `tracing` filter such as `trainer=debug`), `-v`
+//! and `-q` to step the default up or down, the same default everywhere (`info`), logs on stderr,
+//! and ANSI colour only when stderr is a terminal and `NO_COLOR` is unset (journald and log files
+//! get plain text).
+//!
+//! Precedence: `--log` if given, else `RUST_LOG` if set, else the default stepped by `-v`/`-q`.
+
+use std::io::IsTerminal;
+
+/// The default level of every binary.
+pub const DEFAULT_LEVEL: &str = "info";
+
+const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// The logging flags, flattened into each binary's top-level arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing filter such as
+    /// `trainer=debug` [default: info; RUST_LOG is used when this is not given]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log: Option<String>,
+    /// More log detail (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log detail (-q warnings and errors only, -qq errors only)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+impl LogArgs {
+    /// The filter these flags ask for (`RUST_LOG` is the caller's `env` argument).
+    pub fn filter(&self, env: Option<&str>) -> String {
+        if let Some(f) = &self.log {
+            return f.clone();
+        }
+        if let Some(e) = env.filter(|e| !e.trim().is_empty())
+            && self.verbose == 0
+            && self.quiet == 0
+        {
+            return e.to_string();
+        }
+        let base = LEVELS.iter().position(|l| *l == DEFAULT_LEVEL).unwrap_or(2) as i32;
+        let i = (base + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 4) as usize;
+        LEVELS[i].to_string()
+    }
+}
+
+/// Whether to colour stderr: a terminal, and `NO_COLOR` unset or empty (no-color.org).
+pub fn colour(stderr_is_terminal: bool, no_color: Option<&str>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(str::is_empty)
+}
+
+/// Installs the global subscriber (a second call is a no-op). A filter that does not parse is
+/// reported on stderr and the default level is used instead.
+pub fn init(args: &LogArgs) {
+    let env = std::env::var("RUST_LOG").ok();
+    let wanted = args.filter(env.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
+        eprintln!("warning: log filter `{wanted}` is not valid ({e}); using `{DEFAULT_LEVEL}`");
+        tracing_subscriber::EnvFilter::new(DEFAULT_LEVEL)
+    });
+    let no_color = std::env::var("NO_COLOR").ok();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal(), no_color.as_deref()))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(log: Option<&str>, verbose: u8, quiet: u8) -> LogArgs {
+        LogArgs {
+            log: log.map(str::to_string),
+            verbose,
+            quiet,
+        }
+    }
+
+    #[test]
+    fn precedence_and_steps() {
+        assert_eq!(args(None, 0, 0).filter(None), "info");
+        assert_eq!(args(None, 1, 0).filter(None), "debug");
+        assert_eq!(args(None, 5, 0).filter(None), "trace");
+        assert_eq!(args(None, 0, 1).filter(None), "warn");
+        assert_eq!(args(None, 0, 9).filter(None), "error");
+        assert_eq!(
+            args(None, 0, 0).filter(Some("trainer=debug")),
+            "trainer=debug"
+        );
+        assert_eq!(args(None, 0, 0).filter(Some(" ")), "info");
+        assert_eq!(args(Some("warn"), 2, 0).filter(Some("debug")), "warn");
+        // -v/-q are explicit, so they win over RUST_LOG.
+        assert_eq!(args(None, 1, 0).filter(Some("error")), "debug");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("")));
+        assert!(!colour(true, Some("1")));
+        assert!(!colour(false, None));
+    }
+}
