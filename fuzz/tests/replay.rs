@@ -35,6 +35,7 @@ fn replay(name: &str) {
             Err(msg) => failures.push(format!("{}: {msg}", f.display())),
         }
     }
+    echojepa_fuzz::targets::remove_scratch();
     assert!(failures.is_empty(), "{name}: {}", failures.join("\n"));
     eprintln!(
         "{name}: {} seeds, {} kept crashes, {} distinct outcomes",
