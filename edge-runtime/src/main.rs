@@ -8,7 +8,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    cli_log::init(&args.log);
     match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {

@@ -38,9 +38,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub run: RunArgs,
-    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub log: cli_log::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,9 +192,9 @@ pub struct RunArgs {
     /// terminal; readable lines otherwise.
     #[arg(long)]
     pub json: bool,
-    /// Nothing on stdout (with --serve or a serial link).
+    /// Nothing on stdout (with --serve or a serial link). Logs on stderr follow --log/-q.
     #[arg(long, conflicts_with = "json")]
-    pub quiet: bool,
+    pub no_stdout: bool,
     /// Stop after this many seconds of video.
     #[arg(long)]
     pub seconds: Option<f64>,
@@ -322,20 +321,6 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         ));
     }
     Ok(v)
-}
-
-pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

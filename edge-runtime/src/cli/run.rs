@@ -35,7 +35,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let reporter = pipeline.reporter();
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if !args.quiet {
+    if !args.no_stdout {
         let stdout = std::io::stdout();
         if args.json || !stdout.is_terminal() {
             sinks.push(Box::new(JsonLines::new(stdout)));
@@ -95,7 +95,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         sinks.push(Box::new(sink));
     }
     if sinks.is_empty() {
-        anyhow::bail!("--quiet without --serve or a serial link leaves no output");
+        anyhow::bail!("--no-stdout without --serve or a serial link leaves no output");
     }
 
     let source = build_source(&args.source, &board, clock, stop.clone(), reporter)?;

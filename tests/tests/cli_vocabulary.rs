@@ -1,0 +1,76 @@
+//! One command-line vocabulary across the four binaries: `--log LEVEL`, `-v` and `-q` are
+//! accepted by each, and logs written to a pipe (journald, a file) carry no colour codes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use e2e_tests::repo;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn every_binary_takes_the_same_logging_flags() {
+    for name in ["trainer", "quantize", "edge-runtime", "firmware-host"] {
+        for flags in [
+            &["--log", "warn"][..],
+            &["-q"],
+            &["-vv"],
+            &["--log", "trainer=debug"],
+        ] {
+            let out = Command::new(bin(name))
+                .args(flags)
+                .arg("--version")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name} {flags:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = Command::new(bin(name)).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--log <LEVEL>")
+                && help.contains("--quiet")
+                && help.contains("--verbose"),
+            "{name} --help: {help}"
+        );
+    }
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    // A config with an unknown key makes the trainer log a warning.
+    let tmp = tempfile::tempdir().unwrap();
+    let src =
+        std::fs::read_to_string(repo().join("configs/quickstart/pretrain-tiny.yaml")).unwrap();
+    let cfg = tmp.path().join("p.yaml");
+    std::fs::write(&cfg, format!("{src}\nnot_a_reference_key: 1\n")).unwrap();
+    let out = Command::new(bin("trainer"))
+        .args(["pretrain", "--dry-run", "--config"])
+        .arg(&cfg)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not_a_reference_key"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    // -q hides the warning.
+    let out = Command::new(bin("trainer"))
+        .args(["-qq", "pretrain", "--dry-run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not_a_reference_key"));
+}
