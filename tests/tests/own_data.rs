@@ -195,4 +195,7 @@ fn own_data_page_runs_as_printed() {
     // a signed bundle that verifies
     assert!(work.join("my-bundle/manifest.json").is_file());
     assert!(work.join("my-bundle/manifest.sig").is_file());
+    // the bundle built unsigned and signed by openssl, attached by `quantize sign`
+    assert!(work.join("my-bundle-unsigned/manifest.sig").is_file());
+    assert!(work.join("keys/release.pub.pem").is_file());
 }
