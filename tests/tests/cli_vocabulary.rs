@@ -1,21 +1,10 @@
 //! One command-line vocabulary across the four binaries: `--log LEVEL`, `-v` and `-q` are
 //! accepted by each, and logs written to a pipe (journald, a file) carry no colour codes.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use e2e_tests::repo;
+use e2e_tests::{bin, repo};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn every_binary_takes_the_same_logging_flags() {

@@ -9,19 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use e2e_tests::{repo, run};
+use e2e_tests::{bin, repo, run};
 use echojepa::bundle::{SecretKey, resign_bundle, sha256_file};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
-        p.display()
-    );
-    p
-}
 
 fn demo_key() -> SecretKey {
     SecretKey::load(&repo().join("edge-runtime/demo/keys/echojepa-demo.secret")).unwrap()

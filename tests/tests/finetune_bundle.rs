@@ -5,21 +5,10 @@
 //! profile's EF thresholds. The LV decoder reaches the bundle, and the runtime measures EF from
 //! the traced LV.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use e2e_tests::{repo, run};
+use e2e_tests::{bin, repo, run};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
-        p.display()
-    );
-    p
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

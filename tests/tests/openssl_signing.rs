@@ -3,21 +3,11 @@
 //! its PEM file in a board profile) and `firmware-host flash` (with its default health check,
 //! which is `edge-runtime check` on the same board).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use e2e_tests::{repo, run};
+use e2e_tests::{bin, repo, run};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the binaries)",
-        p.display()
-    );
-    p
-}
 
 fn openssl(args: &[&str], paths: &[&Path]) {
     let mut cmd = Command::new("openssl");
