@@ -61,6 +61,12 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 rm -rf "$out/chromium-profile" "$out/mcu"
 : > "$out/page.jsonl"
+# Created here, not by the redirections of the background jobs, which may not have run yet when
+# the loops below first read them.
+: > "$out/run.err"
+: > "$out/chromium.err"
+: > "$out/run.jsonl"
+: > "$out/sim.jsonl"
 
 sim_pid='' rt_pid='' br_pid=''
 stop_pid() { # stop_pid PID SIGNAL: signal a process we started, wait up to 20 s, then kill it
@@ -106,7 +112,7 @@ for ((i = 0; i < 100; i++)); do [[ -e $out/mcu ]] && break; nap 0.1; done
 rt_pid=$!
 url=''
 for ((i = 0; i < 1200; i++)); do
-    url=$(sed -n 's/^live view: \(http[^ ]*\).*/\1/p' "$out/run.err" | head -1)
+    url=$(sed -n 's/^live view: \(http[^ ]*\).*/\1/p' "$out/run.err" | head -1 || true)
     [[ -n $url ]] && break
     kill -0 "$rt_pid" 2>/dev/null || die "the runtime exited before serving (run.err: $(tail -5 "$out/run.err"))"
     nap 0.1
@@ -123,7 +129,7 @@ setsid "$browser" --headless=new --no-sandbox --disable-gpu --disable-dev-shm-us
 br_pid=$!
 devtools=''
 for ((i = 0; i < 600; i++)); do
-    devtools=$(sed -n 's#.*DevTools listening on ws://\([^/]*\)/.*#\1#p' "$out/chromium.err" | head -1)
+    devtools=$(sed -n 's#.*DevTools listening on ws://\([^/]*\)/.*#\1#p' "$out/chromium.err" | head -1 || true)
     [[ -n $devtools ]] && break
     kill -0 "$br_pid" 2>/dev/null || die "Chromium exited (chromium.err: $(tail -5 "$out/chromium.err"))"
     nap 0.1

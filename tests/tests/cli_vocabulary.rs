@@ -5,7 +5,6 @@ use std::process::Command;
 
 use e2e_tests::{bin, repo};
 
-
 #[test]
 fn every_binary_takes_the_same_logging_flags() {
     for name in ["trainer", "quantize", "edge-runtime", "firmware-host"] {

@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 use e2e_tests::{bin, repo, run};
 use echojepa::bundle::{SecretKey, resign_bundle, sha256_file};
 
-
 fn demo_key() -> SecretKey {
     SecretKey::load(&repo().join("edge-runtime/demo/keys/echojepa-demo.secret")).unwrap()
 }

@@ -9,7 +9,6 @@ use std::process::Command;
 
 use e2e_tests::{bin, repo, run};
 
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

@@ -8,7 +8,6 @@ use std::process::Command;
 
 use e2e_tests::{bin, repo, run};
 
-
 fn openssl(args: &[&str], paths: &[&Path]) {
     let mut cmd = Command::new("openssl");
     cmd.args(args).args(paths);
