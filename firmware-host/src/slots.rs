@@ -810,6 +810,8 @@ impl Slots {
     /// Both slots and what they hold.
     pub fn status(&self, verifier: &dyn BundleVerifier) -> Vec<SlotState> {
         let current = self.current();
+        // Read once for both slots; an unreadable floor judges nothing here (install refuses).
+        let floor = self.floor().ok().flatten();
         [Slot::A, Slot::B]
             .into_iter()
             .map(|s| {
@@ -823,7 +825,6 @@ impl Slots {
                     (None, None)
                 };
                 let policy = bundle.as_ref().and_then(|b| {
-                    let floor = self.floor().ok().flatten();
                     rollback::check_terms(
                         b.security_version,
                         b.not_after_unix,

@@ -244,13 +244,18 @@ pub fn parse_not_after(s: &str) -> Result<u64, String> {
     Ok((days as u64) * 86_400 + 86_399)
 }
 
+/// `YYYY-MM-DD` (UTC) of a time in seconds since the epoch.
+pub fn format_date(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn format_utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
     let secs = unix % 86_400;
-    let (y, m, d) = civil_from_days(days);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        "{} {:02}:{:02}:{:02} UTC",
+        format_date(unix),
         secs / 3600,
         secs / 60 % 60,
         secs % 60
