@@ -57,7 +57,7 @@ HALF=$((STEPS / 2))
 cp runs/phantom/pretrain-tiny/metrics.csv "$OUT/metrics-resumed.csv"
 rm -rf runs/phantom/pretrain-tiny-straight
 "$T" pretrain --config "$REPO/configs/quickstart/pretrain-tiny.yaml" --devices cuda:0 \
-    --folder runs/phantom/pretrain-tiny-straight --max-steps "$STEPS" | tee -a "$LOG"
+    --out runs/phantom/pretrain-tiny-straight --max-steps "$STEPS" | tee -a "$LOG"
 if cmp -s <(cut -d, -f1,3 "$OUT/metrics-resumed.csv") <(cut -d, -f1,3 runs/phantom/pretrain-tiny-straight/metrics.csv); then
     say "resume: loss curve identical to the uninterrupted run"
 else

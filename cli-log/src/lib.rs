@@ -68,6 +68,53 @@ pub fn init(args: &LogArgs) {
         .try_init();
 }
 
+/// What breaks the shared command-line vocabulary in `cmd` and its subcommands, one line per
+/// problem naming the command path and the flag: a flag without help text, a `--json` that
+/// takes a value (JSON files are written with `--out`/`--report`; `--json` is a switch), or a
+/// key flag under an ambiguous name (`--key`, `--key-file`: the vocabulary is `--secret-key`,
+/// `--trusted-key` and `--link-key`; old names may stay as aliases). Each binary's tests call it
+/// on its `Cli::command()`.
+pub fn vocabulary_problems(cmd: &clap::Command) -> Vec<String> {
+    let mut problems = Vec::new();
+    walk(cmd, cmd.get_name(), &mut problems);
+    problems
+}
+
+fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let name = arg
+            .get_long()
+            .map(|l| format!("--{l}"))
+            .unwrap_or_else(|| format!("<{id}>"));
+        let help = arg
+            .get_help()
+            .or(arg.get_long_help())
+            .map(|h| h.to_string());
+        if help.is_none_or(|h| h.trim().is_empty()) {
+            problems.push(format!("{path} {name}: no help text"));
+        }
+        if arg.get_long() == Some("json") && arg.get_action().takes_values() {
+            problems.push(format!(
+                "{path} --json takes a value; make it a switch and write files with --out/--report"
+            ));
+        }
+        if matches!(arg.get_long(), Some("key" | "key-file")) {
+            problems.push(format!(
+                "{path} {name}: name it --secret-key, --trusted-key or --link-key (keep the old \
+                 name as an alias)"
+            ));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        let sub_path = format!("{path} {}", sub.get_name());
+        walk(sub, &sub_path, problems);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +150,39 @@ mod tests {
         assert!(colour(true, Some("")));
         assert!(!colour(true, Some("1")));
         assert!(!colour(false, None));
+    }
+
+    #[derive(clap::Parser)]
+    struct Bad {
+        #[arg(long)]
+        json: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// Documented.
+        #[arg(long)]
+        fine: bool,
+        #[command(subcommand)]
+        sub: Option<Sub>,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        /// A subcommand.
+        Go {
+            #[arg(long)]
+            undocumented: bool,
+        },
+    }
+
+    #[test]
+    fn vocabulary_problems_name_the_command_and_flag() {
+        use clap::CommandFactory;
+        let problems = vocabulary_problems(&Bad::command());
+        let text = problems.join("\n");
+        assert!(text.contains("--json takes a value"), "{text}");
+        assert!(text.contains("--key: name it --secret-key"), "{text}");
+        assert!(text.contains("go --undocumented: no help text"), "{text}");
+        assert!(!text.contains("--fine"), "{text}");
+        assert!(!text.contains("--help"), "{text}");
     }
 }

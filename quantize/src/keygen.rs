@@ -14,7 +14,12 @@ pub struct Args {
     #[arg(long)]
     name: String,
     /// Directory for NAME.secret and NAME.pub (created if missing).
-    #[arg(long, default_value = ".")]
+    #[arg(
+        long = "out",
+        visible_alias = "out-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
     out_dir: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]

@@ -45,10 +45,13 @@ pub struct Args {
     /// Probe files, class names and targets as given to `build`.
     #[arg(long = "probe")]
     probes: Vec<String>,
+    /// Attention heads of `.pt` probes (default: the encoder's), as given to `build`.
     #[arg(long)]
     probe_heads: Option<usize>,
+    /// Class names of a classifier probe, NAME=A4C,A2C,..., as given to `build`.
     #[arg(long = "classes")]
     classes: Vec<String>,
+    /// A regression target of a probe, NAME=TARGET:UNIT:MEAN:STD, as given to `build`.
     #[arg(long = "target")]
     targets: Vec<String>,
     /// Compare even if the checkpoint's sha256 differs from the one in the manifest.

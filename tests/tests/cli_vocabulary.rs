@@ -62,3 +62,68 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not_a_reference_key"));
 }
+
+/// A device the build cannot drive is refused before anything is read: the config named here
+/// does not exist, and the error is about the device, not the file. (Set ECHOJEPA_TEST_CUDA on
+/// a machine whose trainer is built with `--features cuda`, where cuda:0 is accepted.)
+#[test]
+fn a_device_the_build_cannot_use_is_refused_before_any_work() {
+    if std::env::var_os("ECHOJEPA_TEST_CUDA").is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-config.yaml");
+    for sub in ["pretrain", "probe", "evaluate", "finetune", "embed"] {
+        let out = Command::new(bin("trainer"))
+            .args([sub, "--devices", "cuda:0", "--config"])
+            .arg(&missing)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "trainer {sub} accepted cuda:0");
+        assert!(
+            err.contains("--devices cuda:0") && err.contains("built without CUDA"),
+            "trainer {sub}: {err}"
+        );
+        assert!(
+            !err.contains("no-such-config"),
+            "trainer {sub} read the config first: {err}"
+        );
+    }
+}
+
+/// Folders are written with `--out` in every binary (older names stay as aliases), and the
+/// cart link's HMAC key is `--link-key`.
+#[test]
+fn folders_are_written_with_out_and_the_link_key_has_one_name() {
+    for (name, sub) in [
+        ("trainer", "pretrain"),
+        ("trainer", "probe"),
+        ("trainer", "finetune"),
+        ("trainer", "embed"),
+        ("trainer", "synth"),
+        ("quantize", "keygen"),
+        ("quantize", "build"),
+    ] {
+        let out = Command::new(bin(name))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--out "),
+            "{name} {sub} --help lacks --out:\n{help}"
+        );
+    }
+    for sub in ["monitor", "status", "flash", "simulate"] {
+        let out = Command::new(bin("firmware-host"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--link-key <FILE>"),
+            "firmware-host {sub}:\n{help}"
+        );
+    }
+}

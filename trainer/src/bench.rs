@@ -21,15 +21,19 @@ pub struct Args {
     /// Encoder preset (vit_tiny, vit_small, vit_base, vit_large, ...).
     #[arg(long, default_value = "vit_tiny")]
     pub model: String,
+    /// Frames per clip.
     #[arg(long, default_value_t = 16)]
     pub frames: usize,
+    /// Spatial crop (pixels, square).
     #[arg(long, default_value_t = 112)]
     pub crop: usize,
+    /// Clips per training step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Timed steps (after `--warmup` untimed ones).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Untimed steps first (compilation, allocator warm-up).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Predictor depth (the released predictor has 12 layers, width 384, 12 heads).
@@ -38,8 +42,10 @@ pub struct Args {
     /// `bfloat16` (used on CUDA) or `float32`.
     #[arg(long, default_value = "bfloat16")]
     pub dtype: String,
+    /// Device: `cpu` or `cuda:N`.
     #[arg(long, num_args = 1.., default_value = "cpu")]
     pub devices: Vec<String>,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     pub fixture: PathBuf,
     /// Where to write the computed outputs (one safetensors file, a tensor per case `output`).
-    #[arg(long)]
+    #[arg(long, visible_alias = "out", value_name = "FILE")]
     pub output: PathBuf,
     /// Print the comparison as JSON instead of a table.
     #[arg(long)]

@@ -29,16 +29,34 @@ impl DeviceSpec {
         bail!("unknown device `{s}`: use cpu or cuda:N (e.g. cuda:0)")
     }
 
-    /// The first of `--devices` (one device per process; several are refused).
+    /// The first of `--devices` (one device per process; several are refused). A device this
+    /// build cannot drive is refused here, before any config, data or checkpoint is read, so a
+    /// long job never starts on the wrong hardware.
     pub fn from_list(list: &[String]) -> Result<Self> {
-        match list {
-            [] => Ok(Self::Cpu),
-            [one] => Self::parse(one),
+        let dev = match list {
+            [] => Self::Cpu,
+            [one] => Self::parse(one)?,
             many => bail!(
                 "--devices {}: one device per run is supported (no multi-GPU data parallelism)",
                 many.join(" ")
             ),
+        };
+        dev.check_built()?;
+        Ok(dev)
+    }
+
+    /// Whether this build can drive the device at all (not whether one is attached).
+    pub fn check_built(self) -> Result<()> {
+        if let Self::Cuda(i) = self
+            && !cfg!(feature = "cuda")
+        {
+            bail!(
+                "--devices cuda:{i}: this trainer was built without CUDA; rebuild with \
+                 `cargo build --release -p trainer --features cuda` (needs the CUDA toolkit), \
+                 or use --devices cpu"
+            );
         }
+        Ok(())
     }
 
     pub fn open(self) -> Result<Device> {

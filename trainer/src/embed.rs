@@ -29,8 +29,10 @@ pub struct Args {
     /// Override `model_kwargs.checkpoint`.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Device: `cpu` or `cuda:N`.
     #[arg(long, num_args = 1.., default_value = "cpu")]
     pub devices: Vec<String>,
+    /// Decode/encode threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Print the summary as JSON.
@@ -121,6 +123,7 @@ struct Summary {
 }
 
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+    let dev = crate::device::DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<EvalConfig> = load(&args.config)?;
     let mut cfg = loaded.config;
     if let Some(c) = &args.checkpoint {
@@ -137,7 +140,6 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             .context("--split test needs experiment.data.dataset_test")?,
         other => bail!("--split {other}: use train, val or test"),
     };
-    let dev = crate::device::DeviceSpec::from_list(&args.devices)?;
     let device = dev.open()?;
     let dtype = dev.compute_dtype(cfg.experiment.optimization.use_bfloat16);
     let enc_cfg = cfg.encoder_config()?;

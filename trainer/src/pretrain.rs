@@ -43,8 +43,8 @@ pub struct Args {
     /// With `--dry-run`: print the plan as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write outputs here instead of the config's `folder`.
-    #[arg(long)]
+    /// Output folder (checkpoints, logs, curves) instead of the config's `folder`.
+    #[arg(long = "out", visible_alias = "folder", value_name = "DIR")]
     pub folder: Option<PathBuf>,
     /// Stop after this global step (the schedules still span the whole run); for smoke tests.
     #[arg(long)]

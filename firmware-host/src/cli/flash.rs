@@ -54,7 +54,7 @@ pub struct FlashArgs {
     #[arg(long, default_value_t = 120.0)]
     pub health_timeout: f64,
     /// After switching, tell the MCU which slot is active (a privileged command: needs
-    /// --key-file and the MCU's port)
+    /// --link-key and the MCU's port)
     #[arg(long)]
     pub notify_mcu: bool,
     #[command(flatten)]
@@ -168,7 +168,7 @@ pub fn flash(args: FlashArgs, out: &mut impl Write) -> Result<ExitCode> {
     let link_cfg = if args.notify_mcu {
         let cfg = args.port.link_config()?;
         if cfg.cart_key.is_none() {
-            bail!("--notify-mcu needs --key-file (the per-cart key)");
+            bail!("--notify-mcu needs --link-key (the per-cart key)");
         }
         Some(cfg)
     } else {

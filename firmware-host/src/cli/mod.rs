@@ -28,9 +28,10 @@ pub struct PortArgs {
     /// Board profile (built-in name or TOML file) whose [serial] table names the port
     #[arg(long, env = "ECHOJEPA_BOARD")]
     pub board: Option<String>,
-    /// File holding the per-cart HMAC key as 64 hex digits (for privileged commands)
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
+    /// File holding the per-cart link key (HMAC-SHA256, 64 hex digits) that authenticates the
+    /// MCU's answers and privileged commands; a secret shared with this cart's MCU only
+    #[arg(long, value_name = "FILE", visible_alias = "key-file")]
+    pub link_key: Option<PathBuf>,
     /// Seconds to wait for the MCU to answer
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -61,7 +62,7 @@ impl PortArgs {
             .unwrap_or(115_200);
         let mut cfg = LinkConfig::new(port, baud);
         cfg.host_name = "firmware-host".into();
-        if let Some(path) = &self.key_file {
+        if let Some(path) = &self.link_key {
             cfg.cart_key = Some(read_key(path)?);
         }
         Ok(cfg)

@@ -240,7 +240,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
                             if peer.authenticated {
                                 ", authenticated"
                             } else {
-                                ", NOT authenticated (no --key-file)"
+                                ", NOT authenticated (no --link-key)"
                             }
                         ),
                     )?,

@@ -50,9 +50,10 @@ pub struct Args {
     /// Cart id reported in the handshake
     #[arg(long, default_value = "sim-cart-0001")]
     pub cart_id: String,
-    /// Per-cart HMAC key (64 hex digits in a file) [default: 5a repeated, a test key]
-    #[arg(long)]
-    pub key_file: Option<PathBuf>,
+    /// File holding the simulated cart's link key (HMAC-SHA256, 64 hex digits)
+    /// [default: 5a repeated, a test key]
+    #[arg(long, value_name = "FILE", visible_alias = "key-file")]
+    pub link_key: Option<PathBuf>,
     /// Press a random button this often (milliseconds), to exercise the host without typing
     #[arg(long)]
     pub buttons_every: Option<u64>,
@@ -82,7 +83,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
         cart_id: args.cart_id.clone(),
         ..Default::default()
     };
-    if let Some(k) = &args.key_file {
+    if let Some(k) = &args.link_key {
         mcu.key = read_key(k)?;
     }
     let config = SimConfig {

@@ -75,7 +75,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<ExitCode> {
         if peer.authenticated {
             "yes (handshake and status verified with the cart key)"
         } else {
-            "NO: no --key-file, so nothing below is verified"
+            "NO: no --link-key, so nothing below is verified"
         }
     )?;
     writeln!(

@@ -81,7 +81,7 @@ fn simulate_then_ping_and_status_through_the_cli() {
     let out = bin()
         .args(["status", "--json", "--port"])
         .arg(&port)
-        .arg("--key-file")
+        .arg("--link-key")
         .arg(&key_file)
         .output()
         .unwrap();
@@ -99,7 +99,7 @@ fn simulate_then_ping_and_status_through_the_cli() {
     let out = bin()
         .args(["status", "--timeout", "1.5", "--port"])
         .arg(&port)
-        .arg("--key-file")
+        .arg("--link-key")
         .arg(&key_file)
         .output()
         .unwrap();

@@ -296,7 +296,7 @@ fn flash_tells_the_mcu_which_slot_is_active() {
             .arg("--notify-mcu")
             .arg("--port")
             .arg(sim.port_path())
-            .arg("--key-file")
+            .arg("--link-key")
             .arg(&key_file)
             .output()
             .unwrap();
@@ -325,7 +325,7 @@ fn flash_tells_the_mcu_which_slot_is_active() {
         .arg("--notify-mcu")
         .arg("--port")
         .arg(sim.port_path())
-        .arg("--key-file")
+        .arg("--link-key")
         .arg(&wrong)
         .output()
         .unwrap();

@@ -1039,9 +1039,9 @@ fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<
 
 /// Runs the fine-tuning.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+    DeviceSpec::from_list(&args.devices)?;
     if args.dry_run {
         let (cfg, enc_cfg, out_dir) = load_config(&args)?;
-        DeviceSpec::from_list(&args.devices)?;
         if cfg.data_kind()? == DataKind::Phantom {
             source::phantom_stream(&cfg)?;
         }

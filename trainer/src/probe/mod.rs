@@ -87,16 +87,22 @@ pub struct EvalArgs {
     /// Where to write predictions (default: `predictions_save_path`, else the output dir).
     #[arg(long)]
     pub predictions: Option<PathBuf>,
+    /// Device: `cpu` or `cuda:N`.
     #[arg(long, num_args = 1.., default_value = "cpu")]
     pub devices: Vec<String>,
+    /// Override `model_kwargs.checkpoint` (the encoder the probe was trained on).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Override the output directory (default: `folder/<eval_name>/<tag>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Name of the probe inside the checkpoint (default: the config's `tag`).
     #[arg(long)]
     pub name: Option<String>,
+    /// Decode/encode threads for feature extraction.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Print the metrics as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -547,9 +553,9 @@ fn encoder_tensors(path: &Path, key: &str) -> Result<TensorMap> {
 
 /// Trains the probes (or, with `val_only`, runs inference like `trainer evaluate`).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+    let dev = DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<EvalConfig> = load(&args.config)?;
     if args.dry_run {
-        let dev = DeviceSpec::from_list(&args.devices)?;
         let mut plan = crate::plan::probe_plan(&loaded, dev)?;
         if let Some(c) = &args.checkpoint {
             plan.checkpoint = c.clone();
@@ -962,6 +968,7 @@ pub fn load_probe(
 
 /// `trainer evaluate`.
 pub fn evaluate(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
+    DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<EvalConfig> = load(&args.config)?;
     evaluate_loaded(loaded, args, out)
 }
