@@ -55,6 +55,9 @@ pub struct EfDecision {
     /// with a traced LV the beats of the window including this clip's frames (its own extremes
     /// while the window holds no whole beat). For logging and scoring.
     pub clip_estimate: Option<f32>,
+    /// `warming_up` only: how much longer the view must be held before EF is shown (zero when
+    /// the time is covered and a traced LV still waits for a usable volume curve).
+    pub warmup_remaining: Option<Duration>,
 }
 
 /// Thresholds (from the board profile).
@@ -144,6 +147,7 @@ impl ClinicalState {
             status,
             estimate: None,
             clip_estimate,
+            warmup_remaining: None,
         };
         let (Some(views), Some(m)) = (&self.policy.ef_views, m) else {
             return withheld(EfStatus::NoEfHead, None);
@@ -201,8 +205,12 @@ impl ClinicalState {
         }
         self.volumes
             .retain(|_, v| end.saturating_sub(v.0) <= window);
-        if end.saturating_sub(since) < self.policy.min_cycle {
-            return withheld(EfStatus::WarmingUp, clip_estimate);
+        let held_for = end.saturating_sub(since);
+        if held_for < self.policy.min_cycle {
+            return EfDecision {
+                warmup_remaining: Some(self.policy.min_cycle - held_for),
+                ..withheld(EfStatus::WarmingUp, clip_estimate)
+            };
         }
         let first = self.history.front().map(|&(t, _)| t).unwrap_or(end);
         let estimate = if self.volumes.is_empty() {
@@ -217,7 +225,10 @@ impl ClinicalState {
             }
         } else {
             let Some(mut e) = self.traced(self.series()) else {
-                return withheld(EfStatus::WarmingUp, clip_estimate);
+                return EfDecision {
+                    warmup_remaining: Some(Duration::ZERO),
+                    ..withheld(EfStatus::WarmingUp, clip_estimate)
+                };
             };
             e.clips = self.history.len();
             e
@@ -226,6 +237,7 @@ impl ClinicalState {
             status: EfStatus::Ok,
             estimate: Some(estimate),
             clip_estimate,
+            warmup_remaining: None,
         }
     }
 
@@ -322,17 +334,17 @@ mod tests {
     #[test]
     fn warms_up_for_one_cycle_then_reports_the_median() {
         let mut s = ClinicalState::new(policy());
-        assert_eq!(
-            clip(&mut s, 1000, "A4C", 0.9, 50.0).status,
-            EfStatus::WarmingUp
-        );
-        assert_eq!(
-            clip(&mut s, 1250, "A4C", 0.9, 60.0).status,
-            EfStatus::WarmingUp
-        );
+        let d = clip(&mut s, 1000, "A4C", 0.9, 50.0);
+        assert_eq!(d.status, EfStatus::WarmingUp);
+        // held since 0 ms (the clip's start), 1500 ms needed
+        assert_eq!(d.warmup_remaining, Some(ms(500)));
+        let d = clip(&mut s, 1250, "A4C", 0.9, 60.0);
+        assert_eq!(d.status, EfStatus::WarmingUp);
+        assert_eq!(d.warmup_remaining, Some(ms(250)));
         // Held since 0 ms; at 1500 ms one cycle is covered.
         let d = clip(&mut s, 1500, "A4C", 0.9, 55.0);
         assert_eq!(d.status, EfStatus::Ok);
+        assert_eq!(d.warmup_remaining, None);
         let e = d.estimate.unwrap();
         assert_eq!(e.value, 55.0);
         assert_eq!(e.clips, 3);

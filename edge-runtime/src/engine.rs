@@ -72,6 +72,9 @@ pub struct ModelInfo {
     pub sector: SectorUse,
     /// View class names in the view head's output order.
     pub view_classes: Vec<String>,
+    /// Whether the view probabilities are calibrated (the bundle's view head has a softmax
+    /// temperature fitted on validation data).
+    pub view_calibrated: bool,
     pub ef: Option<EfHeadInfo>,
     /// Where and how it runs, for people (`cpu int8 (2 threads)`).
     pub runs_on: String,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::clinical::{EfEstimate, EfStatus};
+use crate::clinical::{EfDecision, EfStatus};
 use crate::frame::GroundTruth;
 use crate::stats::{CounterSnapshot, Percentiles};
 
@@ -57,6 +57,14 @@ pub struct Started {
     pub view_classes: Vec<String>,
     /// Views EF is shown for (empty: the model has no EF head).
     pub ef_views: Vec<String>,
+    /// View confidence below which EF is withheld (the stricter of the board's and the
+    /// bundle's threshold); null without an EF head.
+    pub ef_min_confidence: Option<f32>,
+    /// How long an EF view must be held before EF is shown (one cardiac cycle), seconds.
+    pub ef_min_cycle_s: f64,
+    /// Whether the view confidence is calibrated (the bundle's view head has a softmax
+    /// temperature fitted on validation data).
+    pub view_confidence_calibrated: bool,
     pub clip_frames: usize,
     pub clip_interval_ms: f64,
     pub resolution: usize,
@@ -71,6 +79,37 @@ pub struct ViewOut {
     pub label: String,
     pub confidence: f32,
     pub probs: BTreeMap<String, f32>,
+    /// The [`TOP_VIEWS`] most probable views, most probable first (`top[0]` is `label`).
+    pub top: Vec<ViewProb>,
+}
+
+/// How many alternatives [`ViewOut::top`] lists.
+pub const TOP_VIEWS: usize = 3;
+
+/// One view class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewProb {
+    pub label: String,
+    pub p: f32,
+}
+
+/// The [`TOP_VIEWS`] most probable views of a clip, most probable first, from the class names
+/// and probabilities (same order). Ties rank the later class first, as [`crate::clinical::top1`]
+/// picks it, so `top[0]` is always the label.
+pub fn top_views(classes: &[String], probs: &[f32]) -> Vec<ViewProb> {
+    let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    ranked
+        .into_iter()
+        .take(TOP_VIEWS)
+        .map(|(i, p)| ViewProb {
+            label: classes
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{i}")),
+            p,
+        })
+        .collect()
 }
 
 /// EF with its status.
@@ -92,19 +131,23 @@ pub struct EfOut {
     /// and scoring: the regressor's value for the clip, or with a traced LV the beats of the
     /// current view's window including this clip.
     pub clip_estimate: Option<f32>,
+    /// `warming_up` only: seconds the view must still be held before EF is shown.
+    pub warmup_remaining_s: Option<f32>,
 }
 
 impl EfOut {
-    pub fn new(status: EfStatus, est: Option<EfEstimate>, unit: &str, clip: Option<f32>) -> Self {
+    pub fn new(d: &EfDecision, unit: &str) -> Self {
+        let est = d.estimate;
         Self {
-            status,
+            status: d.status,
             value: est.map(|e| e.value),
             spread: est.map(|e| e.spread),
             clips: est.map(|e| e.clips),
             window_s: est.map(|e| e.window_s),
             beats: est.and_then(|e| e.beats),
             unit: unit.to_string(),
-            clip_estimate: clip,
+            clip_estimate: d.clip_estimate,
+            warmup_remaining_s: d.warmup_remaining.map(|r| r.as_secs_f32()),
         }
     }
 }
@@ -193,4 +236,23 @@ pub struct Summary {
     pub latency_ms: BTreeMap<String, Percentiles>,
     pub peak_rss_mb: Option<f64>,
     pub accuracy: Accuracy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_views_rank_by_probability_and_agree_with_top1_on_ties() {
+        let classes: Vec<String> = ["A4C", "A2C", "PLAX", "PSAX"].map(String::from).to_vec();
+        let top = top_views(&classes, &[0.1, 0.6, 0.05, 0.25]);
+        let labels: Vec<&str> = top.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(labels, ["A2C", "PSAX", "A4C"]);
+        assert_eq!(top[0].p, 0.6);
+        let tie = [0.4, 0.4, 0.2];
+        let (i, _) = crate::clinical::top1(&tie).unwrap();
+        assert_eq!(top_views(&classes, &tie)[0].label, classes[i]);
+        // fewer classes than TOP_VIEWS; an unnamed class keeps its index
+        assert_eq!(top_views(&classes[..1], &[0.3, 0.7])[0].label, "class_1");
+    }
 }

@@ -208,6 +208,7 @@ pub fn model_info(
             SectorHandling::CropAndMaskOutside => SectorUse::CropAndMask,
         },
         view_classes: view.classes.clone(),
+        view_calibrated: view.temperature.is_some(),
         ef,
         runs_on: String::new(),
     };

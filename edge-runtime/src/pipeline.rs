@@ -37,7 +37,7 @@ use crate::convert::to_gray;
 use crate::engine::{EfMethod, InferenceEngine, ModelInfo, SectorUse};
 use crate::events::{
     Accuracy, EfOut, Event, Level, ModelRef, NOT_FOR_DIAGNOSTIC_USE, Prediction, SCHEMA_VERSION,
-    Started, Status, Summary, TRAINED_ON_SYNTHETIC, ViewOut,
+    Started, Status, Summary, TRAINED_ON_SYNTHETIC, ViewOut, top_views,
 };
 use crate::frame::{Frame, GrayImage, Rect};
 use crate::queue::{DropOldestQueue, Pushed};
@@ -308,6 +308,12 @@ impl Pipeline {
             runs_on: self.info.runs_on.clone(),
             view_classes: self.info.view_classes.clone(),
             ef_views: ef_views.clone(),
+            ef_min_confidence: self.info.ef.as_ref().map(|_| {
+                self.info
+                    .ef_min_confidence(self.opts.clinical.ef_min_confidence)
+            }),
+            ef_min_cycle_s: self.opts.clinical.min_cycle.as_secs_f64(),
+            view_confidence_calibrated: self.info.view_calibrated,
             clip_frames: self.info.clip.frames,
             clip_interval_ms: self.info.clip.interval.as_secs_f64() * 1e3,
             resolution: self.info.clip.resolution,
@@ -677,13 +683,9 @@ impl Pipeline {
                         label,
                         confidence,
                         probs,
+                        top: top_views(&info.view_classes, &out.view_probs),
                     },
-                    ef: EfOut::new(
-                        decision.status,
-                        decision.estimate,
-                        &unit,
-                        decision.clip_estimate,
-                    ),
+                    ef: EfOut::new(&decision, &unit),
                     lv_outline: out
                         .lv_outline
                         .as_deref()

@@ -9,7 +9,8 @@
 //! thread, so an attacker opening connections costs the cart memory for sockets, not threads.
 //!
 //! Routes: `GET /` (the page), `GET /events` (SSE: `started`, `prediction`, `status`, `summary`
-//! with the JSON of `SCHEMA.md`, and `frame` with a JPEG of the live video and the sector box),
+//! with the JSON of `SCHEMA.md`, `frame` with a JPEG of the live video and the sector box, and
+//! `trend`, the EF of the last [`TREND_WINDOW_S`] seconds replayed to a browser as it connects),
 //! `GET /latest.json` (the newest prediction), `GET /health` (`ok`).
 //!
 //! Limits (board profile `[live_view]`, `edge-runtime --view-*`), see
@@ -46,10 +47,26 @@ use boards::LiveViewSettings;
 use hyper::body::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::clinical::EfStatus;
 use crate::events::Event;
 use crate::pipeline::{DisplayFrame, DisplayTap, Sink};
 
 const INDEX_HTML: &str = include_str!("web/index.html");
+
+/// Seconds of EF history (source time) a browser that connects gets, so its trend is not empty.
+pub const TREND_WINDOW_S: f64 = 300.0;
+/// At most this many predictions are kept for the trend (about 6 a second fill the window).
+const TREND_MAX_POINTS: usize = 2400;
+
+/// One prediction's EF as the trend shows it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct TrendPoint {
+    /// Source time, seconds.
+    t: f64,
+    status: EfStatus,
+    value: Option<f32>,
+    spread: Option<f32>,
+}
 
 /// Why the live view could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +141,8 @@ pub struct WebHub {
     started: Mutex<Option<Bytes>>,
     latest: Mutex<Option<Bytes>>,
     latest_json: Mutex<Option<String>>,
+    /// EF of the last [`TREND_WINDOW_S`] seconds, oldest first.
+    trend: Mutex<std::collections::VecDeque<TrendPoint>>,
     frame: Mutex<FrameSlot>,
     frame_ready: Condvar,
     min_frame_interval: Duration,
@@ -157,6 +176,7 @@ impl WebHub {
             started: Mutex::new(None),
             latest: Mutex::new(None),
             latest_json: Mutex::new(None),
+            trend: Mutex::new(std::collections::VecDeque::new()),
             frame: Mutex::new(FrameSlot::default()),
             frame_ready: Condvar::new(),
             min_frame_interval: Duration::from_secs_f64(1.0 / max_fps.max(0.1)),
@@ -235,6 +255,38 @@ impl WebHub {
         Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
     }
 
+    /// Adds a prediction's EF to the trend; a source that starts over (time going back) starts
+    /// the trend over.
+    fn push_trend(&self, p: TrendPoint) {
+        let mut trend = Self::lock(&self.trend);
+        if trend.back().is_some_and(|last| p.t < last.t) {
+            trend.clear();
+        }
+        trend.push_back(p);
+        while trend
+            .front()
+            .is_some_and(|f| p.t - f.t > TREND_WINDOW_S || trend.len() > TREND_MAX_POINTS)
+        {
+            trend.pop_front();
+        }
+    }
+
+    /// The `trend` message a browser gets as it connects (`None` before any prediction):
+    /// `{"window_s", "points": [[time_s, status, value, spread], ...]}`.
+    fn trend_message(&self) -> Option<Bytes> {
+        let trend = Self::lock(&self.trend);
+        if trend.is_empty() {
+            return None;
+        }
+        let points: Vec<_> = trend
+            .iter()
+            .map(|p| serde_json::json!([p.t, p.status, p.value, p.spread]))
+            .collect();
+        drop(trend);
+        let data = serde_json::json!({"window_s": TREND_WINDOW_S, "points": points});
+        Some(Self::sse("trend", &data.to_string()))
+    }
+
     /// Encodes pending frames until closed; runs on its own thread.
     fn encode_frames(&self) {
         loop {
@@ -253,7 +305,7 @@ impl WebHub {
                         .unwrap_or_else(|e| e.into_inner());
                 }
             };
-            match encode_frame(&frame) {
+            match encode_frame(&frame, self.messages_dropped.load(Ordering::Relaxed)) {
                 Ok(json) => {
                     self.frames_sent.fetch_add(1, Ordering::Relaxed);
                     self.broadcast(Self::sse("frame", &json));
@@ -264,7 +316,9 @@ impl WebHub {
     }
 }
 
-fn encode_frame(f: &DisplayFrame) -> Result<String, String> {
+/// A `frame` event: the JPEG, its size, the sector box, and how many messages the live view
+/// could not deliver so far (all viewers together).
+fn encode_frame(f: &DisplayFrame, view_dropped: u64) -> Result<String, String> {
     let img = image::GrayImage::from_raw(
         f.image.width as u32,
         f.image.height as u32,
@@ -281,6 +335,7 @@ fn encode_frame(f: &DisplayFrame) -> Result<String, String> {
         "width": f.image.width,
         "height": f.image.height,
         "sector": f.sector,
+        "view_dropped": view_dropped,
         "jpeg": b64,
     })
     .to_string())
@@ -330,7 +385,13 @@ impl Sink for WebSink {
         let msg = WebHub::sse(name, &json);
         match event {
             Event::Started(_) => *WebHub::lock(&self.hub.started) = Some(msg.clone()),
-            Event::Prediction(_) => {
+            Event::Prediction(p) => {
+                self.hub.push_trend(TrendPoint {
+                    t: p.time_s,
+                    status: p.ef.status,
+                    value: p.ef.value,
+                    spread: p.ef.spread,
+                });
                 *WebHub::lock(&self.hub.latest) = Some(msg.clone());
                 *WebHub::lock(&self.hub.latest_json) = Some(json);
             }
@@ -430,4 +491,63 @@ fn generate_token() -> Result<String, WebError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| WebError::Token(e.to_string()))?;
     Ok(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64) -> TrendPoint {
+        TrendPoint {
+            t,
+            status: EfStatus::Ok,
+            value: Some(55.0),
+            spread: Some(2.0),
+        }
+    }
+
+    fn trend_of(hub: &WebHub) -> serde_json::Value {
+        let msg = hub.trend_message().expect("a trend");
+        let text = std::str::from_utf8(&msg).unwrap();
+        let data = text
+            .strip_prefix("event: trend\ndata: ")
+            .and_then(|d| d.strip_suffix("\n\n"))
+            .unwrap();
+        serde_json::from_str(data).unwrap()
+    }
+
+    #[test]
+    fn the_trend_keeps_the_last_minutes_and_restarts_with_the_source() {
+        let hub = WebHub::new(10.0, Duration::from_secs(1));
+        assert!(hub.trend_message().is_none());
+        for k in 0..700 {
+            hub.push_trend(point(k as f64 * 0.5));
+        }
+        let v = trend_of(&hub);
+        assert_eq!(v["window_s"], TREND_WINDOW_S);
+        let points = v["points"].as_array().unwrap();
+        // 349.5 s is the newest; 300 s before it is 49.5 s
+        assert_eq!(points.len(), 601);
+        assert_eq!(points[0], serde_json::json!([49.5, "ok", 55.0, 2.0]));
+        // a source that starts over starts the trend over
+        hub.push_trend(TrendPoint {
+            status: EfStatus::WrongView,
+            value: None,
+            spread: None,
+            ..point(1.0)
+        });
+        let v = trend_of(&hub);
+        assert_eq!(
+            v["points"],
+            serde_json::json!([[1.0, "wrong_view", null, null]])
+        );
+        // never more than TREND_MAX_POINTS, however dense
+        for k in 0..(TREND_MAX_POINTS + 100) {
+            hub.push_trend(point(2.0 + k as f64 * 0.001));
+        }
+        assert_eq!(
+            trend_of(&hub)["points"].as_array().unwrap().len(),
+            TREND_MAX_POINTS
+        );
+    }
 }

@@ -32,6 +32,7 @@ pub fn test_model_info() -> ModelInfo {
         },
         sector: SectorUse::FullFrame,
         view_classes: vec!["A4C".into(), "PLAX".into()],
+        view_calibrated: false,
         ef: Some(EfHeadInfo {
             method: EfMethod::Regressor,
             name: "lvef".into(),

@@ -11,3 +11,4 @@ mod pipeline;
 mod serial;
 mod sources;
 mod web;
+mod web_layout;

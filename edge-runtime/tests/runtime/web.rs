@@ -58,6 +58,17 @@ fn http_routes_serve_the_page_the_event_stream_and_errors() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.contains("Not for diagnostic use."));
     assert!(body.contains("EventSource(\"/events\")"));
+    // Carts are offline: the page loads nothing from elsewhere (no CDN, no web fonts).
+    for external in [
+        "http://",
+        "https://",
+        "src=\"//",
+        "@import",
+        "@font-face",
+        "url(",
+    ] {
+        assert!(!body.contains(external), "the page refers to {external}");
+    }
     let (head, _) = http_get(server.addr, "/nope");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let mut s = TcpStream::connect(server.addr).unwrap();
@@ -94,6 +105,9 @@ fn http_routes_serve_the_page_the_event_stream_and_errors() {
     let p = prediction.expect("a prediction event");
     assert_eq!(p["model"]["id"], "test-engine");
     assert_eq!(p["view"]["label"], "A4C");
+    assert_eq!(p["view"]["top"][0]["label"], "A4C");
+    assert_eq!(p["view"]["top"][0]["p"], p["view"]["confidence"]);
+    assert_eq!(p["view"]["top"].as_array().unwrap().len(), 2);
     let (_, latest) = http_get(server.addr, "/latest.json");
     assert!(latest.contains("\"type\":\"prediction\""), "{latest}");
     stop.store(true, Ordering::Relaxed);
@@ -101,7 +115,7 @@ fn http_routes_serve_the_page_the_event_stream_and_errors() {
     server.hub.close();
 }
 
-fn find_chromium() -> Option<PathBuf> {
+pub(crate) fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return Some(PathBuf::from(p));
     }
@@ -117,8 +131,21 @@ fn find_chromium() -> Option<PathBuf> {
     None
 }
 
+/// The browser for a test: `None` (with a note) when there is none, a failure under CI
+/// (`CI=true`), where a missing browser must not pass silently.
+pub(crate) fn chromium_for_test(what: &str) -> Option<PathBuf> {
+    let exe = find_chromium();
+    if exe.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("Chromium is required under CI (apt-get install chromium)");
+        }
+        eprintln!("note: Chromium not found; {what} is skipped");
+    }
+    exe
+}
+
 /// Headless Chromium driven over the DevTools protocol.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
@@ -127,7 +154,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn launch(exe: &PathBuf) -> Browser {
+    pub(crate) fn launch(exe: &PathBuf) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new(exe)
             .args([
@@ -171,7 +198,7 @@ impl Browser {
     }
 
     /// Sends a DevTools command and waits for its answer (events in between are skipped).
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -192,7 +219,7 @@ impl Browser {
         }
     }
 
-    fn open(&mut self, url: &str) {
+    pub(crate) fn open(&mut self, url: &str) {
         let target = self.call("Target.createTarget", json!({"url": url}));
         let attached = self.call(
             "Target.attachToTarget",
@@ -202,7 +229,7 @@ impl Browser {
     }
 
     /// Evaluates an expression in the page and returns its JSON value.
-    fn eval(&mut self, expr: &str) -> Value {
+    pub(crate) fn eval(&mut self, expr: &str) -> Value {
         let r = self.call(
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true}),
@@ -229,6 +256,10 @@ const PAGE_STATE: &str = r#"JSON.stringify({
   notDiagnostic: document.getElementById("not-diagnostic").textContent,
   syntheticShown: !document.getElementById("synthetic").hidden,
   synthetic: document.getElementById("synthetic").textContent,
+  notices: (document.body.innerText.match(/not for diagnostic use/gi) || []).length,
+  top: document.getElementById("view-top").children.length,
+  efBasis: document.getElementById("ef-basis").textContent,
+  efViews: document.getElementById("ef-views").textContent,
   conn: document.getElementById("conn").textContent,
 })"#;
 
@@ -255,11 +286,7 @@ fn wait_for(b: &mut Browser, limit: Duration, what: &str, pred: impl Fn(&Value) 
 
 #[test]
 fn the_live_view_updates_in_headless_chromium() {
-    let Some(exe) = find_chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("Chromium is required under CI (apt-get install chromium)");
-        }
-        eprintln!("note: Chromium not found; the live-view browser test is skipped");
+    let Some(exe) = chromium_for_test("the live-view browser test") else {
         return;
     };
     let (server, stop, runner) = serve_live();
@@ -280,10 +307,17 @@ fn the_live_view_updates_in_headless_chromium() {
     assert_eq!(later["notDiagnostic"], "Not for diagnostic use.");
     assert_eq!(later["syntheticShown"], true);
     assert_eq!(later["synthetic"], "Trained on synthetic data.");
+    assert_eq!(later["notices"], 1);
+    assert_eq!(later["top"], 2);
+    assert_eq!(later["efViews"], "(A4C)");
     assert_eq!(later["conn"], "live");
     // EF appears once the view was held for a cycle: 20 + 200/4 = 70%.
     let ef = wait_for(&mut browser, limit, "EF shown", |s| s["efStatus"] == "ok");
     assert_eq!(ef["ef"], "70.0%");
+    assert!(
+        ef["efBasis"].as_str().unwrap().starts_with("median of "),
+        "{ef}"
+    );
     stop.store(true, Ordering::Relaxed);
     runner.join().unwrap();
     server.hub.close();

@@ -191,11 +191,14 @@ fn events(state: &State) -> Response<LiveBody> {
         );
     };
     let mut prelude = VecDeque::from([Bytes::from_static(b"retry: 1000\n\n")]);
-    for m in [&hub.started, &hub.latest] {
-        if let Some(msg) = WebHub::lock(m).clone() {
-            prelude.push_back(msg);
-        }
-    }
+    // The trend before the newest prediction, so that the prediction is never older than the
+    // trend's end (the page appends it unless the trend already holds it).
+    let started = WebHub::lock(&hub.started).clone();
+    let trend = hub.trend_message();
+    let latest = WebHub::lock(&hub.latest).clone();
+    prelude.extend(started);
+    prelude.extend(trend);
+    prelude.extend(latest);
     let every = MAX_HEARTBEAT
         .min(Duration::from_millis(l.idle_timeout_ms / 3).max(Duration::from_millis(10)));
     let body = SseBody {
