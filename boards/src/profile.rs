@@ -300,7 +300,8 @@ impl Default for ClinicalSettings {
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDevice {
     Cpu,
-    /// An NVIDIA GPU (needs a runtime built with the `cuda` feature).
+    /// An NVIDIA GPU. The edge runtime has no GPU code: it logs that CUDA is not used and runs
+    /// the model on the CPU, as with `cpu`. No built-in profile asks for it.
     Cuda,
 }
 
