@@ -3,7 +3,7 @@
 //! projection plotted and coloured by label — the picture of the view manifold.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::DType;
@@ -13,6 +13,7 @@ use crate::config::eval::{EvalConfig, TaskType};
 use crate::config::{Loaded, load};
 use crate::plot::scatter_chart;
 use crate::probe::features::split_features;
+use crate::probe::heads::Sample;
 
 /// Export per-clip embeddings and a 2-D PCA plot coloured by label.
 #[derive(Debug, clap::Args)]
@@ -130,16 +131,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         cfg.model_kwargs.checkpoint = c.clone();
     }
     cfg.validate()?;
-    let d = cfg.experiment.data.clone();
-    let csv = match args.split.as_str() {
-        "train" => d.dataset_train.clone(),
-        "val" => d.dataset_val.clone(),
-        "test" => d
-            .dataset_test
-            .clone()
-            .context("--split test needs experiment.data.dataset_test")?,
-        other => bail!("--split {other}: use train, val or test"),
-    };
+    let csv = split_list(&cfg, &args.split)?;
     let device = dev.open()?;
     let dtype = dev.compute_dtype(cfg.experiment.optimization.use_bfloat16);
     let enc_cfg = cfg.encoder_config()?;
@@ -178,25 +170,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         args.workers,
     )?;
     let samples = feats.samples;
-    // mean over tokens of present slots
-    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(samples.len());
-    for s in &samples {
-        let f = s.feats.get(0)?; // [N, D]
-        let e = match &s.present {
-            Some(p) if p.iter().any(|x| !x) => {
-                let views = p.len();
-                let n = f.dim(0)?;
-                let per = n / views;
-                let kept: Vec<_> = (0..views)
-                    .filter(|&v| p[v])
-                    .map(|v| f.narrow(0, v * per, per))
-                    .collect::<candle_core::Result<_>>()?;
-                candle_core::Tensor::cat(&kept, 0)?.mean(0)?
-            }
-            _ => f.mean(0)?,
-        };
-        rows.push(e.to_dtype(DType::F64)?.to_vec1::<f64>()?);
-    }
+    let rows = mean_embeddings(&samples)?;
     let dim = rows.first().map_or(0, Vec::len);
     let (axes, explained) = pca(&rows, 2);
     let proj: Vec<(f64, f64)> = rows
@@ -206,38 +180,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             (p(&axes[0]), p(&axes[1]))
         })
         .collect();
-    // colours: classes, or label quintiles for regression
-    let (colour, legend): (Vec<usize>, Vec<String>) = match cfg.task() {
-        TaskType::Classification => {
-            let names = crate::probe::class_names(&d.dataset_train, cfg.num_outputs()?);
-            (samples.iter().map(|s| s.label as usize).collect(), names)
-        }
-        TaskType::Regression => {
-            let (scaler, name) = crate::probe::scaler_for(&cfg)?;
-            let real: Vec<f64> = samples
-                .iter()
-                .map(|s| scaler.map_or(s.label, |c| c.denormalize(s.label)))
-                .collect();
-            let mut sorted = real.clone();
-            sorted.sort_by(f64::total_cmp);
-            let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
-            let edges: Vec<f64> = (0..=5).map(|i| q(i as f64 / 5.0)).collect();
-            let bin = |v: f64| (0..5).find(|&i| v <= edges[i + 1]).unwrap_or(4);
-            let legend = (0..5)
-                .map(|i| format!("{name} {:.1}-{:.1}", edges[i], edges[i + 1]))
-                .collect();
-            (real.iter().map(|&v| bin(v)).collect(), legend)
-        }
-    };
+    let (colour, legend) = colours(&cfg, &samples)?;
     let emb_path = out_dir.join(format!("embeddings_{}.csv", args.split));
-    let mut f = std::fs::File::create(&emb_path)
-        .with_context(|| format!("cannot write {}", emb_path.display()))?;
-    let header: Vec<String> = (0..dim).map(|i| format!("e{i}")).collect();
-    writeln!(f, "id,label,pc1,pc2,{}", header.join(","))?;
-    for ((s, r), (p1, p2)) in samples.iter().zip(&rows).zip(&proj) {
-        let vals: Vec<String> = r.iter().map(|v| format!("{v:.6}")).collect();
-        writeln!(f, "{},{},{p1:.6},{p2:.6},{}", s.id, s.label, vals.join(","))?;
-    }
+    write_embeddings(&emb_path, &samples, &rows, &proj)?;
     let plot = out_dir.join(format!("pca_{}.png", args.split));
     let pts: Vec<(f64, f64, usize)> = proj
         .iter()
@@ -265,28 +210,127 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         split: args.split.clone(),
         samples: samples.len(),
         dim,
-        explained_variance: explained.clone(),
+        explained_variance: explained,
         nearest_centroid_accuracy: nca,
-        embeddings: emb_path.clone(),
-        plot: plot.clone(),
+        embeddings: emb_path,
+        plot,
     };
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        writeln!(
-            out,
-            "{} embeddings of dim {dim}; PC1 {:.1} %, PC2 {:.1} % of the variance{}",
-            samples.len(),
-            100.0 * explained[0],
-            100.0 * explained[1],
-            nca.map(|a| format!("; nearest-centroid accuracy {:.1} %", 100.0 * a))
-                .unwrap_or_default()
-        )?;
-        if synthetic {
-            writeln!(out, "note: SYNTHETIC phantom data")?;
-        }
-        writeln!(out, "wrote {} and {}", emb_path.display(), plot.display())?;
+        print_summary(out, &summary, synthetic)?;
     }
+    Ok(())
+}
+
+/// The list `--split` names in the config.
+fn split_list(cfg: &EvalConfig, split: &str) -> Result<PathBuf> {
+    let d = &cfg.experiment.data;
+    Ok(match split {
+        "train" => d.dataset_train.clone(),
+        "val" => d.dataset_val.clone(),
+        "test" => d
+            .dataset_test
+            .clone()
+            .context("--split test needs experiment.data.dataset_test")?,
+        other => bail!("--split {other}: use train, val or test"),
+    })
+}
+
+/// Per sample, the mean of the output tokens of the present slots (a missing view's slots are
+/// padding, so they would pull every study towards the same point).
+fn mean_embeddings(samples: &[Sample]) -> Result<Vec<Vec<f64>>> {
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(samples.len());
+    for s in samples {
+        let f = s.feats.get(0)?; // [N, D]
+        let e = match &s.present {
+            Some(p) if p.iter().any(|x| !x) => {
+                let views = p.len();
+                let n = f.dim(0)?;
+                let per = n / views;
+                let kept: Vec<_> = (0..views)
+                    .filter(|&v| p[v])
+                    .map(|v| f.narrow(0, v * per, per))
+                    .collect::<candle_core::Result<_>>()?;
+                candle_core::Tensor::cat(&kept, 0)?.mean(0)?
+            }
+            _ => f.mean(0)?,
+        };
+        rows.push(e.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+    }
+    Ok(rows)
+}
+
+/// The plot's colour of each sample and the legend: classes, or label quintiles for
+/// regression.
+fn colours(cfg: &EvalConfig, samples: &[Sample]) -> Result<(Vec<usize>, Vec<String>)> {
+    Ok(match cfg.task() {
+        TaskType::Classification => {
+            let names =
+                crate::probe::class_names(&cfg.experiment.data.dataset_train, cfg.num_outputs()?);
+            (samples.iter().map(|s| s.label as usize).collect(), names)
+        }
+        TaskType::Regression => {
+            let (scaler, name) = crate::probe::scaler_for(cfg)?;
+            let real: Vec<f64> = samples
+                .iter()
+                .map(|s| scaler.map_or(s.label, |c| c.denormalize(s.label)))
+                .collect();
+            let mut sorted = real.clone();
+            sorted.sort_by(f64::total_cmp);
+            let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
+            let edges: Vec<f64> = (0..=5).map(|i| q(i as f64 / 5.0)).collect();
+            let bin = |v: f64| (0..5).find(|&i| v <= edges[i + 1]).unwrap_or(4);
+            let legend = (0..5)
+                .map(|i| format!("{name} {:.1}-{:.1}", edges[i], edges[i + 1]))
+                .collect();
+            (real.iter().map(|&v| bin(v)).collect(), legend)
+        }
+    })
+}
+
+/// `id,label,pc1,pc2,e0,e1,…` per sample.
+fn write_embeddings(
+    path: &Path,
+    samples: &[Sample],
+    rows: &[Vec<f64>],
+    proj: &[(f64, f64)],
+) -> Result<()> {
+    let dim = rows.first().map_or(0, Vec::len);
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let header: Vec<String> = (0..dim).map(|i| format!("e{i}")).collect();
+    writeln!(f, "id,label,pc1,pc2,{}", header.join(","))?;
+    for ((s, r), (p1, p2)) in samples.iter().zip(rows).zip(proj) {
+        let vals: Vec<String> = r.iter().map(|v| format!("{v:.6}")).collect();
+        writeln!(f, "{},{},{p1:.6},{p2:.6},{}", s.id, s.label, vals.join(","))?;
+    }
+    Ok(())
+}
+
+fn print_summary(out: &mut dyn Write, summary: &Summary, synthetic: bool) -> Result<()> {
+    let explained = &summary.explained_variance;
+    writeln!(
+        out,
+        "{} embeddings of dim {}; PC1 {:.1} %, PC2 {:.1} % of the variance{}",
+        summary.samples,
+        summary.dim,
+        100.0 * explained[0],
+        100.0 * explained[1],
+        summary
+            .nearest_centroid_accuracy
+            .map(|a| format!("; nearest-centroid accuracy {:.1} %", 100.0 * a))
+            .unwrap_or_default()
+    )?;
+    if synthetic {
+        writeln!(out, "note: SYNTHETIC phantom data")?;
+    }
+    writeln!(
+        out,
+        "wrote {} and {}",
+        summary.embeddings.display(),
+        summary.plot.display()
+    )?;
     Ok(())
 }
 

@@ -371,10 +371,27 @@ impl EvalConfig {
                  video_classification_frozen_multi)"
             ),
         }
-        let c = &self.experiment.classifier;
-        let d = &self.experiment.data;
-        let o = &self.experiment.optimization;
         let enc = self.encoder_config()?;
+        self.validate_encoder()?;
+        self.validate_classifier(&enc, &mut notes)?;
+        self.num_outputs()?;
+        self.validate_targets(&mut notes)?;
+        self.validate_views(&mut notes)?;
+        self.validate_clips(&enc)?;
+        self.validate_optimization()?;
+        if self.val_only && self.probe_checkpoint.is_none() && !self.resume_checkpoint {
+            notes.push(
+                "val_only without probe_checkpoint/resume_checkpoint: the reference would evaluate a \
+                 random probe; `trainer evaluate` needs --probe or probe_checkpoint"
+                    .into(),
+            );
+        }
+        self.validate_wrapper(&mut notes)?;
+        Ok(notes)
+    }
+
+    /// The released encoders' architecture: 3-D RoPE, no SiLU, a known checkpoint key.
+    fn validate_encoder(&self) -> Result<()> {
         let e = &self.model_kwargs.pretrain_kwargs.encoder;
         if !e.use_rope {
             bail!(
@@ -390,6 +407,12 @@ impl EvalConfig {
                 "model_kwargs.pretrain_kwargs.encoder.checkpoint_key `{other}`: use target_encoder or encoder"
             ),
         }
+        Ok(())
+    }
+
+    /// An attentive, early-fusion probe whose heads divide the encoder width.
+    fn validate_classifier(&self, enc: &EncoderConfig, notes: &mut Vec<String>) -> Result<()> {
+        let c = &self.experiment.classifier;
         if c.probe_type != "attentive" {
             bail!(
                 "experiment.classifier.probe_type `{}` is not supported (attentive only)",
@@ -402,7 +425,7 @@ impl EvalConfig {
         if c.num_probe_blocks == 0 {
             bail!("experiment.classifier.num_probe_blocks must be >= 1");
         }
-        if c.num_heads == 0 || enc.embed_dim % c.num_heads != 0 {
+        if c.num_heads == 0 || !enc.embed_dim.is_multiple_of(c.num_heads) {
             bail!(
                 "experiment.classifier.num_heads {} must divide the encoder width {}",
                 c.num_heads,
@@ -414,20 +437,34 @@ impl EvalConfig {
                 "experiment.classifier.dropout only applies to linear/mlp probes; ignored".into(),
             );
         }
-        self.num_outputs()?;
-        if self.task() == TaskType::Regression {
-            if c.num_targets == 0 {
-                bail!("experiment.classifier.num_targets must be >= 1");
-            }
-            match (d.target_mean, d.target_std) {
-                (Some(_), Some(s)) if s > 0.0 => {}
-                (Some(_), Some(s)) => bail!("experiment.data.target_std must be positive, got {s}"),
-                _ => notes.push(
-                    "experiment.data.target_mean/target_std not set: MAE is reported in z-score units"
-                        .into(),
-                ),
-            }
+        Ok(())
+    }
+
+    /// A regressor's targets and their scaling.
+    fn validate_targets(&self, notes: &mut Vec<String>) -> Result<()> {
+        if self.task() != TaskType::Regression {
+            return Ok(());
         }
+        if self.experiment.classifier.num_targets == 0 {
+            bail!("experiment.classifier.num_targets must be >= 1");
+        }
+        let d = &self.experiment.data;
+        match (d.target_mean, d.target_std) {
+            (Some(_), Some(s)) if s > 0.0 => {}
+            (Some(_), Some(s)) => bail!("experiment.data.target_std must be positive, got {s}"),
+            _ => notes.push(
+                "experiment.data.target_mean/target_std not set: MAE is reported in z-score units"
+                    .into(),
+            ),
+        }
+        Ok(())
+    }
+
+    /// The dataset type fits single- or multi-view, and a multi-view probe's slots fit the
+    /// data's videos per study and clips per video.
+    fn validate_views(&self, notes: &mut Vec<String>) -> Result<()> {
+        let c = &self.experiment.classifier;
+        let d = &self.experiment.data;
         let multi = self.is_multi();
         match (multi, d.dataset_type.as_str()) {
             (false, "VideoDataset") | (true, "VideoGroupDataset") => {}
@@ -441,39 +478,46 @@ impl EvalConfig {
                 }
             ),
         }
-        if multi {
-            if c.num_views != d.num_segments {
-                bail!(
-                    "experiment.classifier.num_views ({}) must equal experiment.data.num_segments ({}), \
-                     the number of videos per study",
-                    c.num_views,
-                    d.num_segments
-                );
-            }
-            if c.clips_per_view != d.num_clips_per_video {
-                bail!(
-                    "experiment.classifier.clips_per_view ({}) must equal experiment.data.num_clips_per_video ({})",
-                    c.clips_per_view,
-                    d.num_clips_per_video
-                );
-            }
-            if !(0.0..1.0).contains(&d.miss_augment_prob) {
-                bail!("experiment.data.miss_augment_prob must be in [0, 1)");
-            }
-            if d.min_present == 0 || d.min_present > c.num_views {
-                bail!(
-                    "experiment.data.min_present {} must be in 1..={}",
-                    d.min_present,
-                    c.num_views
-                );
-            }
-            if !c.use_slot_embeddings {
-                notes.push(
-                    "multi-view without slot embeddings: slots are indistinguishable to the probe"
-                        .into(),
-                );
-            }
+        if !multi {
+            return Ok(());
         }
+        if c.num_views != d.num_segments {
+            bail!(
+                "experiment.classifier.num_views ({}) must equal experiment.data.num_segments ({}), \
+                 the number of videos per study",
+                c.num_views,
+                d.num_segments
+            );
+        }
+        if c.clips_per_view != d.num_clips_per_video {
+            bail!(
+                "experiment.classifier.clips_per_view ({}) must equal experiment.data.num_clips_per_video ({})",
+                c.clips_per_view,
+                d.num_clips_per_video
+            );
+        }
+        if !(0.0..1.0).contains(&d.miss_augment_prob) {
+            bail!("experiment.data.miss_augment_prob must be in [0, 1)");
+        }
+        if d.min_present == 0 || d.min_present > c.num_views {
+            bail!(
+                "experiment.data.min_present {} must be in 1..={}",
+                d.min_present,
+                c.num_views
+            );
+        }
+        if !c.use_slot_embeddings {
+            notes.push(
+                "multi-view without slot embeddings: slots are indistinguishable to the probe"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Clips divide into the encoder's patches and tubelets; counts and fractions in range.
+    fn validate_clips(&self, enc: &EncoderConfig) -> Result<()> {
+        let d = &self.experiment.data;
         if d.resolution == 0 || !d.resolution.is_multiple_of(enc.patch_size) {
             bail!(
                 "experiment.data.resolution {} must be a positive multiple of the patch size {}",
@@ -502,6 +546,11 @@ impl EvalConfig {
         {
             bail!("experiment.data.label_fraction must be in (0, 1], got {f}");
         }
+        Ok(())
+    }
+
+    fn validate_optimization(&self) -> Result<()> {
+        let o = &self.experiment.optimization;
         if o.batch_size == 0 || o.num_epochs == 0 {
             bail!("experiment.optimization.batch_size and num_epochs must be >= 1");
         }
@@ -518,26 +567,27 @@ impl EvalConfig {
         if o.use_focal_loss {
             bail!("experiment.optimization.use_focal_loss is not supported");
         }
-        if self.val_only && self.probe_checkpoint.is_none() && !self.resume_checkpoint {
-            notes.push(
-                "val_only without probe_checkpoint/resume_checkpoint: the reference would evaluate a \
-                 random probe; `trainer evaluate` needs --probe or probe_checkpoint"
-                    .into(),
-            );
-        }
-        if let Some(layers) = &self.model_kwargs.wrapper_kwargs.out_layers {
+        Ok(())
+    }
+
+    /// The reference wrapper's feature options: single-level features without a temporal
+    /// embedding across segments.
+    fn validate_wrapper(&self, notes: &mut Vec<String>) -> Result<()> {
+        let d = &self.experiment.data;
+        let w = &self.model_kwargs.wrapper_kwargs;
+        if let Some(layers) = &w.out_layers {
             bail!(
                 "model_kwargs.wrapper_kwargs.out_layers {layers:?} (multi-level features) is not supported"
             );
         }
-        if self.model_kwargs.wrapper_kwargs.use_pos_embed || o.use_pos_embed {
+        if w.use_pos_embed || self.experiment.optimization.use_pos_embed {
             bail!(
                 "use_pos_embed: true (temporal sin-cos embedding across segments) is not supported"
             );
         }
-        if let Some(mf) = self.model_kwargs.wrapper_kwargs.max_frames
+        if let Some(mf) = w.max_frames
             && d.frames_per_clip * d.num_segments > mf
-            && !multi
+            && !self.is_multi()
         {
             notes.push(format!(
                 "frames_per_clip × num_segments = {} exceeds wrapper max_frames {mf}",
@@ -550,6 +600,6 @@ impl EvalConfig {
                 d.num_views_per_segment
             ));
         }
-        Ok(notes)
+        Ok(())
     }
 }

@@ -419,6 +419,32 @@ impl PretrainConfig {
                 self.app
             );
         }
+        self.validate_datasets()?;
+        self.validate_clip_shape()?;
+        self.validate_timing(&mut notes)?;
+        self.validate_augmentation()?;
+        if !(self.loss.loss_exp > 0.0) {
+            bail!("loss.loss_exp must be positive, got {}", self.loss.loss_exp);
+        }
+        self.validate_masks()?;
+        self.validate_model(&mut notes)?;
+        self.validate_optimization()?;
+        if !self.model.zero_init_mask_tokens {
+            notes.push("model.zero_init_mask_tokens: false; mask tokens start trunc-normal".into());
+        }
+        if self.data.num_clips != 1 {
+            bail!(
+                "data.num_clips {} is not supported for pretraining (1 clip per video)",
+                self.data.num_clips
+            );
+        }
+        self.encoder_config()?;
+        self.predictor_config()?;
+        Ok(notes)
+    }
+
+    /// A supported dataset type with its lists, and sampling weights that fit them.
+    fn validate_datasets(&self) -> Result<()> {
         if self.data.dataset_type == "PhantomStream" {
             if self.optimization.ipe.is_none() {
                 bail!(
@@ -445,6 +471,12 @@ impl PretrainConfig {
                 bail!("data.datasets_weights must be non-negative with a positive sum");
             }
         }
+        Ok(())
+    }
+
+    /// Frames per clip (one count for all datasets) divide into tubelets, the crop into
+    /// patches; a batch holds at least one clip.
+    fn validate_clip_shape(&self) -> Result<()> {
         let fpcs = &self.data.dataset_fpcs;
         if fpcs.is_empty()
             || fpcs
@@ -476,6 +508,11 @@ impl PretrainConfig {
                 self.data.patch_size
             );
         }
+        Ok(())
+    }
+
+    /// At most one of fps, frame_step and duration says how frames are sampled.
+    fn validate_timing(&self, notes: &mut Vec<String>) -> Result<()> {
         let timing = [
             self.data.fps.is_some(),
             self.data.frame_step.is_some(),
@@ -494,6 +531,10 @@ impl PretrainConfig {
         if self.data.frame_step == Some(0) {
             bail!("data.frame_step must be >= 1");
         }
+        Ok(())
+    }
+
+    fn validate_augmentation(&self) -> Result<()> {
         let a = &self.data_aug;
         check_range(
             "data_aug.random_resize_scale",
@@ -513,9 +554,10 @@ impl PretrainConfig {
                  V-JEPA 2 / EchoJEPA recipes keep them off)"
             );
         }
-        if !(self.loss.loss_exp > 0.0) {
-            bail!("loss.loss_exp must be positive, got {}", self.loss.loss_exp);
-        }
+        Ok(())
+    }
+
+    fn validate_masks(&self) -> Result<()> {
         if self.mask.is_empty() {
             bail!("mask: give at least one mask configuration");
         }
@@ -539,6 +581,11 @@ impl PretrainConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The released models' architecture: 3-D RoPE, GELU, mask tokens.
+    fn validate_model(&self, notes: &mut Vec<String>) -> Result<()> {
         let m = &self.model;
         if !m.use_rope {
             bail!(
@@ -560,6 +607,11 @@ impl PretrainConfig {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// Schedules and optimizer settings in range; annealing names its checkpoint.
+    fn validate_optimization(&self) -> Result<()> {
         let o = &self.optimization;
         if o.epochs == 0 {
             bail!("optimization.epochs must be >= 1");
@@ -593,18 +645,7 @@ impl PretrainConfig {
         if (o.is_anneal || o.force_load_pretrain) && o.anneal_ckpt.is_none() {
             bail!("optimization.is_anneal/force_load_pretrain need optimization.anneal_ckpt");
         }
-        if !m.zero_init_mask_tokens {
-            notes.push("model.zero_init_mask_tokens: false; mask tokens start trunc-normal".into());
-        }
-        if self.data.num_clips != 1 {
-            bail!(
-                "data.num_clips {} is not supported for pretraining (1 clip per video)",
-                self.data.num_clips
-            );
-        }
-        self.encoder_config()?;
-        self.predictor_config()?;
-        Ok(notes)
+        Ok(())
     }
 }
 

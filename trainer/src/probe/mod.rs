@@ -439,6 +439,26 @@ fn setup(
     })
 }
 
+impl Setup {
+    /// The probe's predictions on `samples`, batched as every evaluation here is.
+    fn eval(
+        &self,
+        probe: &AttentiveProbe,
+        multi: Option<MultiView>,
+        samples: &[Sample],
+    ) -> Result<Eval> {
+        eval_probe(
+            probe,
+            &self.probe_cfg,
+            multi,
+            samples,
+            16,
+            &self.device,
+            self.dtype,
+        )
+    }
+}
+
 /// Summary of a probe run (`summary.json`).
 #[derive(Debug, Serialize)]
 pub struct ProbeSummary {
@@ -556,19 +576,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<EvalConfig> = load(&args.config)?;
     if args.dry_run {
-        let mut plan = crate::plan::probe_plan(&loaded, dev)?;
-        if let Some(c) = &args.checkpoint {
-            plan.checkpoint = c.clone();
-        }
-        if let Some(o) = &args.out {
-            plan.output_dir = o.clone();
-        }
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
-        } else {
-            crate::plan::print_probe(&plan, out)?;
-        }
-        return Ok(());
+        return print_plan(&loaded, dev, &args, out);
     }
     if loaded.config.val_only {
         let e = EvalArgs {
@@ -591,57 +599,165 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = args.label_fraction {
         s.cfg.experiment.data.label_fraction = Some(f);
     }
-    let d = s.cfg.experiment.data.clone();
-    let o = s.cfg.experiment.optimization.clone();
-    let t0 = Instant::now();
-    let cache = s.cache_dir.as_deref();
-    let train = split_features(
-        &s.cfg,
-        &s.enc,
-        &d.dataset_train,
-        "train",
-        None,
-        cache,
-        args.workers,
-    )?;
-    let val = split_features(
-        &s.cfg,
-        &s.enc,
-        &d.dataset_val,
-        "val",
-        None,
-        cache,
-        args.workers,
-    )?;
-    let test = d
-        .dataset_test
-        .as_ref()
-        .map(|t| split_features(&s.cfg, &s.enc, t, "test", None, cache, args.workers))
-        .transpose()?;
-    let seconds_features = t0.elapsed().as_secs_f64();
-    let feature_cache: Vec<(PathBuf, bool)> = [Some(&train), Some(&val), test.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f.cache_file.clone().map(|c| (c, f.from_cache)))
-        .collect();
-    let skipped =
-        train.skipped.len() + val.skipped.len() + test.as_ref().map_or(0, |t| t.skipped.len());
-    let frac = d.label_fraction.unwrap_or(1.0);
-    let train_s = label_fraction(train.samples, frac, s.info.task, d.label_seed);
-    let val_s = val.samples;
-    let test_s = test.map(|t| t.samples);
-    if let TaskType::Classification = s.info.task
-        && let Some(bad) = train_s.iter().chain(&val_s).find(|x| {
-            x.label < 0.0 || x.label as usize >= s.info.classes.len() || x.label.fract() != 0.0
-        })
-    {
-        bail!(
-            "{}: label {} is not a class index below num_classes = {}",
-            bad.id,
-            bad.label,
-            s.info.classes.len()
-        );
+    let splits = Splits::load(&s, args.workers)?;
+    splits.check_labels(&s.info)?;
+    print_start(out, &s, &splits)?;
+
+    let specs = head_specs(&s.cfg);
+    let t1 = Instant::now();
+    let sweep = train_heads(&s, &specs, &splits)?;
+    let seconds_training = t1.elapsed().as_secs_f64();
+    let (best_head, (_, best_epoch, best_tensors)) = sweep
+        .best
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.0.total_cmp(&b.1.0).then(b.0.cmp(&a.0)))
+        .map(|(i, b)| (i, b.clone()))
+        .context("no heads")?;
+    let best_tensors = best_tensors.context("no evaluated epoch")?;
+    let (val_m, test_m, base) = evaluate_best(&s, &splits, &best_tensors)?;
+    for (split, m) in [("val", Some(&val_m)), ("test", test_m.as_ref())] {
+        if let Some(m) = m {
+            write_confusion(&s, split, m)?;
+        }
     }
+    plot_curves(&s, &specs, &sweep.curves)?;
+
+    let d = &s.cfg.experiment.data;
+    let synthetic =
+        s.enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&d.dataset_train));
+    let notes = probe_notes(&s, best_head, best_epoch, &val_m, synthetic);
+    let stem = s.out_dir.join("probe");
+    save_probe(&s, &best_tensors, notes, &stem)?;
+    let summary = ProbeSummary {
+        config: config_path,
+        task: s.info.clone(),
+        train_samples: splits.train.len(),
+        val_samples: splits.val.len(),
+        test_samples: splits.test.as_ref().map(Vec::len),
+        skipped: splits.skipped,
+        label_fraction: splits.label_fraction,
+        best_head,
+        best_epoch,
+        best_head_settings: specs[best_head].clone(),
+        val: val_m,
+        test: test_m,
+        baseline: base,
+        per_head_best: sweep.best.iter().map(|b| (b.1, b.0.abs())).collect(),
+        seconds_features: splits.seconds_features,
+        feature_cache: splits.feature_cache,
+        seconds_training,
+        checkpoint: native_paths(&stem).0,
+        synthetic_data: synthetic,
+    };
+    fs::write(
+        s.out_dir.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(());
+    }
+    print_probe_summary(out, &s, &summary)
+}
+
+/// `--dry-run`: the resolved plan, with the command line's overrides, and nothing read.
+fn print_plan(
+    loaded: &Loaded<EvalConfig>,
+    dev: DeviceSpec,
+    args: &Args,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut plan = crate::plan::probe_plan(loaded, dev)?;
+    if let Some(c) = &args.checkpoint {
+        plan.checkpoint = c.clone();
+    }
+    if let Some(o) = &args.out {
+        plan.output_dir = o.clone();
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
+    } else {
+        crate::plan::print_probe(&plan, out)?;
+    }
+    Ok(())
+}
+
+/// The cached or freshly encoded features of the three lists, the training list cut to the
+/// label fraction.
+struct Splits {
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    test: Option<Vec<Sample>>,
+    skipped: usize,
+    label_fraction: f64,
+    seconds_features: f64,
+    /// Feature-cache files used (`true` = read from the cache, `false` = encoded now).
+    feature_cache: Vec<(PathBuf, bool)>,
+}
+
+impl Splits {
+    fn load(s: &Setup, workers: usize) -> Result<Self> {
+        let d = &s.cfg.experiment.data;
+        let t0 = Instant::now();
+        let cache = s.cache_dir.as_deref();
+        let train = split_features(
+            &s.cfg,
+            &s.enc,
+            &d.dataset_train,
+            "train",
+            None,
+            cache,
+            workers,
+        )?;
+        let val = split_features(&s.cfg, &s.enc, &d.dataset_val, "val", None, cache, workers)?;
+        let test = d
+            .dataset_test
+            .as_ref()
+            .map(|t| split_features(&s.cfg, &s.enc, t, "test", None, cache, workers))
+            .transpose()?;
+        let seconds_features = t0.elapsed().as_secs_f64();
+        let feature_cache: Vec<(PathBuf, bool)> = [Some(&train), Some(&val), test.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.cache_file.clone().map(|c| (c, f.from_cache)))
+            .collect();
+        let skipped =
+            train.skipped.len() + val.skipped.len() + test.as_ref().map_or(0, |t| t.skipped.len());
+        let frac = d.label_fraction.unwrap_or(1.0);
+        Ok(Self {
+            train: label_fraction(train.samples, frac, s.info.task, d.label_seed),
+            val: val.samples,
+            test: test.map(|t| t.samples),
+            skipped,
+            label_fraction: frac,
+            seconds_features,
+            feature_cache,
+        })
+    }
+
+    /// A classification label must be a class index: anything else would index out of the
+    /// probe's outputs during training.
+    fn check_labels(&self, info: &TaskInfo) -> Result<()> {
+        if let TaskType::Classification = info.task
+            && let Some(bad) = self.train.iter().chain(&self.val).find(|x| {
+                x.label < 0.0 || x.label as usize >= info.classes.len() || x.label.fract() != 0.0
+            })
+        {
+            bail!(
+                "{}: label {} is not a class index below num_classes = {}",
+                bad.id,
+                bad.label,
+                info.classes.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn print_start(out: &mut dyn Write, s: &Setup, splits: &Splits) -> Result<()> {
+    let o = &s.cfg.experiment.optimization;
+    let frac = splits.label_fraction;
     writeln!(
         out,
         "probing {} ({}) on {} train / {} val{} samples{}; {} heads x {} epochs; features in {:.1} s",
@@ -650,9 +766,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             TaskType::Classification => format!("{} classes", s.info.classes.len()),
             TaskType::Regression => s.info.target_name.clone(),
         },
-        train_s.len(),
-        val_s.len(),
-        test_s
+        splits.train.len(),
+        splits.val.len(),
+        splits
+            .test
             .as_ref()
             .map(|t| format!(" / {} test", t.len()))
             .unwrap_or_default(),
@@ -663,21 +780,31 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         },
         o.multihead_kwargs.len(),
         o.num_epochs,
-        seconds_features
+        splits.seconds_features
     )?;
-    let specs = head_specs(&s.cfg);
+    Ok(())
+}
+
+/// Per head: the best validation score with its epoch and tensors, and the score per epoch.
+struct Sweep {
+    best: Vec<(f64, usize, Option<TensorMap>)>,
+    curves: Vec<Vec<(f64, f64)>>,
+}
+
+/// Trains every head of the grid together, validating each after every epoch (`log.csv`).
+fn train_heads(s: &Setup, specs: &[HeadSpec], splits: &Splits) -> Result<Sweep> {
+    let o = &s.cfg.experiment.optimization;
     let mut trainer = ProbeTrainer::new(
         s.probe_cfg.clone(),
-        specs.clone(),
+        specs.to_vec(),
         multi_view(&s.cfg, true),
-        train_s.len(),
+        splits.train.len(),
         o.batch_size,
         o.num_epochs,
         o.seed,
         s.dtype,
         &s.device,
     )?;
-    let t1 = Instant::now();
     let log_path = s.out_dir.join("log.csv");
     let mut log = fs::File::create(&log_path)
         .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -692,21 +819,44 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         )?,
     }
     let nh = trainer.num_heads();
-    let mut best: Vec<(f64, usize, Option<TensorMap>)> = vec![(f64::NEG_INFINITY, 0, None); nh];
-    let mut curves: Vec<Vec<(f64, f64)>> = vec![Vec::new(); nh];
+    let mut sweep = Sweep {
+        best: vec![(f64::NEG_INFINITY, 0, None); nh],
+        curves: vec![Vec::new(); nh],
+    };
     let pb = indicatif::ProgressBar::new(o.num_epochs as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template("probe epochs [{bar:30}] {pos}/{len} {msg}")?
             .progress_chars("=> "),
     );
-    let eval_multi = multi_view(&s.cfg, false);
     for epoch in 0..o.num_epochs {
-        let losses = trainer.train_epoch(&train_s, epoch)?;
+        let losses = trainer.train_epoch(&splits.train, epoch)?;
+        let best_line = sweep.validate_epoch(&trainer, s, &splits.val, epoch, &losses, &mut log)?;
+        log.flush()?;
+        pb.set_message(best_line);
+        pb.inc(1);
+        tracing::debug!(epoch, "probe epoch done");
+    }
+    pb.finish_and_clear();
+    Ok(sweep)
+}
+
+impl Sweep {
+    /// Validates every head after `epoch`, logs it, keeps each head's best tensors; returns
+    /// the line of the epoch's best head for the progress bar.
+    fn validate_epoch(
+        &mut self,
+        trainer: &ProbeTrainer,
+        s: &Setup,
+        val: &[Sample],
+        epoch: usize,
+        losses: &[f64],
+        log: &mut fs::File,
+    ) -> Result<String> {
         let mut best_line = String::new();
         let mut best_epoch_score = f64::NEG_INFINITY;
-        for hi in 0..nh {
-            let ev = trainer.evaluate(hi, &val_s)?;
-            let m = metrics_of(&s.info, &val_s, &ev);
+        for hi in 0..trainer.num_heads() {
+            let ev = trainer.evaluate(hi, val)?;
+            let m = metrics_of(&s.info, val, &ev);
             let (lr, wd) = trainer.current_lr_wd(hi);
             match &m {
                 Metrics::Class(c) => writeln!(
@@ -721,80 +871,79 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
                 )?,
             }
             let score = m.score();
-            curves[hi].push((epoch as f64 + 1.0, score.abs()));
-            if score > best[hi].0 {
-                best[hi] = (score, epoch, Some(trainer.head_tensors(hi)?));
+            self.curves[hi].push((epoch as f64 + 1.0, score.abs()));
+            if score > self.best[hi].0 {
+                self.best[hi] = (score, epoch, Some(trainer.head_tensors(hi)?));
             }
             if score > best_epoch_score {
                 best_epoch_score = score;
                 best_line = format!("best head {hi}: {}", m.line());
             }
         }
-        log.flush()?;
-        pb.set_message(best_line);
-        pb.inc(1);
-        tracing::debug!(epoch, "probe epoch done");
+        Ok(best_line)
     }
-    pb.finish_and_clear();
-    let seconds_training = t1.elapsed().as_secs_f64();
-    let (best_head, (_, best_epoch, best_tensors)) = best
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.0.total_cmp(&b.1.0).then(b.0.cmp(&a.0)))
-        .map(|(i, b)| (i, b.clone()))
-        .context("no heads")?;
-    let best_tensors = best_tensors.context("no evaluated epoch")?;
+}
+
+/// The best head on val and test (predictions written next to the summary), and the trivial
+/// predictor on test (else val).
+fn evaluate_best(
+    s: &Setup,
+    splits: &Splits,
+    best_tensors: &TensorMap,
+) -> Result<(Metrics, Option<Metrics>, Metrics)> {
     let probe = probe_from_tensors(&s.probe_cfg, best_tensors.clone(), s.dtype, &s.device)?;
-    let evaluate = |samples: &[Sample]| {
-        eval_probe(
-            &probe,
-            &s.probe_cfg,
-            eval_multi,
-            samples,
-            16,
-            &s.device,
-            s.dtype,
-        )
-    };
-    let val_ev = evaluate(&val_s)?;
-    let val_m = metrics_of(&s.info, &val_s, &val_ev);
+    let multi = multi_view(&s.cfg, false);
+    let val_ev = s.eval(&probe, multi, &splits.val)?;
+    let val_m = metrics_of(&s.info, &splits.val, &val_ev);
     write_predictions(
         &s.out_dir.join("predictions_val.csv"),
         &s.info,
-        &val_s,
+        &splits.val,
         &val_ev,
     )?;
     let mut test_m = None;
-    if let Some(ts) = &test_s {
-        let ev = evaluate(ts)?;
+    if let Some(ts) = &splits.test {
+        let ev = s.eval(&probe, multi, ts)?;
         test_m = Some(metrics_of(&s.info, ts, &ev));
         write_predictions(&s.out_dir.join("predictions_test.csv"), &s.info, ts, &ev)?;
     }
-    let base = baseline(&s.info, &train_s, test_s.as_deref().unwrap_or(&val_s));
-    for (split, m) in [("val", Some(&val_m)), ("test", test_m.as_ref())] {
-        if let Some(Metrics::Class(c)) = m {
-            write_confusion_csv(
-                &s.out_dir.join(format!("confusion_{split}.csv")),
-                &c.confusion,
-                &s.info.classes,
-            )?;
-            confusion_chart(
-                &s.out_dir.join(format!("confusion_{split}.png")),
-                &format!("{} {split} confusion", s.name),
-                &c.confusion,
-                &s.info.classes,
-            )?;
-        }
+    let base = baseline(
+        &s.info,
+        &splits.train,
+        splits.test.as_deref().unwrap_or(&splits.val),
+    );
+    Ok((val_m, test_m, base))
+}
+
+/// `confusion_<split>.csv` and `.png` of a classifier's metrics; nothing for a regressor.
+fn write_confusion(s: &Setup, split: &str, m: &Metrics) -> Result<()> {
+    if let Metrics::Class(c) = m {
+        write_confusion_csv(
+            &s.out_dir.join(format!("confusion_{split}.csv")),
+            &c.confusion,
+            &s.info.classes,
+        )?;
+        confusion_chart(
+            &s.out_dir.join(format!("confusion_{split}.png")),
+            &format!("{} {split} confusion", s.name),
+            &c.confusion,
+            &s.info.classes,
+        )?;
     }
+    Ok(())
+}
+
+/// `curves.png`: each head's validation score per epoch.
+fn plot_curves(s: &Setup, specs: &[HeadSpec], curves: &[Vec<(f64, f64)>]) -> Result<()> {
     let series: Vec<Series> = curves
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, pts)| Series {
             name: format!(
                 "head {i} lr {:.0e} wd {}",
                 specs[i].lr, specs[i].weight_decay
             ),
-            points: pts,
+            points: pts.clone(),
         })
         .collect();
     let ylabel = match s.info.task {
@@ -809,9 +958,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         &series,
         false,
     )?;
+    Ok(())
+}
 
-    let synthetic =
-        s.enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&d.dataset_train));
+/// The notes saved in the probe checkpoint: provenance, the chosen head, intended use.
+fn probe_notes(
+    s: &Setup,
+    best_head: usize,
+    best_epoch: usize,
+    val_m: &Metrics,
+    synthetic: bool,
+) -> BTreeMap<String, String> {
     let mut notes = BTreeMap::new();
     notes.insert(
         "trained_by".into(),
@@ -836,46 +993,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             "SYNTHETIC phantom videos (no patients); outputs have no clinical meaning".into(),
         );
     }
-    let stem = s.out_dir.join("probe");
-    save_probe(&s, &best_tensors, notes, &stem)?;
-    let summary = ProbeSummary {
-        config: config_path,
-        task: s.info.clone(),
-        train_samples: train_s.len(),
-        val_samples: val_s.len(),
-        test_samples: test_s.as_ref().map(Vec::len),
-        skipped,
-        label_fraction: frac,
-        best_head,
-        best_epoch,
-        best_head_settings: specs[best_head].clone(),
-        val: val_m.clone(),
-        test: test_m.clone(),
-        baseline: base.clone(),
-        per_head_best: best.iter().map(|b| (b.1, b.0.abs())).collect(),
-        seconds_features,
-        feature_cache,
-        seconds_training,
-        checkpoint: native_paths(&stem).0,
-        synthetic_data: synthetic,
-    };
-    fs::write(
-        s.out_dir.join("summary.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
-        return Ok(());
-    }
+    notes
+}
+
+fn print_probe_summary(out: &mut dyn Write, s: &Setup, summary: &ProbeSummary) -> Result<()> {
+    let spec = &summary.best_head_settings;
     writeln!(
         out,
-        "best head {best_head} (lr {:.1e}, wd {}) at epoch {}",
-        specs[best_head].lr,
-        specs[best_head].weight_decay,
-        best_epoch + 1
+        "best head {} (lr {:.1e}, wd {}) at epoch {}",
+        summary.best_head,
+        spec.lr,
+        spec.weight_decay,
+        summary.best_epoch + 1
     )?;
-    writeln!(out, "  val:  {}", val_m.line())?;
-    if let Some(t) = &test_m {
+    writeln!(out, "  val:  {}", summary.val.line())?;
+    if let Some(t) = &summary.test {
         writeln!(out, "  test: {}", t.line())?;
     }
     writeln!(
@@ -885,12 +1017,16 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             TaskType::Regression => "predict the training mean",
             TaskType::Classification => "predict the majority class",
         },
-        base.line()
+        summary.baseline.line()
     )?;
-    if skipped > 0 {
-        writeln!(out, "  {skipped} unreadable samples skipped (see the log)")?;
+    if summary.skipped > 0 {
+        writeln!(
+            out,
+            "  {} unreadable samples skipped (see the log)",
+            summary.skipped
+        )?;
     }
-    if synthetic {
+    if summary.synthetic_data {
         writeln!(
             out,
             "  note: SYNTHETIC phantom data; these numbers say nothing about patients"
@@ -899,7 +1035,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "wrote {} (+ .json), summary.json, log.csv, curves.png, predictions_*.csv{} in {}",
-        native_paths(&stem).0.display(),
+        summary.checkpoint.display(),
         if s.info.task == TaskType::Classification {
             ", confusion_*.csv/png"
         } else {
@@ -1007,16 +1143,7 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
         args.out.clone(),
         args.name.clone(),
     )?;
-    let d = s.cfg.experiment.data.clone();
-    let csv = match args.split.as_str() {
-        "val" => d.dataset_val.clone(),
-        "test" => d
-            .dataset_test
-            .clone()
-            .context("--split test needs experiment.data.dataset_test in the config")?,
-        "train" => d.dataset_train.clone(),
-        other => bail!("--split {other}: use val, test or train"),
-    };
+    let csv = split_list(&s.cfg, &args.split)?;
     let probe_path = args
         .probe
         .clone()
@@ -1027,15 +1154,7 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
     let multi = multi_view(&s.cfg, false);
     let cache = s.cache_dir.as_deref();
     let clean = split_features(&s.cfg, &s.enc, &csv, &args.split, None, cache, args.workers)?;
-    let ev = eval_probe(
-        &probe,
-        &s.probe_cfg,
-        multi,
-        &clean.samples,
-        16,
-        &s.device,
-        s.dtype,
-    )?;
+    let ev = s.eval(&probe, multi, &clean.samples)?;
     let m = metrics_of(&s.info, &clean.samples, &ev);
     let pred_path = args
         .predictions
@@ -1043,73 +1162,19 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
         .or_else(|| s.cfg.predictions_save_path.clone())
         .unwrap_or_else(|| s.out_dir.join(format!("predictions_{}.csv", args.split)));
     write_predictions(&pred_path, &s.info, &clean.samples, &ev)?;
-    if let Metrics::Class(c) = &m {
-        write_confusion_csv(
-            &s.out_dir.join(format!("confusion_{}.csv", args.split)),
-            &c.confusion,
-            &s.info.classes,
-        )?;
-        confusion_chart(
-            &s.out_dir.join(format!("confusion_{}.png", args.split)),
-            &format!("{} {} confusion", s.name, args.split),
-            &c.confusion,
-            &s.info.classes,
-        )?;
-    }
-    let mut rows = Vec::new();
-    if args.robustness {
-        let base_err = error_of(&m);
-        for p in Perturbation::paper_set() {
-            let f = split_features(
-                &s.cfg,
-                &s.enc,
-                &csv,
-                &args.split,
-                Some(p),
-                cache,
-                args.workers,
-            )?;
-            let ev = eval_probe(
-                &probe,
-                &s.probe_cfg,
-                multi,
-                &f.samples,
-                16,
-                &s.device,
-                s.dtype,
-            )?;
-            let pm = metrics_of(&s.info, &f.samples, &ev);
-            let rel = if base_err > 0.0 {
-                (error_of(&pm) - base_err) / base_err
-            } else {
-                0.0
-            };
-            rows.push(RobustRow {
-                perturbation: p.name(),
-                metrics: pm,
-                relative_degradation: rel,
-            });
-        }
-        let mut f = fs::File::create(s.out_dir.join("robustness.csv"))?;
-        writeln!(f, "perturbation,error,relative_degradation")?;
-        writeln!(f, "clean,{:.6},0", base_err)?;
-        for r in &rows {
-            writeln!(
-                f,
-                "{},{:.6},{:.6}",
-                r.perturbation,
-                error_of(&r.metrics),
-                r.relative_degradation
-            )?;
-        }
-    }
+    write_confusion(&s, &args.split, &m)?;
+    let rows = if args.robustness {
+        robustness(&s, &probe, &csv, &args, &m)?
+    } else {
+        Vec::new()
+    };
     let synthetic = s.enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&csv));
     let summary = EvalSummary {
         split: args.split.clone(),
         samples: clean.samples.len(),
         skipped: clean.skipped.len(),
-        metrics: m.clone(),
-        predictions: pred_path.clone(),
+        metrics: m,
+        predictions: pred_path,
         robustness: rows,
         synthetic_data: synthetic,
     };
@@ -1121,6 +1186,81 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
         return Ok(());
     }
+    print_evaluation(out, &s, &csv, &summary)
+}
+
+/// The list `--split` names in the config.
+fn split_list(cfg: &EvalConfig, split: &str) -> Result<PathBuf> {
+    let d = &cfg.experiment.data;
+    Ok(match split {
+        "val" => d.dataset_val.clone(),
+        "test" => d
+            .dataset_test
+            .clone()
+            .context("--split test needs experiment.data.dataset_test in the config")?,
+        "train" => d.dataset_train.clone(),
+        other => bail!("--split {other}: use val, test or train"),
+    })
+}
+
+/// The probe on each perturbation of the paper's set, against the clean metrics `clean`
+/// (also written to `robustness.csv`).
+fn robustness(
+    s: &Setup,
+    probe: &AttentiveProbe,
+    csv: &Path,
+    args: &EvalArgs,
+    clean: &Metrics,
+) -> Result<Vec<RobustRow>> {
+    let multi = multi_view(&s.cfg, false);
+    let cache = s.cache_dir.as_deref();
+    let base_err = error_of(clean);
+    let mut rows = Vec::new();
+    for p in Perturbation::paper_set() {
+        let f = split_features(
+            &s.cfg,
+            &s.enc,
+            csv,
+            &args.split,
+            Some(p),
+            cache,
+            args.workers,
+        )?;
+        let ev = s.eval(probe, multi, &f.samples)?;
+        let pm = metrics_of(&s.info, &f.samples, &ev);
+        let rel = if base_err > 0.0 {
+            (error_of(&pm) - base_err) / base_err
+        } else {
+            0.0
+        };
+        rows.push(RobustRow {
+            perturbation: p.name(),
+            metrics: pm,
+            relative_degradation: rel,
+        });
+    }
+    let mut f = fs::File::create(s.out_dir.join("robustness.csv"))?;
+    writeln!(f, "perturbation,error,relative_degradation")?;
+    writeln!(f, "clean,{:.6},0", base_err)?;
+    for r in &rows {
+        writeln!(
+            f,
+            "{},{:.6},{:.6}",
+            r.perturbation,
+            error_of(&r.metrics),
+            r.relative_degradation
+        )?;
+    }
+    Ok(rows)
+}
+
+fn print_evaluation(
+    out: &mut dyn Write,
+    s: &Setup,
+    csv: &Path,
+    summary: &EvalSummary,
+) -> Result<()> {
+    let m = &summary.metrics;
     writeln!(
         out,
         "{} on {} ({} samples): {}",
@@ -1137,7 +1277,7 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
         writeln!(
             out,
             "robustness ({unit}; relative change vs clean {:.3}):",
-            error_of(&m)
+            error_of(m)
         )?;
         for r in &summary.robustness {
             writeln!(
@@ -1159,12 +1299,12 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
     if summary.skipped > 0 {
         writeln!(out, "{} unreadable samples skipped", summary.skipped)?;
     }
-    if synthetic {
+    if summary.synthetic_data {
         writeln!(
             out,
             "note: SYNTHETIC phantom data; these numbers say nothing about patients"
         )?;
     }
-    writeln!(out, "wrote {}", pred_path.display())?;
+    writeln!(out, "wrote {}", summary.predictions.display())?;
     Ok(())
 }
