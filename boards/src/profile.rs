@@ -625,18 +625,35 @@ impl BoardProfile {
 
     /// Checks every field; the first problem is returned naming its field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| BoardError::Invalid {
+        self.validate_name()?;
+        self.validate_capture()?;
+        self.validate_sector()?;
+        self.validate_model()?;
+        self.validate_clinical()?;
+        self.validate_compute()?;
+        self.validate_serial()?;
+        self.validate_trust()?;
+        self.validate_bundles()?;
+        Ok(())
+    }
+
+    fn invalid(&self, field: &str, reason: String) -> BoardError {
+        BoardError::Invalid {
             origin: self.origin.clone(),
             field: field.to_string(),
             reason,
-        };
+        }
+    }
+
+    /// The short identifier: ASCII letters, digits, '-' and '_'.
+    fn validate_name(&self) -> Result<()> {
         if self.name.is_empty()
             || !self
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(bad(
+            return Err(self.invalid(
                 "name",
                 format!(
                     "must be non-empty ASCII letters, digits, '-' or '_', got {:?}",
@@ -644,42 +661,46 @@ impl BoardProfile {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    /// The capture device, its frame geometry and rate, and the reconnect back-off.
+    fn validate_capture(&self) -> Result<()> {
         let c = &self.capture;
         if !(16..=7680).contains(&c.width) {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.width",
                 format!("must be between 16 and 7680 pixels, got {}", c.width),
             ));
         }
         if !(16..=4320).contains(&c.height) {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.height",
                 format!("must be between 16 and 4320 pixels, got {}", c.height),
             ));
         }
         if !(c.fps.is_finite() && (1.0..=240.0).contains(&c.fps)) {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.fps",
                 format!("must be between 1 and 240, got {}", c.fps),
             ));
         }
         if c.pixel_formats.is_empty() {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.pixel_formats",
                 "must name at least one format (YUYV, MJPG, GREY, RGB3)".into(),
             ));
         }
         for (i, f) in c.pixel_formats.iter().enumerate() {
             if c.pixel_formats[..i].contains(f) {
-                return Err(bad(
+                return Err(self.invalid(
                     &format!("capture.pixel_formats[{i}]"),
                     format!("{f} is listed twice"),
                 ));
             }
         }
         if !(2..=32).contains(&c.buffers) {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.buffers",
                 format!("must be between 2 and 32, got {}", c.buffers),
             ));
@@ -687,7 +708,7 @@ impl BoardProfile {
         match c.source {
             SourceKind::V4l2 | SourceKind::File => match &c.device {
                 None => {
-                    return Err(bad(
+                    return Err(self.invalid(
                         "capture.device",
                         format!(
                             "required when capture.source = \"{}\"",
@@ -699,10 +720,10 @@ impl BoardProfile {
                     ));
                 }
                 Some(d) if d.is_empty() => {
-                    return Err(bad("capture.device", "must not be empty".into()));
+                    return Err(self.invalid("capture.device", "must not be empty".into()));
                 }
                 Some(d) if self.base_dir.is_none() && Path::new(d).is_relative() => {
-                    return Err(bad(
+                    return Err(self.invalid(
                         "capture.device",
                         format!("built-in profiles need absolute paths, got {d:?}"),
                     ));
@@ -712,13 +733,13 @@ impl BoardProfile {
             SourceKind::Phantom | SourceKind::Stdin => {}
         }
         if c.reconnect_initial_ms == 0 {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.reconnect_initial_ms",
                 "must be at least 1 ms".into(),
             ));
         }
         if c.reconnect_max_ms < c.reconnect_initial_ms {
-            return Err(bad(
+            return Err(self.invalid(
                 "capture.reconnect_max_ms",
                 format!(
                     "must be >= capture.reconnect_initial_ms ({}), got {}",
@@ -726,8 +747,12 @@ impl BoardProfile {
                 ),
             ));
         }
+        Ok(())
+    }
 
-        let s = &self.sector;
+    /// A fixed sector lies inside the frame; only the fixed mode takes coordinates.
+    fn validate_sector(&self) -> Result<()> {
+        let (s, c) = (&self.sector, &self.capture);
         let fixed = [
             ("x", s.x),
             ("y", s.y),
@@ -738,7 +763,7 @@ impl BoardProfile {
             SectorMode::Fixed => {
                 for (field, v) in fixed {
                     if v.is_none() {
-                        return Err(bad(
+                        return Err(self.invalid(
                             &format!("sector.{field}"),
                             "required when sector.mode = \"fixed\"".into(),
                         ));
@@ -751,7 +776,7 @@ impl BoardProfile {
                     s.height.unwrap_or(0),
                 );
                 if w < 16 || h < 16 {
-                    return Err(bad(
+                    return Err(self.invalid(
                         if w < 16 {
                             "sector.width"
                         } else {
@@ -761,7 +786,7 @@ impl BoardProfile {
                     ));
                 }
                 if x as u64 + w as u64 > c.width as u64 {
-                    return Err(bad(
+                    return Err(self.invalid(
                         "sector.width",
                         format!(
                             "x + width = {} exceeds capture.width {}",
@@ -771,7 +796,7 @@ impl BoardProfile {
                     ));
                 }
                 if y as u64 + h as u64 > c.height as u64 {
-                    return Err(bad(
+                    return Err(self.invalid(
                         "sector.height",
                         format!(
                             "y + height = {} exceeds capture.height {}",
@@ -784,7 +809,7 @@ impl BoardProfile {
             SectorMode::Detect | SectorMode::None => {
                 for (field, v) in fixed {
                     if v.is_some() {
-                        return Err(bad(
+                        return Err(self.invalid(
                             &format!("sector.{field}"),
                             "only used with sector.mode = \"fixed\"".into(),
                         ));
@@ -793,12 +818,16 @@ impl BoardProfile {
             }
         }
         if s.redetect_every == 0 {
-            return Err(bad("sector.redetect_every", "must be at least 1".into()));
+            return Err(self.invalid("sector.redetect_every", "must be at least 1".into()));
         }
+        Ok(())
+    }
 
+    /// What a bundle may ask for on this board, the clip cadence and the inference queue.
+    fn validate_model(&self) -> Result<()> {
         let m = &self.model;
         if !(32..=1024).contains(&m.max_resolution) || !m.max_resolution.is_multiple_of(16) {
-            return Err(bad(
+            return Err(self.invalid(
                 "model.max_resolution",
                 format!(
                     "must be a multiple of 16 between 32 and 1024, got {}",
@@ -807,7 +836,7 @@ impl BoardProfile {
             ));
         }
         if !(2..=128).contains(&m.max_frames) || !m.max_frames.is_multiple_of(2) {
-            return Err(bad(
+            return Err(self.invalid(
                 "model.max_frames",
                 format!(
                     "must be an even number between 2 and 128, got {}",
@@ -816,13 +845,13 @@ impl BoardProfile {
             ));
         }
         if !(1..=1000).contains(&m.clip_every) {
-            return Err(bad(
+            return Err(self.invalid(
                 "model.clip_every",
                 format!("must be between 1 and 1000 frames, got {}", m.clip_every),
             ));
         }
         if !(1..=8).contains(&m.inference_queue) {
-            return Err(bad(
+            return Err(self.invalid(
                 "model.inference_queue",
                 format!(
                     "must be between 1 and 8 clips (a longer queue only adds latency), got {}",
@@ -830,16 +859,20 @@ impl BoardProfile {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    /// The EF confidence threshold and the cycle and window lengths, in their ranges.
+    fn validate_clinical(&self) -> Result<()> {
         let k = &self.clinical;
         if !(k.ef_min_confidence.is_finite() && (0.0..=1.0).contains(&k.ef_min_confidence)) {
-            return Err(bad(
+            return Err(self.invalid(
                 "clinical.ef_min_confidence",
                 format!("must be between 0 and 1, got {}", k.ef_min_confidence),
             ));
         }
         if !(k.min_cycle_seconds.is_finite() && (0.2..=10.0).contains(&k.min_cycle_seconds)) {
-            return Err(bad(
+            return Err(self.invalid(
                 "clinical.min_cycle_seconds",
                 format!(
                     "must be between 0.2 and 10 seconds, got {}",
@@ -848,7 +881,7 @@ impl BoardProfile {
             ));
         }
         if !(k.ef_window_seconds.is_finite() && (0.5..=120.0).contains(&k.ef_window_seconds)) {
-            return Err(bad(
+            return Err(self.invalid(
                 "clinical.ef_window_seconds",
                 format!(
                     "must be between 0.5 and 120 seconds, got {}",
@@ -856,33 +889,40 @@ impl BoardProfile {
                 ),
             ));
         }
+        Ok(())
+    }
 
+    fn validate_compute(&self) -> Result<()> {
         let cp = &self.compute;
         if cp.threads > 1024 {
-            return Err(bad(
+            return Err(self.invalid(
                 "compute.threads",
                 format!("must be 0 (all cores) or at most 1024, got {}", cp.threads),
             ));
         }
         if cp.device == ComputeDevice::Cpu && cp.cuda_device != 0 {
-            return Err(bad(
+            return Err(self.invalid(
                 "compute.cuda_device",
                 "only used with compute.device = \"cuda\"".into(),
             ));
         }
+        Ok(())
+    }
 
+    /// The firmware link: a port (absolute in built-in profiles) at a standard rate.
+    fn validate_serial(&self) -> Result<()> {
         if let Some(sr) = &self.serial {
             if sr.port.is_empty() {
-                return Err(bad("serial.port", "must not be empty".into()));
+                return Err(self.invalid("serial.port", "must not be empty".into()));
             }
             if self.base_dir.is_none() && Path::new(&sr.port).is_relative() {
-                return Err(bad(
+                return Err(self.invalid(
                     "serial.port",
                     format!("built-in profiles need absolute paths, got {:?}", sr.port),
                 ));
             }
             if !STANDARD_BAUDS.contains(&sr.baud) {
-                return Err(bad(
+                return Err(self.invalid(
                     "serial.baud",
                     format!(
                         "{} is not a standard rate; use one of {}",
@@ -896,7 +936,11 @@ impl BoardProfile {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// The trusted bundle keys: unique file-style names, each given inline or as a file.
+    fn validate_trust(&self) -> Result<()> {
         for (i, key) in self.trust.keys.iter().enumerate() {
             let field = |f: &str| format!("trust.keys[{i}].{f}");
             if key.name.is_empty()
@@ -906,7 +950,7 @@ impl BoardProfile {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
-                return Err(bad(
+                return Err(self.invalid(
                     &field("name"),
                     format!(
                         "must be 1-64 characters of A-Z a-z 0-9 . _ - (as in key files), got {:?}",
@@ -915,27 +959,27 @@ impl BoardProfile {
                 ));
             }
             if self.trust.keys[..i].iter().any(|k| k.name == key.name) {
-                return Err(bad(
+                return Err(self.invalid(
                     &field("name"),
                     format!("{:?} is used by an earlier key", key.name),
                 ));
             }
             match (&key.ed25519, &key.file) {
                 (Some(_), Some(_)) => {
-                    return Err(bad(
+                    return Err(self.invalid(
                         &field("file"),
                         "give either ed25519 (inline hex) or file, not both".into(),
                     ));
                 }
                 (None, None) => {
-                    return Err(bad(
+                    return Err(self.invalid(
                         &field("ed25519"),
                         "give the public key inline as 64 hex digits, or a file".into(),
                     ));
                 }
                 (Some(hex), None) => {
                     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(bad(
+                        return Err(self.invalid(
                             &field("ed25519"),
                             format!(
                                 "must be 64 hex digits (a 32-byte ed25519 public key), got {} characters",
@@ -946,7 +990,7 @@ impl BoardProfile {
                 }
                 (None, Some(p)) => {
                     if self.base_dir.is_none() && p.is_relative() {
-                        return Err(bad(
+                        return Err(self.invalid(
                             &field("file"),
                             format!("built-in profiles need absolute paths, got {p:?}"),
                         ));
@@ -954,12 +998,16 @@ impl BoardProfile {
                 }
             }
         }
+        Ok(())
+    }
 
+    /// The bundle slots directory and the live view settings.
+    fn validate_bundles(&self) -> Result<()> {
         if self.bundles.slots_dir.as_os_str().is_empty() {
-            return Err(bad("bundles.slots_dir", "must not be empty".into()));
+            return Err(self.invalid("bundles.slots_dir", "must not be empty".into()));
         }
         if self.base_dir.is_none() && self.bundles.slots_dir.is_relative() {
-            return Err(bad(
+            return Err(self.invalid(
                 "bundles.slots_dir",
                 format!(
                     "built-in profiles need absolute paths, got {:?}",
@@ -968,7 +1016,7 @@ impl BoardProfile {
             ));
         }
         if let Err(e) = self.live_view.check() {
-            return Err(bad(&format!("live_view.{}", e.field), e.reason));
+            return Err(self.invalid(&format!("live_view.{}", e.field), e.reason));
         }
         Ok(())
     }
