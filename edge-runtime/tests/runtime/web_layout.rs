@@ -210,22 +210,28 @@ fn set_viewport(b: &mut Browser, width: u32, height: u32) {
         json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
     );
     b.call("Emulation.setScrollbarsHidden", json!({"hidden": true}));
-    // The page has re-laid out and fitted the echo when the fit is the same twice in a row at
-    // the new size.
+    // The page has re-laid out and fitted the echo when the fit is the one the stage's current
+    // size (read now, so laid out now) calls for, the same twice in a row, at the new size.
     let mut previous = Value::Null;
     wait_until("the page at the new size", Duration::from_secs(30), || {
-        let now = b.eval(
-            "JSON.stringify([innerWidth, innerHeight, document.body.dataset.fit || null, \
-             document.body.dataset.source || null])",
-        );
+        let now = b.eval(FITTED);
         let settled = now == previous
             && now
                 .as_str()
-                .is_some_and(|s| s.starts_with(&format!("[{width},{height},\"")));
+                .is_some_and(|s| s.starts_with(&format!("[{width},{height},true,")));
         previous = now;
         settled
     });
 }
+
+/// The viewport, whether the echo's size is the fit of the stage as laid out now, and that size.
+const FITTED: &str = r#"(() => {
+  const st = document.getElementById("stage");
+  const [w, h] = (document.body.dataset.source || "320x240").split("x").map(Number);
+  const s = Math.min(st.clientWidth / w, st.clientHeight / h);
+  const fit = Math.floor(w * s) + "x" + Math.floor(h * s);
+  return JSON.stringify([innerWidth, innerHeight, fit === document.body.dataset.fit, fit]);
+})()"#;
 
 /// What the page shows, measured in the page.
 const LAYOUT: &str = r##"(() => {
