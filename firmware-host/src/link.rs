@@ -73,9 +73,9 @@ use std::time::{Duration, Instant};
 use cart_protocol::auth::{self, CartKey, Reply, ReplyVerifier};
 use cart_protocol::{
     BootInfo, ButtonEvent, CommandResult, DisplayCommand, Envelope, FaultReport, Feed,
-    FrameDecoder, Heartbeat, Hello, HelloReject, HostMsg, Liveness, LogRecord, McuMsg, McuStatus,
-    PROTOCOL_VERSION, Ping, Prediction, PrivilegedCommand, ProtocolVersion, RuntimeStatus,
-    SeqCheck, SeqTracker, Slot,
+    FrameDecoder, Heartbeat, Hello, HelloAck, HelloReject, HostMsg, Liveness, LogRecord, McuMsg,
+    McuStatus, PROTOCOL_VERSION, Ping, Prediction, PrivilegedCommand, ProtocolVersion, ReplyAuth,
+    RuntimeStatus, SeqCheck, SeqTracker, Slot,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError, never, select};
 use serialport::SerialPort;
@@ -1130,22 +1130,9 @@ impl Worker {
             }
             RxItem::Frame(env) => env,
         };
-        if matches!(env.msg, McuMsg::Boot(_) | McuMsg::HelloAck(..)) {
-            s.rx_seq.reset();
-        }
-        match s.rx_seq.observe(env.seq) {
-            SeqCheck::Stale => {
-                inc(&self.shared.counters.rx_stale, 1);
-                if self.cfg.trace {
-                    self.emit(LinkEvent::Trace(Trace::Stale(env)));
-                }
-                return Ok(());
-            }
-            SeqCheck::Gap { missing } => {
-                inc(&self.shared.counters.rx_lost_by_seq, u64::from(missing));
-            }
-            SeqCheck::First | SeqCheck::InOrder => {}
-        }
+        let Some(env) = self.admit(s, env) else {
+            return Ok(());
+        };
         inc(&self.shared.counters.frames_received, 1);
         let now_ms = self.now_ms();
         if let Some(l) = s.up.as_mut() {
@@ -1155,65 +1142,7 @@ impl Worker {
             self.emit(LinkEvent::Trace(Trace::Received(env.clone())));
         }
         match env.msg {
-            McuMsg::HelloAck(ack, reply_auth) => {
-                if s.up.is_some() || ack.nonce != s.nonce {
-                    return Ok(()); // an answer to an earlier Hello
-                }
-                let authenticated = match &self.cfg.cart_key {
-                    Some(key) => {
-                        if let Err(e) = s.verifier.accept(key, &Reply::HelloAck(&ack), &reply_auth)
-                        {
-                            let problem = ReplyProblem::from_error(e);
-                            self.reject(ReplyKind::HelloAck, problem);
-                            if !s.auth_failure_reported {
-                                s.auth_failure_reported = true;
-                                tracing::error!(
-                                    port = %self.cfg.port,
-                                    "the cart MCU's handshake answer does not verify with the \
-                                     configured cart key (wrong key file, or a forged answer); \
-                                     the link stays down"
-                                );
-                                self.emit(LinkEvent::Down(DownReason::HandshakeAuthFailed {
-                                    problem,
-                                }));
-                            }
-                            return Ok(());
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                let interval = self.cfg.heartbeat_interval.as_millis() as u16;
-                let timeout = self.cfg.watchdog_timeout.as_millis() as u16;
-                let mut l = Liveness::new(interval, timeout, now_ms);
-                l.sent(now_ms);
-                s.up = Some(l);
-                if authenticated {
-                    // Only authenticated evidence moves the counter; never backwards.
-                    self.counter_used(ack.last_counter);
-                }
-                let peer = PeerInfo {
-                    version: ack.version,
-                    cart_id: ack.cart_id.as_str().to_owned(),
-                    firmware: ack.firmware.as_str().to_owned(),
-                    build_id: ack.build_id,
-                    last_counter: ack.last_counter,
-                    active_slot: ack.active_slot,
-                    authenticated,
-                };
-                if let Ok(mut p) = self.shared.peer.lock() {
-                    *p = Some(peer.clone());
-                }
-                inc(&self.shared.counters.handshakes, 1);
-                self.shared.set_state(LinkState::Up);
-                tracing::info!(
-                    cart = %peer.cart_id,
-                    firmware = %peer.firmware,
-                    authenticated,
-                    "cart link up"
-                );
-                self.emit(LinkEvent::Up(peer));
-            }
+            McuMsg::HelloAck(ack, reply_auth) => self.on_hello_ack(s, ack, &reply_auth, now_ms),
             McuMsg::HelloReject(r) => {
                 if r.nonce == s.nonce {
                     tracing::error!("cart MCU refused the handshake: {:?}", r.reason);
@@ -1255,33 +1184,131 @@ impl Worker {
             McuMsg::Fault(f) => self.emit(LinkEvent::Fault(f)),
             McuMsg::Log(l) => self.emit(LinkEvent::Log(l)),
             McuMsg::CommandResult(result, reply_auth) => {
-                // Pending entries exist only when the link has a key (it signed them).
-                let pending = self
-                    .privileged
-                    .iter()
-                    .position(|(c, _, _)| *c == result.counter);
-                let (Some(i), Some(key)) = (pending, &self.cfg.cart_key) else {
-                    self.reject(ReplyKind::CommandResult, ReplyProblem::Unsolicited);
-                    return Ok(());
-                };
-                let (_, command, request_tag) = self.privileged[i];
-                let reply = Reply::CommandResult {
-                    result: &result,
-                    request_tag: &request_tag,
-                };
-                if let Err(e) = s.verifier.accept(key, &reply, &reply_auth) {
-                    // The command stays pending: the genuine answer may still come.
-                    self.reject(ReplyKind::CommandResult, ReplyProblem::from_error(e));
-                    return Ok(());
-                }
-                self.privileged.remove(i);
-                self.emit(LinkEvent::CommandResult {
-                    command: Some(command),
-                    result,
-                });
+                self.on_command_result(s, result, &reply_auth);
             }
         }
         Ok(())
+    }
+
+    /// Checks a frame's sequence number (a (re)boot or handshake answer starts a new
+    /// sequence); a stale frame is counted and dropped, a gap counted as lost frames.
+    fn admit(&mut self, s: &mut Session, env: Envelope<McuMsg>) -> Option<Envelope<McuMsg>> {
+        if matches!(env.msg, McuMsg::Boot(_) | McuMsg::HelloAck(..)) {
+            s.rx_seq.reset();
+        }
+        match s.rx_seq.observe(env.seq) {
+            SeqCheck::Stale => {
+                inc(&self.shared.counters.rx_stale, 1);
+                if self.cfg.trace {
+                    self.emit(LinkEvent::Trace(Trace::Stale(env)));
+                }
+                return None;
+            }
+            SeqCheck::Gap { missing } => {
+                inc(&self.shared.counters.rx_lost_by_seq, u64::from(missing));
+            }
+            SeqCheck::First | SeqCheck::InOrder => {}
+        }
+        Some(env)
+    }
+
+    /// The MCU's answer to our Hello: with a cart key it must verify, else the link stays
+    /// down; then the session is up and the peer known.
+    fn on_hello_ack(
+        &mut self,
+        s: &mut Session,
+        ack: HelloAck,
+        reply_auth: &ReplyAuth,
+        now_ms: u64,
+    ) {
+        if s.up.is_some() || ack.nonce != s.nonce {
+            return; // an answer to an earlier Hello
+        }
+        let authenticated = match &self.cfg.cart_key {
+            Some(key) => {
+                if let Err(e) = s.verifier.accept(key, &Reply::HelloAck(&ack), reply_auth) {
+                    let problem = ReplyProblem::from_error(e);
+                    self.reject(ReplyKind::HelloAck, problem);
+                    if !s.auth_failure_reported {
+                        s.auth_failure_reported = true;
+                        tracing::error!(
+                            port = %self.cfg.port,
+                            "the cart MCU's handshake answer does not verify with the \
+                             configured cart key (wrong key file, or a forged answer); \
+                             the link stays down"
+                        );
+                        self.emit(LinkEvent::Down(DownReason::HandshakeAuthFailed { problem }));
+                    }
+                    return;
+                }
+                true
+            }
+            None => false,
+        };
+        let interval = self.cfg.heartbeat_interval.as_millis() as u16;
+        let timeout = self.cfg.watchdog_timeout.as_millis() as u16;
+        let mut l = Liveness::new(interval, timeout, now_ms);
+        l.sent(now_ms);
+        s.up = Some(l);
+        if authenticated {
+            // Only authenticated evidence moves the counter; never backwards.
+            self.counter_used(ack.last_counter);
+        }
+        let peer = PeerInfo {
+            version: ack.version,
+            cart_id: ack.cart_id.as_str().to_owned(),
+            firmware: ack.firmware.as_str().to_owned(),
+            build_id: ack.build_id,
+            last_counter: ack.last_counter,
+            active_slot: ack.active_slot,
+            authenticated,
+        };
+        if let Ok(mut p) = self.shared.peer.lock() {
+            *p = Some(peer.clone());
+        }
+        inc(&self.shared.counters.handshakes, 1);
+        self.shared.set_state(LinkState::Up);
+        tracing::info!(
+            cart = %peer.cart_id,
+            firmware = %peer.firmware,
+            authenticated,
+            "cart link up"
+        );
+        self.emit(LinkEvent::Up(peer));
+    }
+
+    /// The outcome of a privileged command we signed: it must answer a pending command and
+    /// verify against that command's tag; an unsolicited or forged one is rejected.
+    fn on_command_result(
+        &mut self,
+        s: &mut Session,
+        result: CommandResult,
+        reply_auth: &ReplyAuth,
+    ) {
+        // Pending entries exist only when the link has a key (it signed them).
+        let pending = self
+            .privileged
+            .iter()
+            .position(|(c, _, _)| *c == result.counter);
+        let (Some(i), Some(key)) = (pending, &self.cfg.cart_key) else {
+            self.reject(ReplyKind::CommandResult, ReplyProblem::Unsolicited);
+            return;
+        };
+        let (_, command, request_tag) = self.privileged[i];
+        let reply = Reply::CommandResult {
+            result: &result,
+            request_tag: &request_tag,
+        };
+        if let Err(e) = s.verifier.accept(key, &reply, reply_auth) {
+            // The command stays pending: the genuine answer may still come.
+            self.reject(ReplyKind::CommandResult, ReplyProblem::from_error(e));
+            return;
+        }
+        self.privileged.remove(i);
+        self.emit(LinkEvent::CommandResult {
+            command: Some(command),
+            result,
+        });
     }
 }
 
