@@ -416,8 +416,30 @@ fn apical(
     st: &HeartState,
     kind: Apical,
 ) -> (f64, f64) {
-    // centre the four-chamber heart (RV free wall .. LV lateral wall) on the placement origin
-    let shift = if kind == Apical::FourChamber {
+    let shift = apical_shift(h, st, kind);
+    let place = Place::new(
+        place.angle,
+        place.tx - shift * place.cos,
+        place.ty - shift * place.sin,
+    );
+    let mut p = Painter::new(out, place);
+    let g = ApicalGeometry::new(h, st, kind);
+    // Back to front: each primitive covers the ones painted before it.
+    g.paint_envelope(&mut p, st);
+    g.paint_atrial_walls(&mut p);
+    g.paint_ventricles(&mut p);
+    g.paint_atrial_cavities(&mut p);
+    g.paint_valves(&mut p, h, st);
+    if kind == Apical::TwoChamber {
+        g.paint_two_chamber_extras(&mut p);
+    }
+    p.to_heart(g.centre)
+}
+
+/// How far to move the heart so that the four-chamber view (RV free wall .. LV lateral wall)
+/// is centred on the placement origin; the other views are not moved.
+fn apical_shift(h: &HeartParams, st: &HeartState, kind: Apical) -> f64 {
+    if kind == Apical::FourChamber {
         let sep = 1.05 * h.wall_thickness_cm;
         let dil = st.rv_dilation;
         let right = 0.5 * sep + 1.92 * st.lv_b_ed + h.wall_thickness_cm;
@@ -425,207 +447,283 @@ fn apical(
         0.5 * (left + right)
     } else {
         0.0
-    };
-    let place = Place::new(
-        place.angle,
-        place.tx - shift * place.cos,
-        place.ty - shift * place.sin,
-    );
-    let mut p = Painter::new(out, place);
-    let (a, b, wall) = (st.lv_a, st.lv_b, st.lv_wall);
-    let sep = 1.05 * h.wall_thickness_cm; // septal half-thickness sits on each side
-    let lv_tilt = -0.07; // base slightly lateral
-    let u_lv = dir(std::f64::consts::FRAC_PI_2 + lv_tilt); // apex -> base
-    let n_lv = (u_lv.1, -u_lv.0); // toward the lateral wall... rotate -90deg
-    let n_lv = if n_lv.0 < 0.0 {
-        (-n_lv.0, -n_lv.1)
-    } else {
-        n_lv
-    };
-    // LV placement: fixed apex; the centre moves with the long axis. Lateral offset from the
-    // septum is fixed at its end-diastolic value so the septum stays put.
-    let lv_x = match kind {
-        Apical::FourChamber => 0.5 * sep + st.lv_b_ed * 0.92,
-        _ => 0.0,
-    };
-    let apex = (lv_x - 0.15, 0.0);
-    let centre = add(apex, scale(u_lv, a));
-    let base_mid = add(apex, scale(u_lv, (1.0 + KAPPA) * a));
-    let base_half = b * (1.0 - KAPPA * KAPPA).sqrt();
-    let lv_angle = std::f64::consts::FRAC_PI_2 + lv_tilt;
-    let len = (1.0 + KAPPA) * a;
-    let dil = st.rv_dilation;
+    }
+}
 
-    // Geometry of the atria below the annuli.
-    let la_a = 2.3 * h.la_size_factor * st.atrial_scale;
-    let la_b = 1.9 * h.la_size_factor * st.atrial_scale;
-    let la_centre = add(base_mid, (0.15, la_a * 0.93));
+/// Where the chambers of an apical view lie at this instant, in the heart's local frame.
+struct ApicalGeometry {
+    kind: Apical,
+    four: bool,
+    // LV: semi-axes, wall, axis directions and landmarks
+    a: f64,
+    b: f64,
+    wall: f64,
+    sep: f64,
+    u_lv: (f64, f64),
+    n_lv: (f64, f64),
+    lv_x: f64,
+    lv_angle: f64,
+    apex: (f64, f64),
+    centre: (f64, f64),
+    base_mid: (f64, f64),
+    base_half: f64,
+    dil: f64,
+    // left atrium
+    la_a: f64,
+    la_b: f64,
+    la_centre: (f64, f64),
+    // RV and right atrium (drawn in the four-chamber view only)
+    rv_b_ed: f64,
+    rv_b: f64,
+    rv_a: f64,
+    rv_kappa: f64,
+    rv_x: f64,
+    rv_angle: f64,
+    u_rv: (f64, f64),
+    rv_centre: (f64, f64),
+    rv_base: (f64, f64),
+    rv_base_half: f64,
+    ra_a: f64,
+    ra_b: f64,
+    ra_centre: (f64, f64),
+}
 
-    // RV (4-chamber only)
-    let rv_b_ed = 1.55 * dil;
-    let rv_b = rv_b_ed * st.rv_scale;
-    let rv_a = 0.8 * st.lv_a_ed * (1.0 + 0.08 * (dil - 1.0)) * (1.0 - 0.08 * st.contraction);
-    let rv_kappa = 0.6;
-    let rv_x = -(0.5 * sep + rv_b_ed * 0.95);
-    let rv_apex = (rv_x + 0.2, 0.13 * h.lv_length_cm);
-    let rv_angle = std::f64::consts::FRAC_PI_2 + 0.08;
-    let u_rv = dir(rv_angle);
-    let rv_centre = add(rv_apex, scale(u_rv, rv_a));
-    let rv_base = add(rv_apex, scale(u_rv, (1.0 + rv_kappa) * rv_a));
-    let rv_base_half = rv_b * (1.0 - rv_kappa * rv_kappa).sqrt();
-    let ra_a = 2.1 * st.atrial_scale * (1.0 + 0.2 * (dil - 1.0));
-    let ra_b = 1.75 * st.atrial_scale * (1.0 + 0.3 * (dil - 1.0));
-    let ra_centre = add(rv_base, (-0.2, ra_a * 0.92));
+impl ApicalGeometry {
+    fn new(h: &HeartParams, st: &HeartState, kind: Apical) -> Self {
+        let (a, b, wall) = (st.lv_a, st.lv_b, st.lv_wall);
+        let sep = 1.05 * h.wall_thickness_cm; // septal half-thickness sits on each side
+        let lv_tilt = -0.07; // base slightly lateral
+        let u_lv = dir(std::f64::consts::FRAC_PI_2 + lv_tilt); // apex -> base
+        let n_lv = (u_lv.1, -u_lv.0); // toward the lateral wall... rotate -90deg
+        let n_lv = if n_lv.0 < 0.0 {
+            (-n_lv.0, -n_lv.1)
+        } else {
+            n_lv
+        };
+        // LV placement: fixed apex; the centre moves with the long axis. Lateral offset from
+        // the septum is fixed at its end-diastolic value so the septum stays put.
+        let lv_x = match kind {
+            Apical::FourChamber => 0.5 * sep + st.lv_b_ed * 0.92,
+            _ => 0.0,
+        };
+        let apex = (lv_x - 0.15, 0.0);
+        let base_mid = add(apex, scale(u_lv, (1.0 + KAPPA) * a));
+        let dil = st.rv_dilation;
 
-    let four = kind == Apical::FourChamber;
+        // Geometry of the atria below the annuli.
+        let la_a = 2.3 * h.la_size_factor * st.atrial_scale;
+        let la_b = 1.9 * h.la_size_factor * st.atrial_scale;
 
-    // Pericardial envelope around everything, then epicardial fat.
-    let bottom = la_centre.1 + la_a;
-    let (env_l, env_r) = if four {
-        (rv_x - rv_b_ed - 1.0, lv_x + st.lv_b_ed + wall + 0.9)
-    } else {
-        (
-            lv_x - st.lv_b_ed - wall - 0.9,
-            lv_x + st.lv_b_ed + wall + 0.9,
-        )
-    };
-    let env_c = (0.5 * (env_l + env_r), 0.5 * (bottom - 0.6));
-    let env_a = 0.5 * (bottom + 0.6) + 0.4;
-    let env_b = 0.5 * (env_r - env_l);
-    p.ellipse(
-        env_c,
-        std::f64::consts::FRAC_PI_2,
-        env_a + 0.25,
-        env_b + 0.25,
-        f64::INFINITY,
-        PERI * 0.8,
-        0.35,
-        Label::Pericardium,
-    );
-    p.ellipse(
-        env_c,
-        std::f64::consts::FRAC_PI_2,
-        env_a,
-        env_b,
-        f64::INFINITY,
-        FAT,
-        0.4,
-        Label::Tissue,
-    );
+        // RV (4-chamber only)
+        let rv_b_ed = 1.55 * dil;
+        let rv_b = rv_b_ed * st.rv_scale;
+        let rv_a = 0.8 * st.lv_a_ed * (1.0 + 0.08 * (dil - 1.0)) * (1.0 - 0.08 * st.contraction);
+        let rv_kappa = 0.6;
+        let rv_x = -(0.5 * sep + rv_b_ed * 0.95);
+        let rv_apex = (rv_x + 0.2, 0.13 * h.lv_length_cm);
+        let rv_angle = std::f64::consts::FRAC_PI_2 + 0.08;
+        let u_rv = dir(rv_angle);
+        let rv_base = add(rv_apex, scale(u_rv, (1.0 + rv_kappa) * rv_a));
+        let ra_a = 2.1 * st.atrial_scale * (1.0 + 0.2 * (dil - 1.0));
+        let ra_b = 1.75 * st.atrial_scale * (1.0 + 0.3 * (dil - 1.0));
+        Self {
+            kind,
+            four: kind == Apical::FourChamber,
+            a,
+            b,
+            wall,
+            sep,
+            u_lv,
+            n_lv,
+            lv_x,
+            lv_angle: std::f64::consts::FRAC_PI_2 + lv_tilt,
+            apex,
+            centre: add(apex, scale(u_lv, a)),
+            base_mid,
+            base_half: b * (1.0 - KAPPA * KAPPA).sqrt(),
+            dil,
+            la_a,
+            la_b,
+            la_centre: add(base_mid, (0.15, la_a * 0.93)),
+            rv_b_ed,
+            rv_b,
+            rv_a,
+            rv_kappa,
+            rv_x,
+            rv_angle,
+            u_rv,
+            rv_centre: add(rv_apex, scale(u_rv, rv_a)),
+            rv_base,
+            rv_base_half: rv_b * (1.0 - rv_kappa * rv_kappa).sqrt(),
+            ra_a,
+            ra_b,
+            ra_centre: add(rv_base, (-0.2, ra_a * 0.92)),
+        }
+    }
 
-    // Atria (walls then cavities)
-    p.ellipse(
-        la_centre,
-        std::f64::consts::FRAC_PI_2,
-        la_a + 0.25,
-        la_b + 0.25,
-        f64::INFINITY,
-        ATRIAL_WALL,
-        0.3,
-        Label::Tissue,
-    );
-    if four {
+    /// Pericardial envelope around everything, then epicardial fat.
+    fn paint_envelope(&self, p: &mut Painter<'_>, st: &HeartState) {
+        let bottom = self.la_centre.1 + self.la_a;
+        let (lv_x, wall) = (self.lv_x, self.wall);
+        let (env_l, env_r) = if self.four {
+            (
+                self.rv_x - self.rv_b_ed - 1.0,
+                lv_x + st.lv_b_ed + wall + 0.9,
+            )
+        } else {
+            (
+                lv_x - st.lv_b_ed - wall - 0.9,
+                lv_x + st.lv_b_ed + wall + 0.9,
+            )
+        };
+        let env_c = (0.5 * (env_l + env_r), 0.5 * (bottom - 0.6));
+        let env_a = 0.5 * (bottom + 0.6) + 0.4;
+        let env_b = 0.5 * (env_r - env_l);
         p.ellipse(
-            ra_centre,
+            env_c,
             std::f64::consts::FRAC_PI_2,
-            ra_a + 0.25,
-            ra_b + 0.25,
+            env_a + 0.25,
+            env_b + 0.25,
+            f64::INFINITY,
+            PERI * 0.8,
+            0.35,
+            Label::Pericardium,
+        );
+        p.ellipse(
+            env_c,
+            std::f64::consts::FRAC_PI_2,
+            env_a,
+            env_b,
+            f64::INFINITY,
+            FAT,
+            0.4,
+            Label::Tissue,
+        );
+    }
+
+    /// Atrial walls (their cavities come after the ventricles).
+    fn paint_atrial_walls(&self, p: &mut Painter<'_>) {
+        p.ellipse(
+            self.la_centre,
+            std::f64::consts::FRAC_PI_2,
+            self.la_a + 0.25,
+            self.la_b + 0.25,
             f64::INFINITY,
             ATRIAL_WALL,
             0.3,
             Label::Tissue,
         );
+        if self.four {
+            p.ellipse(
+                self.ra_centre,
+                std::f64::consts::FRAC_PI_2,
+                self.ra_a + 0.25,
+                self.ra_b + 0.25,
+                f64::INFINITY,
+                ATRIAL_WALL,
+                0.3,
+                Label::Tissue,
+            );
+        }
     }
 
-    // RV myocardium + cavity
-    if four {
-        let rv_wall = 0.45 * (1.0 + 0.35 * (dil - 1.0));
+    /// RV and LV myocardium, the septum between them, then both cavities.
+    fn paint_ventricles(&self, p: &mut Painter<'_>) {
+        let (a, b, wall, sep) = (self.a, self.b, self.wall, self.sep);
+        let (rv_a, rv_b, rv_kappa) = (self.rv_a, self.rv_b, self.rv_kappa);
+        if self.four {
+            let rv_wall = 0.45 * (1.0 + 0.35 * (self.dil - 1.0));
+            p.ellipse(
+                self.rv_centre,
+                self.rv_angle,
+                rv_a + rv_wall,
+                rv_b + rv_wall,
+                rv_kappa * rv_a,
+                MYO * 0.9,
+                0.3,
+                Label::RvWall,
+            );
+        }
+        // LV myocardium
         p.ellipse(
-            rv_centre,
-            rv_angle,
-            rv_a + rv_wall,
-            rv_b + rv_wall,
-            rv_kappa * rv_a,
-            MYO * 0.9,
-            0.3,
-            Label::RvWall,
-        );
-    }
-    // LV myocardium
-    p.ellipse(
-        centre,
-        lv_angle,
-        a + wall,
-        b + wall,
-        KAPPA * a,
-        MYO,
-        0.3,
-        Label::LvWall,
-    );
-    if four {
-        // septum filling the gap between the ventricles
-        let top = add(apex, scale(u_lv, 1.4));
-        let bot = add(base_mid, scale(n_lv, -base_half - 0.3));
-        p.capsule(
-            (top.0 - 0.5 * sep - 0.3, top.1),
-            (bot.0 - 0.4 * sep, bot.1 - 0.2),
-            0.55 * sep,
+            self.centre,
+            self.lv_angle,
+            a + wall,
+            b + wall,
+            KAPPA * a,
             MYO,
             0.3,
             Label::LvWall,
         );
+        if self.four {
+            // septum filling the gap between the ventricles
+            let top = add(self.apex, scale(self.u_lv, 1.4));
+            let bot = add(self.base_mid, scale(self.n_lv, -self.base_half - 0.3));
+            p.capsule(
+                (top.0 - 0.5 * sep - 0.3, top.1),
+                (bot.0 - 0.4 * sep, bot.1 - 0.2),
+                0.55 * sep,
+                MYO,
+                0.3,
+                Label::LvWall,
+            );
+            p.ellipse(
+                self.rv_centre,
+                self.rv_angle,
+                rv_a,
+                rv_b,
+                rv_kappa * rv_a,
+                BLOOD,
+                0.28,
+                Label::RvCavity,
+            );
+        }
         p.ellipse(
-            rv_centre,
-            rv_angle,
-            rv_a,
-            rv_b,
-            rv_kappa * rv_a,
+            self.centre,
+            self.lv_angle,
+            a,
+            b,
+            KAPPA * a,
             BLOOD,
             0.28,
-            Label::RvCavity,
+            Label::LvCavity,
         );
     }
-    p.ellipse(
-        centre,
-        lv_angle,
-        a,
-        b,
-        KAPPA * a,
-        BLOOD,
-        0.28,
-        Label::LvCavity,
-    );
 
-    // Atrial cavities
-    p.ellipse(
-        la_centre,
-        std::f64::consts::FRAC_PI_2,
-        la_a,
-        la_b,
-        f64::INFINITY,
-        BLOOD,
-        0.3,
-        Label::LaCavity,
-    );
-    if four {
+    /// Atrial cavities; in four chambers also the interatrial septum and the fibrous crux.
+    fn paint_atrial_cavities(&self, p: &mut Painter<'_>) {
         p.ellipse(
-            ra_centre,
+            self.la_centre,
             std::f64::consts::FRAC_PI_2,
-            ra_a,
-            ra_b,
+            self.la_a,
+            self.la_b,
+            f64::INFINITY,
+            BLOOD,
+            0.3,
+            Label::LaCavity,
+        );
+        if !self.four {
+            return;
+        }
+        p.ellipse(
+            self.ra_centre,
+            std::f64::consts::FRAC_PI_2,
+            self.ra_a,
+            self.ra_b,
             f64::INFINITY,
             BLOOD,
             0.3,
             Label::RaCavity,
         );
         // faint interatrial septum (often drops out in real A4C)
+        let base_mid = self.base_mid;
         let top = (
-            0.5 * (base_mid.0 - base_half + rv_base.0 + rv_base_half) - 0.2,
+            0.5 * (base_mid.0 - self.base_half + self.rv_base.0 + self.rv_base_half) - 0.2,
             base_mid.1 + 0.6,
         );
         p.capsule(
             top,
-            (top.0 + 0.1, top.1 + 0.8 * la_a),
+            (top.0 + 0.1, top.1 + 0.8 * self.la_a),
             0.14,
             ATRIAL_WALL * 0.6,
             0.25,
@@ -642,13 +740,13 @@ fn apical(
         );
     }
 
-    // Valves
-    let sept_pt = add(base_mid, scale(n_lv, -base_half));
-    let lat_pt = add(base_mid, scale(n_lv, base_half));
-    let annulus = 2.0 * base_half;
-    let open = st.av_valve_open;
-    match kind {
-        Apical::ThreeChamber => {
+    /// The AV valves, and in three chambers the aortic root with its cusps.
+    fn paint_valves(&self, p: &mut Painter<'_>, h: &HeartParams, st: &HeartState) {
+        let sept_pt = add(self.base_mid, scale(self.n_lv, -self.base_half));
+        let lat_pt = add(self.base_mid, scale(self.n_lv, self.base_half));
+        let annulus = 2.0 * self.base_half;
+        let open = st.av_valve_open;
+        if self.kind == Apical::ThreeChamber {
             // LVOT / aortic root leaving the base on the septal side, heading down and right
             let r = 0.5 * h.aortic_root_cm;
             let ao_start = add(sept_pt, (0.3, 0.2));
@@ -667,19 +765,21 @@ fn apical(
                 let tip = lerp2(closed_tip, open_tip, so);
                 p.capsule(hinge, tip, 0.07, VALVE, 0.12, Label::Valve);
             }
-            // mitral valve between the lateral annulus and the aorto-mitral continuity
-            mitral(&mut p, sept_pt, lat_pt, u_lv, annulus, open);
+            // the mitral valve then lies between the lateral annulus and the aorto-mitral
+            // continuity
         }
-        _ => mitral(&mut p, sept_pt, lat_pt, u_lv, annulus, open),
+        mitral(p, sept_pt, lat_pt, self.u_lv, annulus, open);
+        if self.four {
+            let t_sept = add(self.rv_base, (self.rv_base_half, 0.0));
+            let t_lat = add(self.rv_base, (-self.rv_base_half, 0.0));
+            mitral(p, t_sept, t_lat, self.u_rv, 2.0 * self.rv_base_half, open);
+        }
     }
-    if four {
-        let t_sept = add(rv_base, (rv_base_half, 0.0));
-        let t_lat = add(rv_base, (-rv_base_half, 0.0));
-        mitral(&mut p, t_sept, t_lat, u_rv, 2.0 * rv_base_half, open);
-    }
-    if kind == Apical::TwoChamber {
-        // left atrial appendage and coronary sinus
-        let laa = add(la_centre, (la_b + 0.2, -0.5 * la_a));
+
+    /// Left atrial appendage and coronary sinus.
+    fn paint_two_chamber_extras(&self, p: &mut Painter<'_>) {
+        let (la_a, la_b) = (self.la_a, self.la_b);
+        let laa = add(self.la_centre, (la_b + 0.2, -0.5 * la_a));
         p.ellipse(
             laa,
             0.6,
@@ -690,12 +790,10 @@ fn apical(
             0.25,
             Label::LaCavity,
         );
-        let cs = add(base_mid, (-base_half - 0.5, 0.4));
+        let cs = add(self.base_mid, (-self.base_half - 0.5, 0.4));
         p.circle(cs, 0.45, VESSEL_WALL, 0.2, Label::Vessel);
         p.circle(cs, 0.3, BLOOD, 0.2, Label::Vessel);
     }
-    let _ = len;
-    p.to_heart(centre)
 }
 
 fn lerp2(a: (f64, f64), b: (f64, f64), t: f64) -> (f64, f64) {
