@@ -12,12 +12,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::Value;
 use echojepa::bundle::{
-    BundleBuilder, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision, LvHeadSpec,
-    Manifest, Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo, ToolInfo,
+    BundleBuilder, CalibrationSummary, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision,
+    LvHeadSpec, Manifest, Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo,
+    ToolInfo,
 };
 use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{
-    self, CalibrationOptions, Clip, encoder_tensors, probe_prefix, probe_tensors,
+    self, CalibrationOptions, Clip, NamedTensor, encoder_tensors, probe_prefix, probe_tensors,
 };
 use echojepa::quantized::gguf::write_gguf;
 use echojepa::quantized::model::LV_PREFIX;
@@ -228,7 +229,7 @@ fn build(
     })?;
     spin.finish_and_clear();
     let input = input_spec(a, &src)?;
-    let cfg = src.encoder_cfg.clone();
+    let cfg = &src.encoder_cfg;
     if input.resolution[0] % cfg.patch_size != 0 || input.frames % cfg.tubelet_size != 0 {
         bail!(
             "input {} frames at {}x{} does not divide into tubelets of {} and patches of {}",
@@ -240,21 +241,76 @@ fn build(
         );
     }
 
-    // Calibration clips (synthetic phantom).
+    let clips = calibration_clips(a, &input, quiet)?;
+    let opts = calibration_options(a);
+    let (layers, summary) = calibrate_encoder(a, &src, &input, &clips, &opts, quiet)?;
+    let mut w = Weights {
+        tensors: encoder_tensors(cfg, &src.encoder, &layers)?,
+        layers,
+    };
+    let heads = w.add_probes(a, &src, &opts)?;
+    let lv_segmentation = w.add_lv(a, &src)?;
+    let model_id = a
+        .model_id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| (!src.model_id.is_empty()).then(|| src.model_id.clone()))
+        .context("no model id: give --model-id (the checkpoint has none)")?;
+    write_weights(&builder, &model_id, cfg, &w.tensors, quiet)?;
+
+    let manifest = manifest(
+        a,
+        &src,
+        ManifestParts {
+            model_id,
+            input,
+            heads,
+            lv_segmentation,
+            summary: summary.clone(),
+            layers: w.layers.clone(),
+        },
+    )?;
+    let Some(key) = key else {
+        let bytes = builder.finish_unsigned(manifest)?;
+        return print_unsigned(out, a, &bytes, &summary, &w.layers);
+    };
+    let bundle = builder.finish(manifest, key)?;
+    let m = bundle.manifest();
+    let size = m.files.values().map(|f| f.bytes).sum::<u64>();
+    let f32_size = f32_bytes(&src);
+    if a.json {
+        let v = serde_json::json!({
+            "bundle": a.out, "model_id": m.model_id, "model_version": m.model_version,
+            "manifest_sha256": bundle.manifest_sha256(), "signer": bundle.signer().name(),
+            "signer_id": bundle.signer().id(),
+            "bytes": size, "f32_bytes": f32_size, "size_ratio": size as f64 / f32_size as f64,
+            "calibration": summary, "layers": w.layers,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        print_summary(out, a, &bundle, &w.layers, &summary, size, f32_size)?;
+    }
+    Ok(())
+}
+
+/// Synthetic phantom clips of every view, preprocessed as the model's input.
+fn calibration_clips(a: &Args, input: &InputSpec, quiet: bool) -> Result<Vec<Clip>> {
     let n = a.calibration_clips.max(1);
     let pb = progress(n as u64, "rendering phantom", quiet);
     let samples = data::phantom_samples(
         n,
         a.calibration_seed,
-        &input,
+        input,
         a.source_fps,
         &View::ALL,
         || pb.inc(1),
     )?;
     pb.finish_and_clear();
-    let clips: Vec<Clip> = samples.into_iter().map(|s| (s.clip, s.thw)).collect();
+    Ok(samples.into_iter().map(|s| (s.clip, s.thw)).collect())
+}
 
-    let opts = CalibrationOptions {
+fn calibration_options(a: &Args) -> CalibrationOptions {
+    CalibrationOptions {
         error_budget: a.error_budget,
         max_time_ratio: a.max_time_ratio,
         fallback: match a.fallback {
@@ -263,15 +319,28 @@ fn build(
         },
         reps: a.reps.max(1),
         ..CalibrationOptions::default()
-    };
+    }
+}
+
+/// Chooses each encoder layer's precision on the clips, then measures the chosen encoder end
+/// to end against f32.
+fn calibrate_encoder(
+    a: &Args,
+    src: &source::Source,
+    input: &InputSpec,
+    clips: &[Clip],
+    opts: &CalibrationOptions,
+    quiet: bool,
+) -> Result<(Vec<LayerPrecision>, CalibrationSummary)> {
+    let cfg = &src.encoder_cfg;
     let origin = src.checkpoint.display().to_string();
-    let pb = progress(n as u64, "measuring layers", quiet);
-    let mut layers = calibrate::choose_encoder_precisions(
-        &cfg,
+    let pb = progress(clips.len() as u64, "measuring layers", quiet);
+    let layers = calibrate::choose_encoder_precisions(
+        cfg,
         &src.encoder,
         &origin,
-        &clips,
-        &opts,
+        clips,
+        opts,
         &mut |d, _| pb.set_position(d as u64),
     )?;
     pb.finish_and_clear();
@@ -286,19 +355,86 @@ fn build(
     );
     let spin = progress(1, "checking end to end", quiet);
     let summary = calibrate::summarize(
-        &cfg,
+        cfg,
         &src.encoder,
         &origin,
         &layers,
-        &clips,
+        clips,
         &source_desc,
         opts.reps,
     )?;
     spin.finish_and_clear();
+    Ok((layers, summary))
+}
 
-    // Weights file.
-    let mut tensors = encoder_tensors(&cfg, &src.encoder, &layers)?;
-    let mut heads = Vec::new();
+/// The tensors of the weights file and the precision of each, encoder first.
+struct Weights {
+    tensors: Vec<NamedTensor>,
+    layers: Vec<LayerPrecision>,
+}
+
+impl Weights {
+    /// Adds every probe's tensors and returns the head specs (valid views from
+    /// `--valid-views`, else as the checkpoint recorded them).
+    fn add_probes(
+        &mut self,
+        a: &Args,
+        src: &source::Source,
+        opts: &CalibrationOptions,
+    ) -> Result<Vec<HeadSpec>> {
+        let valid = valid_views(a, src)?;
+        let mut heads = Vec::new();
+        for p in &src.probes {
+            let prefix = probe_prefix(&p.name);
+            let (t, l) = probe_tensors(&p.tensors, &prefix, opts)?;
+            self.tensors.extend(t);
+            self.layers.extend(l);
+            heads.push(HeadSpec {
+                name: p.name.clone(),
+                probe: p.cfg.clone(),
+                tensor_prefix: prefix,
+                classes: p.classes.clone(),
+                targets: p.targets.clone(),
+                // --valid-views overrides what the checkpoint recorded
+                valid_views: valid
+                    .get(&p.name)
+                    .cloned()
+                    .unwrap_or_else(|| p.valid_views.clone()),
+                temperature: p.temperature,
+                min_confidence: p.min_confidence,
+            });
+        }
+        Ok(heads)
+    }
+
+    /// Adds the LV decoder's tensors, if the checkpoint has one, and says where EF comes from.
+    fn add_lv(&mut self, a: &Args, src: &source::Source) -> Result<Option<LvHeadSpec>> {
+        let Some((entry, t)) = &src.lv else {
+            return Ok(None);
+        };
+        let (t, l) = calibrate::lv_tensors(t, LV_PREFIX)?;
+        self.tensors.extend(t);
+        self.layers.extend(l);
+        let has_regressor = src.probes.iter().any(|p| !p.targets.is_empty());
+        Ok(Some(LvHeadSpec {
+            tensor_prefix: LV_PREFIX.into(),
+            valid_views: entry.valid_views.clone(),
+            ef_fit: entry.ef_fit,
+            val_dice: entry.val_dice,
+            measures_ef: match a.ef_from {
+                EfFrom::Auto => entry.measures_ef || !has_regressor,
+                EfFrom::TracedLv => true,
+                EfFrom::Regressor if !has_regressor => {
+                    bail!("--ef-from regressor: the checkpoint has no regressor head")
+                }
+                EfFrom::Regressor => false,
+            },
+        }))
+    }
+}
+
+/// `--valid-views NAME=a4c,a2c` by probe name; every name must be a probe of the checkpoint.
+fn valid_views(a: &Args, src: &source::Source) -> Result<HashMap<String, Vec<String>>> {
     let valid: HashMap<String, Vec<String>> = a
         .valid_views
         .iter()
@@ -317,71 +453,48 @@ fn build(
             bail!("--valid-views names probe `{name}`, which the checkpoint does not have");
         }
     }
-    for p in &src.probes {
-        let prefix = probe_prefix(&p.name);
-        let (t, l) = probe_tensors(&p.tensors, &prefix, &opts)?;
-        tensors.extend(t);
-        layers.extend(l);
-        heads.push(HeadSpec {
-            name: p.name.clone(),
-            probe: p.cfg.clone(),
-            tensor_prefix: prefix,
-            classes: p.classes.clone(),
-            targets: p.targets.clone(),
-            // --valid-views overrides what the checkpoint recorded
-            valid_views: valid
-                .get(&p.name)
-                .cloned()
-                .unwrap_or_else(|| p.valid_views.clone()),
-            temperature: p.temperature,
-            min_confidence: p.min_confidence,
-        });
-    }
-    let lv_segmentation = match &src.lv {
-        Some((entry, t)) => {
-            let (t, l) = calibrate::lv_tensors(t, LV_PREFIX)?;
-            tensors.extend(t);
-            layers.extend(l);
-            let has_regressor = src.probes.iter().any(|p| !p.targets.is_empty());
-            Some(LvHeadSpec {
-                tensor_prefix: LV_PREFIX.into(),
-                valid_views: entry.valid_views.clone(),
-                ef_fit: entry.ef_fit,
-                val_dice: entry.val_dice,
-                measures_ef: match a.ef_from {
-                    EfFrom::Auto => entry.measures_ef || !has_regressor,
-                    EfFrom::TracedLv => true,
-                    EfFrom::Regressor if !has_regressor => {
-                        bail!("--ef-from regressor: the checkpoint has no regressor head")
-                    }
-                    EfFrom::Regressor => false,
-                },
-            })
-        }
-        None => None,
-    };
-    let model_id = a
-        .model_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .or_else(|| (!src.model_id.is_empty()).then(|| src.model_id.clone()))
-        .context("no model id: give --model-id (the checkpoint has none)")?;
+    Ok(valid)
+}
+
+fn write_weights(
+    builder: &BundleBuilder,
+    model_id: &str,
+    cfg: &echojepa::config::EncoderConfig,
+    tensors: &[NamedTensor],
+    quiet: bool,
+) -> Result<()> {
     let weights_path = builder.file_path(WEIGHTS_FILE)?;
     let metadata = vec![
         (
             "general.architecture".to_string(),
             Value::String("echojepa".into()),
         ),
-        ("general.name".to_string(), Value::String(model_id.clone())),
+        (
+            "general.name".to_string(),
+            Value::String(model_id.to_string()),
+        ),
         (
             "echojepa.encoder".to_string(),
-            Value::String(serde_json::to_string(&cfg)?),
+            Value::String(serde_json::to_string(cfg)?),
         ),
     ];
     let spin = progress(1, "writing weights", quiet);
-    write_gguf(&weights_path, &metadata, &tensors)?;
+    write_gguf(&weights_path, &metadata, tensors)?;
     spin.finish_and_clear();
+    Ok(())
+}
 
+/// What the build produced that goes into the manifest.
+struct ManifestParts {
+    model_id: String,
+    input: InputSpec,
+    heads: Vec<HeadSpec>,
+    lv_segmentation: Option<LvHeadSpec>,
+    summary: CalibrationSummary,
+    layers: Vec<LayerPrecision>,
+}
+
+fn manifest(a: &Args, src: &source::Source, p: ManifestParts) -> Result<Manifest> {
     let synthetic = a.synthetic || src.notes_say_synthetic;
     let notice = a.notice.clone().unwrap_or_else(|| {
         if synthetic {
@@ -390,10 +503,10 @@ fn build(
             "Research model. Not for diagnostic use.".into()
         }
     });
-    let manifest = Manifest {
+    Ok(Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
-        model_id,
+        model_id: p.model_id,
         model_version: a.model_version.clone(),
         security_version: a.security_version,
         not_after_unix: a.not_after,
@@ -418,10 +531,10 @@ fn build(
             name: "quantize".into(),
             version: env!("CARGO_PKG_VERSION").into(),
         },
-        encoder: cfg.clone(),
-        input,
-        heads,
-        lv_segmentation,
+        encoder: src.encoder_cfg.clone(),
+        input: p.input,
+        heads: p.heads,
+        lv_segmentation: p.lv_segmentation,
         weights: WEIGHTS_FILE.into(),
         source: SourceInfo {
             checkpoint: file_name(&src.checkpoint),
@@ -434,49 +547,39 @@ fn build(
             other_tensors: Precision::F32,
             measured_on: echojepa_kernels::cpu::describe(),
             error_budget: Some(a.error_budget),
-            calibration: Some(summary.clone()),
-            layers: layers.clone(),
+            calibration: Some(p.summary),
+            layers: p.layers,
         },
         files: Default::default(),
-    };
-    let Some(key) = key else {
-        let bytes = builder.finish_unsigned(manifest)?;
-        let manifest_path = a.out.join(echojepa::bundle::MANIFEST_FILE);
-        let sha = echojepa::bundle::sha256_hex(&bytes);
-        if a.json {
-            let v = serde_json::json!({
-                "bundle": a.out, "unsigned": true, "manifest": manifest_path,
-                "manifest_sha256": sha, "manifest_bytes": bytes.len(),
-                "calibration": summary, "layers": layers,
-            });
-            writeln!(out, "{v}")?;
-        } else {
-            writeln!(
-                out,
-                "unsigned bundle {} (manifest sha256 {sha}); sign the exact bytes of {} with Ed25519, e.g.\n  openssl pkeyutl -sign -rawin -inkey maker.pem -in {} -out manifest.sig.bin\nthen: quantize sign {} --signature manifest.sig.bin --public-key maker.pub",
-                a.out.display(),
-                manifest_path.display(),
-                manifest_path.display(),
-                a.out.display()
-            )?;
-        }
-        return Ok(());
-    };
-    let bundle = builder.finish(manifest, key)?;
-    let m = bundle.manifest();
-    let size = m.files.values().map(|f| f.bytes).sum::<u64>();
-    let f32_size = f32_bytes(&src);
+    })
+}
+
+/// An unsigned bundle: its manifest hash, and how to sign it outside this tool.
+fn print_unsigned(
+    out: &mut impl Write,
+    a: &Args,
+    bytes: &[u8],
+    summary: &CalibrationSummary,
+    layers: &[LayerPrecision],
+) -> Result<()> {
+    let manifest_path = a.out.join(echojepa::bundle::MANIFEST_FILE);
+    let sha = echojepa::bundle::sha256_hex(bytes);
     if a.json {
         let v = serde_json::json!({
-            "bundle": a.out, "model_id": m.model_id, "model_version": m.model_version,
-            "manifest_sha256": bundle.manifest_sha256(), "signer": bundle.signer().name(),
-            "signer_id": bundle.signer().id(),
-            "bytes": size, "f32_bytes": f32_size, "size_ratio": size as f64 / f32_size as f64,
+            "bundle": a.out, "unsigned": true, "manifest": manifest_path,
+            "manifest_sha256": sha, "manifest_bytes": bytes.len(),
             "calibration": summary, "layers": layers,
         });
         writeln!(out, "{v}")?;
     } else {
-        print_summary(out, a, &bundle, &layers, &summary, size, f32_size)?;
+        writeln!(
+            out,
+            "unsigned bundle {} (manifest sha256 {sha}); sign the exact bytes of {} with Ed25519, e.g.\n  openssl pkeyutl -sign -rawin -inkey maker.pem -in {} -out manifest.sig.bin\nthen: quantize sign {} --signature manifest.sig.bin --public-key maker.pub",
+            a.out.display(),
+            manifest_path.display(),
+            manifest_path.display(),
+            a.out.display()
+        )?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use echojepa::bundle::{PublicKey, verify_bundle};
+use echojepa::bundle::{HeadSpec, Manifest, PublicKey, VerifiedBundle, verify_bundle};
 use echojepa::config::ProbeKind;
 use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{flatten_patch, token_cosine};
@@ -273,178 +273,288 @@ fn is_ef(name: &str) -> bool {
 }
 
 pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
-    let json_stdout = a.json;
-    let keys = a
-        .keys
-        .iter()
-        .map(|p| PublicKey::load(p).with_context(|| format!("trusted key {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let bundle = verify_bundle(&a.bundle, &keys)?;
-    let m = bundle.manifest().clone();
-    let edge = EdgeModel::load(&bundle)?;
-    let src = source::load(&SourceArgs {
-        checkpoint: a.checkpoint.clone(),
-        arch: a.arch.clone(),
-        encoder_key: a.encoder_key.clone(),
-        probes: a.probes.clone(),
-        probe_heads: a.probe_heads,
-        classes: a.classes.clone(),
-        targets: a.targets.clone(),
-    })?;
-    if src.checkpoint_sha256 != m.source.checkpoint_sha256 && !a.allow_other_source {
-        bail!(
-            "{} (sha256 {}) is not the checkpoint the bundle was built from ({} sha256 {}); pass --allow-other-source to compare anyway",
-            src.checkpoint.display(),
-            src.checkpoint_sha256,
-            m.source.checkpoint,
-            m.source.checkpoint_sha256
-        );
-    }
-    let reference = source::reference(&src)?;
-    let ref_probes: HashMap<&str, &echojepa::probe::AttentiveProbe> = reference
-        .probes
-        .iter()
-        .map(|(n, p)| (n.as_str(), p))
-        .collect();
-    for h in &m.heads {
-        if !ref_probes.contains_key(h.name.as_str()) {
+    let quiet = a.json;
+    let inputs = Inputs::load(&a)?;
+    let m = &inputs.m;
+    let views = phantom_views(&a, m)?;
+    let clips = load_clips(&a, m, &views, quiet)?;
+    let samples = &clips.samples;
+    let f32k = f32_kernel_encoder(&inputs)?;
+
+    let outputs = compare_clips(&inputs, samples, quiet)?;
+    let (classifiers, regressors) = score_heads(m, samples, &outputs);
+    // The per-layer table is the slowest part, so it runs on the first clips only.
+    let nl = a.layer_clips.clamp(1, samples.len());
+    let (layers, blocks) = layer_errors(&inputs, &f32k, &samples[..nl], quiet)?;
+    let encoder_ms = time_encoders(&inputs, &f32k, &samples[0], a.reps, quiet)?;
+
+    let bundle_bytes: u64 = m.files.values().map(|f| f.bytes).sum();
+    let f32_bytes = crate::build::f32_bytes(&inputs.src);
+    let size_ratio = bundle_bytes as f64 / f32_bytes as f64;
+    let token_cosine_mean = outputs.cosine_sum / samples.len() as f64;
+    let cmin = outputs.cosine_min;
+
+    let lv = summarize_traced(&outputs.lv_pairs);
+    let checks = checks(cmin, size_ratio, &classifiers, &regressors, lv.as_ref());
+    let report = Report {
+        model_id: m.model_id.clone(),
+        model_version: m.model_version.clone(),
+        manifest_sha256: inputs.bundle.manifest_sha256().to_string(),
+        data: format!(
+            "{}, {} frames {}x{}",
+            clips.desc, m.input.frames, m.input.resolution[0], m.input.resolution[1]
+        ),
+        note: note(a.csv.is_some(), m.synthetic_training_data),
+        clips: samples.len(),
+        skipped: clips.skipped,
+        bundle_bytes,
+        f32_bytes,
+        size_ratio,
+        token_cosine_min: cmin,
+        token_cosine_mean,
+        encoder_ms,
+        layers,
+        blocks,
+        classifiers,
+        regressors,
+        lv,
+        checks,
+        machine: echojepa_kernels::cpu::describe(),
+    };
+    write_outputs(&a, &report, out)
+}
+
+/// The verified bundle next to the full-precision model it was built from.
+struct Inputs {
+    bundle: VerifiedBundle,
+    m: Manifest,
+    edge: EdgeModel,
+    src: source::Source,
+    reference: source::Reference,
+}
+
+impl Inputs {
+    /// Verifies the bundle, loads the checkpoint and refuses a checkpoint that is not the
+    /// bundle's source (unless asked) or lacks one of its heads: the comparison would be
+    /// meaningless.
+    fn load(a: &Args) -> Result<Self> {
+        let keys = a
+            .keys
+            .iter()
+            .map(|p| PublicKey::load(p).with_context(|| format!("trusted key {}", p.display())))
+            .collect::<Result<Vec<_>>>()?;
+        let bundle = verify_bundle(&a.bundle, &keys)?;
+        let m = bundle.manifest().clone();
+        let edge = EdgeModel::load(&bundle)?;
+        let src = source::load(&SourceArgs {
+            checkpoint: a.checkpoint.clone(),
+            arch: a.arch.clone(),
+            encoder_key: a.encoder_key.clone(),
+            probes: a.probes.clone(),
+            probe_heads: a.probe_heads,
+            classes: a.classes.clone(),
+            targets: a.targets.clone(),
+        })?;
+        if src.checkpoint_sha256 != m.source.checkpoint_sha256 && !a.allow_other_source {
             bail!(
-                "the checkpoint has no probe `{}` that the bundle has",
-                h.name
+                "{} (sha256 {}) is not the checkpoint the bundle was built from ({} sha256 {}); pass --allow-other-source to compare anyway",
+                src.checkpoint.display(),
+                src.checkpoint_sha256,
+                m.source.checkpoint,
+                m.source.checkpoint_sha256
             );
         }
+        let reference = source::reference(&src)?;
+        for h in &m.heads {
+            if !reference.probes.iter().any(|(n, _)| *n == h.name) {
+                bail!(
+                    "the checkpoint has no probe `{}` that the bundle has",
+                    h.name
+                );
+            }
+        }
+        Ok(Self {
+            bundle,
+            m,
+            edge,
+            src,
+            reference,
+        })
     }
 
-    // Which phantom views to render.
+    /// The reference probes by head name (every bundle head has one: checked in `load`).
+    fn ref_probes(&self) -> HashMap<&str, &echojepa::probe::AttentiveProbe> {
+        self.reference
+            .probes
+            .iter()
+            .map(|(n, p)| (n.as_str(), p))
+            .collect()
+    }
+}
+
+/// Which phantom views to render: those asked for, else the view head's classes, else all.
+fn phantom_views(a: &Args, m: &Manifest) -> Result<Vec<View>> {
     let view_head = m.heads.iter().find(|h| {
         h.probe.kind == ProbeKind::Classifier && h.classes.iter().all(|c| c.parse::<View>().is_ok())
     });
-    let views = match (&a.views, view_head) {
+    Ok(match (&a.views, view_head) {
         (Some(v), _) => data::parse_views(v)?,
         (None, Some(h)) => h.classes.iter().filter_map(|c| c.parse().ok()).collect(),
         (None, None) => View::ALL.to_vec(),
+    })
+}
+
+/// The clips compared, the list's videos that could not be read, and a description of both.
+struct Clips {
+    samples: Vec<Sample>,
+    skipped: Vec<data::Skipped>,
+    desc: String,
+}
+
+fn load_clips(a: &Args, m: &Manifest, views: &[View], quiet: bool) -> Result<Clips> {
+    let clips = match &a.csv {
+        None => phantom_clips(a, m, views, quiet)?,
+        Some(list) => list_clips(a, list, m, quiet)?,
     };
-    let (samples, skipped, data_desc) = match &a.csv {
-        None => {
-            let pb = bar(a.phantom as u64, "rendering phantom", json_stdout);
-            let samples =
-                data::phantom_samples(a.phantom, a.seed, &m.input, a.source_fps, &views, || {
-                    pb.inc(1)
-                })?;
-            pb.finish_and_clear();
-            let desc = format!(
-                "{} SYNTHETIC phantom clips (seeds {}..{}, views {}, {} fps source)",
-                samples.len(),
-                a.seed,
-                (a.seed + samples.len() as u64).saturating_sub(1),
-                views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
-                a.source_fps
-            );
-            (samples, Vec::new(), desc)
-        }
-        Some(list) => {
-            let head = match &a.csv_head {
-                Some(n) => m.heads.iter().find(|h| &h.name == n).with_context(|| {
-                    format!(
-                        "--csv-head `{n}`: the bundle's heads are {}",
-                        m.heads
-                            .iter()
-                            .map(|h| h.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?,
-                None => m
-                    .heads
-                    .iter()
-                    .find(|h| h.probe.kind == ProbeKind::Classifier)
-                    .context(
-                        "the bundle has no classifier head; name the list's head with --csv-head",
-                    )?,
-            };
-            let mut entries = echojepa::datalist::read_video_csv(list)?;
-            entries.truncate(a.csv_limit.unwrap_or(entries.len()));
-            let pb = bar(entries.len() as u64, "reading videos", json_stdout);
-            let (samples, skipped) =
-                data::list_samples(list, &entries, head, &m.input, || pb.inc(1))?;
-            pb.finish_and_clear();
-            let desc = format!(
-                "{} clips from {} (labels of head `{}`), {} unreadable video(s) skipped",
-                samples.len(),
-                list.display(),
-                head.name,
-                skipped.len()
-            );
-            (samples, skipped, desc)
-        }
-    };
-    if samples.is_empty() {
+    if clips.samples.is_empty() {
         match &a.csv {
             None => bail!("--phantom must be at least 1"),
             Some(l) => bail!(
                 "no usable video in {} ({} skipped)",
                 l.display(),
-                skipped.len()
+                clips.skipped.len()
             ),
         }
     }
+    Ok(clips)
+}
 
-    let cfg = m.encoder.clone();
-    let flat = flatten_patch(&cfg, &src.encoder);
+fn phantom_clips(a: &Args, m: &Manifest, views: &[View], quiet: bool) -> Result<Clips> {
+    let pb = bar(a.phantom as u64, "rendering phantom", quiet);
+    let samples = data::phantom_samples(a.phantom, a.seed, &m.input, a.source_fps, views, || {
+        pb.inc(1)
+    })?;
+    pb.finish_and_clear();
+    let desc = format!(
+        "{} SYNTHETIC phantom clips (seeds {}..{}, views {}, {} fps source)",
+        samples.len(),
+        a.seed,
+        (a.seed + samples.len() as u64).saturating_sub(1),
+        views.iter().map(|v| v.name()).collect::<Vec<_>>().join(","),
+        a.source_fps
+    );
+    Ok(Clips {
+        samples,
+        skipped: Vec::new(),
+        desc,
+    })
+}
+
+fn list_clips(a: &Args, list: &std::path::Path, m: &Manifest, quiet: bool) -> Result<Clips> {
+    let head = list_head(a, m)?;
+    let mut entries = echojepa::datalist::read_video_csv(list)?;
+    entries.truncate(a.csv_limit.unwrap_or(entries.len()));
+    let pb = bar(entries.len() as u64, "reading videos", quiet);
+    let (samples, skipped) = data::list_samples(list, &entries, head, &m.input, || pb.inc(1))?;
+    pb.finish_and_clear();
+    let desc = format!(
+        "{} clips from {} (labels of head `{}`), {} unreadable video(s) skipped",
+        samples.len(),
+        list.display(),
+        head.name,
+        skipped.len()
+    );
+    Ok(Clips {
+        samples,
+        skipped,
+        desc,
+    })
+}
+
+/// The head whose labels a `--csv` list holds: `--csv-head`, else the first classifier.
+fn list_head<'m>(a: &Args, m: &'m Manifest) -> Result<&'m HeadSpec> {
+    match &a.csv_head {
+        Some(n) => m.heads.iter().find(|h| &h.name == n).with_context(|| {
+            format!(
+                "--csv-head `{n}`: the bundle's heads are {}",
+                m.heads
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None => m
+            .heads
+            .iter()
+            .find(|h| h.probe.kind == ProbeKind::Classifier)
+            .context("the bundle has no classifier head; name the list's head with --csv-head"),
+    }
+}
+
+/// The checkpoint's encoder at f32 on the packed kernels: separates the kernels' own error
+/// from int8's in the per-layer table and the timings.
+fn f32_kernel_encoder(inputs: &Inputs) -> Result<QuantizedEncoder> {
+    let cfg = &inputs.m.encoder;
+    let flat = flatten_patch(cfg, &inputs.src.encoder);
     let none = HashMap::new();
-    let origin = src.checkpoint.display().to_string();
-    let f32k = QuantizedEncoder::load(
-        &cfg,
+    let origin = inputs.src.checkpoint.display().to_string();
+    Ok(QuantizedEncoder::load(
+        cfg,
         &TensorSource {
             tensors: &flat,
             origin: &origin,
             precision: &none,
         },
-    )?;
+    )?)
+}
 
-    // Per clip: tokens and head outputs both ways.
-    let d = cfg.embed_dim;
-    let (mut cmin, mut csum) = (f64::INFINITY, 0.0);
-    let mut head_f: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
-    let mut head_q: Vec<Vec<Vec<f32>>> = vec![vec![]; m.heads.len()];
+/// Per clip, both ways: token cosine, head outputs (probabilities of classifiers, raw values
+/// of regressors) and the traced LV.
+struct ClipOutputs {
+    cosine_min: f64,
+    cosine_sum: f64,
+    /// `[head][clip]` rows of the f32 reference and of the bundle.
+    head_f: Vec<Vec<Vec<f32>>>,
+    head_q: Vec<Vec<Vec<f32>>>,
+    lv_pairs: Vec<(f64, Option<f64>)>,
+}
+
+fn compare_clips(inputs: &Inputs, samples: &[Sample], quiet: bool) -> Result<ClipOutputs> {
+    let m = &inputs.m;
+    let ref_probes = inputs.ref_probes();
+    let mut o = ClipOutputs {
+        cosine_min: f64::INFINITY,
+        cosine_sum: 0.0,
+        head_f: vec![vec![]; m.heads.len()],
+        head_q: vec![vec![]; m.heads.len()],
+        lv_pairs: Vec::new(),
+    };
     let lv_views: Vec<String> = m
         .lv_segmentation
         .as_ref()
         .map(|l| l.valid_views.clone())
         .unwrap_or_default();
-    let mut lv_pairs: Vec<(f64, Option<f64>)> = Vec::new();
-    let pb = bar(samples.len() as u64, "comparing", json_stdout);
-    for s in &samples {
+    let pb = bar(samples.len() as u64, "comparing", quiet);
+    for s in samples {
         let video = to_video(s)?;
-        let tf = reference.encoder.forward(&video)?;
-        let tq = edge.encode(&video)?;
+        let tf = inputs.reference.encoder.forward(&video)?;
+        let tq = inputs.edge.encode(&video)?;
         let (mn, mean) = token_cosine(
             &tq.flatten_all()?.to_vec1::<f32>()?,
             &tf.flatten_all()?.to_vec1::<f32>()?,
-            d,
+            m.encoder.embed_dim,
         );
-        cmin = cmin.min(mn);
-        csum += mean;
-        if let Some((_, t)) = &src.lv
-            && s.view
-                .as_deref()
-                .is_none_or(|v| lv_views.iter().any(|w| w.eq_ignore_ascii_case(v)))
-            && let Some(q) = edge.lv_probabilities(&tq)?
+        o.cosine_min = o.cosine_min.min(mn);
+        o.cosine_sum += mean;
+        if s.view
+            .as_deref()
+            .is_none_or(|v| lv_views.iter().any(|w| w.eq_ignore_ascii_case(v)))
+            && let Some(pair) = compare_lv(inputs, &tf, &tq)?
         {
-            let (w, b) = (
-                t.get("weight").context("lv_head.weight")?,
-                t.get("bias").context("lv_head.bias")?,
-            );
-            let f = lv_head_probabilities(&tf, w, b)?;
-            let layout = echojepa::lv::TokenLayout {
-                frames: m.input.frames,
-                resolution: m.input.resolution[0],
-                tubelet: cfg.tubelet_size,
-                patch: cfg.patch_size,
-            };
-            lv_pairs.push(compare_traced(&layout, &f[0], &q[0]));
+            o.lv_pairs.push(pair);
         }
-        let q_raw = edge.head_logits(&tq)?;
+        let q_raw = inputs.edge.head_logits(&tq)?;
         for (i, h) in m.heads.iter().enumerate() {
             let f_raw = ref_probes[h.name.as_str()].forward(&tf, None)?;
             let (f_row, q_row) = match h.probe.kind {
@@ -454,153 +564,197 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                 ),
                 ProbeKind::Regressor => (f_raw, q_raw[i].clone()),
             };
-            head_f[i].push(f_row.flatten_all()?.to_vec1::<f32>()?);
-            head_q[i].push(q_row.flatten_all()?.to_vec1::<f32>()?);
+            o.head_f[i].push(f_row.flatten_all()?.to_vec1::<f32>()?);
+            o.head_q[i].push(q_row.flatten_all()?.to_vec1::<f32>()?);
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
+    Ok(o)
+}
 
+/// The LV traced from the f32 tokens `tf` and from the bundle's tokens `tq`, compared (None
+/// when the checkpoint or the bundle has no LV decoder).
+fn compare_lv(inputs: &Inputs, tf: &Tensor, tq: &Tensor) -> Result<Option<(f64, Option<f64>)>> {
+    let Some((_, t)) = &inputs.src.lv else {
+        return Ok(None);
+    };
+    let Some(q) = inputs.edge.lv_probabilities(tq)? else {
+        return Ok(None);
+    };
+    let (w, b) = (
+        t.get("weight").context("lv_head.weight")?,
+        t.get("bias").context("lv_head.bias")?,
+    );
+    let f = lv_head_probabilities(tf, w, b)?;
+    let m = &inputs.m;
+    let layout = echojepa::lv::TokenLayout {
+        frames: m.input.frames,
+        resolution: m.input.resolution[0],
+        tubelet: m.encoder.tubelet_size,
+        patch: m.encoder.patch_size,
+    };
+    Ok(Some(compare_traced(&layout, &f[0], &q[0])))
+}
+
+fn score_heads(
+    m: &Manifest,
+    samples: &[Sample],
+    o: &ClipOutputs,
+) -> (Vec<ClassifierResult>, Vec<RegressorResult>) {
     let mut classifiers = Vec::new();
     let mut regressors = Vec::new();
     for (i, h) in m.heads.iter().enumerate() {
         match h.probe.kind {
             ProbeKind::Classifier => {
-                let argmax = |v: &Vec<f32>| {
-                    v.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |b, (j, &p)| if p > b.1 { (j, p) } else { b },
-                        )
-                        .0
-                };
-                let n = samples.len() as f64;
-                let agree = head_f[i]
-                    .iter()
-                    .zip(&head_q[i])
-                    .filter(|(f, q)| argmax(f) == argmax(q))
-                    .count() as f64
-                    / n;
-                let maxdiff = head_f[i]
-                    .iter()
-                    .zip(&head_q[i])
-                    .flat_map(|(f, q)| f.iter().zip(q).map(|(a, b)| (a - b).abs() as f64))
-                    .fold(0.0, f64::max);
-                let truth: Option<Vec<usize>> = samples
-                    .iter()
-                    .map(|s| {
-                        let v = s.view.as_deref()?;
-                        h.classes.iter().position(|c| c.eq_ignore_ascii_case(v))
-                    })
-                    .collect();
-                let acc = |preds: &Vec<Vec<f32>>| {
-                    truth.as_ref().map(|t| {
-                        preds
-                            .iter()
-                            .zip(t)
-                            .filter(|(p, t)| argmax(p) == **t)
-                            .count() as f64
-                            / n
-                    })
-                };
-                classifiers.push(ClassifierResult {
-                    head: h.name.clone(),
-                    agreement: agree,
-                    accuracy_f32: acc(&head_f[i]),
-                    accuracy_int8: acc(&head_q[i]),
-                    max_prob_diff: maxdiff,
-                });
+                classifiers.push(score_classifier(h, samples, &o.head_f[i], &o.head_q[i]));
             }
             ProbeKind::Regressor => {
-                for (j, t) in h.targets.iter().enumerate() {
-                    let ef = is_ef(&t.name) || is_ef(&h.name);
-                    let mut diffs = Vec::new();
-                    let (mut err_f, mut err_q) = (Vec::new(), Vec::new());
-                    for (k, s) in samples.iter().enumerate() {
-                        if let Some(v) = &s.view
-                            && !h.valid_views.is_empty()
-                            && !h.valid_views.iter().any(|w| w.eq_ignore_ascii_case(v))
-                        {
-                            continue;
-                        }
-                        let vf = t.scaler.denormalize(head_f[i][k][j] as f64);
-                        let vq = t.scaler.denormalize(head_q[i][k][j] as f64);
-                        diffs.push((vq - vf).abs());
-                        let truth = match &s.target {
-                            Some((head, v)) if *head == h.name && j == 0 => Some(*v),
-                            _ if ef => s.ef,
-                            _ => None,
-                        };
-                        if let Some(y) = truth {
-                            err_f.push((vf - y).abs());
-                            err_q.push((vq - y).abs());
-                        }
-                    }
-                    let mean = |v: &[f64]| {
-                        if v.is_empty() {
-                            f64::NAN
-                        } else {
-                            v.iter().sum::<f64>() / v.len() as f64
-                        }
-                    };
-                    regressors.push(RegressorResult {
-                        head: h.name.clone(),
-                        target: t.name.clone(),
-                        unit: t.unit.clone(),
-                        clips: diffs.len(),
-                        mean_abs_diff: mean(&diffs),
-                        max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
-                        mae_f32: (!err_f.is_empty()).then(|| mean(&err_f)),
-                        mae_int8: (!err_q.is_empty()).then(|| mean(&err_q)),
-                    });
-                }
+                regressors.extend(score_regressor(h, samples, &o.head_f[i], &o.head_q[i]));
             }
         }
     }
+    (classifiers, regressors)
+}
 
-    // Per-layer errors on the first clips: the bundle's layer vs the f32 layer on the f32
-    // model's own input; per-block residual stream error.
-    let nl = a.layer_clips.clamp(1, samples.len());
-    let qlayers: HashMap<String, &echojepa::quantized::QLinear> = edge
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (j, &p)| if p > b.1 { (j, p) } else { b },
+        )
+        .0
+}
+
+/// Top-1 agreement, the largest probability difference, and accuracy both ways when every
+/// clip's view is one of the head's classes.
+fn score_classifier(
+    h: &HeadSpec,
+    samples: &[Sample],
+    head_f: &[Vec<f32>],
+    head_q: &[Vec<f32>],
+) -> ClassifierResult {
+    let n = samples.len() as f64;
+    let agree = head_f
+        .iter()
+        .zip(head_q)
+        .filter(|(f, q)| argmax(f) == argmax(q))
+        .count() as f64
+        / n;
+    let maxdiff = head_f
+        .iter()
+        .zip(head_q)
+        .flat_map(|(f, q)| f.iter().zip(q).map(|(a, b)| (a - b).abs() as f64))
+        .fold(0.0, f64::max);
+    let truth: Option<Vec<usize>> = samples
+        .iter()
+        .map(|s| {
+            let v = s.view.as_deref()?;
+            h.classes.iter().position(|c| c.eq_ignore_ascii_case(v))
+        })
+        .collect();
+    let acc = |preds: &[Vec<f32>]| {
+        truth.as_ref().map(|t| {
+            preds
+                .iter()
+                .zip(t)
+                .filter(|(p, t)| argmax(p) == **t)
+                .count() as f64
+                / n
+        })
+    };
+    ClassifierResult {
+        head: h.name.clone(),
+        agreement: agree,
+        accuracy_f32: acc(head_f),
+        accuracy_int8: acc(head_q),
+        max_prob_diff: maxdiff,
+    }
+}
+
+fn mean_or_nan(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Per target, on the clips of the head's valid views: |int8 − f32| in real units, and the
+/// error against the truth both ways where a clip has one (the list's label, or the
+/// phantom's EF for an EF target).
+fn score_regressor(
+    h: &HeadSpec,
+    samples: &[Sample],
+    head_f: &[Vec<f32>],
+    head_q: &[Vec<f32>],
+) -> Vec<RegressorResult> {
+    let mut results = Vec::new();
+    for (j, t) in h.targets.iter().enumerate() {
+        let ef = is_ef(&t.name) || is_ef(&h.name);
+        let mut diffs = Vec::new();
+        let (mut err_f, mut err_q) = (Vec::new(), Vec::new());
+        for (k, s) in samples.iter().enumerate() {
+            if let Some(v) = &s.view
+                && !h.valid_views.is_empty()
+                && !h.valid_views.iter().any(|w| w.eq_ignore_ascii_case(v))
+            {
+                continue;
+            }
+            let vf = t.scaler.denormalize(head_f[k][j] as f64);
+            let vq = t.scaler.denormalize(head_q[k][j] as f64);
+            diffs.push((vq - vf).abs());
+            let truth = match &s.target {
+                Some((head, v)) if *head == h.name && j == 0 => Some(*v),
+                _ if ef => s.ef,
+                _ => None,
+            };
+            if let Some(y) = truth {
+                err_f.push((vf - y).abs());
+                err_q.push((vq - y).abs());
+            }
+        }
+        results.push(RegressorResult {
+            head: h.name.clone(),
+            target: t.name.clone(),
+            unit: t.unit.clone(),
+            clips: diffs.len(),
+            mean_abs_diff: mean_or_nan(&diffs),
+            max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
+            mae_f32: (!err_f.is_empty()).then(|| mean_or_nan(&err_f)),
+            mae_int8: (!err_q.is_empty()).then(|| mean_or_nan(&err_q)),
+        });
+    }
+    results
+}
+
+/// Per-layer errors on `samples`: the bundle's layer vs the f32 layer on the f32 model's own
+/// input (so errors do not compound), and the residual stream error after each block.
+fn layer_errors(
+    inputs: &Inputs,
+    f32k: &QuantizedEncoder,
+    samples: &[Sample],
+    quiet: bool,
+) -> Result<(Vec<LayerError>, Vec<BlockError>)> {
+    let m = &inputs.m;
+    let cfg = &m.encoder;
+    let qlayers: HashMap<String, &echojepa::quantized::QLinear> = inputs
+        .edge
         .encoder()
         .linears()
         .into_iter()
         .map(|l| (l.name().to_string(), l))
         .collect();
+    // Squared error and squared reference, summed: (Σ(q − f)², Σf²).
     let mut lerr: HashMap<String, (f64, f64)> = HashMap::new();
     let mut berr: Vec<(f64, f64)> = vec![(0.0, 0.0); cfg.depth];
-    let pb = bar(nl as u64, "per-layer errors", json_stdout);
-    for s in &samples[..nl] {
-        let mut failure = None;
-        let mut fblocks: Vec<Vec<f32>> = Vec::new();
-        f32k.forward_clip_tapped(&s.clip, s.thw, &mut |t| match t {
-            Tap::LinearInput { layer, x, rows } => {
-                let Some(q) = qlayers.get(layer.name()) else {
-                    return;
-                };
-                let n = layer.out_features();
-                let (mut yf, mut yq) = (vec![0f32; rows * n], vec![0f32; rows * n]);
-                if let Err(e) = layer
-                    .forward(x, rows, &mut yf, Epilogue::None)
-                    .and_then(|_| q.forward(x, rows, &mut yq, Epilogue::None))
-                {
-                    failure = Some(e);
-                    return;
-                }
-                let e = lerr.entry(layer.name().to_string()).or_default();
-                for (a, b) in yq.iter().zip(&yf) {
-                    e.0 += (*a as f64 - *b as f64).powi(2);
-                    e.1 += (*b as f64).powi(2);
-                }
-            }
-            Tap::Block { x, .. } => fblocks.push(x.to_vec()),
-        })?;
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        let mut qi = 0;
-        edge.encoder()
+    let pb = bar(samples.len() as u64, "per-layer errors", quiet);
+    for s in samples {
+        let fblocks = accumulate_linear_errors(f32k, &qlayers, s, &mut lerr)?;
+        inputs
+            .edge
+            .encoder()
             .forward_clip_tapped(&s.clip, s.thw, &mut |t| {
                 if let Tap::Block { index, x } = t {
                     let f = &fblocks[index];
@@ -608,7 +762,6 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
                         berr[index].0 += (*a as f64 - *b as f64).powi(2);
                         berr[index].1 += (*b as f64).powi(2);
                     }
-                    qi += 1;
                 }
             })?;
         pb.inc(1);
@@ -620,7 +773,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         .iter()
         .map(|l| (l.tensor.clone(), l.precision.to_string()))
         .collect();
-    let layers: Vec<LayerError> = QuantizedEncoder::linear_shapes(&cfg)
+    let layers: Vec<LayerError> = QuantizedEncoder::linear_shapes(cfg)
         .into_iter()
         .map(|(name, _)| {
             let (e, r) = lerr.get(&name).copied().unwrap_or((0.0, 1.0));
@@ -642,30 +795,88 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             rel_error: (e / r.max(f64::MIN_POSITIVE)).sqrt(),
         })
         .collect();
+    Ok((layers, blocks))
+}
 
-    // Encoder times on one clip.
-    let s0 = &samples[0];
+/// Runs the f32 kernels on one clip, adding each linear layer's error (the bundle's layer on
+/// the same input) to `lerr`; returns the f32 residual stream after each block.
+fn accumulate_linear_errors(
+    f32k: &QuantizedEncoder,
+    qlayers: &HashMap<String, &echojepa::quantized::QLinear>,
+    s: &Sample,
+    lerr: &mut HashMap<String, (f64, f64)>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut failure = None;
+    let mut fblocks: Vec<Vec<f32>> = Vec::new();
+    f32k.forward_clip_tapped(&s.clip, s.thw, &mut |t| match t {
+        Tap::LinearInput { layer, x, rows } => {
+            let Some(q) = qlayers.get(layer.name()) else {
+                return;
+            };
+            let n = layer.out_features();
+            let (mut yf, mut yq) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+            if let Err(e) = layer
+                .forward(x, rows, &mut yf, Epilogue::None)
+                .and_then(|_| q.forward(x, rows, &mut yq, Epilogue::None))
+            {
+                failure = Some(e);
+                return;
+            }
+            let e = lerr.entry(layer.name().to_string()).or_default();
+            for (a, b) in yq.iter().zip(&yf) {
+                e.0 += (*a as f64 - *b as f64).powi(2);
+                e.1 += (*b as f64).powi(2);
+            }
+        }
+        Tap::Block { x, .. } => fblocks.push(x.to_vec()),
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(fblocks)
+}
+
+/// Median encoder times on one clip: candle f32, f32 kernels, the bundle.
+fn time_encoders(
+    inputs: &Inputs,
+    f32k: &QuantizedEncoder,
+    s0: &Sample,
+    reps: usize,
+    quiet: bool,
+) -> Result<Timing> {
     let video = to_video(s0)?;
-    let pb = bar(3, "timing encoders", json_stdout);
-    let t_ref = median_ms(a.reps, || {
-        Ok(reference.encoder.forward(&video).map(|_| ())?)
+    let pb = bar(3, "timing encoders", quiet);
+    let t_ref = median_ms(reps, || {
+        Ok(inputs.reference.encoder.forward(&video).map(|_| ())?)
     })?;
     pb.inc(1);
-    let t_f32k = median_ms(a.reps, || {
+    let t_f32k = median_ms(reps, || {
         Ok(f32k.forward_clip(&s0.clip, s0.thw).map(|_| ())?)
     })?;
     pb.inc(1);
-    let t_q = median_ms(a.reps, || {
-        Ok(edge.encoder().forward_clip(&s0.clip, s0.thw).map(|_| ())?)
+    let t_q = median_ms(reps, || {
+        Ok(inputs
+            .edge
+            .encoder()
+            .forward_clip(&s0.clip, s0.thw)
+            .map(|_| ())?)
     })?;
     pb.finish_and_clear();
+    Ok(Timing {
+        f32_reference: t_ref,
+        f32_kernels: t_f32k,
+        bundle: t_q,
+    })
+}
 
-    let bundle_bytes: u64 = m.files.values().map(|f| f.bytes).sum();
-    let f32_bytes = crate::build::f32_bytes(&src);
-    let size_ratio = bundle_bytes as f64 / f32_bytes as f64;
-    let token_cosine_mean = csum / samples.len() as f64;
-
-    let lv = summarize_traced(&lv_pairs);
+/// The pass/fail lines: token cosine, size, classifier agreement, EF difference, LV Dice.
+fn checks(
+    cmin: f64,
+    size_ratio: f64,
+    classifiers: &[ClassifierResult],
+    regressors: &[RegressorResult],
+    lv: Option<&LvResult>,
+) -> Vec<Check> {
     let mut checks = vec![
         Check {
             what: "token cosine (min over tokens and clips)".into(),
@@ -680,7 +891,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             pass: size_ratio <= 0.30,
         },
     ];
-    for c in &classifiers {
+    for c in classifiers {
         checks.push(Check {
             what: format!("`{}` top-1 agreement int8 vs f32", c.head),
             value: c.agreement,
@@ -699,7 +910,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             pass: r.mean_abs_diff <= 0.3,
         });
     }
-    if let Some(l) = &lv {
+    if let Some(l) = lv {
         checks.push(Check {
             what: "traced LV: mask Dice int8 vs f32 (mean over clips)".into(),
             value: l.mask_dice_mean,
@@ -707,51 +918,33 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
             pass: l.mask_dice_mean >= 0.95,
         });
     }
-    let report = Report {
-        model_id: m.model_id.clone(),
-        model_version: m.model_version.clone(),
-        manifest_sha256: bundle.manifest_sha256().to_string(),
-        data: format!(
-            "{data_desc}, {} frames {}x{}",
-            m.input.frames, m.input.resolution[0], m.input.resolution[1]
-        ),
-        note: match (&a.csv, m.synthetic_training_data) {
-            (None, _) => "Synthetic data: these numbers say how closely int8 follows full precision on the phantom, not how the model performs on patients.".into(),
-            (Some(_), true) => "The model was trained on SYNTHETIC data: these numbers say how closely int8 follows full precision on this list, not how the model performs on patients.".into(),
-            (Some(_), false) => "These numbers say how closely int8 follows full precision on this list; they are not a clinical validation.".into(),
-        },
-        clips: samples.len(),
-        skipped,
-        bundle_bytes,
-        f32_bytes,
-        size_ratio,
-        token_cosine_min: cmin,
-        token_cosine_mean,
-        encoder_ms: Timing {
-            f32_reference: t_ref,
-            f32_kernels: t_f32k,
-            bundle: t_q,
-        },
-        layers,
-        blocks,
-        classifiers,
-        regressors,
-        lv,
-        checks,
-        machine: echojepa_kernels::cpu::describe(),
-    };
+    checks
+}
+
+/// What the numbers do not mean, by where the clips and the model's training data came from.
+fn note(from_list: bool, synthetic_training_data: bool) -> String {
+    match (from_list, synthetic_training_data) {
+        (false, _) => "Synthetic data: these numbers say how closely int8 follows full precision on the phantom, not how the model performs on patients.".into(),
+        (true, true) => "The model was trained on SYNTHETIC data: these numbers say how closely int8 follows full precision on this list, not how the model performs on patients.".into(),
+        (true, false) => "These numbers say how closely int8 follows full precision on this list; they are not a clinical validation.".into(),
+    }
+}
+
+/// The JSON file if asked; then JSON or markdown to stdout, or the markdown to its file and
+/// the check lines to stdout.
+fn write_outputs(a: &Args, report: &Report, out: &mut impl Write) -> Result<()> {
     if let Some(p) = &a.report {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+        std::fs::write(p, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if json_stdout {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(report)?)?;
     } else {
-        let md = markdown(&report);
+        let md = markdown(report);
         match &a.markdown {
             Some(p) => {
                 std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
-                write_checks(out, &report)?;
+                write_checks(out, report)?;
             }
             None => out.write_all(md.as_bytes())?,
         }

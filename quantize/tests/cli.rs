@@ -2,6 +2,9 @@
 //! and an EF regressor (deterministic weights, synthetic phantom clips): keygen, build, verify
 //! (good, tampered, untrusted), report, and the fail-before-work paths.
 
+// A test reads best as one story, so test functions may run past the line limit.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
