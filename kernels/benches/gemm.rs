@@ -77,6 +77,12 @@ fn bench_linear(m: usize, k: usize, n: usize, reps: usize, label: &str) -> Row {
 }
 
 fn main() {
+    // The kernels never read the environment; this program does, at its edge.
+    if let Err(e) = echojepa_kernels::settings::configure(
+        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
+    ) {
+        panic!("{e}");
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 5 } else { 21 };
     println!("# echojepa-kernels GEMM benchmark");

@@ -43,6 +43,12 @@ fn clock_ms() -> f64 {
 }
 
 fn main() {
+    // The kernels never read the environment; this program does, at its edge.
+    if let Err(e) = echojepa_kernels::settings::configure(
+        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
+    ) {
+        panic!("{e}");
+    }
     let d: usize = std::env::args()
         .nth(1)
         .and_then(|v| v.parse().ok())
@@ -85,7 +91,7 @@ fn main() {
         step(&mut || norm::layer_norm(&x, m, d, &g, &b, 1e-6, &mut h).unwrap());
         step(&mut || qkv.forward(&h, m, &mut q, Epilogue::None).unwrap());
         step(&mut || apply_rope_qk(&mut q, m, heads, 64, &rope).unwrap());
-        step(&mut || match ActivationRange::attention_from_env() {
+        step(&mut || match ActivationRange::attention_configured() {
             Some(r) => attention::attention_int8(&q, m, heads, 64, r, &mut att).unwrap(),
             None => attention::attention(&q, m, heads, 64, &mut att).unwrap(),
         });

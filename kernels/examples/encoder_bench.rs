@@ -185,6 +185,7 @@ impl Model {
 }
 
 fn main() -> Res<()> {
+    echojepa_kernels::settings::configure(echojepa_kernels::KernelSettings::from_env()?)?;
     let args: Vec<String> = std::env::args().collect();
     let arg = |k: &str| {
         args.iter()

@@ -50,6 +50,12 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn main() {
+    // The kernels never read the environment; this program does, at its edge.
+    if let Err(e) = echojepa_kernels::settings::configure(
+        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
+    ) {
+        panic!("{e}");
+    }
     println!("{}", cpu::describe());
     if pool::num_threads() != 1 {
         eprintln!("warning: set ECHOJEPA_THREADS=1, otherwise worker threads' time is not counted");

@@ -65,14 +65,15 @@ impl F32Kernel {
             .collect()
     }
 
-    /// The kernel used by `forward`: `ECHOJEPA_KERNEL_F32` if set and supported, else the best.
+    /// The kernel used by `forward`: the one the [settings](crate::KernelSettings) name if this
+    /// CPU supports it, else the best.
     pub fn best() -> F32Kernel {
         static BEST: OnceLock<F32Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             let all = Self::available();
-            let wanted = std::env::var("ECHOJEPA_KERNEL_F32").ok();
-            wanted
-                .and_then(|w| all.iter().copied().find(|k| k.name() == w))
+            crate::settings::current()
+                .f32_kernel
+                .filter(|k| all.contains(k))
                 .unwrap_or(*all.last().unwrap_or(&F32Kernel::Scalar))
         })
     }
@@ -143,14 +144,15 @@ impl Int8Kernel {
         .collect()
     }
 
-    /// The kernel used by `from_f32`: `ECHOJEPA_KERNEL_INT8` if set and supported, else the best.
+    /// The kernel used by `from_f32`: the one the [settings](crate::KernelSettings) name if this
+    /// CPU supports it, else the best.
     pub fn best() -> Int8Kernel {
         static BEST: OnceLock<Int8Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             let all = Self::available();
-            let wanted = std::env::var("ECHOJEPA_KERNEL_INT8").ok();
-            wanted
-                .and_then(|w| all.iter().copied().find(|k| k.name() == w))
+            crate::settings::current()
+                .int8_kernel
+                .filter(|k| all.contains(k))
                 .unwrap_or(*all.last().unwrap_or(&Int8Kernel::Scalar))
         })
     }
@@ -172,8 +174,10 @@ pub fn describe() -> String {
             .map(|k| k.name())
             .collect::<Vec<_>>()
             .join(","),
-        crate::gemm_i8::ActivationRange::from_env().name(),
-        crate::gemm_i8::ActivationRange::attention_from_env().map_or("off", |r| r.name()),
+        crate::settings::current().int8_activations.name(),
+        crate::settings::current()
+            .int8_attention
+            .map_or("off", |r| r.name()),
         crate::pool::num_threads()
     )
 }

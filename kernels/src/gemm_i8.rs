@@ -8,7 +8,6 @@
 //! `y[r, c] = s_x[r] · s_w[c] · (Σ_k q_x[r, k] · q_w[c, k] − z_x[r] · Σ_k q_w[c, k]) + b[c]`.
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 use crate::aligned::AlignedVec;
 use crate::cpu::Int8Kernel;
@@ -45,7 +44,7 @@ pub struct PackedInt8Linear {
 impl PackedInt8Linear {
     /// Quantize and pack `weight` (`out × in`, row-major: PyTorch `nn.Linear.weight`) for the
     /// best int8 kernel of this CPU; bias (`out`) stays f32. Activations use
-    /// [`ActivationRange::from_env`].
+    /// [`ActivationRange::configured`].
     pub fn from_f32(
         weight: &[f32],
         out_features: usize,
@@ -54,7 +53,7 @@ impl PackedInt8Linear {
     ) -> Result<Self, KernelError> {
         Ok(
             Self::from_f32_with(Int8Kernel::best(), weight, out_features, in_features, bias)?
-                .with_activations(ActivationRange::from_env()),
+                .with_activations(ActivationRange::configured()),
         )
     }
 
@@ -449,40 +448,17 @@ impl ActivationRange {
         }
     }
 
-    /// The range [`PackedInt8Linear::from_f32`] uses: `ECHOJEPA_INT8_ACTIVATIONS` (`u8` or
-    /// `u7`) if set, else [`U8`](Self::U8). Read once per process; another value is ignored
-    /// with a warning on stderr.
-    pub fn from_env() -> Self {
-        static RANGE: OnceLock<ActivationRange> = OnceLock::new();
-        *RANGE.get_or_init(|| {
-            Self::parse_env("ECHOJEPA_INT8_ACTIVATIONS", false).unwrap_or(ActivationRange::U8)
-        })
+    /// The range [`PackedInt8Linear::from_f32`] uses: the settings'
+    /// [`int8_activations`](crate::KernelSettings::int8_activations) (8 bits unless set).
+    pub fn configured() -> Self {
+        crate::settings::current().int8_activations
     }
 
-    /// Whether attention runs in int8 and with which activations: `ECHOJEPA_INT8_ATTENTION`
-    /// (`u8`, `u7`, or `off`, the default). Read once per process; another value is ignored
-    /// with a warning on stderr. See [`crate::attention::attention_int8`].
-    pub fn attention_from_env() -> Option<Self> {
-        static RANGE: OnceLock<Option<ActivationRange>> = OnceLock::new();
-        *RANGE.get_or_init(|| Self::parse_env("ECHOJEPA_INT8_ATTENTION", true))
-    }
-
-    fn parse_env(var: &str, off_allowed: bool) -> Option<Self> {
-        match std::env::var(var).ok().as_deref() {
-            None => None,
-            Some("u8") => Some(ActivationRange::U8),
-            Some("u7") => Some(ActivationRange::U7),
-            Some("off") if off_allowed => None,
-            Some(other) => {
-                let allowed = if off_allowed {
-                    "u8, u7 or off"
-                } else {
-                    "u8 or u7"
-                };
-                eprintln!("warning: {var}={other:?} is not one of {allowed}; ignored");
-                None
-            }
-        }
+    /// Whether attention runs in int8 and with which activations: the settings'
+    /// [`int8_attention`](crate::KernelSettings::int8_attention) (f32 unless set). See
+    /// [`crate::attention::attention_int8`].
+    pub fn attention_configured() -> Option<Self> {
+        crate::settings::current().int8_attention
     }
 }
 

@@ -28,6 +28,10 @@
 //! `_with` variants take an explicit kernel so that tests can compare every available one
 //! against the scalar reference. Work is split over a crate-wide thread pool ([`pool`]) with a
 //! static partition (each thread always gets the same share of the output).
+//!
+//! How they run (threads, kernels, int8 activation width, int8 attention) is one value,
+//! [`KernelSettings`], installed once with [`settings::configure`]; this crate never reads the
+//! environment (the binaries do, at their edge, with [`KernelSettings::from_env`]).
 
 pub mod activation;
 mod aligned;
@@ -42,6 +46,7 @@ pub mod gemm_i8;
 pub mod norm;
 pub mod pool;
 pub mod rope;
+pub mod settings;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -51,6 +56,7 @@ pub use epilogue::Epilogue;
 pub use error::KernelError;
 pub use gemm_f32::PackedF32Linear;
 pub use gemm_i8::{ActivationRange, PackedInt8Linear};
+pub use settings::{KernelSettings, SettingsError};
 
 /// A packed linear layer in either precision; see [`PackedF32Linear`] and [`PackedInt8Linear`].
 #[derive(Debug, Clone)]

@@ -1,9 +1,9 @@
 //! The crate-wide worker pool and the static work split used by every parallel kernel.
 //!
-//! One rayon pool (size: `ECHOJEPA_THREADS`, else the number of CPUs the process may use) runs
-//! all kernels. A parallel region splits its work into exactly one contiguous chunk per thread,
+//! One rayon pool (size: [`KernelSettings::threads`](crate::KernelSettings), else the number of
+//! CPUs the process may use) runs all kernels. A parallel region splits its work into exactly one contiguous chunk per thread,
 //! so a thread always gets the same share of the output (its panels of weights stay in its own
-//! core's cache from one call to the next). With `ECHOJEPA_PIN_THREADS=1` (Linux) worker `i`
+//! core's cache from one call to the next). With `pin_threads` set (Linux) worker `i`
 //! is also pinned to the `i`-th CPU the process may run on, so that share never migrates; this
 //! is opt-in because on a machine shared with other busy processes pinning can only hurt.
 
@@ -13,12 +13,12 @@ use std::sync::OnceLock;
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let n = std::env::var("ECHOJEPA_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pin = std::env::var("ECHOJEPA_PIN_THREADS").is_ok_and(|v| v == "1");
+        let settings = crate::settings::current();
+        let n = settings.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
+        let pin = settings.pin_threads;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("echojepa-kernel-{i}"))

@@ -33,7 +33,13 @@ use clap::{Parser, Subcommand};
 /// precision, sha256 of every file) and manifest.sig (ed25519). Carts refuse bundles that are
 /// unsigned, tampered with, or signed by a key they do not trust.
 #[derive(Debug, Parser)]
-#[command(name = "quantize", version, about, long_about)]
+#[command(
+    name = "quantize",
+    version,
+    about,
+    long_about,
+    after_long_help = echojepa_kernels::settings::env_help()
+)]
 struct Cli {
     #[command(flatten)]
     log: cli_log::LogArgs,
@@ -61,6 +67,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     cli_log::init(&cli.log);
+    if let Err(e) =
+        echojepa_kernels::KernelSettings::from_env().and_then(echojepa_kernels::settings::configure)
+    {
+        eprintln!("error: kernel settings in the environment: {e}");
+        std::process::exit(2);
+    }
     let mut out = std::io::stdout().lock();
     let result: Result<()> = match cli.command {
         Command::Keygen(a) => keygen::run(a, &mut out),

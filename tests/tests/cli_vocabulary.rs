@@ -127,3 +127,39 @@ fn folders_are_written_with_out_and_the_link_key_has_one_name() {
         );
     }
 }
+
+/// The kernels' environment variables are read at each binary's edge: a value that means
+/// nothing stops the binary with the variable named, instead of being ignored.
+#[test]
+fn a_bad_kernel_setting_in_the_environment_is_named() {
+    let out = Command::new(bin("edge-runtime"))
+        .args(["check", "--json"])
+        .env("ECHOJEPA_INT8_ACTIVATIONS", "u6")
+        .output()
+        .unwrap();
+    // `check --json` reports its verdict, the error included, as JSON on stdout.
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(verdict["healthy"], false);
+    let err = verdict["error"].as_str().unwrap();
+    assert!(
+        err.contains("ECHOJEPA_INT8_ACTIVATIONS=\"u6\"") && err.contains("u8 or u7"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("quantize"))
+        .args(["keygen", "--name", "k", "--out"])
+        .arg(tmp.path())
+        .env("ECHOJEPA_THREADS", "many")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ECHOJEPA_THREADS=\"many\""), "{err}");
+    let out = Command::new(bin("edge-runtime"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("ECHOJEPA_INT8_ATTENTION"), "{help}");
+}

@@ -305,7 +305,7 @@ impl QuantizedEncoder {
                 .iter()
                 .any(|l| matches!(l.packed, PackedLinear::Int8(_)))
         });
-        let int8_attention = ActivationRange::attention_from_env().filter(|_| any_int8);
+        let int8_attention = ActivationRange::attention_configured().filter(|_| any_int8);
         Ok(Self {
             cfg: cfg.clone(),
             patch,
@@ -322,7 +322,7 @@ impl QuantizedEncoder {
 
     /// The same encoder with attention's two products (Q·Kᵀ and P·V) in int8, activations in
     /// `range` ([`echojepa_kernels::attention::attention_int8`]), or in f32 (`None`). The
-    /// default comes from [`ActivationRange::attention_from_env`] (f32 unless set) for encoders
+    /// default comes from [`ActivationRange::attention_configured`] (f32 unless set) for encoders
     /// with int8 block linears, and is f32 for the others.
     pub fn with_int8_attention(mut self, range: Option<ActivationRange>) -> Self {
         self.int8_attention = range;
@@ -330,7 +330,7 @@ impl QuantizedEncoder {
     }
 
     /// The same encoder with every int8 linear quantizing its inputs to `range` (the default
-    /// comes from [`ActivationRange::from_env`]); f32 linears are unchanged.
+    /// comes from [`ActivationRange::configured`]); f32 linears are unchanged.
     pub fn with_int8_activations(mut self, range: ActivationRange) -> Self {
         let all = std::iter::once(&mut self.patch).chain(
             self.blocks

@@ -105,127 +105,19 @@ pub fn run(
     rounds: &mut impl BufRead,
     out: &mut impl Write,
 ) -> Result<ExitCode> {
-    if let Some(t) = args.threads
-        && std::env::var_os("ECHOJEPA_THREADS").is_none()
-    {
-        // SAFETY: set before the kernel pool starts; no other thread reads the environment yet.
-        unsafe { std::env::set_var("ECHOJEPA_THREADS", t.to_string()) };
-    }
+    super::common::configure_kernels(args.threads, 0)?;
     let (tensors, meta) = read_safetensors(&args.weights)?;
     let cfg = config_from_metadata(&args.weights, &meta)?;
     let tensors = flatten_patch(&cfg, &tensors);
-    let (inputs, _) = read_safetensors(&args.input)?;
-    let video = inputs.get("video").with_context(|| {
-        format!(
-            "{}: no tensor `video` (expected [1, 3, T, H, W] f32)",
-            args.input.display()
-        )
-    })?;
-    let dims = video.dims().to_vec();
-    if dims.len() != 5 || dims[0] != 1 || dims[1] != cfg.in_chans {
-        bail!(
-            "{}: `video` is {dims:?}, expected [1, {}, T, H, W]",
-            args.input.display(),
-            cfg.in_chans
-        );
-    }
-    let (t, h, w) = (dims[2], dims[3], dims[4]);
-    let clip = video
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-
-    let mut variants = Vec::new();
-    for p in args.precision.split(',').map(str::trim) {
-        variants.push(match p {
-            "f32" => Variant {
-                label: "edge_f32",
-                blocks: Precision::F32,
-                activations: ActivationRange::U8,
-                attention: None,
-            },
-            "int8" => Variant {
-                label: "edge_int8",
-                blocks: Precision::Q8_0,
-                activations: ActivationRange::U8,
-                attention: None,
-            },
-            "int8-u7" => Variant {
-                label: "edge_int8_u7",
-                blocks: Precision::Q8_0,
-                activations: ActivationRange::U7,
-                attention: None,
-            },
-            "int8-u7-attn" => Variant {
-                label: "edge_int8_u7_attn",
-                blocks: Precision::Q8_0,
-                activations: ActivationRange::U7,
-                attention: Some(ActivationRange::U7),
-            },
-            "int8-attn" => Variant {
-                label: "edge_int8_attn",
-                blocks: Precision::Q8_0,
-                activations: ActivationRange::U8,
-                attention: Some(ActivationRange::U8),
-            },
-            other => {
-                bail!("--precision: unknown `{other}` (use f32, int8, int8-u7, int8-attn, int8-u7-attn, comma-separated)")
-            }
-        });
-    }
+    let (clip, shape) = read_clip(&args.input, &cfg)?;
+    let variants = parse_variants(&args.precision)?;
     let origin = args.weights.display().to_string();
-    let mut runs = Vec::new();
-    for v in variants {
-        let precision: HashMap<String, Precision> = QuantizedEncoder::linear_shapes(&cfg)
-            .into_iter()
-            .filter(|(name, _)| name != "patch_embed.proj")
-            .map(|(name, _)| (name, v.blocks))
-            .collect();
-        let src = TensorSource {
-            tensors: &tensors,
-            origin: &origin,
-            precision: &precision,
-        };
-        let enc = QuantizedEncoder::load(&cfg, &src)
-            .with_context(|| format!("cannot build the {} encoder from {origin}", v.label))?
-            .with_int8_activations(v.activations)
-            .with_int8_attention(v.attention);
-        let tokens = enc.forward_clip(&clip, (t, h, w))?; // warm-up (packing, RoPE tables)
-        runs.push(Run {
-            label: v.label,
-            enc,
-            tokens,
-            times: Vec::new(),
-        });
-    }
-    let shape = (t, h, w);
+    let mut runs = variants
+        .into_iter()
+        .map(|v| build_run(&cfg, &tensors, &origin, v, &clip, shape))
+        .collect::<Result<Vec<_>>>()?;
     if args.interleave {
-        // One line in, one timed run of every variant out, until the input ends: the caller
-        // times its own engines between the lines, so all of them share the machine's moods.
-        let labels: Vec<_> = runs.iter().map(|r| r.label).collect();
-        writeln!(out, "{}", serde_json::json!({ "ready": labels }))?;
-        out.flush()?;
-        let mut line = String::new();
-        let mut round = 0usize;
-        while rounds
-            .read_line(&mut line)
-            .context("cannot read the next round from stdin")?
-            > 0
-        {
-            line.clear();
-            let mut times = serde_json::Map::new();
-            for r in &mut runs {
-                let ms = r.time_once(&clip, shape)?;
-                times.insert(r.label.to_string(), ms.into());
-            }
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "round": round, "times_ms": times })
-            )?;
-            out.flush()?;
-            round += 1;
-        }
+        interleave(&mut runs, &clip, shape, rounds, out)?;
     } else {
         for r in &mut runs {
             for _ in 0..args.reps {
@@ -234,44 +126,183 @@ pub fn run(
         }
     }
     for r in runs {
-        let n = r.tokens.len() / cfg.embed_dim;
-        let output = args
-            .output_prefix
-            .as_ref()
-            .map(|prefix| -> Result<PathBuf> {
-                let path = PathBuf::from(format!("{}.{}.safetensors", prefix.display(), r.label));
-                let t = Tensor::from_vec(r.tokens.clone(), (1, n, cfg.embed_dim), &Device::Cpu)?;
-                candle_core::safetensors::save(&HashMap::from([("tokens", t)]), &path)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                Ok(path)
-            })
-            .transpose()?;
-        let med = percentiles(&r.times).map_or(f32::NAN, |p| p.p50);
-        if args.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({
-                    "label": r.label,
-                    "median_ms": med,
-                    "times_ms": r.times,
-                    "tokens": n,
-                    "threads": echojepa_kernels::pool::num_threads(),
-                    "output": output.map(|p| p.display().to_string()),
-                })
-            )?;
-        } else {
-            writeln!(
-                out,
-                "{:<12} {n} tokens × {}: median {med:.1} ms over {} runs ({} threads)",
-                r.label,
-                cfg.embed_dim,
-                r.times.len(),
-                echojepa_kernels::pool::num_threads()
-            )?;
-        }
+        report(&r, &cfg, &args, out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The input clip as flat f32 and its `(T, H, W)`.
+fn read_clip(path: &Path, cfg: &EncoderConfig) -> Result<(Vec<f32>, (usize, usize, usize))> {
+    let (inputs, _) = read_safetensors(path)?;
+    let video = inputs.get("video").with_context(|| {
+        format!(
+            "{}: no tensor `video` (expected [1, 3, T, H, W] f32)",
+            path.display()
+        )
+    })?;
+    let dims = video.dims().to_vec();
+    if dims.len() != 5 || dims[0] != 1 || dims[1] != cfg.in_chans {
+        bail!(
+            "{}: `video` is {dims:?}, expected [1, {}, T, H, W]",
+            path.display(),
+            cfg.in_chans
+        );
+    }
+    let clip = video
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok((clip, (dims[2], dims[3], dims[4])))
+}
+
+/// `--precision`'s comma-separated list.
+fn parse_variants(list: &str) -> Result<Vec<Variant>> {
+    list.split(',')
+        .map(str::trim)
+        .map(|p| {
+            let (label, blocks, activations, attention) = match p {
+                "f32" => ("edge_f32", Precision::F32, ActivationRange::U8, None),
+                "int8" => ("edge_int8", Precision::Q8_0, ActivationRange::U8, None),
+                "int8-u7" => ("edge_int8_u7", Precision::Q8_0, ActivationRange::U7, None),
+                "int8-u7-attn" => (
+                    "edge_int8_u7_attn",
+                    Precision::Q8_0,
+                    ActivationRange::U7,
+                    Some(ActivationRange::U7),
+                ),
+                "int8-attn" => (
+                    "edge_int8_attn",
+                    Precision::Q8_0,
+                    ActivationRange::U8,
+                    Some(ActivationRange::U8),
+                ),
+                other => bail!(
+                    "--precision: unknown `{other}` (use f32, int8, int8-u7, int8-attn, \
+                     int8-u7-attn, comma-separated)"
+                ),
+            };
+            Ok(Variant {
+                label,
+                blocks,
+                activations,
+                attention,
+            })
+        })
+        .collect()
+}
+
+/// Builds one variant's encoder and runs it once untimed (packing, RoPE tables).
+fn build_run(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    origin: &str,
+    v: Variant,
+    clip: &[f32],
+    shape: (usize, usize, usize),
+) -> Result<Run> {
+    let precision: HashMap<String, Precision> = QuantizedEncoder::linear_shapes(cfg)
+        .into_iter()
+        .filter(|(name, _)| name != "patch_embed.proj")
+        .map(|(name, _)| (name, v.blocks))
+        .collect();
+    let src = TensorSource {
+        tensors,
+        origin,
+        precision: &precision,
+    };
+    let enc = QuantizedEncoder::load(cfg, &src)
+        .with_context(|| format!("cannot build the {} encoder from {origin}", v.label))?
+        .with_int8_activations(v.activations)
+        .with_int8_attention(v.attention);
+    let tokens = enc.forward_clip(clip, shape)?;
+    Ok(Run {
+        label: v.label,
+        enc,
+        tokens,
+        times: Vec::new(),
+    })
+}
+
+/// One line in, one timed run of every variant out, until the input ends: the caller times its
+/// own engines between the lines, so all of them share the machine's moods.
+fn interleave(
+    runs: &mut [Run],
+    clip: &[f32],
+    shape: (usize, usize, usize),
+    rounds: &mut impl BufRead,
+    out: &mut impl Write,
+) -> Result<()> {
+    let labels: Vec<_> = runs.iter().map(|r| r.label).collect();
+    writeln!(out, "{}", serde_json::json!({ "ready": labels }))?;
+    out.flush()?;
+    let mut line = String::new();
+    let mut round = 0usize;
+    while rounds
+        .read_line(&mut line)
+        .context("cannot read the next round from stdin")?
+        > 0
+    {
+        line.clear();
+        let mut times = serde_json::Map::new();
+        for r in runs.iter_mut() {
+            let ms = r.time_once(clip, shape)?;
+            times.insert(r.label.to_string(), ms.into());
+        }
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "round": round, "times_ms": times })
+        )?;
+        out.flush()?;
+        round += 1;
+    }
+    Ok(())
+}
+
+/// One variant's summary line (text or JSON), after writing its tokens if asked.
+fn report(
+    r: &Run,
+    cfg: &EncoderConfig,
+    args: &BenchEncoderArgs,
+    out: &mut impl Write,
+) -> Result<()> {
+    let n = r.tokens.len() / cfg.embed_dim;
+    let output = args
+        .output_prefix
+        .as_ref()
+        .map(|prefix| -> Result<PathBuf> {
+            let path = PathBuf::from(format!("{}.{}.safetensors", prefix.display(), r.label));
+            let t = Tensor::from_vec(r.tokens.clone(), (1, n, cfg.embed_dim), &Device::Cpu)?;
+            candle_core::safetensors::save(&HashMap::from([("tokens", t)]), &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(path)
+        })
+        .transpose()?;
+    let med = percentiles(&r.times).map_or(f32::NAN, |p| p.p50);
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "label": r.label,
+                "median_ms": med,
+                "times_ms": r.times,
+                "tokens": n,
+                "threads": echojepa_kernels::pool::num_threads(),
+                "output": output.map(|p| p.display().to_string()),
+            })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{:<12} {n} tokens × {}: median {med:.1} ms over {} runs ({} threads)",
+            r.label,
+            cfg.embed_dim,
+            r.times.len(),
+            echojepa_kernels::pool::num_threads()
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

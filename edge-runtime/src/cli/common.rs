@@ -73,6 +73,21 @@ pub fn resolve_bundle(args: &ModelArgs, board: &BoardProfile) -> Result<PathBuf>
     )
 }
 
+/// Installs the kernels' settings before the first model is loaded: the `ECHOJEPA_*` variables
+/// (read here, at the binary's edge; see `edge-runtime --help`), then the thread count from
+/// `--threads`, else from the environment, else from the board profile (`0`: every CPU).
+pub fn configure_kernels(threads_flag: Option<usize>, board_threads: u32) -> Result<()> {
+    let mut settings = echojepa_kernels::KernelSettings::from_env()
+        .context("kernel settings in the environment")?;
+    if let Some(t) = threads_flag {
+        settings = settings.with_threads(t);
+    } else if settings.threads.is_none() {
+        settings = settings.with_threads(board_threads as usize);
+    }
+    echojepa_kernels::settings::configure(settings).context("kernel settings")?;
+    Ok(())
+}
+
 /// A loaded model and where it came from.
 pub struct LoadedModel {
     pub engine: Box<dyn InferenceEngine>,
@@ -99,12 +114,7 @@ pub fn load_model(args: &ModelArgs, board: &BoardProfile) -> Result<LoadedModel>
     if let Some(t) = args.threads {
         compute.threads = t as u32;
     }
-    if compute.threads > 0 && std::env::var_os("ECHOJEPA_THREADS").is_none() {
-        // SAFETY: every subcommand loads its model before it starts any thread (the signal
-        // handler, the pipeline, the live view), so nothing reads the environment concurrently.
-        // The kernels read ECHOJEPA_THREADS once, when their pool first starts.
-        unsafe { std::env::set_var("ECHOJEPA_THREADS", compute.threads.to_string()) };
-    }
+    configure_kernels(args.threads, compute.threads)?;
     let engine = BundleEngine::load(&verified, info, plan, &compute)?;
     let info = engine.info().clone();
     tracing::info!(

@@ -31,7 +31,8 @@ use clap::{Args, Parser, Subcommand};
     name = "edge-runtime",
     version,
     verbatim_doc_comment,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_long_help = echojepa_kernels::settings::env_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -87,7 +88,7 @@ pub struct BenchEncoderArgs {
     /// Write each variant's tokens to PREFIX.<label>.safetensors (`tokens` `[1, N, D]`).
     #[arg(long)]
     pub output_prefix: Option<PathBuf>,
-    /// Kernel threads (default: ECHOJEPA_THREADS, else all CPUs).
+    /// Kernel threads [default: ECHOJEPA_THREADS, else all CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
     /// One JSON line per variant: label, median_ms, times_ms, tokens, threads, output.
@@ -116,7 +117,8 @@ pub struct ModelArgs {
     /// Frame rate of the training videos, used when a bundle gives a frame step but no fps.
     #[arg(long, default_value_t = edge_runtime::model::DEFAULT_REFERENCE_FPS, value_parser = positive_rate)]
     pub reference_fps: f64,
-    /// CPU threads for the model (default: the board profile's compute.threads).
+    /// CPU threads for the model [default: ECHOJEPA_THREADS, else the board profile's
+    /// compute.threads, else every CPU]
     #[arg(long)]
     pub threads: Option<usize>,
     /// Run a bundle whose security version is below the highest this cart has accepted
