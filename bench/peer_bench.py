@@ -56,7 +56,7 @@ from safetensors.numpy import load_file as load_np, save_file as save_np  # noqa
 sys.path.insert(0, str(HERE))
 from vjepa_encoder import PRESETS, Encoder, benchmark_weights, load_official  # noqa: E402
 
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "conformance"
+FIXTURE = ROOT / "tests" / "fixtures" / "conformance"
 DEFAULT_MODELS = "vit_tiny@112,vit_small@112,vit_base@112,vit_tiny@224,vit_small@224"
 DEFAULT_RUST = "cargo run --release -q -p edge-runtime -- bench-encoder"
 

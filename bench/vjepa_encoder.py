@@ -1,9 +1,10 @@
 """A small, independent PyTorch implementation of the V-JEPA 2 / EchoJEPA video encoder.
 
 Why it exists: the peer benchmark (peer_bench.py) needs the encoder in PyTorch to export it to
-ONNX and time ONNX Runtime (f32 and dynamic int8) next to the Rust edge runtime. It follows
-shared/DESIGN.md "Model facts" and vjepa2-reference-notes.md section 1, including the RoPE quirk
-(tiled cos/sin with adjacent-pair rotation), and is checked against the conformance fixture.
+ONNX and time ONNX Runtime (f32 and dynamic int8) next to the Rust edge runtime. It follows the
+V-JEPA 2 encoder as the repository's Rust model does (echojepa/src/model), including the RoPE
+quirk (tiled cos/sin with adjacent-pair rotation), and is checked against the conformance fixture
+in tests/fixtures/conformance.
 """
 
 import math

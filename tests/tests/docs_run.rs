@@ -3,8 +3,8 @@
 //!
 //! Each page runs in a fresh working copy of its own (a temporary directory holding copies of
 //! `configs/`, `docs/`, `scripts/`, `deploy/`, `boards/profiles/`, `edge-runtime/demo/`,
-//! `fuzz/corpus/` and `fuzz/crashes/`, a link to the read-only `tests/fixtures/`, and `../shared`
-//! beside it when the checkout has one), so nothing a page writes lands in the repository. Its
+//! `fuzz/corpus/` and `fuzz/crashes/`, and a link to the read-only `tests/fixtures/`), so
+//! nothing a page writes lands in the repository. Its
 //! blocks run in order in one `bash -euo pipefail` process, as a reader would type them into one
 //! shell: a variable or a file made by one block is there for the next. `PATH` starts with the
 //! directory of the workspace binaries that `cargo test --workspace` built (`trainer`,
@@ -415,8 +415,7 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The working copy a page runs in: `<tmp>/checkout`, with `<tmp>/shared` beside it when the
-/// repository has `../shared`.
+/// The working copy a page runs in: `<tmp>/checkout`.
 fn working_copy(tmp: &Path) -> PathBuf {
     let root = repo();
     let work = tmp.join("checkout");
@@ -427,10 +426,6 @@ fn working_copy(tmp: &Path) -> PathBuf {
         let dst = work.join(p);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(root.join(p), dst).unwrap();
-    }
-    let shared = root.join("../shared");
-    if shared.is_dir() {
-        std::os::unix::fs::symlink(shared.canonicalize().unwrap(), tmp.join("shared")).unwrap();
     }
     work
 }
@@ -517,6 +512,8 @@ fn run_page(doc: &str) -> PageRun {
 
 /// Runs `blocks` (of page `doc`) in order in one shell in a fresh working copy; the error names
 /// the failing block's page and line and shows the block, its stderr and its stdout.
+// A page's run reads best as one sequence: prepare, run each block, collect.
+#[allow(clippy::too_many_lines)]
 fn run_blocks(doc: &str, blocks: &[Block]) -> Result<PageRun, String> {
     let bins = bin_dir();
     let tmp = tempfile::tempdir().unwrap();
