@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Lints first (fast to fail): formatting, and clippy with warnings as errors. The workspace's
+# clippy configuration includes the 150-line limit on functions (clippy.toml, Cargo.toml).
+echo "== lints: cargo fmt --check, cargo clippy --workspace --all-targets -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 echo "== default features: cargo test --workspace"
 cargo test --workspace --quiet
 
