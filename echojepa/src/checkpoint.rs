@@ -578,22 +578,7 @@ impl InputSpec {
     }
 }
 
-/// Mean and standard deviation used to z-score a regression target (fitted on train only).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Scaler {
-    pub mean: f64,
-    pub std: f64,
-}
-
-impl Scaler {
-    /// `pred · std + mean`.
-    pub fn denormalize(&self, z: f64) -> f64 {
-        z * self.std + self.mean
-    }
-    pub fn normalize(&self, x: f64) -> f64 {
-        (x - self.mean) / self.std
-    }
-}
+pub use echojepa_bundle::Scaler;
 
 /// A probe stored in a native checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -74,6 +74,12 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<echojepa_bundle::config::ConfigError> for Error {
+    fn from(e: echojepa_bundle::config::ConfigError) -> Self {
+        Self::Config(e.0)
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

@@ -19,7 +19,7 @@ pub mod probe;
 pub mod rope;
 
 // Filled by other work streams (see DESIGN.md); each file says why it exists.
-pub mod bundle;
+pub use echojepa_bundle as bundle;
 pub mod input;
 pub mod lv;
 pub mod perturb;

@@ -10,7 +10,7 @@
 //! * [`queue`]: the bounded queues and their back-pressure policies.
 //! * [`slots`]: A/B model slots: verified install, anti-rollback floor, atomic switch,
 //!   health-check rollback, and recovery after power loss; [`verify`] checks signed bundles.
-//!   Both need the feature `flash` (on by default), which links `echojepa::bundle`.
+//!   Both need the feature `flash` (on by default), which links `echojepa-bundle`.
 //! * `defmt_log` (feature `defmt-elf`, on by default): decoding the MCU's defmt log records with
 //!   the firmware ELF.
 //!

@@ -14,7 +14,7 @@
 //!   audit.log     one JSON line per operator override (rollback or expired bundle forced)
 //! ```
 //!
-//! Anti-rollback ([`echojepa::bundle::rollback`]): a bundle whose `security_version` is below the
+//! Anti-rollback ([`echojepa_bundle::rollback`]): a bundle whose `security_version` is below the
 //! floor, or whose `not_after_unix` has passed, is refused before anything is written, and a slot
 //! holding one is not booted. The floor rises to a bundle's version once it is committed (after
 //! its health check) and again at every boot (`recover`), so a crash between commit and raise
@@ -42,14 +42,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cart_protocol::Slot;
-use echojepa::bundle::rollback::{
+use echojepa_bundle::rollback::{
     self, FLOOR_FILE, Overridden, Overrides, PolicyViolation, SecurityFloor,
 };
 use serde::{Deserialize, Serialize};
 
 /// Checks a bundle directory (signature and file hashes) before it is installed or booted.
 ///
-/// The real implementation is `echojepa::bundle` (ed25519 over `manifest.json`, sha256 of every
+/// The real implementation is `echojepa-bundle` (ed25519 over `manifest.json`, sha256 of every
 /// file); this trait keeps the slot logic independent of it and testable.
 pub trait BundleVerifier {
     /// Verifies the bundle in `dir`; the error names the file and the reason.

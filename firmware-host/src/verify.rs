@@ -1,10 +1,10 @@
-//! The real [`BundleVerifier`]: `echojepa::bundle::verify_bundle` (ed25519 signature over the
+//! The real [`BundleVerifier`]: `echojepa_bundle::verify_bundle` (ed25519 signature over the
 //! exact `manifest.json` bytes by a trusted key, then the size and sha256 of every listed file,
 //! and no unlisted file), plus loading the trusted keys named by a board profile.
 
 use std::path::Path;
 
-use echojepa::bundle::{MANIFEST_FILE, PublicKey, SIGNATURE_FILE, verify_bundle};
+use echojepa_bundle::{MANIFEST_FILE, PublicKey, SIGNATURE_FILE, verify_bundle};
 
 use crate::slots::{BundleInfo, BundleVerifier};
 

@@ -279,7 +279,7 @@ impl QuantizedEncoder {
     /// Loads every tensor of the encoder from `src` (names as in the checkpoint, the patch
     /// weight 2-D).
     pub fn load(cfg: &EncoderConfig, src: &dyn WeightSource) -> Result<Self, QuantError> {
-        cfg.validate()?;
+        cfg.validate().map_err(crate::Error::from)?;
         let d = cfg.embed_dim;
         let hid = cfg.mlp_hidden;
         let patch_in = cfg.in_chans * cfg.tubelet_size * cfg.patch_size * cfg.patch_size;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cart_protocol::{CommandOutcome, PrivilegedCommand, Slot};
-use echojepa::bundle::rollback::{Overrides, format_utc};
+use echojepa_bundle::rollback::{Overrides, format_utc};
 use firmware_host::link::LinkEvent;
 use firmware_host::slots::{Failpoints, HealthCheck, Slots};
 use firmware_host::verify::{SignedBundleVerifier, board_keys};
@@ -125,7 +125,7 @@ fn resolve(target: &Target, board: Option<&str>) -> Result<(Slots, SignedBundleV
         target
             .trusted_keys
             .iter()
-            .map(|p| echojepa::bundle::PublicKey::load(p).map_err(anyhow::Error::from))
+            .map(|p| echojepa_bundle::PublicKey::load(p).map_err(anyhow::Error::from))
             .collect::<Result<Vec<_>>>()?
     } else if let Some(p) = &profile {
         board_keys(p).map_err(anyhow::Error::msg)?

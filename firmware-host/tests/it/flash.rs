@@ -1,4 +1,4 @@
-//! `flash` and `slots` with real signed bundles (`echojepa::bundle::BundleBuilder`, ed25519):
+//! `flash` and `slots` with real signed bundles (`echojepa_bundle::BundleBuilder`, ed25519):
 //! install through the CLI, refuse tampered and foreign-signed bundles before writing anything,
 //! power loss at every step with the real verifier, and telling the (simulated) MCU about the
 //! new slot with an authenticated command.
@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cart_protocol::Slot;
-use echojepa::bundle::{
+use echojepa_bundle::config::{EncoderConfig, ProbeConfig, ProbeKind};
+use echojepa_bundle::{
     BundleBuilder, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, Manifest, Precision,
     QuantizationInfo, Scaler, SecretKey, SourceInfo, TargetSpec, ToolInfo,
 };
-use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind};
 use firmware_host::sim::{McuConfig, SimConfig, SimMcu};
 use firmware_host::verify::SignedBundleVerifier;
 

@@ -6,13 +6,13 @@
 //! The slot logic is tested through `BundleVerifier` with a small hash-list verifier defined
 //! here (it checks that the directory holds exactly the listed files with their sha256, and a
 //! "signature" that is the manifest's own sha256). Real ed25519 bundle verification is
-//! `echojepa::bundle`'s job and is tested there.
+//! `echojepa-bundle`'s job and is tested there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use echojepa::bundle::rollback::{Overrides, PolicyViolation, SecurityFloor};
+use echojepa_bundle::rollback::{Overrides, PolicyViolation, SecurityFloor};
 use firmware_host::slots::{BundleInfo, BundleVerifier, Failpoints, HealthCheck, SlotError, Slots};
 use sha2::{Digest, Sha256};
 

@@ -19,6 +19,7 @@
 //! weights into it, then [`BundleBuilder::finish`] hashes, writes and signs the manifest and
 //! verifies the result.
 
+pub mod config;
 pub mod key_formats;
 mod keys;
 mod manifest;

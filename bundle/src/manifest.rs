@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::checkpoint::Scaler;
 use crate::config::{EncoderConfig, ProbeConfig, ProbeKind};
 
 /// Value of [`Manifest::format`].
@@ -407,4 +406,21 @@ pub struct FileEntry {
     pub sha256: String,
     /// Size in bytes.
     pub bytes: u64,
+}
+
+/// Mean and standard deviation used to z-score a regression target (fitted on train only).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Scaler {
+    /// `pred · std + mean`.
+    pub fn denormalize(&self, z: f64) -> f64 {
+        z * self.std + self.mean
+    }
+    pub fn normalize(&self, x: f64) -> f64 {
+        (x - self.mean) / self.std
+    }
 }

@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn floor_and_expiry_are_enforced_unless_overridden() {
-        let mut m = crate::bundle::tests::manifest();
+        let mut m = crate::tests::manifest();
         m.security_version = 2;
         assert_eq!(
             check(&m, None, 10, Overrides::default()),
