@@ -58,7 +58,7 @@ from vjepa_encoder import PRESETS, Encoder, benchmark_weights, load_official  # 
 
 FIXTURE = ROOT / "tests" / "fixtures" / "conformance"
 DEFAULT_MODELS = "vit_tiny@112,vit_small@112,vit_base@112,vit_tiny@224,vit_small@224"
-DEFAULT_RUST = "cargo run --release -q -p edge-runtime -- bench-encoder"
+DEFAULT_RUST = "cargo run --release -q -p edge-runtime --example bench_encoder --"
 
 
 def conformance(fixture):

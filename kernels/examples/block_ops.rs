@@ -1,6 +1,6 @@
 //! Time of each operation of one int8 ViT block at 392 tokens (a 16×112² clip), minimum and
 //! median of 200 runs: thread CPU time with `ECHOJEPA_THREADS=1`, wall time otherwise. It
-//! shows which operation a kernel change moves, where `bench-encoder` only sees the sum:
+//! shows which operation a kernel change moves, where the `bench_encoder` example only sees the sum:
 //!
 //! `ECHOJEPA_THREADS=1 ECHOJEPA_INT8_ACTIVATIONS=u7 ECHOJEPA_INT8_ATTENTION=u7 \
 //!  cargo run --release -p echojepa-kernels --example block_ops -- 384`

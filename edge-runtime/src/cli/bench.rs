@@ -247,7 +247,7 @@ fn report(
         )?;
         writeln!(
             out,
-            "  (what `edge-runtime bench-encoder` and bench/peer_bench.py measure; the encoder row above shares the cores with capture and preprocessing)"
+            "  (what the `bench_encoder` example and bench/peer_bench.py measure; the encoder row above shares the cores with capture and preprocessing)"
         )?;
     }
     writeln!(out)?;

@@ -1,7 +1,6 @@
 //! Command-line interface: arguments, logging, and dispatch to the subcommands.
 
 mod bench;
-mod bench_encoder;
 mod boards_cmd;
 mod check;
 mod common;
@@ -56,51 +55,6 @@ pub enum Command {
     Check(CheckArgs),
     /// List the built-in board profiles, or validate and print one (a name or a .toml file).
     Boards(BoardsArgs),
-    /// Time the runtime's encoder alone (f32 and int8) on given f32 weights and one clip, and
-    /// write its tokens: what `bench/peer_bench.py` compares with ONNX Runtime.
-    BenchEncoder(BenchEncoderArgs),
-}
-
-/// `edge-runtime bench-encoder`.
-///
-/// Example: edge-runtime bench-encoder --weights bench/out/vit_small_112.weights.safetensors
-///            --input bench/out/vit_small_112.input.safetensors --reps 10
-#[derive(Debug, Clone, Args)]
-#[command(verbatim_doc_comment)]
-pub struct BenchEncoderArgs {
-    /// f32 encoder weights (safetensors, reference tensor names: `patch_embed.proj.weight`,
-    /// `blocks.{i}.attn.qkv.weight`, ...) with `embed_dim`, `depth`, `num_heads` (and optionally
-    /// `mlp_ratio`, `patch_size`, `tubelet_size`) in the file's metadata.
-    #[arg(long)]
-    pub weights: PathBuf,
-    /// Input clip: safetensors with `video` `[1, 3, T, H, W]` f32 (already normalised).
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Timed repetitions per variant, after one untimed warm-up run.
-    #[arg(long, default_value_t = 10)]
-    pub reps: usize,
-    /// Variants to time, comma-separated: f32 (every linear f32), int8 (block linears int8,
-    /// patch embedding f32, as bundles store them), int8-u7 (the same with 7-bit activations:
-    /// ECHOJEPA_INT8_ACTIVATIONS=u7 at run time), int8-attn / int8-u7-attn (also attention's
-    /// two products in int8: ECHOJEPA_INT8_ATTENTION=u8 / u7).
-    #[arg(long, default_value = "f32,int8,int8-u7,int8-u7-attn")]
-    pub precision: String,
-    /// Write each variant's tokens to PREFIX.<label>.safetensors (`tokens` `[1, N, D]`).
-    #[arg(long)]
-    pub output_prefix: Option<PathBuf>,
-    /// Kernel threads [default: ECHOJEPA_THREADS, else all CPUs].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// One JSON line per variant: label, median_ms, times_ms, tokens, threads, output.
-    #[arg(long)]
-    pub json: bool,
-    /// Let another program interleave its own timings with ours: after loading and one
-    /// warm-up run per variant print `{"ready": [labels]}`, then for every line read on stdin
-    /// time one run of each variant and print `{"round": i, "times_ms": {label: ms}}`; at the
-    /// end of stdin print the usual summary (`--reps` is ignored). `bench/peer_bench.py` uses
-    /// this so that ONNX Runtime and the edge runtime take turns on the same machine.
-    #[arg(long)]
-    pub interleave: bool,
 }
 
 /// Which board and which model.
@@ -333,9 +287,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench(args)) => bench::run(args, &mut stdout),
         Some(Command::Check(args)) => check::run(args, &mut stdout),
         Some(Command::Boards(args)) => boards_cmd::run(args, &mut stdout),
-        Some(Command::BenchEncoder(args)) => {
-            bench_encoder::run(args, &mut std::io::stdin().lock(), &mut stdout)
-        }
     }
 }
 

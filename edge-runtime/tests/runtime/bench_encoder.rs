@@ -1,4 +1,4 @@
-//! `edge-runtime bench-encoder`, the Rust side of `bench/peer_bench.py`: it must read the peer
+//! The `bench_encoder` example, the Rust side of `bench/peer_bench.py`: it must read the peer
 //! benchmark's weight and input files, time both variants, and write tokens that are the
 //! encoder's (f32 equal to the candle reference encoder, int8 close to it); a weights file that
 //! does not say its architecture is refused by name.
@@ -12,9 +12,22 @@ use candle_nn::VarBuilder;
 use echojepa::config::EncoderConfig;
 use echojepa::encoder::VisionTransformer;
 
+/// The example's executable: `cargo test` builds the package's examples next to the test
+/// binaries (`target/<profile>/examples/`).
+fn example_exe() -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().unwrap();
+    let profile_dir = test_exe.parent().and_then(Path::parent).unwrap();
+    let exe = profile_dir.join("examples/bench_encoder");
+    assert!(
+        exe.is_file(),
+        "{} not built (cargo test builds the examples; or `cargo build -p edge-runtime --examples`)",
+        exe.display()
+    );
+    exe
+}
+
 fn bench_encoder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
-        .arg("bench-encoder")
+    Command::new(example_exe())
         .args(args)
         .env_remove("ECHOJEPA_THREADS")
         .output()
@@ -243,8 +256,7 @@ fn interleave_runs_one_round_per_input_line() {
         )],
         None,
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-runtime"))
-        .arg("bench-encoder")
+    let mut child = Command::new(example_exe())
         .args(["--weights", weights.to_str().unwrap()])
         .args(["--input", input.to_str().unwrap()])
         .args([

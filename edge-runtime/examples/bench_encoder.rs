@@ -1,8 +1,12 @@
-//! `edge-runtime bench-encoder`: times the runtime's own encoder (the packed-kernel
-//! [`QuantizedEncoder`] a bundle runs on) on given f32 weights and one input clip, in f32 and in
-//! int8, and writes each variant's tokens so another program can compare them. This is the
-//! `--rust-cmd` interface of `bench/peer_bench.py`, which times ONNX Runtime on the same weights
-//! and input in the same run.
+//! The Rust side of the peer benchmark (`bench/peer_bench.py`): times the runtime's own encoder
+//! (the packed-kernel [`QuantizedEncoder`] a bundle runs on) on given f32 weights and one input
+//! clip, in f32 and in int8, and writes each variant's tokens so another program can compare
+//! them. An example target, not a subcommand, so the cart's binary does not carry it:
+//!
+//!   cargo run --release -p edge-runtime --example bench_encoder -- --weights W --input I
+//!
+//! Kernel settings come from the `ECHOJEPA_*` variables (`edge-runtime --help` lists them);
+//! `--threads` overrides `ECHOJEPA_THREADS`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -19,7 +23,66 @@ use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource};
 use echojepa_kernels::ActivationRange;
 use edge_runtime::stats::percentiles;
 
-use super::BenchEncoderArgs;
+use clap::Parser;
+use echojepa_kernels::KernelSettings;
+
+/// Times the edge runtime's encoder alone (f32 and int8 variants) on given f32 weights and one
+/// clip, and writes its tokens: what `bench/peer_bench.py` compares with ONNX Runtime.
+///
+/// Example: cargo run --release -p edge-runtime --example bench_encoder -- --weights bench/out/vit_small_112.weights.safetensors
+///            --input bench/out/vit_small_112.input.safetensors --reps 10
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bench_encoder", verbatim_doc_comment)]
+struct Args {
+    /// f32 encoder weights (safetensors, reference tensor names: `patch_embed.proj.weight`,
+    /// `blocks.{i}.attn.qkv.weight`, ...) with `embed_dim`, `depth`, `num_heads` (and optionally
+    /// `mlp_ratio`, `patch_size`, `tubelet_size`) in the file's metadata.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input clip: safetensors with `video` `[1, 3, T, H, W]` f32 (already normalised).
+    #[arg(long)]
+    input: PathBuf,
+    /// Timed repetitions per variant, after one untimed warm-up run.
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Variants to time, comma-separated: f32 (every linear f32), int8 (block linears int8,
+    /// patch embedding f32, as bundles store them), int8-u7 (the same with 7-bit activations:
+    /// ECHOJEPA_INT8_ACTIVATIONS=u7 at run time), int8-attn / int8-u7-attn (also attention's
+    /// two products in int8: ECHOJEPA_INT8_ATTENTION=u8 / u7).
+    #[arg(long, default_value = "f32,int8,int8-u7,int8-u7-attn")]
+    precision: String,
+    /// Write each variant's tokens to PREFIX.<label>.safetensors (`tokens` `[1, N, D]`).
+    #[arg(long)]
+    output_prefix: Option<PathBuf>,
+    /// Kernel threads [default: ECHOJEPA_THREADS, else all CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// One JSON line per variant: label, median_ms, times_ms, tokens, threads, output.
+    #[arg(long)]
+    json: bool,
+    /// Let another program interleave its own timings with ours: after loading and one
+    /// warm-up run per variant print `{"ready": [labels]}`, then for every line read on stdin
+    /// time one run of each variant and print `{"round": i, "times_ms": {label: ms}}`; at the
+    /// end of stdin print the usual summary (`--reps` is ignored). `bench/peer_bench.py` uses
+    /// this so that ONNX Runtime and the edge runtime take turns on the same machine.
+    #[arg(long)]
+    interleave: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(
+        args,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    ) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Reads a safetensors file once: its tensors (on the CPU) and its `__metadata__` map.
 fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
@@ -100,12 +163,12 @@ impl Run {
 }
 
 /// `rounds` is read only with `--interleave` (one line per round).
-pub fn run(
-    args: BenchEncoderArgs,
-    rounds: &mut impl BufRead,
-    out: &mut impl Write,
-) -> Result<ExitCode> {
-    super::common::configure_kernels(args.threads, 0)?;
+fn run(args: Args, rounds: &mut impl BufRead, out: &mut impl Write) -> Result<ExitCode> {
+    let mut kernels = KernelSettings::from_env().context("kernel settings in the environment")?;
+    if let Some(t) = args.threads {
+        kernels = kernels.with_threads(t);
+    }
+    echojepa_kernels::settings::configure(kernels).context("kernel settings")?;
     let (tensors, meta) = read_safetensors(&args.weights)?;
     let cfg = config_from_metadata(&args.weights, &meta)?;
     let tensors = flatten_patch(&cfg, &tensors);
@@ -260,12 +323,7 @@ fn interleave(
 }
 
 /// One variant's summary line (text or JSON), after writing its tokens if asked.
-fn report(
-    r: &Run,
-    cfg: &EncoderConfig,
-    args: &BenchEncoderArgs,
-    out: &mut impl Write,
-) -> Result<()> {
+fn report(r: &Run, cfg: &EncoderConfig, args: &Args, out: &mut impl Write) -> Result<()> {
     let n = r.tokens.len() / cfg.embed_dim;
     let output = args
         .output_prefix
