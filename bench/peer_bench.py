@@ -2,7 +2,8 @@
 """Peer benchmark: the EchoJEPA encoder in PyTorch, ONNX Runtime f32, ONNX Runtime dynamic
 int8, and the Rust encoders, timed side by side in one run on the same weights and input.
 
-Why it exists: issue 8 asks the edge runtime to beat ONNX Runtime on this machine. This script
+Why it exists: the edge runtime has to be faster than ONNX Runtime on the same machine, or a
+device maker has no reason to use it. This script
 (1) checks the PyTorch encoder (vjepa_encoder.py) against the conformance fixture, (2) builds
 each benchmark encoder with deterministic synthetic weights, exports ONNX, quantizes it with
 onnxruntime.quantization.quantize_dynamic (int8), (3) times every engine, the Rust commands

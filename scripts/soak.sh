@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Soak of the whole cart pipeline (issue 20): the edge runtime on the synthetic phantom with the
-# demo bundle (the README's default), its web live view shown in a real headless Chromium for
+# Soak of the whole cart pipeline, because a cart runs for hours and its memory, threads and
+# open files must not grow: the edge runtime on the synthetic phantom with the demo bundle (the
+# README's default), its web live view shown in a real headless Chromium for
 # the whole run, and its cart MCU link talking to a simulated MCU (`firmware-host simulate`) on a
 # pseudo-terminal. Samples the runtime's memory, threads and open files, and writes a verdict.
 #

@@ -1,4 +1,4 @@
-//! The short version of issue 20's soak: `scripts/soak.sh` for 70 s with a sample every 10 s,
+//! The short version of the one-hour soak: `scripts/soak.sh` for 70 s with a sample every 10 s,
 //! on the binaries `cargo test --workspace` builds. The runtime runs the phantom with the demo
 //! bundle, its live view is shown in a real headless Chromium, and its MCU link talks to
 //! `firmware-host simulate` on a pseudo-terminal, all for the whole run; then the script's

@@ -8,7 +8,7 @@ mod check_data;
 mod conformance;
 // Public datasets into the reference list formats.
 mod import;
-// Synthetic data and the reference data pipeline (issue 3).
+// Synthetic data and the reference data pipeline.
 mod data;
 mod synth;
 
