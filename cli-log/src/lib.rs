@@ -80,6 +80,14 @@ pub fn vocabulary_problems(cmd: &clap::Command) -> Vec<String> {
     problems
 }
 
+/// For each binary's tests: clap's own consistency checks, then [`vocabulary_problems`]; panics
+/// with every problem listed.
+pub fn assert_vocabulary(cmd: clap::Command) {
+    cmd.clone().debug_assert();
+    let problems = vocabulary_problems(&cmd);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();

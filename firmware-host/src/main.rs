@@ -80,16 +80,8 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod vocabulary_tests {
-    use clap::CommandFactory;
-
-    /// Every flag has help text, `--json` is a switch and key flags use the shared names.
-    #[test]
-    fn the_command_line_follows_the_shared_vocabulary() {
-        let cmd = super::Cli::command();
-        cmd.clone().debug_assert();
-        let problems = cli_log::vocabulary_problems(&cmd);
-        assert!(problems.is_empty(), "{}", problems.join("\n"));
-    }
+/// Every flag has help text, `--json` is a switch and key flags use the shared names.
+#[test]
+fn the_command_line_follows_the_shared_vocabulary() {
+    cli_log::assert_vocabulary(<Cli as clap::CommandFactory>::command());
 }
