@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 
 pub use keys::{PublicKey, SecretKey, key_id};
 pub use manifest::{
-    CalibrationSummary, FORMAT, FORMAT_VERSION, FileEntry, HeadSpec, InputSpec, LayerPrecision,
-    LvHeadSpec, Manifest, Precision, QuantizationInfo, Scaler, SectorHandling, SourceFile,
-    SourceInfo, TargetSpec, ToolInfo,
+    CalibrationSummary, FORMAT, FORMAT_VERSION, FileEntry, HeadSpec, IMAGENET_MEAN, IMAGENET_STD,
+    InputSpec, LayerPrecision, LvHeadSpec, Manifest, Precision, QuantizationInfo, Scaler,
+    SectorHandling, SourceFile, SourceInfo, TargetSpec, ToolInfo,
 };
 
 use keys::SignatureFile;

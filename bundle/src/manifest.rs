@@ -81,6 +81,12 @@ pub struct ToolInfo {
     pub version: String,
 }
 
+/// ImageNet channel means (RGB): the reference normalises every clip with them. The one
+/// definition; trainer, quantize and the runtime use these constants.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// The clip the encoder expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
@@ -156,8 +162,8 @@ impl InputSpec {
             fps: None,
             resolution: [crop, crop],
             channels: 3,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
             sector: SectorHandling::FullFrame,
         }
     }

@@ -572,8 +572,8 @@ impl InputSpec {
             frames_per_clip,
             frame_step: Some(frame_step),
             fps: None,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
+            mean: crate::bundle::IMAGENET_MEAN,
+            std: crate::bundle::IMAGENET_STD,
         }
     }
 }

@@ -10,10 +10,7 @@ use candle_core::{Device, Tensor};
 use crate::bundle::SectorHandling;
 use crate::video::Clip;
 
-/// ImageNet channel means (RGB), as the reference normalises.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations (RGB).
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub use crate::bundle::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// Errors of preprocessing; each names the sizes involved.
 #[derive(Debug, thiserror::Error)]

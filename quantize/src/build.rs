@@ -628,8 +628,8 @@ fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {
         fps,
         resolution: [res, res],
         channels: src.encoder_cfg.in_chans,
-        mean: ck.map_or([0.485, 0.456, 0.406], |c| c.mean),
-        std: ck.map_or([0.229, 0.224, 0.225], |c| c.std),
+        mean: ck.map_or(echojepa::bundle::IMAGENET_MEAN, |c| c.mean),
+        std: ck.map_or(echojepa::bundle::IMAGENET_STD, |c| c.std),
         sector: match a.sector {
             Sector::Full => SectorHandling::FullFrame,
             Sector::Crop => SectorHandling::CropToSector,

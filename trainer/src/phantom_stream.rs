@@ -23,8 +23,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// ImageNet statistics, the reference's input normalisation.
-pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const MEAN: [f32; 3] = echojepa::bundle::IMAGENET_MEAN;
+pub const STD: [f32; 3] = echojepa::bundle::IMAGENET_STD;
 
 /// A half-open range of patient seeds `[start, start + count)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -447,8 +447,8 @@ impl Run {
             frames_per_clip: self.cfg.frames_per_clip(),
             frame_step: d.frame_step,
             fps: d.fps,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
+            mean: echojepa::bundle::IMAGENET_MEAN,
+            std: echojepa::bundle::IMAGENET_STD,
         });
         nc.notes.insert(
             "trained_by".into(),
