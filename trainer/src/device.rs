@@ -60,9 +60,10 @@ impl DeviceSpec {
     }
 
     pub fn open(self) -> Result<Device> {
+        self.check_built()?;
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(i) => open_cuda(i),
+            Self::Cuda(i) => Ok(Device::new_cuda(i)?),
         }
     }
 
@@ -85,19 +86,6 @@ impl DeviceSpec {
             Self::Cuda(i) => format!("cuda:{i}"),
         }
     }
-}
-
-#[cfg(feature = "cuda")]
-fn open_cuda(i: usize) -> Result<Device> {
-    Ok(Device::new_cuda(i)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda(i: usize) -> Result<Device> {
-    bail!(
-        "device cuda:{i}: this trainer was built without CUDA; rebuild with \
-         `cargo build --release -p trainer --features cuda` (needs the CUDA toolkit)"
-    )
 }
 
 /// Whether a config dtype string asks for reduced precision.
