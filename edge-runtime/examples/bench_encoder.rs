@@ -24,7 +24,6 @@ use echojepa_kernels::ActivationRange;
 use edge_runtime::stats::percentiles;
 
 use clap::Parser;
-use echojepa_kernels::KernelSettings;
 
 /// Times the edge runtime's encoder alone (f32 and int8 variants) on given f32 weights and one
 /// clip, and writes its tokens: what `bench/peer_bench.py` compares with ONNX Runtime.
@@ -164,11 +163,7 @@ impl Run {
 
 /// `rounds` is read only with `--interleave` (one line per round).
 fn run(args: Args, rounds: &mut impl BufRead, out: &mut impl Write) -> Result<ExitCode> {
-    let mut kernels = KernelSettings::from_env().context("kernel settings in the environment")?;
-    if let Some(t) = args.threads {
-        kernels = kernels.with_threads(t);
-    }
-    echojepa_kernels::settings::configure(kernels).context("kernel settings")?;
+    echojepa_kernels::settings::configure_from_env(args.threads, 0).context("kernel settings")?;
     let (tensors, meta) = read_safetensors(&args.weights)?;
     let cfg = config_from_metadata(&args.weights, &meta)?;
     let tensors = flatten_patch(&cfg, &tensors);

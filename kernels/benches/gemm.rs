@@ -78,9 +78,7 @@ fn bench_linear(m: usize, k: usize, n: usize, reps: usize, label: &str) -> Row {
 
 fn main() {
     // The kernels never read the environment; this program does, at its edge.
-    if let Err(e) = echojepa_kernels::settings::configure(
-        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
-    ) {
+    if let Err(e) = echojepa_kernels::settings::configure_from_env(None, 0) {
         panic!("{e}");
     }
     let quick = std::env::args().any(|a| a == "--quick");

@@ -44,9 +44,7 @@ fn clock_ms() -> f64 {
 
 fn main() {
     // The kernels never read the environment; this program does, at its edge.
-    if let Err(e) = echojepa_kernels::settings::configure(
-        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
-    ) {
+    if let Err(e) = echojepa_kernels::settings::configure_from_env(None, 0) {
         panic!("{e}");
     }
     let d: usize = std::env::args()

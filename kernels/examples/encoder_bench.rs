@@ -185,7 +185,7 @@ impl Model {
 }
 
 fn main() -> Res<()> {
-    echojepa_kernels::settings::configure(echojepa_kernels::KernelSettings::from_env()?)?;
+    echojepa_kernels::settings::configure_from_env(None, 0)?;
     let args: Vec<String> = std::env::args().collect();
     let arg = |k: &str| {
         args.iter()

@@ -51,9 +51,7 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 
 fn main() {
     // The kernels never read the environment; this program does, at its edge.
-    if let Err(e) = echojepa_kernels::settings::configure(
-        echojepa_kernels::KernelSettings::from_env().unwrap_or_else(|e| panic!("{e}")),
-    ) {
+    if let Err(e) = echojepa_kernels::settings::configure_from_env(None, 0) {
         panic!("{e}");
     }
     println!("{}", cpu::describe());

@@ -114,6 +114,16 @@ impl KernelSettings {
         self
     }
 
+    /// The thread count a program asks for: `flag` if given, else the one already set (from
+    /// `ECHOJEPA_THREADS`), else `default_threads` (`0`: every CPU).
+    pub fn with_thread_choice(self, flag: Option<usize>, default_threads: usize) -> Self {
+        match (flag, self.threads) {
+            (Some(t), _) => self.with_threads(t),
+            (None, Some(_)) => self,
+            (None, None) => self.with_threads(default_threads),
+        }
+    }
+
     /// The same settings with int8 layers' activations in `range`.
     pub fn with_int8_activations(mut self, range: ActivationRange) -> Self {
         self.int8_activations = range;
@@ -239,6 +249,19 @@ pub fn configure(settings: KernelSettings) -> Result<(), SettingsError> {
     }
 }
 
+/// A program's start: the [`ENV_VARS`], with the thread count from `threads` (a command-line
+/// flag) if given, else `ECHOJEPA_THREADS`, else `default_threads` (`0`: every CPU), installed
+/// with [`configure`]. Returns what was installed. Only binaries call this; libraries take a
+/// [`KernelSettings`].
+pub fn configure_from_env(
+    threads: Option<usize>,
+    default_threads: usize,
+) -> Result<KernelSettings, SettingsError> {
+    let settings = KernelSettings::from_env()?.with_thread_choice(threads, default_threads);
+    configure(settings)?;
+    Ok(settings)
+}
+
 /// The settings in force: those given to [`configure`], else the defaults (fixed from the
 /// first call on).
 pub fn current() -> &'static KernelSettings {
@@ -309,6 +332,22 @@ mod tests {
         let other = now.with_threads(now.threads.map_or(1, |n| n.get() + 1));
         let e = configure(other).unwrap_err();
         assert_eq!(e, SettingsError::AlreadySet { current: now });
+    }
+
+    #[test]
+    fn the_flag_beats_the_environment_which_beats_the_default() {
+        let env = from(&[("ECHOJEPA_THREADS", "3")]).unwrap();
+        let n = |s: KernelSettings| s.threads.map(NonZeroUsize::get);
+        assert_eq!(n(env.with_thread_choice(Some(5), 2)), Some(5));
+        assert_eq!(n(env.with_thread_choice(None, 2)), Some(3));
+        assert_eq!(
+            n(KernelSettings::default().with_thread_choice(None, 2)),
+            Some(2)
+        );
+        assert_eq!(
+            n(KernelSettings::default().with_thread_choice(None, 0)),
+            None
+        );
     }
 
     #[test]

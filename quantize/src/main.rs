@@ -67,9 +67,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     cli_log::init(&cli.log);
-    if let Err(e) =
-        echojepa_kernels::KernelSettings::from_env().and_then(echojepa_kernels::settings::configure)
-    {
+    if let Err(e) = echojepa_kernels::settings::configure_from_env(None, 0) {
         eprintln!("error: kernel settings in the environment: {e}");
         std::process::exit(2);
     }

@@ -77,14 +77,8 @@ pub fn resolve_bundle(args: &ModelArgs, board: &BoardProfile) -> Result<PathBuf>
 /// (read here, at the binary's edge; see `edge-runtime --help`), then the thread count from
 /// `--threads`, else from the environment, else from the board profile (`0`: every CPU).
 pub fn configure_kernels(threads_flag: Option<usize>, board_threads: u32) -> Result<()> {
-    let mut settings = echojepa_kernels::KernelSettings::from_env()
-        .context("kernel settings in the environment")?;
-    if let Some(t) = threads_flag {
-        settings = settings.with_threads(t);
-    } else if settings.threads.is_none() {
-        settings = settings.with_threads(board_threads as usize);
-    }
-    echojepa_kernels::settings::configure(settings).context("kernel settings")?;
+    echojepa_kernels::settings::configure_from_env(threads_flag, board_threads as usize)
+        .context("kernel settings")?;
     Ok(())
 }
 
