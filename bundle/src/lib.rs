@@ -23,7 +23,9 @@ pub mod config;
 pub mod key_formats;
 mod keys;
 mod manifest;
+pub mod provenance;
 pub mod rollback;
+pub mod task;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -36,6 +38,9 @@ pub use manifest::{
     InputSpec, LayerPrecision, LvHeadSpec, Manifest, Precision, QuantizationInfo, Scaler,
     SectorHandling, SourceFile, SourceInfo, TargetSpec, ToolInfo,
 };
+
+pub use provenance::Provenance;
+pub use task::{HeadTask, LVEF, Measure, PERCENT, TaskKind};
 
 use keys::SignatureFile;
 
@@ -460,6 +465,7 @@ fn check_manifest(dir: &Path, m: &Manifest) -> Result<(), BundleError> {
         )));
     }
     m.input.check().map_err(invalid)?;
+    m.check_provenance().map_err(invalid)?;
     for h in &m.heads {
         h.check().map_err(invalid)?;
     }
@@ -589,3 +595,5 @@ pub fn resign_bundle(dir: impl AsRef<Path>, key: &SecretKey) -> Result<(), Bundl
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod typed_tests;

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EncoderConfig, ProbeConfig, ProbeKind};
+use crate::provenance::Provenance;
+use crate::task::HeadTask;
 
 /// Value of [`Manifest::format`].
 pub const FORMAT: &str = "echojepa-bundle";
@@ -46,9 +48,16 @@ pub struct Manifest {
     /// True when any part (encoder or probe) was trained on synthetic data (the phantom).
     /// Runtimes must say so wherever a user sees the model's output.
     pub synthetic_training_data: bool,
-    /// Text a runtime shows next to predictions (e.g. "Trained on synthetic data. Not for
-    /// diagnostic use.").
+    /// Text a runtime shows next to predictions. With [`Manifest::provenance`] recorded it is
+    /// only what the builder adds: runtimes say themselves that the data was synthetic and that
+    /// the model is not for diagnostic use. Older bundles wrote those sentences here.
     pub notice: String,
+    /// Where the training data came from. Absent in bundles built before it was recorded (and
+    /// then left out when such a manifest is written again, so its bytes do not change):
+    /// [`Manifest::provenance`] falls back to `synthetic_training_data`. When present, its
+    /// `synthetic` equals `synthetic_training_data`, which older runtimes read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
     /// Seconds since the Unix epoch when the bundle was built.
     pub created_unix: u64,
     /// Tool that wrote the bundle.
@@ -72,6 +81,63 @@ pub struct Manifest {
     /// Every file of the bundle except `manifest.json` and `manifest.sig`, by file name.
     #[serde(default)]
     pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    /// Where the training data came from: as recorded, or for bundles built before it was
+    /// (legacy) from `synthetic_training_data` alone.
+    pub fn provenance(&self) -> Provenance {
+        self.provenance
+            .clone()
+            .unwrap_or_else(|| Provenance::from_legacy_flag(self.synthetic_training_data))
+    }
+
+    /// The task of every head, in head order: as recorded, or for heads recorded before tasks
+    /// existed as [`HeadTask::legacy`] derives it (the first classifier is the view classifier
+    /// when no head is named `view`, as earlier runtimes chose it).
+    pub fn head_tasks(&self) -> Vec<HeadTask> {
+        let named_view = self
+            .heads
+            .iter()
+            .any(|h| h.probe.kind == ProbeKind::Classifier && h.name.eq_ignore_ascii_case("view"));
+        let first_classifier = self
+            .heads
+            .iter()
+            .position(|h| h.probe.kind == ProbeKind::Classifier);
+        self.heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.task.clone().unwrap_or_else(|| {
+                    let targets: Vec<(String, String)> = h
+                        .targets
+                        .iter()
+                        .map(|t| (t.name.clone(), t.unit.clone()))
+                        .collect();
+                    let by_default = !named_view && first_classifier == Some(i);
+                    HeadTask::legacy(
+                        &h.name,
+                        h.probe.kind,
+                        &h.classes,
+                        &targets,
+                        &h.valid_views,
+                        by_default,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Checks that the recorded provenance agrees with the flag older runtimes read.
+    pub fn check_provenance(&self) -> Result<(), String> {
+        match &self.provenance {
+            Some(p) if p.synthetic != self.synthetic_training_data => Err(format!(
+                "provenance.synthetic is {} but synthetic_training_data is {}",
+                p.synthetic, self.synthetic_training_data
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Name and version of the writing tool.
@@ -184,8 +250,12 @@ pub enum SectorHandling {
 /// One probe head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadSpec {
-    /// Short name used in outputs (`view`, `lvef`, …).
+    /// Short name used in outputs (`view`, `lvef`, …); it says nothing about the task.
     pub name: String,
+    /// What the head predicts. Absent in manifests written before tasks existed:
+    /// [`Manifest::head_tasks`] derives it from the fields below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<HeadTask>,
     /// Architecture of the attentive probe.
     pub probe: ProbeConfig,
     /// Prefix of this head's tensors in the weights file (e.g. `probe.view`).
@@ -229,6 +299,9 @@ impl HeadSpec {
                 self.name
             ));
         }
+        if let Some(task) = &self.task {
+            self.check_task(task)?;
+        }
         let n = self.probe.num_outputs;
         match self.probe.kind {
             ProbeKind::Classifier if self.classes.len() != n => Err(format!(
@@ -245,6 +318,42 @@ impl HeadSpec {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl HeadSpec {
+    /// A recorded task must say what the other fields say: the probe kind, the class names,
+    /// one quantity per target with the target's unit, and the valid views.
+    fn check_task(&self, task: &HeadTask) -> Result<(), String> {
+        let name = &self.name;
+        if task.probe_kind() != self.probe.kind {
+            return Err(format!(
+                "head `{name}`: task `{:?}` does not fit a {:?} probe",
+                task.kind, self.probe.kind
+            ));
+        }
+        if task.classes() != self.classes.as_slice() {
+            return Err(format!(
+                "head `{name}`: the task's classes differ from `classes`"
+            ));
+        }
+        let units_agree = task.targets().len() == self.targets.len()
+            && task
+                .targets()
+                .iter()
+                .zip(&self.targets)
+                .all(|(m, t)| m.unit == t.unit);
+        if !units_agree {
+            return Err(format!(
+                "head `{name}`: the task's targets differ from `targets` in number or units"
+            ));
+        }
+        if task.valid_views != self.valid_views {
+            return Err(format!(
+                "head `{name}`: the task's valid_views differ from `valid_views`"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ pub(super) fn manifest() -> Manifest {
         description: String::new(),
         synthetic_training_data: true,
         notice: "Trained on synthetic data. Not for diagnostic use.".into(),
+        provenance: None,
         created_unix: 0,
         tool: ToolInfo {
             name: "test".into(),
@@ -39,6 +40,7 @@ pub(super) fn manifest() -> Manifest {
         heads: vec![
             HeadSpec {
                 name: "view".into(),
+                task: None,
                 probe: probe(ProbeKind::Classifier, 2),
                 tensor_prefix: "probe.view".into(),
                 classes: vec!["A4C".into(), "PLAX".into()],
@@ -49,6 +51,7 @@ pub(super) fn manifest() -> Manifest {
             },
             HeadSpec {
                 name: "lvef".into(),
+                task: None,
                 probe: probe(ProbeKind::Regressor, 1),
                 tensor_prefix: "probe.lvef".into(),
                 classes: vec![],
