@@ -31,7 +31,7 @@ need() { # need FEATURE-LABEL CHECK...
 # not once per feature).
 features=()
 if need "ffmpeg feature" libavcodec libavformat libswscale; then
-    features+=(echojepa/ffmpeg echojepa/dicom)
+    features+=(echojepa-video/ffmpeg echojepa-video/dicom)
 fi
 if need "libudev feature" libudev; then
     features+=(firmware-host/libudev)
@@ -44,7 +44,7 @@ fi
 if [ ${#features[@]} -gt 0 ]; then
     list=$(IFS=,; echo "${features[*]}")
     echo "== opt-in features: $list"
-    cargo test -p echojepa -p firmware-host -p edge-runtime --features "$list" --quiet
+    cargo test -p echojepa-video -p firmware-host -p edge-runtime --features "$list" --quiet
 fi
 
 # The aarch64 int8 kernels (NEON `sdot`, what a Jetson Orin runs) cross-built and tested under

@@ -144,21 +144,18 @@ impl HeadTask {
     }
 
     /// Legacy path, for heads recorded before tasks existed: the task read from what was
-    /// recorded then. A classifier is the view classifier when it is named `view` (or, with
-    /// `view_by_default`, when no head of its model is: earlier runtimes took the first
-    /// classifier then); a regressor's targets become [`Measure::from_label`] of their labels.
+    /// recorded then. `view_head` says whether this head is the view classifier
+    /// ([`legacy_view_head`]); a regressor's targets become [`Measure::from_label`] of their
+    /// labels.
     pub fn legacy(
-        name: &str,
         kind: ProbeKind,
         classes: &[String],
         targets: &[(String, String)],
         valid_views: &[String],
-        view_by_default: bool,
+        view_head: bool,
     ) -> Self {
         let task = match kind {
-            ProbeKind::Classifier if view_by_default || name.eq_ignore_ascii_case("view") => {
-                Self::view_classifier(classes.to_vec())
-            }
+            ProbeKind::Classifier if view_head => Self::view_classifier(classes.to_vec()),
             ProbeKind::Classifier => Self::classifier(classes.to_vec()),
             ProbeKind::Regressor => Self::regressor(
                 targets
@@ -169,6 +166,25 @@ impl HeadTask {
         };
         task.on_views(valid_views.to_vec())
     }
+}
+
+/// Legacy path: which of a model's heads (name and probe kind, in order), recorded before tasks
+/// existed, is the view classifier: the classifier named `view`, else the first classifier (as
+/// runtimes chose it then). The one place that reads a head's meaning from its name.
+pub fn legacy_view_head<'a>(
+    heads: impl IntoIterator<Item = (&'a str, ProbeKind)>,
+) -> Option<usize> {
+    let classifiers: Vec<(usize, &str)> = heads
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, k))| *k == ProbeKind::Classifier)
+        .map(|(i, (n, _))| (i, n))
+        .collect();
+    classifiers
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case("view"))
+        .or(classifiers.first())
+        .map(|(i, _)| *i)
 }
 
 #[cfg(test)]
@@ -203,15 +219,15 @@ mod tests {
     }
 
     #[test]
-    fn legacy_view_by_name_only() {
-        let c = |name: &str, by_default| {
-            HeadTask::legacy(name, ProbeKind::Classifier, &[], &[], &[], by_default)
-        };
-        assert!(c("view", false).is_view_classifier());
-        assert!(!c("rhythm", false).is_view_classifier());
-        assert!(c("rhythm", true).is_view_classifier());
+    fn legacy_view_head_by_name_then_first_classifier() {
+        use ProbeKind::{Classifier as C, Regressor as R};
+        assert_eq!(
+            legacy_view_head([("ef", R), ("a", C), ("view", C)]),
+            Some(2)
+        );
+        assert_eq!(legacy_view_head([("ef", R), ("rhythm", C)]), Some(1));
+        assert_eq!(legacy_view_head([("ef", R)]), None);
         let r = HeadTask::legacy(
-            "foo",
             ProbeKind::Regressor,
             &[],
             &[
@@ -222,5 +238,7 @@ mod tests {
             false,
         );
         assert_eq!(r.lvef_output(), Some(1));
+        assert!(HeadTask::legacy(C, &[], &[], &[], true).is_view_classifier());
+        assert!(!HeadTask::legacy(C, &[], &[], &[], false).is_view_classifier());
     }
 }

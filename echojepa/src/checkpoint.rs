@@ -548,33 +548,76 @@ pub fn load_pt_probe(
 /// Format tag written into native checkpoint configs.
 pub const NATIVE_FORMAT: &str = "echojepa-native/1";
 
-/// How clips must be prepared for the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputSpec {
-    /// Square crop side in pixels.
-    pub resolution: usize,
-    pub frames_per_clip: usize,
-    /// Frame step between sampled frames (ignored when `fps` is set).
-    #[serde(default)]
-    pub frame_step: Option<usize>,
-    /// Target sampling rate in frames per second.
-    #[serde(default)]
-    pub fps: Option<f64>,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
+/// How clips must be prepared for the model: the one input specification, also in bundle
+/// manifests. Native configs keep their own JSON shape for it (see [`input_wire`]).
+pub use echojepa_input::InputSpec;
 
-impl InputSpec {
-    /// ImageNet normalisation as the reference evaluation uses.
-    pub fn imagenet(resolution: usize, frames_per_clip: usize, frame_step: usize) -> Self {
-        Self {
-            resolution,
-            frames_per_clip,
-            frame_step: Some(frame_step),
-            fps: None,
-            mean: crate::bundle::IMAGENET_MEAN,
-            std: crate::bundle::IMAGENET_STD,
-        }
+/// The native config's `input` object: `resolution` (one number, square), `frames_per_clip`,
+/// `frame_step`, `fps`, `mean`, `std`, and since the input path was unified `channels`
+/// (default 3), `sector` (default `full_frame`) and `spacing` (default `uniform`). Checkpoints
+/// written before those fields load with the defaults; older readers ignore the extra keys.
+mod input_wire {
+    use echojepa_input::{FrameSpacing, InputSpec, SectorHandling};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn three() -> usize {
+        3
+    }
+
+    fn full_frame() -> SectorHandling {
+        SectorHandling::FullFrame
+    }
+
+    fn is_full_frame(s: &SectorHandling) -> bool {
+        *s == SectorHandling::FullFrame
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Wire {
+        resolution: usize,
+        frames_per_clip: usize,
+        #[serde(default)]
+        frame_step: Option<usize>,
+        #[serde(default)]
+        fps: Option<f64>,
+        mean: [f32; 3],
+        std: [f32; 3],
+        #[serde(default = "three")]
+        channels: usize,
+        #[serde(default = "full_frame", skip_serializing_if = "is_full_frame")]
+        sector: SectorHandling,
+        #[serde(default, skip_serializing_if = "FrameSpacing::is_uniform")]
+        spacing: FrameSpacing,
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<InputSpec>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref()
+            .map(|i| Wire {
+                resolution: i.resolution[0],
+                frames_per_clip: i.frames,
+                frame_step: i.frame_step,
+                fps: i.fps,
+                mean: i.mean,
+                std: i.std,
+                channels: i.channels,
+                sector: i.sector,
+                spacing: i.spacing,
+            })
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<InputSpec>, D::Error> {
+        Ok(Option::<Wire>::deserialize(d)?.map(|w| InputSpec {
+            frames: w.frames_per_clip,
+            frame_step: w.frame_step,
+            fps: w.fps,
+            resolution: [w.resolution, w.resolution],
+            channels: w.channels,
+            mean: w.mean,
+            std: w.std,
+            sector: w.sector,
+            spacing: w.spacing,
+        }))
     }
 }
 
@@ -603,6 +646,10 @@ pub struct ProbeEntry {
     /// Views this head was trained on (lower-case names); empty: any view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub valid_views: Vec<String>,
+    /// What the head predicts; absent in checkpoints written before tasks were recorded (the
+    /// bundle builder then derives it with [`echojepa_bundle::HeadTask::legacy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<echojepa_bundle::HeadTask>,
 }
 
 /// The JSON side of a native checkpoint.
@@ -617,12 +664,16 @@ pub struct NativeConfig {
     pub encoders: Vec<String>,
     #[serde(default)]
     pub predictor: Option<PredictorConfig>,
-    #[serde(default)]
+    #[serde(default, with = "input_wire")]
     pub input: Option<InputSpec>,
     /// Probes by name (`view`, `ef`, …).
     #[serde(default)]
     pub probes: BTreeMap<String, ProbeEntry>,
-    /// Free-form provenance (training data, synthetic or not, commit, …).
+    /// Where the training data came from (synthetic or not). Absent in checkpoints written
+    /// before it was recorded: [`NativeConfig::provenance`] then reads the notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<echojepa_bundle::Provenance>,
+    /// Free-form notes for people (recipe, step, commit, …).
     #[serde(default)]
     pub notes: BTreeMap<String, String>,
     /// The LV cavity decoder (tensors under `lv_head.`), when the model has one.
@@ -658,9 +709,18 @@ impl NativeConfig {
             predictor: None,
             input: None,
             probes: BTreeMap::new(),
+            provenance: None,
             notes: BTreeMap::new(),
             lv_head: None,
         }
+    }
+
+    /// Where the training data came from: as recorded, or for checkpoints written before it
+    /// was (legacy) guessed from the notes.
+    pub fn provenance(&self) -> echojepa_bundle::Provenance {
+        self.provenance
+            .clone()
+            .unwrap_or_else(|| echojepa_bundle::Provenance::from_legacy_notes(&self.notes))
     }
 }
 

@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn beats_of_the_phantoms_true_cavity_give_its_ef() {
-        use crate::phantom::{Label, Phantom, PhantomParams, View};
+        use echojepa_phantom::{Label, Phantom, PhantomParams, View};
         // 4 s at 15 fps of two apical patients, labels at the model's 112 px crop
         for (seed, view) in [(3u64, View::A4c), (8, View::A2c)] {
             let ph = Phantom::new(PhantomParams::sample(seed, view)).unwrap();

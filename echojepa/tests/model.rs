@@ -144,6 +144,7 @@ fn native_checkpoint_round_trips() -> anyhow::Result<()> {
             temperature: None,
             min_confidence: None,
             valid_views: vec![],
+            task: None,
         },
     );
     let mut ck = NativeCheckpoint::new(config);

@@ -24,7 +24,7 @@ pub struct LoadError {
 /// `C` channels, then `(x - mean[c]) / std[c]`.
 pub fn normalise_clip(clip: &Clip, channels: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let frames: Vec<&[u8]> = clip.frames.iter().map(|f| f.data.as_slice()).collect();
-    echojepa::input::normalise_frames(&frames, channels, mean, std)
+    echojepa_input::normalise_frames(&frames, channels, mean, std)
 }
 
 /// A bundle's model, ready to run clips.
@@ -203,6 +203,7 @@ mod tests {
                 frames: 2,
                 interval: Duration::from_millis(40),
                 resolution: 2,
+                linspace_step: None,
             },
             frames: vec![frame(0), frame(51)],
             seqs: vec![0, 1],

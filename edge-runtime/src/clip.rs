@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use echojepa_input::FrameSpacing;
+
 use crate::frame::{GrayImage, GroundTruth};
 
 /// The clip the model takes.
@@ -22,12 +24,31 @@ pub struct ClipSpec {
     pub interval: Duration,
     /// Square input size in pixels.
     pub resolution: usize,
+    /// `Some(step)`: the frames are placed by the reference loader's linspace rule over
+    /// `frames × step` source frames (`interval` is then `step` source frames); `None`: exactly
+    /// `interval` apart.
+    pub linspace_step: Option<u32>,
 }
 
 impl ClipSpec {
+    /// How far before the clip's newest frame each frame lies, oldest first.
+    pub fn offsets_back(&self) -> Vec<Duration> {
+        let n = self.frames;
+        match self.linspace_step {
+            None => (0..n).map(|i| self.interval * (n - 1 - i) as u32).collect(),
+            Some(step) => {
+                let o = FrameSpacing::ReferenceLinspace.offsets(n, step as usize);
+                let last = o.last().copied().unwrap_or(0);
+                o.iter()
+                    .map(|&k| self.interval.mul_f64((last - k) as f64 / step as f64))
+                    .collect()
+            }
+        }
+    }
+
     /// Time from the first to the last frame of a clip.
     pub fn span(&self) -> Duration {
-        self.interval * (self.frames.saturating_sub(1) as u32)
+        self.offsets_back().first().copied().unwrap_or_default()
     }
 }
 
@@ -183,8 +204,7 @@ impl ClipBuilder {
         let mut frames = Vec::with_capacity(self.spec.frames);
         let mut seqs = Vec::with_capacity(self.spec.frames);
         let mut picked: Vec<&ProcessedFrame> = Vec::with_capacity(self.spec.frames);
-        for i in 0..self.spec.frames {
-            let back = self.spec.interval * (self.spec.frames - 1 - i) as u32;
+        for back in self.spec.offsets_back() {
             let target = newest.saturating_sub(back);
             let f = self.nearest(target);
             frames.push(f.image.clone());
@@ -261,6 +281,7 @@ mod tests {
             frames,
             interval: Duration::from_millis(interval_ms),
             resolution: 2,
+            linspace_step: None,
         }
     }
 
@@ -279,6 +300,26 @@ mod tests {
         assert_eq!(first.seqs, vec![0, 3, 6, 9]);
         assert_eq!(first.last_ts, Duration::from_millis(180));
         assert_eq!(clips.last().unwrap().seqs, vec![2, 5, 8, 11]);
+    }
+
+    #[test]
+    fn reference_linspace_spacing_picks_the_training_loaders_frames() {
+        // 30 fps source, 8 frames, frame step 4: the reference loader takes frames
+        // 0, 4, 9, 13, 18, 22, 27, 31 of the first window; so must the runtime's first clip.
+        let mut s = spec(8, 0);
+        s.interval = Duration::from_secs_f64(4.0 / 30.0);
+        s.linspace_step = Some(4);
+        let mut b = ClipBuilder::new(s, 1);
+        let first = (0..40u64)
+            .find_map(|i| {
+                let ts = Duration::from_secs_f64(i as f64 / 30.0);
+                let mut f = frame(i, 0);
+                f.ts = ts;
+                f.arrived = ts;
+                b.push(f, Duration::ZERO).0
+            })
+            .unwrap();
+        assert_eq!(first.seqs, vec![0, 4, 9, 13, 18, 22, 27, 31]);
     }
 
     #[test]

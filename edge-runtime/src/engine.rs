@@ -65,7 +65,10 @@ pub struct ModelInfo {
     pub model_version: String,
     /// True when any part was trained on synthetic data; outputs then say so.
     pub synthetic_training_data: bool,
-    /// Text to show next to predictions (from the bundle).
+    /// Where the training data came from, as the bundle records it; `None` for bundles built
+    /// before it was recorded (see [`crate::pipeline::compose_notice`]).
+    pub provenance: Option<echojepa::bundle::Provenance>,
+    /// The bundle's own notice text (the runtime adds what it must always say).
     pub notice: String,
     #[serde(skip)]
     pub clip: ClipSpec,

@@ -63,4 +63,4 @@ pub fn bytes_per_pixel(format: PixelFormat) -> Option<usize> {
 }
 
 // The grey image and rectangle live with the rest of the model-input preparation.
-pub use echojepa::input::{GrayImage, Rect};
+pub use echojepa_input::{GrayImage, Rect};

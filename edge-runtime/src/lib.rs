@@ -25,7 +25,8 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod queue;
-pub use echojepa::input::resize;
+/// The model-input resize (shared with the trainer and `quantize`).
+pub use echojepa_input::prepare as resize;
 pub mod sector;
 pub mod source;
 pub mod stats;

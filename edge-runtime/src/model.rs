@@ -10,10 +10,10 @@ use boards::BoardProfile;
 use echojepa::bundle::{
     BundleError, Manifest, PublicKey, SectorHandling, VerifiedBundle, verify_bundle,
 };
-use echojepa::config::ProbeKind;
 
 use crate::clip::ClipSpec;
 use crate::engine::{EfHeadInfo, EfMethod, ModelInfo, SectorUse};
+use echojepa_input::FrameSpacing;
 
 /// Frame rate of the training videos assumed when a bundle gives `frame_step` but no `fps`
 /// (the reference exports echo at 30 fps).
@@ -94,30 +94,16 @@ pub fn model_info(
         dir: dir.to_path_buf(),
         reason,
     };
-    let view_head = m
-        .heads
+    // by each head's task (derived for manifests written before tasks were recorded)
+    let tasks = m.head_tasks();
+    let view_head = tasks
         .iter()
-        .position(|h| h.probe.kind == ProbeKind::Classifier && h.name == "view")
-        .or_else(|| {
-            m.heads
-                .iter()
-                .position(|h| h.probe.kind == ProbeKind::Classifier)
-        })
-        .ok_or_else(|| unsupported("the manifest has no classifier head for the view".into()))?;
-    let ef_head = m.heads.iter().enumerate().find_map(|(hi, h)| {
-        if h.probe.kind != ProbeKind::Regressor {
-            return None;
-        }
-        h.targets
-            .iter()
-            .position(|t| {
-                // `LVEF`, `ef`, `ef_percent` (what `trainer synth` names it), `LVEF (%)`
-                let n = t.name.to_ascii_lowercase();
-                let first = n.split(|c: char| !c.is_ascii_alphanumeric()).next();
-                matches!(first, Some("lvef" | "ef"))
-            })
-            .map(|ti| (hi, ti))
-    });
+        .position(|t| t.is_view_classifier())
+        .ok_or_else(|| unsupported("the manifest has no view classifier head".into()))?;
+    let ef_head = tasks
+        .iter()
+        .enumerate()
+        .find_map(|(hi, t)| t.lvef_output().map(|ti| (hi, ti)));
     let input = &m.input;
     if input.resolution[0] != input.resolution[1] {
         return Err(unsupported(format!(
@@ -195,12 +181,22 @@ pub fn model_info(
     let info = ModelInfo {
         model_id: m.model_id.clone(),
         model_version: m.model_version.clone(),
-        synthetic_training_data: m.synthetic_training_data,
+        synthetic_training_data: m.provenance().synthetic,
+        provenance: m.provenance.clone(),
         notice: m.notice.clone(),
         clip: ClipSpec {
             frames: input.frames,
             interval,
             resolution: input.resolution[0],
+            linspace_step: match input.spacing {
+                FrameSpacing::Uniform => None,
+                // The reference rule spreads the frames over `frames × step` source frames;
+                // with a rate instead of a step, the step is `ceil(source fps) // fps`.
+                FrameSpacing::ReferenceLinspace => Some(match (input.fps, input.frame_step) {
+                    (Some(fps), _) => ((reference_fps.ceil() / fps).floor() as u32).max(1),
+                    (None, step) => step.unwrap_or(1).max(1) as u32,
+                }),
+            },
         },
         sector: match input.sector {
             SectorHandling::FullFrame => SectorUse::FullFrame,

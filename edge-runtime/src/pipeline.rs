@@ -41,10 +41,11 @@ use crate::events::{
 };
 use crate::frame::{Frame, GrayImage, Rect};
 use crate::queue::{DropOldestQueue, Pushed};
-use crate::resize::{resize, resize_short_side_and_center_crop};
+use crate::resize::{FramePrep, eval_geometry, resize};
 use crate::sector::{Sector, SectorDetector, should_replace};
 use crate::source::{FrameSource, ReconnectEvent, SourceError};
 use crate::stats::{Counters, Latencies, peak_rss_bytes};
+use echojepa_input::SectorHandling;
 
 /// Where the sector comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,18 +224,33 @@ pub struct Pipeline {
     display: Option<Arc<dyn DisplayTap>>,
 }
 
-/// The notice shown with every output: the bundle's, plus what must always be said.
+/// The notice shown with every output, decided here and nowhere else: the bundle's own text,
+/// then "trained on synthetic data" when its training data was synthetic, then "not for
+/// diagnostic use", always. The synthetic sentence follows the manifest's typed provenance.
+///
+/// Legacy path: a bundle built before provenance was recorded (`info.provenance` is `None`)
+/// has only its `synthetic_training_data` flag, and its builder wrote those sentences into the
+/// notice itself, so each is added only when the text does not already say it.
 pub fn compose_notice(info: &ModelInfo) -> String {
-    let mut parts: Vec<&str> = Vec::new();
     let own = info.notice.trim();
+    let (say_synthetic, say_not_diagnostic) = match &info.provenance {
+        Some(p) => (p.synthetic, true),
+        None => {
+            let lower = own.to_ascii_lowercase();
+            (
+                info.synthetic_training_data && !lower.contains("synthetic"),
+                !lower.contains("not for diagnostic use"),
+            )
+        }
+    };
+    let mut parts: Vec<&str> = Vec::new();
     if !own.is_empty() {
         parts.push(own);
     }
-    let lower = own.to_ascii_lowercase();
-    if info.synthetic_training_data && !lower.contains("synthetic") {
+    if say_synthetic {
         parts.push(TRAINED_ON_SYNTHETIC);
     }
-    if !lower.contains("not for diagnostic use") {
+    if say_not_diagnostic {
         parts.push(NOT_FOR_DIAGNOSTIC_USE);
     }
     parts.join(" ")
@@ -761,7 +777,8 @@ fn emit_all(sinks: &mut Vec<Box<dyn Sink>>, ev: &Event) {
 struct Preprocess {
     config: SectorConfig,
     crop: bool,
-    mask: bool,
+    /// Resize and centre crop, with the sector crop and mask (shared with training).
+    prep: FramePrep,
     spec: ClipSpec,
     detector: Option<SectorDetector>,
     current: Option<Sector>,
@@ -775,10 +792,19 @@ impl Preprocess {
             (true, SectorConfig::Detect { threshold, .. }) => Some(SectorDetector::new(threshold)),
             _ => None,
         };
+        let mut prep = FramePrep::with_sector_use(
+            spec.resolution,
+            match model {
+                SectorUse::FullFrame => SectorHandling::FullFrame,
+                SectorUse::Crop => SectorHandling::CropToSector,
+                SectorUse::CropAndMask => SectorHandling::CropAndMaskOutside,
+            },
+        );
+        prep.set_mask(mask_outside);
         Self {
             config,
             crop,
-            mask: mask_outside && model == SectorUse::CropAndMask,
+            prep,
             spec,
             detector,
             current: None,
@@ -823,12 +849,8 @@ impl Preprocess {
     }
 
     fn process(&mut self, img: &GrayImage) -> GrayImage {
-        let mask = self.mask;
-        let res = self.spec.resolution;
-        match self.sector(img) {
-            Some(s) => resize_short_side_and_center_crop(&s.apply(img, mask), res),
-            None => resize_short_side_and_center_crop(img, res),
-        }
+        let sector = self.sector(img).cloned();
+        self.prep.run(img, sector.as_ref())
     }
 
     /// The part of `img` the model input shows (after [`Preprocess::process`]), as fractions
@@ -845,13 +867,14 @@ impl Preprocess {
             },
         };
         let res = self.spec.resolution;
-        let (sw, sh) = echojepa::input::short_side_size(r.width, r.height, res);
+        let g = eval_geometry(r.width, r.height, res);
+        let (sw, sh) = g.resized;
         let (sx, sy) = (
             sw as f32 / r.width.max(1) as f32,
             sh as f32 / r.height.max(1) as f32,
         );
-        let x = r.x as f32 + (sw.saturating_sub(res) / 2) as f32 / sx;
-        let y = r.y as f32 + (sh.saturating_sub(res) / 2) as f32 / sy;
+        let x = r.x as f32 + g.crop.x as f32 / sx;
+        let y = r.y as f32 + g.crop.y as f32 / sy;
         [x / fw, y / fh, res as f32 / sx / fw, res as f32 / sy / fh]
     }
 
@@ -945,6 +968,7 @@ mod tests {
             frames: 8,
             interval: Duration::from_millis(133),
             resolution: 112,
+            linspace_step: None,
         };
         let stage = Preprocess::new(SectorConfig::Whole, SectorUse::FullFrame, false, spec);
         let frame = GrayImage::new(320, 240);
@@ -972,6 +996,7 @@ mod tests {
             frames: 3,
             interval: Duration::from_millis(100),
             resolution: 4,
+            linspace_step: None,
         };
         let img = Arc::new(GrayImage::new(4, 4));
         let clip = crate::clip::Clip {

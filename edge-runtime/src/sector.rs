@@ -14,45 +14,7 @@
 
 use crate::frame::{GrayImage, Rect};
 
-/// The fan inside a frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sector {
-    /// Bounding box in frame pixels.
-    pub rect: Rect,
-    /// For each row of `rect`, the columns `[start, end)` (relative to `rect.x`) inside the fan;
-    /// `None` when the whole rectangle is image.
-    pub row_spans: Option<Vec<(usize, usize)>>,
-}
-
-impl Sector {
-    pub fn full(width: usize, height: usize) -> Self {
-        Self {
-            rect: Rect::full(width, height),
-            row_spans: None,
-        }
-    }
-
-    /// The crop of `img`, with pixels outside the fan set to 0 when `mask` is true.
-    pub fn apply(&self, img: &GrayImage, mask: bool) -> GrayImage {
-        let Some(rect) = self.rect.clamp_to(img.width, img.height) else {
-            return img.clone();
-        };
-        let mut out = img.crop(rect);
-        if mask && let Some(spans) = &self.row_spans {
-            for (y, row) in out.data.chunks_exact_mut(rect.width).enumerate() {
-                let (a, b) = spans.get(y).copied().unwrap_or((0, 0));
-                let (a, b) = (a.min(rect.width), b.min(rect.width));
-                row[..a].fill(0);
-                if b > a {
-                    row[b..].fill(0);
-                } else {
-                    row[a..].fill(0);
-                }
-            }
-        }
-        out
-    }
-}
+pub use echojepa_input::Sector;
 
 /// Detects the fan by thresholding block means and keeping the largest connected region.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use boards::LiveViewSettings;
-use echojepa::input::GrayImage;
+use echojepa_input::GrayImage;
 use edge_runtime::clock::SystemClock;
 use edge_runtime::output::web::{WebConfig, WebError, WebServer, WebSink};
 use edge_runtime::pipeline::{DisplayFrame, DisplayTap, Pipeline};

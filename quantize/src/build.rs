@@ -13,15 +13,16 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::Value;
 use echojepa::bundle::{
     BundleBuilder, CalibrationSummary, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision,
-    LvHeadSpec, Manifest, Precision, QuantizationInfo, SecretKey, SectorHandling, SourceInfo,
-    ToolInfo,
+    LvHeadSpec, Manifest, Precision, Provenance, QuantizationInfo, SecretKey, SectorHandling,
+    SourceInfo, ToolInfo,
 };
-use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{
     self, CalibrationOptions, Clip, NamedTensor, encoder_tensors, probe_prefix, probe_tensors,
 };
 use echojepa::quantized::gguf::write_gguf;
 use echojepa::quantized::model::LV_PREFIX;
+use echojepa_input::FrameSpacing;
+use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data;
@@ -46,6 +47,14 @@ pub enum Sector {
     Crop,
     /// Cropped, and pixels outside the sector zeroed.
     CropMask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spacing {
+    /// Exactly `frame_step` source frames apart.
+    Uniform,
+    /// The reference loader's `linspace` rule (step 4 × 8 frames: 0, 4, 9, 13, …, 31).
+    ReferenceLinspace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,10 +120,13 @@ pub struct Args {
     /// for more. Stored in the signed manifest.
     #[arg(long = "note")]
     pub notes: Vec<String>,
-    /// The model (or a probe) was trained on synthetic data (also detected from checkpoint notes).
-    #[arg(long)]
-    pub synthetic: bool,
-    /// Text a runtime shows beside predictions (default: a not-for-diagnostic-use line).
+    /// Whether the model was trained on synthetic data. Default: what the checkpoints record
+    /// (their provenance); `--synthetic` or `--synthetic=false` overrides it, with a warning
+    /// when it differs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub synthetic: Option<bool>,
+    /// Text a runtime shows beside predictions, besides what it always says (not for
+    /// diagnostic use; trained on synthetic data when it was). Default: nothing more.
     #[arg(long)]
     pub notice: Option<String>,
 
@@ -130,9 +142,14 @@ pub struct Args {
     /// Square input resolution in pixels (default: the checkpoint's).
     #[arg(long)]
     pub resolution: Option<usize>,
-    /// How the ultrasound sector was handled in training.
-    #[arg(long, value_enum, default_value = "full")]
-    pub sector: Sector,
+    /// How the ultrasound sector was handled in training (default: what the checkpoint's input
+    /// spec says, else `full`). Overriding the checkpoint is allowed, with a warning.
+    #[arg(long, value_enum)]
+    pub sector: Option<Sector>,
+    /// How a clip's frames were spaced in training (default: the checkpoint's, else
+    /// `uniform`). Overriding the checkpoint is allowed, with a warning.
+    #[arg(long, value_enum)]
+    pub spacing: Option<Spacing>,
 
     /// Secret signing key: `quantize keygen`'s NAME.secret, or an Ed25519 PEM private key as
     /// `openssl genpkey -algorithm ed25519` writes it.
@@ -383,23 +400,29 @@ impl Weights {
         opts: &CalibrationOptions,
     ) -> Result<Vec<HeadSpec>> {
         let valid = valid_views(a, src)?;
+        // for heads recorded without a task (legacy)
+        let view_head = echojepa::bundle::task::legacy_view_head(
+            src.probes.iter().map(|p| (p.name.as_str(), p.cfg.kind)),
+        );
         let mut heads = Vec::new();
-        for p in &src.probes {
+        for (i, p) in src.probes.iter().enumerate() {
             let prefix = probe_prefix(&p.name);
             let (t, l) = probe_tensors(&p.tensors, &prefix, opts)?;
             self.tensors.extend(t);
             self.layers.extend(l);
+            // --valid-views overrides what the checkpoint recorded
+            let valid_views = valid
+                .get(&p.name)
+                .cloned()
+                .unwrap_or_else(|| p.valid_views.clone());
             heads.push(HeadSpec {
                 name: p.name.clone(),
+                task: Some(p.task_for(&valid_views, view_head == Some(i))),
                 probe: p.cfg.clone(),
                 tensor_prefix: prefix,
                 classes: p.classes.clone(),
                 targets: p.targets.clone(),
-                // --valid-views overrides what the checkpoint recorded
-                valid_views: valid
-                    .get(&p.name)
-                    .cloned()
-                    .unwrap_or_else(|| p.valid_views.clone()),
+                valid_views,
                 temperature: p.temperature,
                 min_confidence: p.min_confidence,
             });
@@ -484,6 +507,31 @@ fn write_weights(
     Ok(())
 }
 
+/// The manifest's provenance: the checkpoints', or `--synthetic` where it says otherwise.
+fn provenance(stated: Option<bool>, recorded: &Provenance) -> Provenance {
+    match stated {
+        Some(s) if s != recorded.synthetic => {
+            tracing::warn!(
+                "--synthetic={s} overrides the checkpoints' provenance ({}: {})",
+                if recorded.synthetic {
+                    "synthetic"
+                } else {
+                    "not synthetic"
+                },
+                recorded.description
+            );
+            Provenance {
+                synthetic: s,
+                description: format!(
+                    "{} (synthetic set to {s} by quantize build --synthetic)",
+                    recorded.description
+                ),
+            }
+        }
+        _ => recorded.clone(),
+    }
+}
+
 /// What the build produced that goes into the manifest.
 struct ManifestParts {
     model_id: String,
@@ -495,14 +543,11 @@ struct ManifestParts {
 }
 
 fn manifest(a: &Args, src: &source::Source, p: ManifestParts) -> Result<Manifest> {
-    let synthetic = a.synthetic || src.notes_say_synthetic;
-    let notice = a.notice.clone().unwrap_or_else(|| {
-        if synthetic {
-            "Trained on synthetic (phantom) data. Not for diagnostic use.".into()
-        } else {
-            "Research model. Not for diagnostic use.".into()
-        }
-    });
+    let provenance = provenance(a.synthetic, &src.provenance);
+    let synthetic = provenance.synthetic;
+    // runtimes add "trained on synthetic data" and "not for diagnostic use" from the typed
+    // fields themselves; the notice is only what the builder adds
+    let notice = a.notice.clone().unwrap_or_default();
     Ok(Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -523,6 +568,7 @@ fn manifest(a: &Args, src: &source::Source, p: ManifestParts) -> Result<Manifest
             .collect::<Result<_>>()?,
         synthetic_training_data: synthetic,
         notice,
+        provenance: Some(provenance),
         created_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -615,8 +661,8 @@ fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {
             format!("{flag} is required: the checkpoint has no input spec (native checkpoints carry one)")
         })
     };
-    let frames = need(a.frames, ck.map(|c| c.frames_per_clip), "--frames")?;
-    let res = need(a.resolution, ck.map(|c| c.resolution), "--resolution")?;
+    let frames = need(a.frames, ck.map(|c| c.frames), "--frames")?;
+    let res = need(a.resolution, ck.map(|c| c.resolution[0]), "--resolution")?;
     let fps = a.fps.or(ck.and_then(|c| c.fps));
     let frame_step = a.frame_step.or(ck.and_then(|c| c.frame_step));
     if fps.is_none() && frame_step.is_none() {
@@ -630,12 +676,47 @@ fn input_spec(a: &Args, src: &source::Source) -> Result<InputSpec> {
         channels: src.encoder_cfg.in_chans,
         mean: ck.map_or(echojepa::bundle::IMAGENET_MEAN, |c| c.mean),
         std: ck.map_or(echojepa::bundle::IMAGENET_STD, |c| c.std),
-        sector: match a.sector {
-            Sector::Full => SectorHandling::FullFrame,
-            Sector::Crop => SectorHandling::CropToSector,
-            Sector::CropMask => SectorHandling::CropAndMaskOutside,
-        },
+        sector: chosen(
+            a.sector.map(|s| match s {
+                Sector::Full => SectorHandling::FullFrame,
+                Sector::Crop => SectorHandling::CropToSector,
+                Sector::CropMask => SectorHandling::CropAndMaskOutside,
+            }),
+            ck.map(|c| c.sector),
+            SectorHandling::FullFrame,
+            "--sector",
+        ),
+        spacing: chosen(
+            a.spacing.map(|s| match s {
+                Spacing::Uniform => FrameSpacing::Uniform,
+                Spacing::ReferenceLinspace => FrameSpacing::ReferenceLinspace,
+            }),
+            ck.map(|c| c.spacing),
+            FrameSpacing::Uniform,
+            "--spacing",
+        ),
     })
+}
+
+/// A flag's value, else the checkpoint's, else `default`; a flag that contradicts the
+/// checkpoint is kept but warned about (the model was trained on the checkpoint's inputs).
+fn chosen<T: PartialEq + std::fmt::Debug + Copy>(
+    flag: Option<T>,
+    checkpoint: Option<T>,
+    default: T,
+    name: &str,
+) -> T {
+    match (flag, checkpoint) {
+        (Some(f), Some(c)) if f != c => {
+            tracing::warn!(
+                "{name} {f:?} overrides the checkpoint's {c:?}: the model was trained on {c:?} inputs"
+            );
+            f
+        }
+        (Some(f), _) => f,
+        (None, Some(c)) => c,
+        (None, None) => default,
+    }
 }
 
 fn parse_not_after(s: &str) -> Result<u64, String> {
@@ -688,7 +769,9 @@ fn print_summary(
     for l in layers.iter().filter(|l| l.precision != Precision::Q8_0) {
         writeln!(out, "  kept {} at {}: {}", l.tensor, l.precision, l.reason)?;
     }
-    if m.synthetic_training_data {
+    let p = m.provenance();
+    writeln!(out, "  training data: {}", p.description)?;
+    if p.synthetic {
         writeln!(
             out,
             "  NOTE: trained on synthetic data; the manifest says so."

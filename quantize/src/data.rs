@@ -1,9 +1,8 @@
-//! Clips for calibration and for the accuracy report: the synthetic echo phantom rendered at the
-//! bundle's input spec (frames, frame step or fps, resolution), or the videos of a reference
-//! `path label` list (e.g. the probes' validation list). Both go through the evaluation
-//! transform the probes were trained with (short side → `res·256/224`, centre crop) and are
-//! normalised the way the manifest says (pixels / 255, per-channel mean/std, grey replicated to
-//! the input channels).
+//! Clips for calibration and for the accuracy report: the synthetic echo phantom rendered at a
+//! cart's capture size (320×240) with the bundle's frames and frame rate, or the videos of a
+//! reference `path label` list (e.g. the probes' validation list). Both go through the input
+//! path the trainer and the edge runtime share (`echojepa_input::prepare`: short side →
+//! `res·256/224`, centre crop, the manifest's mean/std, grey replicated to the input channels).
 
 use std::path::Path;
 
@@ -11,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use echojepa::bundle::{HeadSpec, InputSpec};
 use echojepa::config::ProbeKind;
 use echojepa::datalist::VideoEntry;
-use echojepa::phantom::{Phantom, PhantomParams, View};
-use echojepa::preprocess::{apply_sector, eval_resize_crop};
-use echojepa::sampling::{ClipSampling, StepRule};
-use echojepa::video::{self, Clip, ColorMode};
+use echojepa_input::Normaliser;
+use echojepa_input::preprocess::{apply_sector, eval_resize_crop};
+use echojepa_input::sampling::{ClipSampling, StepRule};
+use echojepa_phantom::{Phantom, PhantomParams, View};
+use echojepa_video::{self as video, Clip, ColorMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -44,14 +44,14 @@ pub fn clip_fps(input: &InputSpec, source_fps: f64) -> f64 {
 
 /// Converts a grey `[T, H, W]` u8 clip into the normalised `[C, T, H, W]` model input.
 pub fn normalise(grey: &[u8], input: &InputSpec) -> Vec<f32> {
-    let c = input.channels;
-    let mut out = Vec::with_capacity(grey.len() * c);
-    for ch in 0..c {
-        let (m, s) = (input.mean[ch.min(2)], input.std[ch.min(2)]);
-        out.extend(grey.iter().map(|&p| (p as f32 / 255.0 - m) / s));
-    }
-    out
+    let hw = input.resolution[0] * input.resolution[1];
+    let frames: Vec<&[u8]> = grey.chunks(hw.max(1)).collect();
+    Normaliser::for_spec(input).run(&frames)
 }
+
+/// Size the phantom is rendered at: a cart's capture size, so the report's clips are
+/// downscaled to the model's input as the cart's and the trainer's streamed phantom are.
+pub const PHANTOM_CAPTURE: (usize, usize) = (320, 240);
 
 /// The model input of a grey clip: the evaluation transform the trainer's probes and the edge
 /// runtime apply (short side → `res·256/224`, centre `res × res` crop), then [`normalise`].
@@ -64,8 +64,8 @@ fn model_input(clip: &Clip, input: &InputSpec) -> Result<(Vec<f32>, (usize, usiz
     Ok((normalise(&c.data, input), (c.frames, h, w)))
 }
 
-/// `n` phantom clips, views in turn from `views`, seeds `seed, seed+1, …`, rendered at the
-/// input resolution and preprocessed as the training clips were.
+/// `n` phantom clips, views in turn from `views`, seeds `seed, seed+1, …`, rendered at
+/// [`PHANTOM_CAPTURE`] and preprocessed as the training clips were.
 pub fn phantom_samples(
     n: usize,
     seed: u64,
@@ -77,7 +77,7 @@ pub fn phantom_samples(
     if views.is_empty() {
         bail!("no phantom views to render");
     }
-    let [h, w] = input.resolution;
+    let (w, h) = PHANTOM_CAPTURE;
     let t = input.frames;
     let fps = clip_fps(input, source_fps);
     let mut out = Vec::with_capacity(n);

@@ -14,11 +14,11 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use echojepa::bundle::{HeadSpec, Manifest, PublicKey, VerifiedBundle, verify_bundle};
 use echojepa::config::ProbeKind;
-use echojepa::phantom::View;
 use echojepa::quantized::calibrate::{flatten_patch, token_cosine};
 use echojepa::quantized::model::lv_head_probabilities;
 use echojepa::quantized::{EdgeModel, QuantizedEncoder, Tap, TensorSource};
 use echojepa_kernels::Epilogue;
+use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -167,6 +167,8 @@ pub struct RegressorResult {
     pub head: String,
     pub target: String,
     pub unit: String,
+    /// The target is LVEF in percent (by the head's task): checked against the phantom's EF.
+    pub lvef: bool,
     pub clips: usize,
     /// Mean |int8 − f32|.
     pub mean_abs_diff: f64,
@@ -265,11 +267,6 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     Ok(v[v.len() / 2])
-}
-
-fn is_ef(name: &str) -> bool {
-    let n = name.to_lowercase();
-    n.contains("ef") || n.contains("ejection")
 }
 
 pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
@@ -604,13 +601,21 @@ fn score_heads(
 ) -> (Vec<ClassifierResult>, Vec<RegressorResult>) {
     let mut classifiers = Vec::new();
     let mut regressors = Vec::new();
+    let tasks = m.head_tasks();
     for (i, h) in m.heads.iter().enumerate() {
         match h.probe.kind {
             ProbeKind::Classifier => {
                 classifiers.push(score_classifier(h, samples, &o.head_f[i], &o.head_q[i]));
             }
             ProbeKind::Regressor => {
-                regressors.extend(score_regressor(h, samples, &o.head_f[i], &o.head_q[i]));
+                let lvef = tasks[i].lvef_output();
+                regressors.extend(score_regressor(
+                    h,
+                    lvef,
+                    samples,
+                    &o.head_f[i],
+                    &o.head_q[i],
+                ));
             }
         }
     }
@@ -683,16 +688,17 @@ fn mean_or_nan(v: &[f64]) -> f64 {
 
 /// Per target, on the clips of the head's valid views: |int8 − f32| in real units, and the
 /// error against the truth both ways where a clip has one (the list's label, or the
-/// phantom's EF for an EF target).
+/// phantom's EF for the LVEF target, output `lvef` by the head's task).
 fn score_regressor(
     h: &HeadSpec,
+    lvef: Option<usize>,
     samples: &[Sample],
     head_f: &[Vec<f32>],
     head_q: &[Vec<f32>],
 ) -> Vec<RegressorResult> {
     let mut results = Vec::new();
     for (j, t) in h.targets.iter().enumerate() {
-        let ef = is_ef(&t.name) || is_ef(&h.name);
+        let ef = lvef == Some(j);
         let mut diffs = Vec::new();
         let (mut err_f, mut err_q) = (Vec::new(), Vec::new());
         for (k, s) in samples.iter().enumerate() {
@@ -719,6 +725,7 @@ fn score_regressor(
             head: h.name.clone(),
             target: t.name.clone(),
             unit: t.unit.clone(),
+            lvef: ef,
             clips: diffs.len(),
             mean_abs_diff: mean_or_nan(&diffs),
             max_abs_diff: diffs.iter().copied().fold(0.0, f64::max),
@@ -899,10 +906,7 @@ fn checks(
             pass: c.agreement >= 0.99,
         });
     }
-    for r in regressors
-        .iter()
-        .filter(|r| r.clips > 0 && (is_ef(&r.target) || is_ef(&r.head)))
-    {
+    for r in regressors.iter().filter(|r| r.clips > 0 && r.lvef) {
         checks.push(Check {
             what: format!("`{}` mean |int8 - f32| ({})", r.target, r.unit),
             value: r.mean_abs_diff,

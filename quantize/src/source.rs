@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use echojepa::bundle::{SourceFile, TargetSpec, sha256_file};
+use echojepa::bundle::{
+    HeadTask, Measure, Provenance, SourceFile, TargetSpec, TaskKind, sha256_file,
+};
 use echojepa::checkpoint::{self, LvHeadEntry, NativeCheckpoint, PtFile, Scaler, TensorMap};
 use echojepa::config::{EncoderConfig, ProbeConfig, ProbeKind, SlotConfig};
 use echojepa::encoder::VisionTransformer;
@@ -25,8 +27,49 @@ pub struct ProbeSource {
     pub temperature: Option<f64>,
     pub min_confidence: Option<f64>,
     pub valid_views: Vec<String>,
+    /// What the head predicts, as the checkpoint recorded it (none: an official `.pt` probe or
+    /// a checkpoint written before tasks were recorded).
+    pub task: Option<HeadTask>,
     /// Where the tensors came from (for errors).
     pub origin: PathBuf,
+}
+
+impl ProbeSource {
+    /// The head's task for the manifest, with the classes, targets and valid views the head
+    /// ends up with (the command line may have changed them): the recorded task's kind and each
+    /// recorded measure whose unit still holds; else, for heads recorded without a task, the
+    /// legacy derivation ([`HeadTask::legacy`]).
+    pub fn task_for(&self, valid_views: &[String], view_head: bool) -> HeadTask {
+        let labels: Vec<(String, String)> = self
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), t.unit.clone()))
+            .collect();
+        let Some(recorded) = &self.task else {
+            return HeadTask::legacy(
+                self.cfg.kind,
+                &self.classes,
+                &labels,
+                valid_views,
+                view_head,
+            );
+        };
+        let task = match &recorded.kind {
+            TaskKind::ViewClassifier { .. } => HeadTask::view_classifier(self.classes.clone()),
+            TaskKind::Classifier { .. } => HeadTask::classifier(self.classes.clone()),
+            TaskKind::Regressor { targets } => HeadTask::regressor(
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, u))| match targets.get(i) {
+                        Some(m) if m.unit == *u => m.clone(),
+                        _ => Measure::from_label(n, u),
+                    })
+                    .collect(),
+            ),
+        };
+        task.on_views(valid_views.to_vec())
+    }
 }
 
 /// The loaded full-precision model.
@@ -43,8 +86,8 @@ pub struct Source {
     /// Input spec stored in a native checkpoint.
     pub input: Option<checkpoint::InputSpec>,
     pub model_id: String,
-    /// Whether the checkpoint's notes say it was trained on synthetic data.
-    pub notes_say_synthetic: bool,
+    /// Where the training data came from (encoder and every probe).
+    pub provenance: Provenance,
     /// The LV cavity decoder of a fine-tuned checkpoint: what it records, and its
     /// `weight` and `bias`.
     pub lv: Option<(LvHeadEntry, TensorMap)>,
@@ -138,7 +181,15 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
                 sha256: other.checkpoint_sha256,
             });
             src.other_files.extend(other.other_files);
-            src.notes_say_synthetic |= other.notes_say_synthetic;
+            if other.provenance != src.provenance {
+                src.provenance = Provenance {
+                    synthetic: src.provenance.synthetic || other.provenance.synthetic,
+                    description: format!(
+                        "{}; probe `{name}`: {}",
+                        src.provenance.description, other.provenance.description
+                    ),
+                };
+            }
             src.probes.retain(|p| p.name != name);
             src.probes.push(head);
             continue;
@@ -164,6 +215,7 @@ pub fn load(a: &SourceArgs) -> Result<Source> {
             temperature: None,
             min_confidence: None,
             valid_views: vec![],
+            task: None,
             origin: path,
         });
     }
@@ -318,6 +370,7 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
             temperature: entry.temperature,
             min_confidence: entry.min_confidence,
             valid_views: entry.valid_views.clone(),
+            task: entry.task.clone(),
             origin: st.clone(),
         });
     }
@@ -347,12 +400,6 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
     };
     let (sha, _) = sha256_file(&st)?;
     let (jsha, _) = sha256_file(&js)?;
-    let synthetic = cfg.notes.iter().any(|(k, v)| {
-        let (k, v) = (k.to_lowercase(), v.to_lowercase());
-        (k.contains("synthetic") && !matches!(v.as_str(), "false" | "no" | "0"))
-            || v.contains("synthetic")
-            || v.contains("phantom")
-    });
     Ok(Source {
         checkpoint: st,
         checkpoint_sha256: sha,
@@ -365,7 +412,7 @@ fn load_native(a: &SourceArgs, dev: &Device) -> Result<Source> {
         probes,
         input: cfg.input.clone(),
         model_id: cfg.model_id.clone(),
-        notes_say_synthetic: synthetic,
+        provenance: cfg.provenance(),
         lv,
     })
 }
@@ -393,7 +440,7 @@ fn load_pt(a: &SourceArgs, dev: &Device) -> Result<Source> {
         probes: vec![],
         input: None,
         model_id: String::new(),
-        notes_say_synthetic: false,
+        provenance: Provenance::official(&file_name(&a.checkpoint)),
         lv: None,
     })
 }

@@ -77,34 +77,51 @@ fn probe(kind: ProbeKind, n: usize) -> ProbeConfig {
 
 /// Writes `dir/tiny.safetensors` + `dir/tiny.json`; returns the stem.
 fn tiny_checkpoint(dir: &Path) -> PathBuf {
+    checkpoint_with_heads(dir, "tiny", ["view", "ef"], "LVEF (%)", false)
+}
+
+/// A tiny checkpoint whose heads are named `names` (view classifier, then regressor) with the
+/// regressor's target labelled `target`, and with their tasks recorded when `tasks`.
+fn checkpoint_with_heads(
+    dir: &Path,
+    file: &str,
+    names: [&str; 2],
+    target: &str,
+    tasks: bool,
+) -> PathBuf {
+    use echojepa::bundle::{HeadTask, Measure};
     let enc = EncoderConfig::custom(64, 2, 4, 4.0);
     let mut cfg = NativeConfig::new(enc.clone());
     cfg.model_id = "tiny-phantom".into();
     cfg.encoders = vec!["target_encoder".into()];
-    cfg.input = Some(InputSpec::imagenet(48, 4, 2));
+    cfg.input = Some(InputSpec::reference(4, 2, 48));
     cfg.notes
         .insert("training_data".into(), "synthetic phantom".into());
     let view = probe(ProbeKind::Classifier, 3);
     let ef = probe(ProbeKind::Regressor, 1);
+    let classes: Vec<String> = vec!["a4c".into(), "a2c".into(), "plax".into()];
+    let view_task = tasks.then(|| HeadTask::view_classifier(classes.clone()));
+    let ef_task = tasks.then(|| HeadTask::regressor(vec![Measure::lvef()]));
     cfg.probes = BTreeMap::from([
         (
-            "view".to_string(),
+            names[0].to_string(),
             ProbeEntry {
                 config: view.clone(),
-                classes: vec!["a4c".into(), "a2c".into(), "plax".into()],
+                classes,
                 targets: vec![],
                 scaler: None,
                 temperature: None,
                 min_confidence: None,
                 valid_views: vec![],
+                task: view_task,
             },
         ),
         (
-            "ef".to_string(),
+            names[1].to_string(),
             ProbeEntry {
                 config: ef.clone(),
                 classes: vec![],
-                targets: vec!["LVEF (%)".into()],
+                targets: vec![target.into()],
                 scaler: Some(Scaler {
                     mean: 55.0,
                     std: 10.0,
@@ -112,6 +129,7 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
                 temperature: None,
                 min_confidence: None,
                 valid_views: vec![],
+                task: ef_task,
             },
         ),
     ]);
@@ -121,14 +139,14 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
         det(|vb| VisionTransformer::new(&enc, vb).map(|_| ()), 1),
     );
     ck.insert_part(
-        "probes.view",
+        &format!("probes.{}", names[0]),
         det(|vb| AttentiveProbe::new(&view, vb).map(|_| ()), 2),
     );
     ck.insert_part(
-        "probes.ef",
+        &format!("probes.{}", names[1]),
         det(|vb| AttentiveProbe::new(&ef, vb).map(|_| ()), 3),
     );
-    let stem = dir.join("tiny");
+    let stem = dir.join(file);
     ck.save(&stem).unwrap();
     stem
 }
@@ -194,7 +212,10 @@ fn build_verify_report_and_refusals() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["synthetic_training_data"], true);
-    assert!(m["notice"].as_str().unwrap().contains("synthetic"));
+    // an older checkpoint: its provenance is read from its notes (legacy)
+    assert_eq!(m["provenance"]["synthetic"], true, "{}", m["provenance"]);
+    assert_eq!(m["heads"][1]["task"]["kind"], "view_classifier");
+    assert_eq!(m["heads"][0]["task"]["targets"][0]["name"], "lvef");
     let layers = m["quantization"]["layers"].as_array().unwrap();
     assert_eq!(
         layers
@@ -378,16 +399,16 @@ fn build_verify_report_and_refusals() {
 
 /// Writes a phantom video as a real H.264 MP4 (64×48: `report` must resize and crop it to the
 /// bundle's 48×48 the way the probes' evaluation does).
-fn phantom_mp4(path: &Path, view: echojepa::phantom::View, seed: u64) {
-    use echojepa::phantom::{Phantom, PhantomParams};
+fn phantom_mp4(path: &Path, view: echojepa_phantom::View, seed: u64) {
+    use echojepa_phantom::{Phantom, PhantomParams};
     let ph = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
     let clip = ph.render_clip(12, 30.0, 0.0, 64, 48).unwrap();
-    echojepa::video::write_mp4(path, &clip, echojepa::video::EncoderSettings::default()).unwrap();
+    echojepa_video::write_mp4(path, &clip, echojepa_video::EncoderSettings::default()).unwrap();
 }
 
 #[test]
 fn report_on_a_video_list_skips_unreadable_videos() {
-    use echojepa::phantom::View;
+    use echojepa_phantom::View;
     let f = fixture();
     let pubkey = f.root.join("keys/maker.pub");
     let vids = f.root.join("videos");
@@ -696,4 +717,41 @@ fn openssh_public_keys_are_accepted() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("id_ed25519"), "{e}");
+}
+
+/// `report` finds the LVEF head by its task: heads named `foo` and `bar`, whose target label
+/// (`score`) says nothing about EF, are still scored against the phantom's EF and checked.
+#[test]
+fn report_finds_the_ef_head_by_its_task_not_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let stem = checkpoint_with_heads(root, "named", ["bar", "foo"], "score (%)", true);
+    let keys = root.join("keys");
+    let o = run(&["keygen", "--name", "maker", "--out-dir", keys.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let bundle = root.join("bundle");
+    let (b, s) = (bundle.to_str().unwrap(), stem.to_str().unwrap());
+    let key = keys.join("maker.secret");
+    let o = run(&[
+        "build", "--checkpoint", s, "--model-version", "1", "--key", key.to_str().unwrap(),
+        "--out", b, "--calibration-clips", "1", "--reps", "1",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let pubkey = keys.join("maker.pub");
+    let o = run(&[
+        "report", b, "--key", pubkey.to_str().unwrap(), "--checkpoint", s, "--phantom", "2",
+        "--layer-clips", "1", "--reps", "1", "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let foo = &r["regressors"][0];
+    assert_eq!(foo["head"], "foo", "{r}");
+    assert_eq!(foo["lvef"], true, "{r}");
+    assert!(foo["mae_int8"].is_number(), "{r}");
+    let checks = r["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["what"].as_str().unwrap().contains("`score` mean |int8 - f32|")),
+        "{r}"
+    );
 }

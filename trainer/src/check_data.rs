@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
-use echojepa::video::{self, ColorMode, Format, VideoInfo, VideoReader};
+use echojepa_video::{self as video, ColorMode, Format, VideoInfo, VideoReader};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -162,7 +162,7 @@ fn sniff_container(path: &Path) -> String {
 const CHUNK_BYTES: usize = 64 << 20;
 
 /// Decodes every frame, `CHUNK_BYTES` worth at a time; returns the number of frames decoded.
-fn decode_in_chunks(reader: &mut dyn VideoReader) -> Result<usize, echojepa::video::VideoError> {
+fn decode_in_chunks(reader: &mut dyn VideoReader) -> Result<usize, echojepa_video::VideoError> {
     let info = reader.info();
     let (n, frame) = (info.frame_count, (info.width * info.height).max(1));
     let chunk = (CHUNK_BYTES / frame).max(1);

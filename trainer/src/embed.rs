@@ -189,7 +189,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         .zip(&colour)
         .map(|(p, &c)| (p.0, p.1, c))
         .collect();
-    let synthetic = enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&csv));
+    let list =
+        crate::provenance::of_lists(std::slice::from_ref(&csv), cfg.experiment.data.synthetic);
+    let synthetic = enc.provenance.synthetic || list.synthetic;
     let title = format!(
         "PCA of {} embeddings ({}){}",
         args.split,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use echojepa::bundle::Provenance;
 use echojepa::checkpoint::{
     NativeCheckpoint, PtFile, TensorMap, check_tensors, expected_tensors, native_paths,
 };
@@ -88,6 +89,8 @@ pub struct InitTensors {
     pub target: TensorMap,
     pub predictor: Option<TensorMap>,
     pub source: PathBuf,
+    /// Where the checkpoint's training data came from.
+    pub provenance: Provenance,
 }
 
 /// Reads the three parts from an official `.pt` (keys `encoder`, `target_encoder`,
@@ -112,6 +115,7 @@ pub fn read_init(path: &Path) -> Result<InitTensors> {
             target,
             predictor: (!pred.is_empty()).then_some(pred),
             source: st,
+            provenance: ck.config.provenance(),
         });
     }
     let pt =
@@ -144,6 +148,7 @@ pub fn read_init(path: &Path) -> Result<InitTensors> {
         target,
         predictor,
         source: path.to_path_buf(),
+        provenance: crate::provenance::official(path),
     })
 }
 
@@ -169,6 +174,8 @@ pub struct Jepa {
     pub device: Device,
     /// What the weights were initialised from (for checkpoint notes).
     pub init_note: String,
+    /// Provenance of the checkpoint the weights started from (none: random initialisation).
+    pub init_provenance: Option<Provenance>,
 }
 
 /// One step's loss terms.
@@ -189,6 +196,7 @@ impl Jepa {
     ) -> Result<Self> {
         let exp_enc = expected_encoder(enc_cfg)?;
         let exp_pred = expected_predictor(pred_cfg)?;
+        let mut init_provenance = None;
         let (enc, target, pred, note) = match init {
             InitSource::Random {
                 seed,
@@ -215,6 +223,7 @@ impl Jepa {
                         " (no predictor in it: predictor randomly initialised)",
                     ),
                 };
+                init_provenance = Some(t.provenance);
                 (
                     t.encoder,
                     t.target,
@@ -223,7 +232,9 @@ impl Jepa {
                 )
             }
         };
-        Self::from_parts(enc_cfg, pred_cfg, enc, target, pred, dtype, device, note)
+        let mut jepa = Self::from_parts(enc_cfg, pred_cfg, enc, target, pred, dtype, device, note)?;
+        jepa.init_provenance = init_provenance;
+        Ok(jepa)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -272,6 +283,7 @@ impl Jepa {
             dtype,
             device: device.clone(),
             init_note,
+            init_provenance: None,
         })
     }
 

@@ -28,6 +28,7 @@ mod plot;
 mod pretrain;
 mod pretrain_data;
 mod probe;
+mod provenance;
 mod rng;
 mod schedule;
 

@@ -9,16 +9,16 @@
 //! runtime's benchmark streams are unseen patients too.
 //!
 //! Frames are rendered at the capture size, then go through the same input preparation as the
-//! edge runtime ([`echojepa::input`]: antialiased short-side resize, centre crop, ImageNet
+//! edge runtime ([`echojepa_input`]: antialiased short-side resize, centre crop, ImageNet
 //! normalisation), so a model trained here sees what the cart computes.
 
 use anyhow::{Context, Result, bail};
-use echojepa::input::{
-    GrayImage, normalise_frames, resize_short_side_and_center_crop, short_side_size,
+use echojepa_input::{
+    GrayImage, eval_geometry, normalise_frames, resize_short_side_and_center_crop,
 };
-use echojepa::perturb::Perturbation;
-use echojepa::phantom::{Label, Phantom, PhantomParams, View};
-use echojepa::video::Clip;
+use echojepa_phantom::perturb::Perturbation;
+use echojepa_phantom::{Label, Phantom, PhantomParams, View};
+use echojepa_video::Clip;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -273,7 +273,8 @@ impl PhantomStream {
             Split::Train => self.perturbation(index),
             _ => None,
         };
-        let (label_w, label_h) = short_side_size(w, h, r);
+        let geometry = eval_geometry(w, h, r);
+        let (label_w, label_h) = geometry.resized;
         let mut frames = Vec::with_capacity(self.frames);
         let mut lv = Vec::with_capacity(self.frames * r * r);
         for k in 0..self.frames {
@@ -298,7 +299,7 @@ impl PhantomStream {
             // coarser), which costs a fraction of drawing them at capture size
             let (lw, lh) = (label_w, label_h);
             let labels = phantom.render_labels(t, lw, lh)?;
-            let (x0, y0) = ((lw - r) / 2, (lh - r) / 2);
+            let (x0, y0) = (geometry.crop.x, geometry.crop.y);
             for y in 0..r {
                 let row = &labels[(y0 + y) * lw + x0..(y0 + y) * lw + x0 + r];
                 lv.extend(row.iter().map(|&l| {

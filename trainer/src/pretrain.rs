@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
+use echojepa::bundle::Provenance;
 use echojepa::checkpoint::{InputSpec, NativeCheckpoint, NativeConfig, native_paths};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -350,6 +351,9 @@ impl Run {
             &device,
             format!("resumed from {}", p.model_st.display()),
         )?;
+        // the run's own checkpoint: its provenance already holds the data and the start
+        let mut jepa = jepa;
+        jepa.init_provenance = Some(ck.config.provenance());
         let mut opt = AdamW::new(
             jepa.named_vars()?,
             cfg.optimization.betas,
@@ -418,7 +422,7 @@ impl Run {
 
     /// Writes a checkpoint `stem` (model as a native checkpoint; optimizer and progress next to
     /// it). Files are written under temporary names and renamed, training state first.
-    pub fn save(&mut self, stem: &Path, data_note: &str) -> Result<()> {
+    pub fn save(&mut self, stem: &Path, provenance: &Provenance) -> Result<()> {
         let p = ckpt_paths(stem);
         if let Some(dir) = p.model_st.parent() {
             fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -442,22 +446,24 @@ impl Run {
         nc.encoders = vec!["encoder".into(), "target_encoder".into()];
         nc.predictor = Some(self.jepa.pred_cfg.clone());
         let d = &self.cfg.data;
-        nc.input = Some(InputSpec {
-            resolution: d.crop_size,
-            frames_per_clip: self.cfg.frames_per_clip(),
-            frame_step: d.frame_step,
-            fps: d.fps,
-            mean: echojepa::bundle::IMAGENET_MEAN,
-            std: echojepa::bundle::IMAGENET_STD,
-        });
+        let mut input = InputSpec::reference(
+            self.cfg.frames_per_clip(),
+            d.frame_step.unwrap_or(1),
+            d.crop_size,
+        );
+        input.frame_step = d.frame_step;
+        input.fps = d.fps;
+        input.channels = self.jepa.enc_cfg.in_chans;
+        nc.input = Some(input);
         nc.notes.insert(
             "trained_by".into(),
             "trainer pretrain (V-JEPA objective)".into(),
         );
         nc.notes.insert("step".into(), self.state.step.to_string());
         nc.notes.insert("init".into(), self.jepa.init_note.clone());
+        nc.provenance = Some(provenance.clone());
         nc.notes
-            .insert("training_data".into(), data_note.to_string());
+            .insert("training_data".into(), provenance.description.clone());
         nc.notes.insert(
             "intended_use".into(),
             "research only; not a medical device; no clinical claims".into(),
@@ -628,26 +634,17 @@ pub fn train(
 ) -> Result<()> {
     let folder = cfg.folder.clone();
     fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-    let mut data_note = cfg
-        .data
-        .datasets
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let synthetic = is_synthetic(&cfg.data.datasets) || cfg.data.dataset_type == "PhantomStream";
-    if cfg.data.dataset_type == "PhantomStream" {
-        let p = cfg.data.phantom.clone().unwrap_or_default();
-        data_note = format!(
-            "phantom stream (patients [{}, +{}), run seed {}; validation and test patient ranges excluded)",
-            p.train_seeds.start, p.train_seeds.count, cfg.meta.seed
-        );
-    }
-    if synthetic {
-        data_note =
-            format!("SYNTHETIC phantom videos (no patients, no clinical meaning): {data_note}");
-    }
+    let data = data_provenance(&cfg);
     let mut run = Run::new(cfg, folder.clone(), dev, ipe, resume)?;
+    let provenance = match &run.jepa.init_provenance {
+        // resumed: the checkpoint's provenance already describes this run
+        Some(own) if run.state.step > 0 => Provenance {
+            synthetic: own.synthetic || data.synthetic,
+            description: own.description.clone(),
+        },
+        Some(start) => start.then_trained_on(&data),
+        None => data,
+    };
     if run.state.step > 0 {
         source.seek(run.state.loader)?;
     }
@@ -697,19 +694,19 @@ pub fn train(
         let end_of_epoch = done % ipe == 0;
         let by_steps = save_every_steps.is_some_and(|n| n > 0 && done % n == 0);
         if end_of_epoch || by_steps || done == stop {
-            run.save(&folder.join("latest"), &data_note)?;
+            run.save(&folder.join("latest"), &provenance)?;
         }
         if end_of_epoch
             && save_every_epochs > 0
             && (done / ipe).is_multiple_of(save_every_epochs as usize)
         {
-            run.save(&folder.join(format!("e{}", done / ipe)), &data_note)?;
+            run.save(&folder.join(format!("e{}", done / ipe)), &provenance)?;
         }
     }
     pb.finish_and_clear();
     if start == stop && !ckpt_paths(&folder.join("latest")).train_json.exists() {
         // `--max-steps 0`: write the initial weights (e.g. a random-encoder baseline)
-        run.save(&folder.join("latest"), &data_note)?;
+        run.save(&folder.join("latest"), &provenance)?;
     }
     let png = folder.join("loss.png");
     if metrics_path.exists() && read_metrics(&metrics_path)?.len() > 1 {
@@ -733,7 +730,7 @@ pub fn train(
             run.state.skipped_clips
         )?;
     }
-    if synthetic {
+    if provenance.synthetic {
         writeln!(
             out,
             "note: trained on SYNTHETIC phantom data; the model has no clinical meaning"
@@ -749,11 +746,16 @@ pub fn train(
     Ok(())
 }
 
-/// Whether the datasets come from `trainer synth` (its README starts with "SYNTHETIC DATA").
-pub fn is_synthetic(csvs: &[PathBuf]) -> bool {
-    csvs.iter().any(|c| {
-        c.ancestors().skip(1).take(2).any(|d| {
-            fs::read_to_string(d.join("README.txt")).is_ok_and(|t| t.starts_with("SYNTHETIC DATA"))
-        })
-    })
+/// Where the pretraining clips come from: the phantom stream (synthetic), or the datasets
+/// (as the config's `data.synthetic` says, else by who wrote the lists).
+fn data_provenance(cfg: &PretrainConfig) -> Provenance {
+    if cfg.data.dataset_type == "PhantomStream" {
+        let p = cfg.data.phantom.clone().unwrap_or_default();
+        return Provenance::synthetic(format!(
+            "SYNTHETIC phantom stream (no patients, no clinical meaning): patients [{}, +{}), \
+             run seed {}; validation and test patient ranges excluded",
+            p.train_seeds.start, p.train_seeds.count, cfg.meta.seed
+        ));
+    }
+    crate::provenance::of_lists(&cfg.data.datasets, cfg.data.synthetic)
 }

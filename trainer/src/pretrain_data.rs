@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use echojepa::bundle::SectorHandling;
-use echojepa::video::ColorMode;
+use echojepa_video::ColorMode;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! `trainer synth`: writes a synthetic echo dataset in the reference formats from the phantom
-//! (`echojepa::phantom`): H.264 `.mp4` videos, `path label` lists for view classification and
+//! (`echojepa_phantom`): H.264 `.mp4` videos, `path label` lists for view classification and
 //! EF regression (EF z-scored with mean/std fitted on the training split, saved as
 //! `scaler.json`), a multi-view list (`view_0 view_1 label`, some views `MISS`) for the RVSP
 //! analogue, and a ground-truth table. Splits are by patient, so no heart appears in two splits.
@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use echojepa::phantom::{GroundTruth, Phantom, PhantomParams, View};
-use echojepa::video::{self, ColorMode, EncoderSettings};
+use echojepa_phantom::{GroundTruth, Phantom, PhantomParams, View};
+use echojepa_video::{self as video, ColorMode, EncoderSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -429,7 +429,7 @@ pub fn write_lists(
     }
     write_atomic(&out.join("ground_truth.csv"), gt.as_bytes())?;
     let readme = format!(
-        "SYNTHETIC DATA. Every video here was rendered by the EchoJEPA echo phantom (echojepa::phantom);\n\
+        "SYNTHETIC DATA. Every video here was rendered by the EchoJEPA echo phantom (echojepa_phantom);\n\
          none comes from a patient and nothing here has clinical meaning.\n\n\
          videos/            H.264 MP4, {frames} frames at {fps} fps, {w}x{h}\n\
          view/{{train,val,test}}.csv   `path class` (classes.txt: index -> view)\n\

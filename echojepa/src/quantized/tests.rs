@@ -348,6 +348,7 @@ fn tiny_bundle(
         description: String::new(),
         synthetic_training_data: true,
         notice: "synthetic".into(),
+        provenance: None,
         created_unix: 0,
         tool: ToolInfo {
             name: "test".into(),
@@ -358,6 +359,7 @@ fn tiny_bundle(
         heads: vec![
             HeadSpec {
                 name: "view".into(),
+                task: None,
                 probe: probe_cfg(ProbeKind::Classifier, 3),
                 tensor_prefix: probe_prefix("view"),
                 classes: vec!["a4c".into(), "a2c".into(), "plax".into()],
@@ -368,6 +370,7 @@ fn tiny_bundle(
             },
             HeadSpec {
                 name: "ef".into(),
+                task: None,
                 probe: probe_cfg(ProbeKind::Regressor, 1),
                 tensor_prefix: probe_prefix("ef"),
                 classes: vec![],

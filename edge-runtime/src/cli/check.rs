@@ -39,7 +39,7 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<ExitCode> {
     let mut opts = pipeline_options(&board, Some(per_clip + 2 * board.model.clip_every as u64));
     opts.inference_queue = 8;
     let schedule = PhantomSchedule {
-        views: vec![echojepa::phantom::View::A4c],
+        views: vec![echojepa_phantom::View::A4c],
         seconds_per_view: 3600.0,
         seed: 1,
     };

@@ -1,4 +1,4 @@
-//! Video files as a source (`--source file:PATH`): any file `echojepa::video` reads (H.264 MP4
+//! Video files as a source (`--source file:PATH`): any file `echojepa_video` reads (H.264 MP4
 //! without system packages; DICOM and FFmpeg formats when echojepa is built with those features).
 //! Frames carry the file's timestamps (`index / fps`); wrap the source in [`super::Paced`] to play
 //! it at its own frame rate, or read it as fast as possible.
@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use echojepa::video::{ColorMode, VideoReader};
+use echojepa_video::{ColorMode, VideoReader};
 
 use super::{FrameSource, SourceError};
 use crate::frame::Frame;
@@ -36,7 +36,7 @@ pub struct FileSource {
 impl FileSource {
     /// Opens the file; `default_fps` is used when the file has no frame rate.
     pub fn open(path: &Path, default_fps: f64, looping: bool) -> Result<Self, SourceError> {
-        let reader = echojepa::video::open(path).map_err(|e| SourceError::Fatal {
+        let reader = echojepa_video::open(path).map_err(|e| SourceError::Fatal {
             source_name: path.display().to_string(),
             reason: e.to_string(),
         })?;

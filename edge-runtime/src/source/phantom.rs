@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use echojepa::phantom::{Phantom, PhantomParams, View};
+use echojepa_phantom::{Phantom, PhantomParams, View};
 
 use super::{FrameSource, SourceError};
 use crate::frame::{Frame, GroundTruth, PixelFormat};

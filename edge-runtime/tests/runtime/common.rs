@@ -24,11 +24,13 @@ pub fn test_model_info() -> ModelInfo {
         model_id: "test-engine".into(),
         model_version: "0.0-test".into(),
         synthetic_training_data: true,
+        provenance: None,
         notice: String::new(),
         clip: ClipSpec {
             frames: 4,
             interval: Duration::from_millis(40),
             resolution: 16,
+            linspace_step: None,
         },
         sector: SectorUse::FullFrame,
         view_classes: vec!["A4C".into(), "PLAX".into()],

@@ -179,7 +179,7 @@ fn scripted_run() -> Vec<Prediction> {
 /// A phantom A4C frame, 320x240, with its burned-in text.
 fn phantom_frame() -> DisplayFrame {
     let schedule = PhantomSchedule {
-        views: vec![echojepa::phantom::View::A4c],
+        views: vec![echojepa_phantom::View::A4c],
         seconds_per_view: 3600.0,
         seed: 1,
     };

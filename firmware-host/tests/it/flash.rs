@@ -39,6 +39,7 @@ fn manifest(version: &str) -> Manifest {
         description: String::new(),
         synthetic_training_data: true,
         notice: "Trained on synthetic data. Not for diagnostic use.".into(),
+        provenance: None,
         created_unix: 0,
         tool: ToolInfo {
             name: "firmware-host tests".into(),
@@ -49,6 +50,7 @@ fn manifest(version: &str) -> Manifest {
         heads: vec![
             HeadSpec {
                 name: "view".into(),
+                task: None,
                 probe: probe(ProbeKind::Classifier, 2),
                 tensor_prefix: "probe.view".into(),
                 classes: vec!["A4C".into(), "PLAX".into()],
@@ -59,6 +61,7 @@ fn manifest(version: &str) -> Manifest {
             },
             HeadSpec {
                 name: "lvef".into(),
+                task: None,
                 probe: probe(ProbeKind::Regressor, 1),
                 tensor_prefix: "probe.lvef".into(),
                 classes: vec![],

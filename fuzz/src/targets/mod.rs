@@ -34,14 +34,14 @@ impl std::fmt::Debug for Target {
 pub static TARGETS: &[Target] = &[
     Target {
         name: "mp4",
-        about: "echojepa::video::mp4::Mp4Reader::open + decoding a few frames (H.264 in MP4)",
+        about: "echojepa_video::mp4::Mp4Reader::open + decoding a few frames (H.264 in MP4)",
         run: video::mp4,
         dict: video::MP4_DICT,
         max_len: 64 * 1024,
     },
     Target {
         name: "avi",
-        about: "echojepa::video::avi::AviReader::open + decoding a few frames (MJPEG/raw AVI)",
+        about: "echojepa_video::avi::AviReader::open + decoding a few frames (MJPEG/raw AVI)",
         run: video::avi,
         dict: video::AVI_DICT,
         max_len: 64 * 1024,

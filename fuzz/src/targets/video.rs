@@ -4,9 +4,9 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use echojepa::video::avi::AviReader;
-use echojepa::video::mp4::Mp4Reader;
-use echojepa::video::{ColorMode, MAX_PIXELS, VideoReader, h264, sniff};
+use echojepa_video::avi::AviReader;
+use echojepa_video::mp4::Mp4Reader;
+use echojepa_video::{ColorMode, MAX_PIXELS, VideoReader, h264, sniff};
 
 use super::{outcome, scratch_file, with_file};
 

@@ -159,6 +159,10 @@ pub struct EvalData {
     pub miss_augment_prob: f64,
     #[serde(default = "one")]
     pub min_present: usize,
+    /// Extension: whether the lists are synthetic, recorded in the probe's provenance. Unset:
+    /// lists written by `trainer synth` are, other lists are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<bool>,
     /// Extension: train on this fraction of the training set, stratified by class, seeded.
     #[serde(default)]
     pub label_fraction: Option<f64>,

@@ -53,6 +53,11 @@ pub struct PretrainData {
     /// phantom (views, capture size, patient seed ranges); `optimization.ipe` sets the epoch.
     #[serde(default)]
     pub phantom: Option<crate::phantom_stream::StreamSpec>,
+    /// Extension: whether the datasets are synthetic, recorded in the checkpoint's provenance.
+    /// Unset: lists written by `trainer synth` are, other lists are not; the phantom stream
+    /// always is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<bool>,
     /// Sampling weight per dataset (default: proportional to size).
     #[serde(default)]
     pub datasets_weights: Option<Vec<f64>>,

@@ -3,10 +3,10 @@
 //! centre fallback, as torchvision's `RandomResizedCrop.get_params`), resized bilinearly with
 //! `align_corners=False` in float, an optional horizontal flip (off for echo: EchoJEPA
 //! hard-codes it off because flipping swaps the heart's left and right), and ImageNet
-//! normalisation. Evaluation uses `echojepa::preprocess::eval_transform` instead.
+//! normalisation. Evaluation uses `echojepa_input::preprocess::eval_transform` instead.
 
-use echojepa::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, resize_region};
-use echojepa::video::Clip;
+use echojepa_input::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, resize_region};
+use echojepa_video::Clip;
 use rand::Rng;
 
 /// `RandomResizedCrop` settings (`data_aug.random_resize_scale`, `random_resize_aspect_ratio`).

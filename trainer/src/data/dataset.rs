@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use echojepa::bundle::SectorHandling;
-use echojepa::perturb::Perturbation;
-use echojepa::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, eval_transform};
-use echojepa::video::{self, Clip, ColorMode};
+use echojepa_input::preprocess::{ClipTensor, IMAGENET_MEAN, IMAGENET_STD, eval_transform};
+use echojepa_phantom::perturb::Perturbation;
+use echojepa_video::{self as video, Clip, ColorMode};
 use rand_chacha::ChaCha8Rng;
 
 use super::augment::RandomResizedCrop;
@@ -61,7 +61,9 @@ impl ClipPipeline {
             },
             transform: Transform::Eval { crop_size },
             sector: SectorHandling::FullFrame,
-            color: ColorMode::Rgb,
+            // Grey, like the cart: echo is grey, and the encoder's three channels are the grey
+            // replicated (for neutral-chroma H.264 the RGB decode is the same bytes three times).
+            color: ColorMode::Gray,
             perturbation: None,
         }
     }
@@ -93,7 +95,7 @@ impl ClipPipeline {
 
     /// Sector handling, perturbation and transform of decoded clips.
     fn finish(&self, mut clips: Vec<Clip>, rng: &mut ChaCha8Rng) -> Result<Vec<ClipTensor>> {
-        echojepa::preprocess::apply_sector(&mut clips, self.sector)
+        echojepa_input::preprocess::apply_sector(&mut clips, self.sector)
             .context("cropping to the echo sector")?;
         if let Some(p) = &self.perturbation {
             clips.iter_mut().for_each(|c| p.apply(c));

@@ -13,7 +13,7 @@ pub mod csv;
 pub mod dataset;
 pub mod loader;
 /// The reference's clip-sampling rules (in `echojepa`, shared with `quantize report`).
-pub use echojepa::sampling;
+pub use echojepa_input::sampling;
 
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use echojepa::bundle::SectorHandling;
-use echojepa::phantom::{Phantom, PhantomParams, View};
-use echojepa::video::{ColorMode, EncoderSettings, write_mp4};
+use echojepa_phantom::{Phantom, PhantomParams, View};
+use echojepa_video::{ColorMode, EncoderSettings, write_mp4};
 
 use super::augment::RandomResizedCrop;
 use super::csv::{MultiViewEntry, VideoEntry};

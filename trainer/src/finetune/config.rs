@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use echojepa::EncoderConfig;
-use echojepa::phantom::View;
+use echojepa_phantom::View;
 use serde::{Deserialize, Serialize};
 
 use crate::config::eval::EncoderKwargs;

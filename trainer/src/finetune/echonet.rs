@@ -15,14 +15,14 @@
 //!   parse, is an error naming the file and the line. A traced frame with fewer than two chords,
 //!   no area or past the video's end is left out with a warning. Without the file, every video
 //!   trains the EF head only (an LV head then has nothing to learn: refused).
-//! * `Videos/<FileName>.avi` (or `.mp4`, or `FileName` as written): read by `echojepa::video`
+//! * `Videos/<FileName>.avi` (or `.mp4`, or `FileName` as written): read by `echojepa_video`
 //!   (Motion JPEG AVI as EchoNet ships it, H.264 MP4, DICOM; other codecs need the `ffmpeg`
 //!   feature). A missing or unreadable video is skipped with a warning naming the file, and
 //!   counted.
 //!
 //! Every selected video is decoded once when the run starts (in parallel). Its frames are
 //! prepared as the phantom stream's and the edge runtime's are (antialiased short-side resize to
-//! `resolution·256/224`, centre crop; [`echojepa::input`]) and kept in memory up to
+//! `resolution·256/224`, centre crop; [`echojepa_input`]) and kept in memory up to
 //! `experiment.data.cache_mb`; videos beyond that are decoded again for each clip. Each traced
 //! outline is rasterised at the video's own size and goes through the same resize and crop, so
 //! mask and frame stay aligned; the resampled mask is a soft target in `[0, 1]`.
@@ -39,9 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
-use echojepa::input::{GrayImage, resize_short_side_and_center_crop};
-use echojepa::phantom::View;
-use echojepa::video::{self, ColorMode};
+use echojepa_input::{GrayImage, resize_short_side_and_center_crop};
+use echojepa_phantom::View;
+use echojepa_video::{self as video, ColorMode};
 use rand::Rng;
 use serde::Serialize;
 

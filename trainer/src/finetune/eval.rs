@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use echojepa::checkpoint::{Scaler, TensorMap};
-use echojepa::input::normalise_frames;
 use echojepa::lv::{self, TokenLayout};
-use echojepa::phantom::View;
+use echojepa_input::normalise_frames;
+use echojepa_phantom::View;
 use serde::{Deserialize, Serialize};
 
 use super::Setup;

@@ -30,7 +30,7 @@ use candle_nn::VarBuilder;
 use echojepa::checkpoint::{
     InputSpec, LvHeadEntry, NativeCheckpoint, NativeConfig, ProbeEntry, Scaler,
 };
-use echojepa::phantom::View;
+use echojepa_phantom::View;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Loaded, load};
@@ -580,6 +580,30 @@ fn lv_entry(
         })
 }
 
+/// What a fine-tuned head predicts: the view classifier over every phantom view, or LVEF in
+/// percent (the only regression target fine-tuning trains).
+fn head_task(task: HeadTask, views: &[View]) -> echojepa::bundle::HeadTask {
+    let t = match task {
+        HeadTask::View => echojepa::bundle::HeadTask::view_classifier(
+            View::ALL.iter().map(|v| v.name().to_string()).collect(),
+        ),
+        _ => echojepa::bundle::HeadTask::regressor(vec![echojepa::bundle::Measure::lvef()]),
+    };
+    t.on_views(views.iter().map(|v| v.name().to_string()).collect())
+}
+
+/// The model's provenance: the clips', after the starting checkpoint's (none when the encoder
+/// starts from random weights).
+fn run_provenance(s: &Setup) -> Result<echojepa::bundle::Provenance> {
+    let data = s.source.provenance();
+    match (&s.cfg.finetune.init, &s.cfg.model_kwargs.checkpoint) {
+        (Init::Pretrained, Some(path)) => {
+            Ok(crate::provenance::of_checkpoint(path)?.then_trained_on(&data))
+        }
+        _ => Ok(data),
+    }
+}
+
 /// Saves the model (EMA when enabled) as a native checkpoint with its probes.
 #[allow(clippy::too_many_arguments)]
 fn save_model(
@@ -596,8 +620,11 @@ fn save_model(
     let mut nc = NativeConfig::new(s.enc_cfg.clone());
     nc.model_id = format!("{}-finetune-{}", s.enc_cfg.name, s.cfg.tag);
     nc.encoders = vec!["target_encoder".into()];
-    let mut input = InputSpec::imagenet(d.resolution, d.frames_per_clip, d.frame_step);
-    input.fps = None;
+    // Fine-tuning clips are uniformly spaced, as the edge runtime samples them.
+    use echojepa_input::FrameSpacing;
+    let mut input = InputSpec::reference(d.frames_per_clip, d.frame_step, d.resolution);
+    input.spacing = FrameSpacing::Uniform;
+    input.channels = s.enc_cfg.in_chans;
     nc.input = Some(input);
     let mut ck_parts: Vec<(String, echojepa::checkpoint::TensorMap)> = Vec::new();
     let part = |prefix: &str| -> echojepa::checkpoint::TensorMap {
@@ -641,6 +668,7 @@ fn save_model(
                             None
                         },
                         valid_views: h.views.iter().map(|v| v.name().to_string()).collect(),
+                        task: Some(head_task(h.task, &h.views)),
                     },
                 );
                 ck_parts.push((format!("probes.{}", h.name), tensors));
@@ -648,6 +676,7 @@ fn save_model(
             None => ck_parts.push(("lv_head".into(), tensors)),
         }
     }
+    nc.provenance = Some(run_provenance(s)?);
     nc.notes = notes;
     nc.lv_head = lv_head;
     let mut ck = NativeCheckpoint::new(nc);

@@ -40,7 +40,7 @@ pub fn probe_config(
     depth: usize,
 ) -> Option<ProbeConfig> {
     let (kind, n) = match task {
-        HeadTask::View => (ProbeKind::Classifier, echojepa::phantom::View::ALL.len()),
+        HeadTask::View => (ProbeKind::Classifier, echojepa_phantom::View::ALL.len()),
         HeadTask::Ef => (ProbeKind::Regressor, 1),
         HeadTask::LvSegmentation => return None,
     };

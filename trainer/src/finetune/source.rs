@@ -116,6 +116,14 @@ impl Source {
         }
     }
 
+    /// Where the clips come from, for the checkpoint's provenance.
+    pub fn provenance(&self) -> echojepa::bundle::Provenance {
+        match self {
+            Source::Phantom(_) => echojepa::bundle::Provenance::synthetic(self.training_note()),
+            Source::EchoNet(_) => echojepa::bundle::Provenance::recorded(self.training_note()),
+        }
+    }
+
     /// The checkpoint's `training_data` note.
     pub fn training_note(&self) -> String {
         match self {

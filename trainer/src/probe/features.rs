@@ -10,9 +10,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use echojepa::EncoderConfig;
+use echojepa::bundle::Provenance;
 use echojepa::checkpoint::{NativeCheckpoint, PtFile, load_strict, native_paths};
 use echojepa::encoder::VisionTransformer;
-use echojepa::perturb::Perturbation;
+use echojepa_phantom::perturb::Perturbation;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::heads::Sample;
@@ -28,8 +29,8 @@ pub struct FrozenEncoder {
     pub identity: String,
     pub dtype: DType,
     pub device: Device,
-    /// Whether the checkpoint says it was trained on synthetic data.
-    pub synthetic: bool,
+    /// Where the encoder's training data came from.
+    pub provenance: Provenance,
 }
 
 fn same_arch(a: &EncoderConfig, b: &EncoderConfig) -> bool {
@@ -113,14 +114,14 @@ pub fn load_encoder(
         let model = load_strict(&st, part, dtype, device, |vb| {
             VisionTransformer::new(cfg, vb)
         })?;
-        let synthetic = ck.config.notes.values().any(|v| v.contains("SYNTHETIC"));
+        let provenance = ck.config.provenance();
         return Ok(FrozenEncoder {
             model,
             cfg: cfg.clone(),
             identity: format!("{}#{key}", file_identity(&st)),
             dtype,
             device: device.clone(),
-            synthetic,
+            provenance,
         });
     }
     let pt =
@@ -137,7 +138,7 @@ pub fn load_encoder(
         identity: format!("{}#{key}", file_identity(path)),
         dtype,
         device: device.clone(),
-        synthetic: false,
+        provenance: crate::provenance::official(path),
     })
 }
 

@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
+use echojepa::bundle::{HeadTask, Measure, Provenance};
 use echojepa::checkpoint::{
     InputSpec, NativeCheckpoint, NativeConfig, PtFile, Scaler, TensorMap, native_paths,
 };
 use echojepa::config::SlotConfig;
-use echojepa::perturb::Perturbation;
 use echojepa::probe::AttentiveProbe;
 use echojepa::{ProbeConfig, ProbeKind};
+use echojepa_phantom::perturb::Perturbation;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
@@ -516,10 +517,38 @@ pub fn baseline(info: &TaskInfo, train: &[Sample], eval_on: &[Sample]) -> Metric
     metrics_of(info, eval_on, &ev)
 }
 
+/// What a probe predicts: a classifier over the standard echo views is the view classifier;
+/// a regressor's target (`name (unit)` as `scaler.json` gives it) becomes its measure.
+fn probe_task(info: &TaskInfo) -> HeadTask {
+    match info.task {
+        TaskType::Classification => {
+            let views = !info.classes.is_empty()
+                && info
+                    .classes
+                    .iter()
+                    .all(|c| c.parse::<echojepa_phantom::View>().is_ok());
+            if views {
+                HeadTask::view_classifier(info.classes.clone())
+            } else {
+                HeadTask::classifier(info.classes.clone())
+            }
+        }
+        TaskType::Regression => {
+            let t = info.target_name.as_str();
+            let (name, unit) = t
+                .strip_suffix(')')
+                .and_then(|x| x.rsplit_once(" ("))
+                .unwrap_or((t, ""));
+            HeadTask::regressor(vec![Measure::from_label(name, unit)])
+        }
+    }
+}
+
 fn save_probe(
     s: &Setup,
     probe: &TensorMap,
     notes: BTreeMap<String, String>,
+    provenance: &Provenance,
     stem: &Path,
 ) -> Result<()> {
     let mut nc = NativeConfig::new(s.enc.cfg.clone());
@@ -533,8 +562,9 @@ fn save_probe(
     nc.model_id = format!("{}-{}", s.enc.cfg.name, s.name);
     nc.encoders = vec![key.clone()];
     let d = &s.cfg.experiment.data;
-    let mut input = InputSpec::imagenet(d.resolution, d.frames_per_clip, d.frame_step);
-    input.fps = None;
+    // The probes' evaluation reads clips with the reference loader's frame rule (linspace).
+    let mut input = InputSpec::reference(d.frames_per_clip, d.frame_step, d.resolution);
+    input.channels = s.enc.cfg.in_chans;
     nc.input = Some(input);
     nc.probes.insert(
         s.name.clone(),
@@ -550,8 +580,10 @@ fn save_probe(
             temperature: None,
             min_confidence: None,
             valid_views: vec![],
+            task: Some(probe_task(&s.info)),
         },
     );
+    nc.provenance = Some(provenance.clone());
     nc.notes = notes;
     let mut ck = NativeCheckpoint::new(nc);
     // the frozen encoder's weights, so the file alone runs the model
@@ -624,11 +656,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     plot_curves(&s, &specs, &sweep.curves)?;
 
     let d = &s.cfg.experiment.data;
-    let synthetic =
-        s.enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&d.dataset_train));
+    let data = crate::provenance::of_lists(std::slice::from_ref(&d.dataset_train), d.synthetic);
+    let provenance = s.enc.provenance.then_trained_on(&data);
+    let synthetic = provenance.synthetic;
     let notes = probe_notes(&s, best_head, best_epoch, &val_m, synthetic);
     let stem = s.out_dir.join("probe");
-    save_probe(&s, &best_tensors, notes, &stem)?;
+    save_probe(&s, &best_tensors, notes, &provenance, &stem)?;
     let summary = ProbeSummary {
         config: config_path,
         task: s.info.clone(),
@@ -1168,7 +1201,9 @@ fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Wri
     } else {
         Vec::new()
     };
-    let synthetic = s.enc.synthetic || crate::pretrain::is_synthetic(std::slice::from_ref(&csv));
+    let list =
+        crate::provenance::of_lists(std::slice::from_ref(&csv), s.cfg.experiment.data.synthetic);
+    let synthetic = s.enc.provenance.synthetic || list.synthetic;
     let summary = EvalSummary {
         split: args.split.clone(),
         samples: clean.samples.len(),

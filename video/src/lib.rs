@@ -29,62 +29,12 @@ pub mod ffmpeg;
 
 use std::path::{Path, PathBuf};
 
+pub use echojepa_input::Clip;
 pub use writer::{EncoderSettings, Mp4Writer, write_mp4};
 
 /// Largest picture (width × height) the built-in readers accept: 8192 × 8192. Far above any
 /// echo video; a header declaring more is refused before a frame buffer is allocated.
 pub const MAX_PIXELS: usize = 8192 * 8192;
-
-/// A decoded clip: `frames × height × width × channels` bytes, row-major, channels interleaved
-/// (`channels` is 1 for grayscale or 3 for RGB).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Clip {
-    pub frames: usize,
-    pub height: usize,
-    pub width: usize,
-    pub channels: usize,
-    pub data: Vec<u8>,
-}
-
-impl Clip {
-    /// An all-black clip.
-    pub fn zeros(frames: usize, height: usize, width: usize, channels: usize) -> Self {
-        Self {
-            frames,
-            height,
-            width,
-            channels,
-            data: vec![0; frames * height * width * channels],
-        }
-    }
-
-    /// Bytes of one frame.
-    pub fn frame_len(&self) -> usize {
-        self.height * self.width * self.channels
-    }
-
-    /// Frame `i` as a slice (`None` past the end).
-    pub fn frame(&self, i: usize) -> Option<&[u8]> {
-        let n = self.frame_len();
-        self.data.get(i * n..(i + 1) * n)
-    }
-
-    /// Checks that `data` holds exactly `frames × height × width × channels` bytes.
-    pub fn validate(&self) -> Result<(), VideoError> {
-        let expected = self.frames * self.height * self.width * self.channels;
-        if !(self.channels == 1 || self.channels == 3) || self.data.len() != expected {
-            return Err(VideoError::InvalidClip(format!(
-                "{} bytes for {} frames of {}x{}x{} (channels must be 1 or 3)",
-                self.data.len(),
-                self.frames,
-                self.height,
-                self.width,
-                self.channels
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// Which pixels a reader returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::video::Clip;
+use echojepa_input::Clip;
 
 /// One perturbation.
 #[derive(Debug, Clone, Copy, PartialEq)]

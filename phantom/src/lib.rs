@@ -22,8 +22,11 @@
 //! computed with IEEE-754 basic operations only (no platform `libm`), so the bytes are the same
 //! on x86-64 and aarch64.
 //!
+//! [`perturb`] holds the acoustic perturbations (gain, noise, dropout, ...) applied to real or
+//! synthetic clips when training and when testing robustness.
+//!
 //! ```
-//! use echojepa::phantom::{Phantom, PhantomParams, View};
+//! use echojepa_phantom::{Phantom, PhantomParams, View};
 //! let phantom = Phantom::new(PhantomParams::sample(42, View::A4c)).unwrap();
 //! let frame = phantom.render_frame(0.0, 112, 112).unwrap(); // a live-stream frame at t = 0 s
 //! assert_eq!(frame.data.len(), 112 * 112);
@@ -36,6 +39,7 @@
 mod dmath;
 mod heart;
 mod overlay;
+pub mod perturb;
 mod raster;
 mod scene;
 
@@ -46,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 pub use heart::{HeartParams, area_length_volume_ml};
 
-use crate::video::Clip;
+use echojepa_input::Clip;
 use heart::HeartState;
 use raster::{SectorGeometry, Target, Textures};
 

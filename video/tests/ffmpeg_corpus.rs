@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use echojepa::video::{self, ColorMode, h264};
+use echojepa_video::{self as video, ColorMode, h264};
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?

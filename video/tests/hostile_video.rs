@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use echojepa::video::{self, Clip, ColorMode, EncoderSettings, write_mp4};
+use echojepa_video::{self as video, Clip, ColorMode, EncoderSettings, write_mp4};
 
 struct Counting;
 

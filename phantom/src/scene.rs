@@ -7,7 +7,7 @@
 
 use super::heart::{HeartParams, HeartState, KAPPA};
 use super::{Label, View};
-use crate::phantom::dmath;
+use crate::dmath;
 
 // Echogenicity (linear amplitude; 1 = brightest specular reflector).
 pub(crate) const BLOOD: f32 = 0.006;

@@ -105,6 +105,16 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     v
 }
 
+/// Offsets of the reference's first-window clip of `fpc` frames over `clip_len` source frames:
+/// `clip(linspace(0, clip_len, fpc), 0, clip_len − 1)` truncated.
+pub fn reference_offsets(fpc: usize, clip_len: usize) -> Vec<usize> {
+    let hi = clip_len.saturating_sub(1) as f64;
+    linspace(0.0, clip_len as f64, fpc)
+        .into_iter()
+        .map(|x| clip_trunc(x, 0.0, hi))
+        .collect()
+}
+
 /// `np.clip(x, lo, hi).astype(np.int64)` (numpy applies the upper bound last; we also keep
 /// indices non-negative, where numpy would return -1 for a one-frame video).
 fn clip_trunc(x: f64, lo: f64, hi: f64) -> usize {

@@ -3,7 +3,7 @@
 //! (FFmpeg, when installed) and DICOM (feature `dicom`).
 
 use super::*;
-use crate::phantom::{Phantom, PhantomParams, View};
+use echojepa_phantom::{Phantom, PhantomParams, View};
 
 fn phantom_clip(seed: u64, frames: usize, w: usize, h: usize) -> Clip {
     Phantom::new(PhantomParams::sample(seed, View::A4c))
@@ -415,7 +415,7 @@ fn broken_avi_is_an_error_naming_the_file() {
 #[cfg(feature = "dicom")]
 mod dicom_files {
     use super::*;
-    use crate::video::dicom::write::{Pixels, us_multiframe};
+    use crate::dicom::write::{Pixels, us_multiframe};
 
     fn gray_clip() -> Clip {
         phantom_clip(5, 6, 80, 64)
@@ -454,7 +454,7 @@ mod dicom_files {
     #[test]
     fn rgb_and_ybr_native() {
         let dir = tempfile::tempdir().unwrap();
-        let clip = crate::preprocess::gray_to_rgb(&gray_clip());
+        let clip = echojepa_input::preprocess::gray_to_rgb(&gray_clip());
         let p = dir.path().join("rgb.dcm");
         us_multiframe(&p, 64, 80, 6, 3, "RGB", 20.0, Pixels::Native(&clip.data)).unwrap();
         assert_eq!(
@@ -479,7 +479,7 @@ mod dicom_files {
     fn jpeg_baseline_ybr_full_422() {
         let dir = tempfile::tempdir().unwrap();
         let gray = gray_clip();
-        let rgb = crate::preprocess::gray_to_rgb(&gray);
+        let rgb = echojepa_input::preprocess::gray_to_rgb(&gray);
         let mut jpegs = Vec::new();
         for t in 0..6 {
             let mut buf = Vec::new();

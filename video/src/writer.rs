@@ -331,7 +331,8 @@ pub fn write_mp4(
     clip: &Clip,
     settings: EncoderSettings,
 ) -> Result<PathBuf, VideoError> {
-    clip.validate()?;
+    clip.validate()
+        .map_err(|e| VideoError::InvalidClip(e.to_string()))?;
     let mut w = Mp4Writer::create(path, clip.width, clip.height, settings)?;
     for i in 0..clip.frames {
         let f = clip.frame(i).unwrap_or(&[]);

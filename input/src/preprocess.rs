@@ -5,12 +5,11 @@
 //!
 //! Float clips are channel-first `[C, T, H, W]` ([`ClipTensor`]), the layout the encoder takes.
 
-use candle_core::{Device, Tensor};
+use crate::prepare::{Normaliser, Resizer};
+use crate::spec::SectorHandling;
+use crate::{Clip, GrayImage, Rect};
 
-use crate::bundle::SectorHandling;
-use crate::video::Clip;
-
-pub use crate::bundle::{IMAGENET_MEAN, IMAGENET_STD};
+pub use crate::spec::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// Errors of preprocessing; each names the sizes involved.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +28,6 @@ pub enum PreprocessError {
     /// The clip's buffer does not match its dimensions, or a size is zero.
     #[error("invalid clip: {0}")]
     InvalidClip(String),
-    /// Building a tensor failed.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
 }
 
 fn check(clip: &Clip) -> Result<(), PreprocessError> {
@@ -56,17 +52,6 @@ pub struct ClipTensor {
     pub height: usize,
     pub width: usize,
     pub data: Vec<f32>,
-}
-
-impl ClipTensor {
-    /// As a candle tensor of shape `[C, T, H, W]`.
-    pub fn to_tensor(&self, device: &Device) -> Result<Tensor, PreprocessError> {
-        Ok(Tensor::from_slice(
-            &self.data,
-            (self.channels, self.frames, self.height, self.width),
-            device,
-        )?)
-    }
 }
 
 /// Source coordinate and weight tables for bilinear resampling with half-pixel centres
@@ -135,8 +120,8 @@ pub fn resize_region(
     }
 }
 
-/// Bilinear resize of every frame to `width × height`, rounding to 8 bits (as `cv2.resize` on
-/// `uint8` does; our float weights differ from OpenCV's 11-bit fixed point by at most one level).
+/// Resizes every frame (and channel) to `width × height` with the input path's filter
+/// ([`crate::prepare::Resizer`]: antialiased triangle, fixed point).
 pub fn resize(clip: &Clip, width: usize, height: usize) -> Result<Clip, PreprocessError> {
     check(clip)?;
     if width == 0 || height == 0 {
@@ -147,25 +132,37 @@ pub fn resize(clip: &Clip, width: usize, height: usize) -> Result<Clip, Preproce
     if width == clip.width && height == clip.height {
         return Ok(clip.clone());
     }
-    let c = clip.channels;
-    let mut out = Clip::zeros(clip.frames, height, width, c);
-    let n = width * height * c;
+    let r = Resizer::new(
+        clip.width,
+        clip.height,
+        width,
+        height,
+        Rect::full(width, height),
+    );
+    Ok(map_planes(clip, &r))
+}
+
+/// Runs `r` on every frame and channel of `clip`.
+fn map_planes(clip: &Clip, r: &Resizer) -> Clip {
+    let (c, (ow, oh)) = (clip.channels, r.output_size());
+    let mut out = Clip::zeros(clip.frames, oh, ow, c);
+    let n = ow * oh * c;
     for t in 0..clip.frames {
         let src = clip.frame(t).unwrap_or(&[]);
-        let dst = &mut out.data[t * n..(t + 1) * n];
-        resize_region(
-            src,
-            clip.width,
-            c,
-            (0, 0, clip.width, clip.height),
-            width,
-            height,
-            |i, v| {
-                dst[i] = v.round().clamp(0.0, 255.0) as u8;
-            },
-        );
+        for ch in 0..c {
+            let plane = GrayImage {
+                width: clip.width,
+                height: clip.height,
+                data: src.iter().skip(ch).step_by(c).copied().collect(),
+            };
+            let small = r.run(&plane);
+            let dst = &mut out.data[t * n..(t + 1) * n];
+            for (i, v) in small.data.into_iter().enumerate() {
+                dst[i * c + ch] = v;
+            }
+        }
     }
-    Ok(out)
+    out
 }
 
 /// The short-side size the reference's eval transform resizes to: `int(crop * 256 / 224)`.
@@ -259,16 +256,13 @@ pub fn normalize(clip: &Clip) -> Result<ClipTensor, PreprocessError> {
     check(clip)?;
     let (t, h, w, c) = (clip.frames, clip.height, clip.width, clip.channels);
     let plane = t * h * w;
+    let norm = Normaliser::new(3, IMAGENET_MEAN, IMAGENET_STD);
     let mut data = vec![0f32; 3 * plane];
     for ch in 0..3 {
-        let (scale, bias) = (
-            1.0 / (255.0 * IMAGENET_STD[ch]),
-            -IMAGENET_MEAN[ch] / IMAGENET_STD[ch],
-        );
         let src_c = if c == 1 { 0 } else { ch };
         let dst = &mut data[ch * plane..(ch + 1) * plane];
         for (i, d) in dst.iter_mut().enumerate() {
-            *d = clip.data[i * c + src_c] as f32 * scale + bias;
+            *d = norm.value(ch, clip.data[i * c + src_c]);
         }
     }
     Ok(ClipTensor {
@@ -283,8 +277,14 @@ pub fn normalize(clip: &Clip) -> Result<ClipTensor, PreprocessError> {
 /// The spatial part of the reference's evaluation transform: short side → `crop·256/224`, then
 /// the centred `crop × crop` square (still bytes, any channel count).
 pub fn eval_resize_crop(clip: &Clip, crop_size: usize) -> Result<Clip, PreprocessError> {
-    let resized = resize_short_side(clip, eval_resize_size(crop_size))?;
-    center_crop(&resized, crop_size)
+    check(clip)?;
+    if crop_size == 0 {
+        return Err(PreprocessError::InvalidClip("crop size 0".into()));
+    }
+    Ok(map_planes(
+        clip,
+        &Resizer::eval(clip.width, clip.height, crop_size),
+    ))
 }
 
 /// The reference's evaluation transform for crop size `crop`: short side → `crop·256/224`,
@@ -531,7 +531,6 @@ fn inside_hull(hull: &[(i64, i64)], px2: i64, py2: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phantom::{Phantom, PhantomParams, View};
 
     fn ramp(w: usize, h: usize) -> Clip {
         let data = (0..w * h)
@@ -547,8 +546,10 @@ mod tests {
     }
 
     #[test]
-    fn bilinear_matches_half_pixel_formula() {
-        // 4 -> 2 downscale: dst 0 samples src 0.5 (avg of 0,1), dst 1 samples src 2.5
+    fn resize_is_antialiased_when_shrinking_and_bilinear_when_enlarging() {
+        // 4 -> 2: the triangle widens to 2 source pixels, so dst 0 (centre 1.0) weighs src
+        // 0, 1, 2 as 0.75, 0.75, 0.25 → 125/1.75 = 71.4; dst 1 (centre 3.0) weighs src 1, 2, 3
+        // as 0.25, 0.75, 0.75 → 362.5/1.75 = 207.1 (edge taps renormalised).
         let c = Clip {
             frames: 1,
             height: 1,
@@ -557,7 +558,7 @@ mod tests {
             data: vec![0, 100, 200, 250],
         };
         let r = resize(&c, 2, 1).unwrap();
-        assert_eq!(r.data, vec![50, 225]);
+        assert_eq!(r.data, vec![71, 207]);
         // 2 -> 4 upscale: src = (d+0.5)/2-0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped)
         let c = Clip {
             frames: 1,
@@ -614,8 +615,7 @@ mod tests {
             (g.data[1] - (1.0 - 0.456) / 0.224).abs() < 1e-5,
             "gray replicated to 3 channels"
         );
-        let tensor = g.to_tensor(&Device::Cpu).unwrap();
-        assert_eq!(tensor.dims(), &[3, 1, 1, 1]);
+        assert_eq!((g.channels, g.frames, g.height, g.width), (3, 1, 1, 1));
     }
 
     #[test]
@@ -637,39 +637,5 @@ mod tests {
             normalize(&bad),
             Err(PreprocessError::InvalidClip(_))
         ));
-    }
-
-    #[test]
-    fn sector_estimate_finds_the_phantom_fan_and_drops_overlays() {
-        for (seed, view) in [
-            (1u64, View::A4c),
-            (2, View::Psax),
-            (3, View::Subcostal),
-            (4, View::Plax),
-        ] {
-            let p = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
-            let clip = p.render_clip(8, 30.0, 0.0, 128, 112).unwrap();
-            let est = SectorMask::estimate(&clip).unwrap();
-            let truth = p.sector_mask(128, 112).unwrap();
-            let iou = est.iou(&truth);
-            assert!(iou > 0.93, "{view}: IoU {iou}");
-            let masked = est.mask_and_crop(&clip).unwrap();
-            assert!(masked.width <= 128 && masked.height < 112);
-            // the overlays (ECG, text) are gone
-            let mut m = clip.clone();
-            est.apply(&mut m).unwrap();
-            for i in 0..128 * 112 {
-                if truth[i] == 0 && est.mask[i] == 0 {
-                    assert_eq!(m.data[i], 0);
-                }
-            }
-            let bright_outside = (0..128 * 112)
-                .filter(|&i| truth[i] == 0 && m.data[i] > 100)
-                .count();
-            assert!(
-                bright_outside < 40,
-                "{view}: {bright_outside} bright pixels left outside the fan"
-            );
-        }
     }
 }
