@@ -1,6 +1,7 @@
-//! The workspace's layering: each crate depends only on crates in lower layers, and the cart's
-//! link tool (`firmware-host`) carries no tensor library and no video decoder. Read from
-//! `cargo metadata` and `cargo tree`, so a new dependency that breaks it fails here.
+//! The workspace's layering: each crate depends only on crates in lower layers; the cart's
+//! link tool (`firmware-host`) carries no tensor library and no video decoder; the model crate
+//! carries no video decoder; the input path carries neither. Read from `cargo metadata` and
+//! `cargo tree`, so a new dependency that breaks it fails here.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -8,13 +9,18 @@ use std::process::Command;
 use e2e_tests::repo;
 
 /// Bottom to top. A crate may use crates of lower layers only.
-const LAYERS: [&[&str]; 4] = [
+const LAYERS: [&[&str]; 5] = [
     &[
         "echojepa-kernels",
-        "echojepa-bundle",
+        "echojepa-input",
         "cli-log",
-        "boards",
         "cart-protocol",
+    ],
+    &[
+        "echojepa-bundle",
+        "echojepa-video",
+        "echojepa-phantom",
+        "boards",
     ],
     &["echojepa", "firmware-host"],
     &["trainer", "quantize", "edge-runtime"],
@@ -65,18 +71,10 @@ fn no_crate_uses_a_crate_above_it() {
     }
 }
 
-#[test]
-fn firmware_host_links_no_tensor_library_and_no_video_decoder() {
+/// The normal (non-dev) dependency tree of `package`, one crate per line.
+fn tree(package: &str) -> String {
     let out = cargo()
-        .args([
-            "tree",
-            "-p",
-            "firmware-host",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none"])
         .output()
         .unwrap();
     assert!(
@@ -84,21 +82,42 @@ fn firmware_host_links_no_tensor_library_and_no_video_decoder() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(tree.contains("echojepa-bundle"), "{tree}");
-    for banned in [
-        "candle",
-        "openh264",
-        "rusty_h264",
-        "mp4 ",
-        "zune-jpeg",
-        "ffmpeg",
-        "dicom",
-        "echojepa v",
-    ] {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const VIDEO_DECODERS: [&str; 6] = [
+    "openh264",
+    "rusty_h264",
+    "mp4 ",
+    "zune-jpeg",
+    "ffmpeg",
+    "dicom",
+];
+
+fn assert_links_none(package: &str, tree: &str, banned: &[&str]) {
+    for b in banned {
         assert!(
-            !tree.lines().any(|l| l.starts_with(banned)),
-            "firmware-host links {banned}:\n{tree}"
+            !tree.lines().any(|l| l.starts_with(b)),
+            "{package} links {b}:\n{tree}"
         );
     }
+}
+
+#[test]
+fn firmware_host_links_no_tensor_library_and_no_video_decoder() {
+    let t = tree("firmware-host");
+    assert!(t.contains("echojepa-bundle"), "{t}");
+    assert_links_none("firmware-host", &t, &["candle", "echojepa v"]);
+    assert_links_none("firmware-host", &t, &VIDEO_DECODERS);
+}
+
+#[test]
+fn the_model_crate_links_no_video_decoder_and_the_input_path_no_tensors() {
+    let t = tree("echojepa");
+    assert!(t.contains("echojepa-input"), "{t}");
+    assert_links_none("echojepa", &t, &VIDEO_DECODERS);
+    assert_links_none("echojepa", &t, &["echojepa-video", "echojepa-phantom"]);
+    let t = tree("echojepa-input");
+    assert_links_none("echojepa-input", &t, &["candle", "echojepa-video"]);
+    assert_links_none("echojepa-input", &t, &VIDEO_DECODERS);
 }
