@@ -727,20 +727,48 @@ fn report_finds_the_ef_head_by_its_task_not_its_name() {
     let root = tmp.path();
     let stem = checkpoint_with_heads(root, "named", ["bar", "foo"], "score (%)", true);
     let keys = root.join("keys");
-    let o = run(&["keygen", "--name", "maker", "--out-dir", keys.to_str().unwrap()]);
+    let o = run(&[
+        "keygen",
+        "--name",
+        "maker",
+        "--out-dir",
+        keys.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
     let bundle = root.join("bundle");
     let (b, s) = (bundle.to_str().unwrap(), stem.to_str().unwrap());
     let key = keys.join("maker.secret");
     let o = run(&[
-        "build", "--checkpoint", s, "--model-version", "1", "--key", key.to_str().unwrap(),
-        "--out", b, "--calibration-clips", "1", "--reps", "1",
+        "build",
+        "--checkpoint",
+        s,
+        "--model-version",
+        "1",
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        b,
+        "--calibration-clips",
+        "1",
+        "--reps",
+        "1",
     ]);
     assert!(o.status.success(), "{:?}", text(&o));
     let pubkey = keys.join("maker.pub");
     let o = run(&[
-        "report", b, "--key", pubkey.to_str().unwrap(), "--checkpoint", s, "--phantom", "2",
-        "--layer-clips", "1", "--reps", "1", "--json",
+        "report",
+        b,
+        "--key",
+        pubkey.to_str().unwrap(),
+        "--checkpoint",
+        s,
+        "--phantom",
+        "2",
+        "--layer-clips",
+        "1",
+        "--reps",
+        "1",
+        "--json",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
@@ -751,7 +779,10 @@ fn report_finds_the_ef_head_by_its_task_not_its_name() {
     assert!(foo["mae_int8"].is_number(), "{r}");
     let checks = r["checks"].as_array().unwrap();
     assert!(
-        checks.iter().any(|c| c["what"].as_str().unwrap().contains("`score` mean |int8 - f32|")),
+        checks.iter().any(|c| c["what"]
+            .as_str()
+            .unwrap()
+            .contains("`score` mean |int8 - f32|")),
         "{r}"
     );
 }
