@@ -35,9 +35,16 @@ pub struct BundleEngine {
     channels: usize,
     mean: [f32; 3],
     std: [f32; 3],
+    dump: Option<std::path::PathBuf>,
 }
 
 impl BundleEngine {
+    /// Writes every clip's normalised input under `dir` (`echojepa_input::dump`, one file pair
+    /// per clip, named by clip id, with the frames' source sequence numbers).
+    pub fn dump_inputs(&mut self, dir: Option<std::path::PathBuf>) {
+        self.dump = dir;
+    }
+
     /// Loads the model of a verified bundle for the board's compute settings.
     ///
     /// The int8 encoder runs on the CPU kernels of `echojepa-kernels` with the per-layer
@@ -95,6 +102,7 @@ impl BundleEngine {
             channels: input.channels,
             mean: input.mean,
             std: input.std,
+            dump: None,
         })
     }
 }
@@ -112,6 +120,17 @@ impl InferenceEngine for BundleEngine {
         let t0 = Instant::now();
         let (t, r) = (clip.frames.len(), clip.spec.resolution);
         let x = normalise_clip(clip, self.channels, self.mean, self.std);
+        if let Some(dir) = &self.dump {
+            echojepa_input::dump::write(
+                dir,
+                &format!("clip-{}", clip.id),
+                &x,
+                [self.channels, t, r, r],
+                &clip.seqs,
+                "edge-runtime",
+            )
+            .map_err(|e| fail(format!("dumping the input into {}: {e}", dir.display())))?;
+        }
         let video = Tensor::from_vec(x, (1, self.channels, t, r, r), &Device::Cpu)
             .map_err(|e| fail(e.to_string()))?;
         let t1 = Instant::now();

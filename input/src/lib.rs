@@ -7,6 +7,7 @@
 //! Plain Rust with no tensor library and no video decoder, so the trainer's loader, the probes'
 //! evaluation, `quantize` and the cart's runtime all link it and compute the same bytes.
 
+pub mod dump;
 pub mod prepare;
 pub mod preprocess;
 pub mod sampling;

@@ -10,9 +10,9 @@ use anyhow::{Context, Result, bail};
 use echojepa::bundle::{HeadSpec, InputSpec};
 use echojepa::config::ProbeKind;
 use echojepa::datalist::VideoEntry;
-use echojepa_input::Normaliser;
 use echojepa_input::preprocess::{apply_sector, eval_resize_crop};
 use echojepa_input::sampling::{ClipSampling, StepRule};
+use echojepa_input::{FrameSpacing, Normaliser};
 use echojepa_phantom::{Phantom, PhantomParams, View};
 use echojepa_video::{self as video, Clip, ColorMode};
 use rand::SeedableRng;
@@ -31,15 +31,21 @@ pub struct Sample {
     pub ef: Option<f64>,
     /// A regressor list's label in real units: `(head, value of its first target)`.
     pub target: Option<(String, f64)>,
+    /// Where the clip came from (`<video file stem>-0` or `phantom-<seed>`) and its frames
+    /// (source frame indices), for `--dump-inputs`.
+    pub name: String,
+    pub frames: Vec<u64>,
 }
 
-/// Frame rate the clip is sampled at: `fps` of the spec, else `source_fps / frame_step`.
-pub fn clip_fps(input: &InputSpec, source_fps: f64) -> f64 {
-    match (input.fps, input.frame_step) {
-        (Some(f), _) => f,
-        (None, Some(step)) => source_fps / step.max(1) as f64,
-        (None, None) => source_fps,
-    }
+/// The source-frame offsets of a clip of `input` from a video at `source_fps`: the frame step
+/// (`frame_step`, or `ceil(source_fps) // fps` as the reference computes it) spread by the
+/// spec's spacing rule.
+pub fn clip_offsets(input: &InputSpec, source_fps: f64) -> Vec<usize> {
+    let step = match (input.fps, input.frame_step) {
+        (Some(f), _) => ((source_fps.ceil() / f).floor() as usize).max(1),
+        (None, step) => step.unwrap_or(1).max(1),
+    };
+    input.spacing.offsets(input.frames, step)
 }
 
 /// Converts a grey `[T, H, W]` u8 clip into the normalised `[C, T, H, W]` model input.
@@ -78,8 +84,7 @@ pub fn phantom_samples(
         bail!("no phantom views to render");
     }
     let (w, h) = PHANTOM_CAPTURE;
-    let t = input.frames;
-    let fps = clip_fps(input, source_fps);
+    let offsets = clip_offsets(input, source_fps);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let s = seed + i as u64;
@@ -88,9 +93,14 @@ pub fn phantom_samples(
             .with_context(|| format!("phantom seed {s} view {view}"))?;
         // Start somewhere in the first second so clips do not all begin at end-diastole.
         let start = (i as f64 * 0.377) % 1.0;
-        let clip = ph
-            .render_clip(t, fps, start, w, h)
-            .with_context(|| format!("rendering phantom seed {s}"))?;
+        let mut clip = Clip::zeros(0, h, w, 1);
+        for &o in &offsets {
+            let f = ph
+                .render_frame(start + o as f64 / source_fps, w, h)
+                .with_context(|| format!("rendering phantom seed {s}"))?;
+            clip.data.extend_from_slice(&f.data);
+            clip.frames += 1;
+        }
         let (clip, thw) = model_input(&clip, input).with_context(|| format!("phantom seed {s}"))?;
         out.push(Sample {
             clip,
@@ -98,6 +108,8 @@ pub fn phantom_samples(
             view: Some(view.name().to_string()),
             ef: Some(ph.ground_truth().ef_percent),
             target: None,
+            name: format!("phantom-{s}"),
+            frames: offsets.iter().map(|&o| o as u64).collect(),
         });
         progress();
     }
@@ -166,18 +178,36 @@ pub fn list_samples(
         let loaded = (|| -> Result<_> {
             let mut reader = video::open(&e.path)?;
             let info = reader.info().clone();
-            let idx = sampling.clip_indices(info.frame_count, info.fps, &mut rng)?;
-            let mut clips = vec![reader.read_frames(&idx[0], ColorMode::Gray)?];
+            let idx = match input.spacing {
+                FrameSpacing::ReferenceLinspace => sampling
+                    .clip_indices(info.frame_count, info.fps, &mut rng)?
+                    .swap_remove(0),
+                // The first window, exactly `step` frames apart (the last frame repeats when
+                // the video is shorter than the clip).
+                FrameSpacing::Uniform => {
+                    let fps = info.fps.unwrap_or(30.0);
+                    let last = info.frame_count.saturating_sub(1);
+                    clip_offsets(input, fps)
+                        .into_iter()
+                        .map(|o| o.min(last))
+                        .collect()
+                }
+            };
+            let mut clips = vec![reader.read_frames(&idx, ColorMode::Gray)?];
             apply_sector(&mut clips, input.sector)?;
-            model_input(&clips[0], input)
+            let (clip, thw) = model_input(&clips[0], input)?;
+            Ok((clip, thw, idx))
         })();
         match loaded {
-            Ok((clip, thw)) => out.push(Sample {
+            Ok((clip, thw, idx)) => out.push(Sample {
                 clip,
                 thw,
                 view,
                 ef: None,
                 target,
+                // one clip per video: clip 0, as the trainer's dumps name it
+                name: format!("{}-0", echojepa_input::dump::stem_of(&e.path)),
+                frames: idx.iter().map(|&i| i as u64).collect(),
             }),
             Err(err) => {
                 tracing::warn!("skipping {}: {err:#}", e.path.display());
@@ -190,6 +220,23 @@ pub fn list_samples(
         progress();
     }
     Ok((out, skipped))
+}
+
+/// Writes each sample's model input under `dir` (`echojepa_input::dump`).
+pub fn dump_samples(dir: &Path, samples: &[Sample], input: &InputSpec) -> Result<()> {
+    for smp in samples {
+        let (t, h, w) = smp.thw;
+        echojepa_input::dump::write(
+            dir,
+            &smp.name,
+            &smp.clip,
+            [input.channels, t, h, w],
+            &smp.frames,
+            "quantize",
+        )
+        .with_context(|| format!("dumping inputs into {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Parses a comma-separated view list (`a4c,a2c`) or `all`.

@@ -98,6 +98,10 @@ pub struct Args {
     /// Print the JSON report to stdout instead of markdown.
     #[arg(long)]
     json: bool,
+    /// Write every prepared model input under this folder (for comparing input paths; see
+    /// `echojepa_input::dump`).
+    #[arg(long, hide = true)]
+    dump_inputs: Option<PathBuf>,
 }
 
 /// The report (also the JSON schema).
@@ -432,6 +436,9 @@ fn phantom_clips(a: &Args, m: &Manifest, views: &[View], quiet: bool) -> Result<
         pb.inc(1)
     })?;
     pb.finish_and_clear();
+    if let Some(dir) = &a.dump_inputs {
+        data::dump_samples(dir, &samples, &m.input)?;
+    }
     let desc = format!(
         "{} SYNTHETIC phantom clips (seeds {}..{}, views {}, {} fps source)",
         samples.len(),
@@ -454,6 +461,9 @@ fn list_clips(a: &Args, list: &std::path::Path, m: &Manifest, quiet: bool) -> Re
     let pb = bar(entries.len() as u64, "reading videos", quiet);
     let (samples, skipped) = data::list_samples(list, &entries, head, &m.input, || pb.inc(1))?;
     pb.finish_and_clear();
+    if let Some(dir) = &a.dump_inputs {
+        data::dump_samples(dir, &samples, &m.input)?;
+    }
     let desc = format!(
         "{} clips from {} (labels of head `{}`), {} unreadable video(s) skipped",
         samples.len(),

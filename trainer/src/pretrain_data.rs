@@ -134,6 +134,7 @@ pub fn pipeline(cfg: &PretrainConfig) -> ClipPipeline {
         sector: SectorHandling::FullFrame,
         color: ColorMode::Rgb,
         perturbation: None,
+        dump: None,
     }
 }
 

@@ -109,7 +109,8 @@ pub fn load_model(args: &ModelArgs, board: &BoardProfile) -> Result<LoadedModel>
         compute.threads = t as u32;
     }
     configure_kernels(args.threads, compute.threads)?;
-    let engine = BundleEngine::load(&verified, info, plan, &compute)?;
+    let mut engine = BundleEngine::load(&verified, info, plan, &compute)?;
+    engine.dump_inputs(args.dump_inputs.clone());
     let info = engine.info().clone();
     tracing::info!(
         bundle = %dir.display(),

@@ -82,6 +82,10 @@ pub struct ModelArgs {
     /// Run a bundle past its not-after date; logged as a warning.
     #[arg(long)]
     pub allow_expired: bool,
+    /// Write every clip's model input under this folder (for comparing the runtime's input
+    /// with the trainer's and quantize's; see `echojepa_input::dump`).
+    #[arg(long, hide = true)]
+    pub dump_inputs: Option<PathBuf>,
 }
 
 /// Where frames come from.

@@ -30,6 +30,10 @@ pub struct EvalConfig {
     pub max_workers: Opaque,
     /// `video_classification_frozen` or `video_classification_frozen_multi`.
     pub eval_name: String,
+    /// Not a YAML key: the hidden `--dump-inputs DIR` flag, which writes every prepared clip
+    /// under `DIR/<list stem>/` (see `echojepa_input::dump`) and bypasses the feature cache.
+    #[serde(skip)]
+    pub dump_inputs: Option<PathBuf>,
     /// Output root: results go to `folder/<eval_name>/<tag>/`.
     pub folder: PathBuf,
     pub tag: String,

@@ -3,7 +3,7 @@
 //! frames, optionally blank/crop to the echo sector, optionally perturb (robustness
 //! evaluation), then the eval or train transform.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use echojepa::bundle::SectorHandling;
@@ -45,6 +45,8 @@ pub struct ClipPipeline {
     pub color: ColorMode,
     /// A robustness perturbation applied to every frame before the transform.
     pub perturbation: Option<Perturbation>,
+    /// Write each prepared clip here (`echojepa_input::dump`), for comparing input paths.
+    pub dump: Option<PathBuf>,
 }
 
 impl ClipPipeline {
@@ -65,6 +67,7 @@ impl ClipPipeline {
             // replicated (for neutral-chroma H.264 the RGB decode is the same bytes three times).
             color: ColorMode::Gray,
             perturbation: None,
+            dump: None,
         }
     }
 
@@ -118,8 +121,24 @@ impl ClipPipeline {
             .clip_indices(info.frame_count, info.fps, rng)
             .with_context(|| format!("{}: sampling clips", path.display()))?;
         let decoded = self.decode(&clips, reader.as_mut())?;
-        self.finish(decoded, rng)
-            .with_context(|| format!("{}: preprocessing", path.display()))
+        let out = self
+            .finish(decoded, rng)
+            .with_context(|| format!("{}: preprocessing", path.display()))?;
+        if let Some(dir) = &self.dump {
+            for (k, (c, idx)) in out.iter().zip(&clips).enumerate() {
+                let idx: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
+                echojepa_input::dump::write(
+                    dir,
+                    &format!("{}-{k}", echojepa_input::dump::stem_of(path)),
+                    &c.data,
+                    [c.channels, c.frames, c.height, c.width],
+                    &idx,
+                    "trainer",
+                )
+                .with_context(|| format!("dumping inputs into {}", dir.display()))?;
+            }
+        }
+        Ok(out)
     }
 
     /// Loads `num_clips` contiguous windows (the EchoJEPA multi-view rule).

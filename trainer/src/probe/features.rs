@@ -161,7 +161,11 @@ pub fn dataset(
     csv: &Path,
     perturbation: Option<Perturbation>,
 ) -> Result<Arc<dyn Dataset>> {
-    let pipe = eval_pipeline(cfg, perturbation);
+    let mut pipe = eval_pipeline(cfg, perturbation);
+    pipe.dump = cfg
+        .dump_inputs
+        .as_ref()
+        .map(|d| d.join(echojepa_input::dump::stem_of(csv)));
     Ok(if cfg.is_multi() {
         let ds = MultiViewDataset::from_csv(csv, pipe)?;
         let want = cfg.experiment.classifier.num_views;
@@ -218,7 +222,8 @@ pub fn split_features(
     let csv_text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let key = format!(
-        "v1|{}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}",
+        "v1|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}",
+        echojepa_input::PREP_ID,
         enc.identity,
         enc.cfg,
         fnv64(&csv_text),
@@ -239,6 +244,7 @@ pub fn split_features(
         cache_dir.map(|dir| dir.join(format!("{split}-{:016x}.safetensors", fnv64(&key))));
     if let Some(f) = &cache_file
         && f.exists()
+        && cfg.dump_inputs.is_none()
     {
         match read_cache(f) {
             Ok(samples) => {

@@ -64,6 +64,10 @@ pub struct Args {
     /// Override `experiment.data.label_fraction` (e.g. 0.01, 0.1).
     #[arg(long)]
     pub label_fraction: Option<f64>,
+    /// Write every prepared model input under this folder (for comparing input paths; see
+    /// `echojepa_input::dump`). Bypasses the feature cache.
+    #[arg(long, hide = true)]
+    pub dump_inputs: Option<PathBuf>,
 }
 
 /// Evaluate a trained probe: predictions, metrics and optionally robustness to the acoustic
@@ -106,6 +110,10 @@ pub struct EvalArgs {
     /// Print the metrics as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write every prepared model input under this folder (for comparing input paths; see
+    /// `echojepa_input::dump`). Bypasses the feature cache.
+    #[arg(long, hide = true)]
+    pub dump_inputs: Option<PathBuf>,
 }
 
 /// What a probe predicts and how to show it.
@@ -606,7 +614,8 @@ fn encoder_tensors(path: &Path, key: &str) -> Result<TensorMap> {
 /// Trains the probes (or, with `val_only`, runs inference like `trainer evaluate`).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
-    let loaded: Loaded<EvalConfig> = load(&args.config)?;
+    let mut loaded: Loaded<EvalConfig> = load(&args.config)?;
+    loaded.config.dump_inputs = args.dump_inputs.clone();
     if args.dry_run {
         return print_plan(&loaded, dev, &args, out);
     }
@@ -623,6 +632,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
             name: args.name,
             workers: args.workers,
             json: args.json,
+            dump_inputs: args.dump_inputs,
         };
         return evaluate_loaded(loaded, e, out);
     }
@@ -1168,7 +1178,14 @@ fn error_of(m: &Metrics) -> f64 {
     }
 }
 
-fn evaluate_loaded(loaded: Loaded<EvalConfig>, args: EvalArgs, out: &mut dyn Write) -> Result<()> {
+fn evaluate_loaded(
+    mut loaded: Loaded<EvalConfig>,
+    args: EvalArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if args.dump_inputs.is_some() {
+        loaded.config.dump_inputs = args.dump_inputs.clone();
+    }
     let s = setup(
         loaded,
         &args.devices,
