@@ -69,8 +69,7 @@ pub fn to_gray(frame: &Frame) -> Result<GrayImage, ConvertError> {
             }
             PixelFormat::Rgb3 => {
                 for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
-                    let l = 77 * px[0] as u32 + 150 * px[1] as u32 + 29 * px[2] as u32 + 128;
-                    *d = (l >> 8) as u8;
+                    *d = echojepa_input::rgb_to_gray(px[0], px[1], px[2]);
                 }
             }
             PixelFormat::Mjpg => unreachable!("handled above"),
@@ -129,8 +128,9 @@ mod tests {
     fn rgb_uses_bt601_weights() {
         let data = vec![255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255];
         let g = to_gray(&frame(PixelFormat::Rgb3, 4, 1, 0, data)).unwrap();
-        // Weights 77 + 150 + 29 = 256, so white stays 255.
-        assert_eq!(g.data, vec![255, 77, 149, 29]);
+        // BT.601 rounded, the conversion video files get when decoded to grey: white stays 255,
+        // pure red 0.299·255 = 76.2, green 0.587·255 = 149.7, blue 0.114·255 = 29.1.
+        assert_eq!(g.data, vec![255, 76, 150, 29]);
     }
 
     #[test]

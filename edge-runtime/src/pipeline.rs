@@ -42,7 +42,7 @@ use crate::events::{
 use crate::frame::{Frame, GrayImage, Rect};
 use crate::queue::{DropOldestQueue, Pushed};
 use crate::resize::{FramePrep, eval_geometry, resize};
-use crate::sector::{Sector, SectorDetector, should_replace};
+use crate::sector::{Sector, SectorEstimator, should_replace};
 use crate::source::{FrameSource, ReconnectEvent, SourceError};
 use crate::stats::{Counters, Latencies, peak_rss_bytes};
 use echojepa_input::SectorHandling;
@@ -780,7 +780,7 @@ struct Preprocess {
     /// Resize and centre crop, with the sector crop and mask (shared with training).
     prep: FramePrep,
     spec: ClipSpec,
-    detector: Option<SectorDetector>,
+    detector: Option<SectorEstimator>,
     current: Option<Sector>,
     since_detect: u32,
 }
@@ -789,7 +789,7 @@ impl Preprocess {
     fn new(config: SectorConfig, model: SectorUse, mask_outside: bool, spec: ClipSpec) -> Self {
         let crop = model != SectorUse::FullFrame;
         let detector = match (crop, config) {
-            (true, SectorConfig::Detect { threshold, .. }) => Some(SectorDetector::new(threshold)),
+            (true, SectorConfig::Detect { threshold, .. }) => Some(SectorEstimator::new(threshold)),
             _ => None,
         };
         let mut prep = FramePrep::with_sector_use(
@@ -833,7 +833,7 @@ impl Preprocess {
                 self.since_detect += 1;
                 if self.current.is_none() || self.since_detect >= redetect_every {
                     self.since_detect = 0;
-                    if let Some(new) = det.detect(img.width, img.height) {
+                    if let Some(new) = det.take() {
                         let replace = match &self.current {
                             None => true,
                             Some(cur) => should_replace(&cur.rect, &new.rect, 0.9),

@@ -11,6 +11,7 @@ pub mod dump;
 pub mod prepare;
 pub mod preprocess;
 pub mod sampling;
+pub mod sector;
 pub mod spec;
 
 pub use spec::{
@@ -148,6 +149,13 @@ impl Rect {
             height: h,
         })
     }
+}
+
+/// BT.601 luma of an RGB pixel, rounded: `(299 R + 587 G + 114 B) / 1000`. The one RGB → grey
+/// conversion of the project (video files decoded to grey, RGB capture devices on the cart).
+#[inline]
+pub fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
+    ((299 * r as u32 + 587 * g as u32 + 114 * b as u32 + 500) / 1000) as u8
 }
 
 /// Scales 8-bit frames to `[0, 1]`, subtracts `mean` and divides by `std` per channel, and

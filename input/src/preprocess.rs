@@ -5,7 +5,8 @@
 //!
 //! Float clips are channel-first `[C, T, H, W]` ([`ClipTensor`]), the layout the encoder takes.
 
-use crate::prepare::{Normaliser, Resizer};
+use crate::prepare::{Normaliser, Resizer, Sector};
+use crate::sector::SectorEstimator;
 use crate::spec::SectorHandling;
 use crate::{Clip, GrayImage, Rect};
 
@@ -293,35 +294,63 @@ pub fn eval_transform(clip: &Clip, crop_size: usize) -> Result<ClipTensor, Prepr
     normalize(&eval_resize_crop(clip, crop_size)?)
 }
 
-/// Sector handling of one video's clips as the training data had it: one mask estimated from
-/// every frame of every clip, then each clip cropped to the sector's bounding box (and blanked
-/// outside the sector for `CropAndMaskOutside`). `FullFrame` leaves the clips as they are.
+/// Sector handling of one video's clips as the training data had it: one sector estimated from
+/// every frame of every clip ([`crate::sector::SectorEstimator`]), then each clip cropped to the
+/// sector's box (and blanked outside the fan for `CropAndMaskOutside`), as the edge runtime crops
+/// each frame ([`Sector::apply`]). `FullFrame` leaves the clips as they are.
 pub fn apply_sector(clips: &mut [Clip], how: SectorHandling) -> Result<(), PreprocessError> {
-    let Some(first) = clips.first() else {
-        return Ok(());
-    };
-    if how == SectorHandling::FullFrame {
+    if how == SectorHandling::FullFrame || clips.is_empty() {
         return Ok(());
     }
-    let mut union = Clip::zeros(0, first.height, first.width, first.channels);
+    let mut est = SectorEstimator::default();
     for c in clips.iter() {
-        union.data.extend_from_slice(&c.data);
-        union.frames += c.frames;
+        check(c)?;
+        for t in 0..c.frames {
+            est.accumulate_interleaved(c.frame(t).unwrap_or(&[]), c.width, c.height, c.channels);
+        }
     }
-    let mask = SectorMask::estimate(&union)?;
+    let sector = est.estimate().ok_or_else(|| {
+        PreprocessError::InvalidClip(
+            "no sector: nothing bright and large enough in the clip".into(),
+        )
+    })?;
+    let mask = how == SectorHandling::CropAndMaskOutside;
     for c in clips.iter_mut() {
-        *c = match how {
-            SectorHandling::CropAndMaskOutside => mask.mask_and_crop(c)?,
-            _ => {
-                let (x, y, w, h) = mask.bbox;
-                crop(c, x, y, w, h)?
-            }
-        };
+        *c = crop_to_sector(c, &sector, mask)?;
     }
     Ok(())
 }
 
-/// The imaging sector of an echo video: 1 inside the fan, 0 outside.
+/// Every frame (and channel) of `clip` through [`Sector::apply`].
+fn crop_to_sector(clip: &Clip, sector: &Sector, mask: bool) -> Result<Clip, PreprocessError> {
+    let Some(r) = sector.rect.clamp_to(clip.width, clip.height) else {
+        return Err(PreprocessError::InvalidClip(format!(
+            "sector {:?} lies outside the {}x{} frame",
+            sector.rect, clip.width, clip.height
+        )));
+    };
+    let c = clip.channels;
+    let mut out = Clip::zeros(clip.frames, r.height, r.width, c);
+    let n = r.width * r.height * c;
+    for t in 0..clip.frames {
+        let src = clip.frame(t).unwrap_or(&[]);
+        for ch in 0..c {
+            let plane = GrayImage {
+                width: clip.width,
+                height: clip.height,
+                data: src.iter().skip(ch).step_by(c).copied().collect(),
+            };
+            let cropped = sector.apply(&plane, mask);
+            let dst = &mut out.data[t * n..(t + 1) * n];
+            for (i, v) in cropped.data.into_iter().enumerate() {
+                dst[i * c + ch] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The imaging sector of an echo video as a pixel mask: 1 inside the fan, 0 outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SectorMask {
     pub width: usize,
@@ -329,105 +358,36 @@ pub struct SectorMask {
     pub mask: Vec<u8>,
     /// Bounding box `(x, y, w, h)` of the sector.
     pub bbox: (usize, usize, usize, usize),
+    /// The same sector as a crop rectangle with per-row spans.
+    pub sector: Sector,
 }
 
 impl SectorMask {
-    /// Estimates the sector from a clip: the largest 8-connected region of pixels that are
-    /// ever brighter than a low threshold, closed by its convex hull (sectors are convex, so
-    /// dark blood pools and dropouts inside are kept). ECG traces and text, which are separate
-    /// regions, fall outside.
+    /// Estimates the sector from every frame of a clip ([`crate::sector`]: the largest
+    /// connected bright region, closed by its convex hull, so dark blood pools and dropouts
+    /// inside are kept while ECG traces and text, separate regions, fall outside).
     pub fn estimate(clip: &Clip) -> Result<SectorMask, PreprocessError> {
         check(clip)?;
-        let (w, h, c) = (clip.width, clip.height, clip.channels);
-        let mut peak = vec![0u8; w * h];
+        let (w, h) = (clip.width, clip.height);
+        let mut est = SectorEstimator::default();
         for t in 0..clip.frames {
-            let f = clip.frame(t).unwrap_or(&[]);
-            for (i, p) in peak.iter_mut().enumerate() {
-                let v = if c == 1 {
-                    f[i]
-                } else {
-                    f[i * 3].max(f[i * 3 + 1]).max(f[i * 3 + 2])
-                };
-                *p = (*p).max(v);
-            }
+            est.accumulate_interleaved(clip.frame(t).unwrap_or(&[]), w, h, clip.channels);
         }
-        let on: Vec<bool> = peak.iter().map(|&v| v > 10).collect();
-        // largest 8-connected component
-        let mut comp = vec![u32::MAX; w * h];
-        let mut best = (0usize, u32::MAX);
-        let mut stack = Vec::new();
-        let mut id = 0u32;
-        for start in 0..w * h {
-            if !on[start] || comp[start] != u32::MAX {
-                continue;
-            }
-            let mut size = 0usize;
-            comp[start] = id;
-            stack.push(start);
-            while let Some(i) = stack.pop() {
-                size += 1;
-                let (x, y) = ((i % w) as isize, (i / w) as isize);
-                for dy in -1..=1 {
-                    for dx in -1..=1 {
-                        let (nx, ny) = (x + dx, y + dy);
-                        if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
-                            continue;
-                        }
-                        let j = ny as usize * w + nx as usize;
-                        if on[j] && comp[j] == u32::MAX {
-                            comp[j] = id;
-                            stack.push(j);
-                        }
-                    }
-                }
-            }
-            if size > best.0 {
-                best = (size, id);
-            }
-            id += 1;
-        }
-        if best.1 == u32::MAX {
-            return Err(PreprocessError::InvalidClip(
-                "no bright region: the clip is black".into(),
-            ));
-        }
-        // convex hull of the component's pixel corners (per row: leftmost and rightmost)
-        let mut pts: Vec<(i64, i64)> = Vec::new();
-        for y in 0..h {
-            let row = &comp[y * w..(y + 1) * w];
-            let first = row.iter().position(|&v| v == best.1);
-            let last = row.iter().rposition(|&v| v == best.1);
-            if let (Some(a), Some(b)) = (first, last) {
-                for (px, py) in [(a, y), (a, y + 1), (b + 1, y), (b + 1, y + 1)] {
-                    pts.push((px as i64, py as i64));
-                }
-            }
-        }
-        let hull = convex_hull(pts);
+        let sector = est.estimate().ok_or_else(|| {
+            PreprocessError::InvalidClip("no bright region: the clip is black".into())
+        })?;
         let mut mask = vec![0u8; w * h];
-        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-        for y in 0..h {
-            for x in 0..w {
-                // pixel centre, doubled to stay in integers
-                if inside_hull(&hull, 2 * x as i64 + 1, 2 * y as i64 + 1) {
-                    mask[y * w + x] = 1;
-                    x0 = x0.min(x);
-                    y0 = y0.min(y);
-                    x1 = x1.max(x + 1);
-                    y1 = y1.max(y + 1);
-                }
-            }
-        }
-        if x1 <= x0 || y1 <= y0 {
-            return Err(PreprocessError::InvalidClip(
-                "sector estimate is empty".into(),
-            ));
+        let r = sector.rect;
+        for (ry, &(a, e)) in sector.row_spans.iter().flatten().enumerate() {
+            let row = (r.y + ry) * w + r.x;
+            mask[row + a..row + e].fill(1);
         }
         Ok(SectorMask {
             width: w,
             height: h,
             mask,
-            bbox: (x0, y0, x1 - x0, y1 - y0),
+            bbox: (r.x, r.y, r.width, r.height),
+            sector,
         })
     }
 
@@ -460,10 +420,8 @@ impl SectorMask {
 
     /// Blanks outside the sector and crops to its bounding box.
     pub fn mask_and_crop(&self, clip: &Clip) -> Result<Clip, PreprocessError> {
-        let mut c = clip.clone();
-        self.apply(&mut c)?;
-        let (x, y, w, h) = self.bbox;
-        crop(&c, x, y, w, h)
+        self.check_size(clip)?;
+        crop_to_sector(clip, &self.sector, true)
     }
 
     /// Intersection over union with another mask of the same size.
@@ -479,53 +437,6 @@ impl SectorMask {
             inter as f64 / uni as f64
         }
     }
-}
-
-fn cross(o: (i64, i64), a: (i64, i64), b: (i64, i64)) -> i64 {
-    (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
-}
-
-/// Andrew's monotone chain; counter-clockwise in a y-down frame's mathematical orientation.
-fn convex_hull(mut pts: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    pts.sort_unstable();
-    pts.dedup();
-    if pts.len() < 3 {
-        return pts;
-    }
-    let mut lower: Vec<(i64, i64)> = Vec::new();
-    for &p in &pts {
-        while lower.len() >= 2 && cross(lower[lower.len() - 2], lower[lower.len() - 1], p) <= 0 {
-            lower.pop();
-        }
-        lower.push(p);
-    }
-    let mut upper: Vec<(i64, i64)> = Vec::new();
-    for &p in pts.iter().rev() {
-        while upper.len() >= 2 && cross(upper[upper.len() - 2], upper[upper.len() - 1], p) <= 0 {
-            upper.pop();
-        }
-        upper.push(p);
-    }
-    lower.pop();
-    upper.pop();
-    lower.extend(upper);
-    lower
-}
-
-/// Point (in doubled coordinates) inside or on a convex hull given in single coordinates.
-fn inside_hull(hull: &[(i64, i64)], px2: i64, py2: i64) -> bool {
-    if hull.len() < 3 {
-        return false;
-    }
-    for i in 0..hull.len() {
-        let a = hull[i];
-        let b = hull[(i + 1) % hull.len()];
-        let c = (2 * (b.0 - a.0)) * (py2 - 2 * a.1) - (2 * (b.1 - a.1)) * (px2 - 2 * a.0);
-        if c < 0 {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]

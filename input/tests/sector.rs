@@ -36,3 +36,65 @@ fn sector_estimate_finds_the_phantom_fan_and_drops_overlays() {
         );
     }
 }
+
+fn rect_iou(a: echojepa_input::Rect, b: echojepa_input::Rect) -> f64 {
+    let ix = (a.x + a.width)
+        .min(b.x + b.width)
+        .saturating_sub(a.x.max(b.x));
+    let iy = (a.y + a.height)
+        .min(b.y + b.height)
+        .saturating_sub(a.y.max(b.y));
+    let inter = (ix * iy) as f64;
+    inter / ((a.width * a.height + b.width * b.height) as f64 - inter)
+}
+
+/// The trainer and `quantize` estimate the sector offline from a clip; the cart online, from the
+/// frames since its last detection. Fed the same frames, the estimator gives the same sector
+/// (and the crop the same bytes) on both call sites; online after 8 frames it is close to the
+/// offline estimate over the whole clip.
+#[test]
+fn offline_and_online_estimates_agree() {
+    use echojepa_input::preprocess::{SectorMask, apply_sector};
+    use echojepa_input::sector::SectorEstimator;
+    use echojepa_input::{GrayImage, SectorHandling};
+
+    for (seed, view) in [(11u64, View::A4c), (12, View::Plax), (13, View::Subcostal)] {
+        let p = Phantom::new(PhantomParams::sample(seed, view)).unwrap();
+        let clip = p.render_clip(24, 30.0, 0.0, 320, 240).unwrap();
+        let frame = |t: usize| GrayImage {
+            width: 320,
+            height: 240,
+            data: clip.frame(t).unwrap().to_vec(),
+        };
+        let offline = SectorMask::estimate(&clip).unwrap().sector;
+
+        let mut online = SectorEstimator::default();
+        for t in 0..clip.frames {
+            online.accumulate(&frame(t));
+        }
+        assert_eq!(
+            online.estimate().unwrap(),
+            offline,
+            "{view}: same frames, same sector"
+        );
+
+        let mut cart = SectorEstimator::default();
+        for t in 0..8 {
+            cart.accumulate(&frame(t));
+        }
+        let early = cart.take().unwrap();
+        let iou = rect_iou(early.rect, offline.rect);
+        assert!(iou >= 0.95, "{view}: online after 8 frames, box IoU {iou}");
+
+        // The trainer's crop of the clip equals the cart's crop of each frame.
+        let mut clips = vec![clip.clone()];
+        apply_sector(&mut clips, SectorHandling::CropAndMaskOutside).unwrap();
+        for t in 0..clip.frames {
+            assert_eq!(
+                clips[0].frame(t).unwrap(),
+                offline.apply(&frame(t), true).data.as_slice(),
+                "{view}: frame {t}"
+            );
+        }
+    }
+}

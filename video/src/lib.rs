@@ -284,11 +284,7 @@ pub(crate) fn gather<'a>(
     })
 }
 
-/// BT.601 luma of an RGB pixel, rounded.
-#[inline]
-pub(crate) fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
-    ((299 * r as u32 + 587 * g as u32 + 114 * b as u32 + 500) / 1000) as u8
-}
+pub(crate) use echojepa_input::rgb_to_gray;
 
 /// Converts interleaved pixels between 1 and 3 channels.
 pub(crate) fn convert_channels(src: &[u8], from: usize, to: ColorMode) -> Vec<u8> {
