@@ -18,8 +18,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use echojepa::bundle::Precision;
 use echojepa::config::EncoderConfig;
-use echojepa::quantized::calibrate::flatten_patch;
-use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource};
+use echojepa::quantized::encoder::{QuantizedEncoder, TensorSource, flatten_patch};
 use echojepa_kernels::ActivationRange;
 use edge_runtime::stats::percentiles;
 

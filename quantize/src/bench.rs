@@ -115,7 +115,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         let mut yq = vec![0f32; m * n];
         let f32_ms = median(a.reps, || Ok(f.forward(&x, m, &mut yf, Epilogue::None)?))?;
         let i8_ms = median(a.reps, || Ok(q.forward(&x, m, &mut yq, Epilogue::None)?))?;
-        let err = echojepa::quantized::calibrate::rel_error(&yq, &yf);
+        let err = crate::calibrate::rel_error(&yq, &yf);
         let (cf, cq) = if a.no_candle {
             (None, None)
         } else {

@@ -16,15 +16,15 @@ use echojepa::bundle::{
     LvHeadSpec, Manifest, Precision, Provenance, QuantizationInfo, SecretKey, SectorHandling,
     SourceInfo, ToolInfo,
 };
-use echojepa::quantized::calibrate::{
-    self, CalibrationOptions, Clip, NamedTensor, encoder_tensors, probe_prefix, probe_tensors,
-};
 use echojepa::quantized::gguf::write_gguf;
-use echojepa::quantized::model::LV_PREFIX;
+use echojepa::quantized::model::{LV_PREFIX, probe_prefix};
 use echojepa_input::FrameSpacing;
 use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::calibrate::{
+    self, CalibrationOptions, Clip, NamedTensor, encoder_tensors, probe_tensors,
+};
 use crate::data;
 use crate::source::{self, SourceArgs};
 

@@ -9,32 +9,30 @@
 //!
 //! Probe layers run in the f32 probe code from the stored weights, so for them int8 is a
 //! storage choice only: a probe weight is stored q8_0 when its weight error is within budget.
+//!
+//! This is build-time work, so it lives here and not in the model crate the cart links: the
+//! cart only reads what is decided here. What both sides must agree on stays in
+//! `echojepa::quantized` (tensor names and prefixes, the patch-weight layout, how a precision
+//! rounds and stores a weight), so the writer here and the reader there cannot drift apart.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::Tensor;
 use candle_core::quantized::QTensor;
+use echojepa::bundle::{CalibrationSummary, LayerPrecision, Precision};
+use echojepa::config::EncoderConfig;
+use echojepa::quantized::QuantError;
+use echojepa::quantized::encoder::{
+    QLinear, QuantizedEncoder, Tap, TensorSource, flatten_patch, round_to,
+};
+use echojepa::quantized::gguf::{QK8_0, store};
+use echojepa::quantized::model::ENCODER_PREFIX;
 use echojepa_kernels::Epilogue;
 use serde::{Deserialize, Serialize};
 
-use super::QuantError;
-use super::encoder::{QLinear, QuantizedEncoder, Tap, TensorSource, round_to};
-use super::gguf::{QK8_0, store};
-pub use crate::bundle::CalibrationSummary;
-use crate::bundle::{LayerPrecision, Precision};
-use crate::config::EncoderConfig;
-
 /// A named tensor of a weights file.
 pub type NamedTensor = (String, QTensor);
-
-/// Prefix of the encoder's tensors in a bundle's weights file.
-pub const ENCODER_PREFIX: &str = "encoder";
-
-/// Prefix of head `name`'s tensors in a bundle's weights file.
-pub fn probe_prefix(head: &str) -> String {
-    format!("probe.{head}")
-}
 
 /// Knobs of the precision choice.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -247,24 +245,6 @@ fn measure(
         })?);
     }
     Ok(())
-}
-
-/// The state dict with `patch_embed.proj.weight` flattened to `[D, C·t·p·p]`.
-pub fn flatten_patch(
-    cfg: &EncoderConfig,
-    tensors: &HashMap<String, Tensor>,
-) -> HashMap<String, Tensor> {
-    let mut t = tensors.clone();
-    let name = "patch_embed.proj.weight";
-    if let Some(w) = t.get(name)
-        && w.rank() != 2
-    {
-        let k = cfg.in_chans * cfg.tubelet_size * cfg.patch_size * cfg.patch_size;
-        if let Ok(w2) = w.reshape((cfg.embed_dim, k)) {
-            t.insert(name.to_string(), w2);
-        }
-    }
-    t
 }
 
 /// Per-token cosine similarity of two `N × D` token sets: (min, mean).
@@ -517,3 +497,6 @@ pub fn probe_tensors(
     }
     Ok((out, layers))
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@
 
 mod bench;
 mod build;
+mod calibrate;
 mod data;
 mod keygen;
 mod report;

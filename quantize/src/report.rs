@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use echojepa::bundle::{HeadSpec, Manifest, PublicKey, VerifiedBundle, verify_bundle};
 use echojepa::config::ProbeKind;
-use echojepa::quantized::calibrate::{flatten_patch, token_cosine};
+use echojepa::quantized::encoder::flatten_patch;
 use echojepa::quantized::model::lv_head_probabilities;
 use echojepa::quantized::{EdgeModel, QuantizedEncoder, Tap, TensorSource};
 use echojepa_kernels::Epilogue;
@@ -22,6 +22,7 @@ use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::calibrate::token_cosine;
 use crate::data::{self, Sample};
 use crate::source::{self, SourceArgs};
 

@@ -95,6 +95,27 @@ impl WeightSource for TensorSource<'_> {
     }
 }
 
+/// The state dict with `patch_embed.proj.weight` flattened to `[D, C·t·p·p]`, the layout
+/// [`WeightSource::weight`] serves and a bundle stores. Checkpoints keep the 5-D convolution
+/// weight; everything that loads this encoder from f32 tensors (the quantize tool, the runtime's
+/// encoder benchmark) goes through here so there is one definition of the layout.
+pub fn flatten_patch(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> HashMap<String, Tensor> {
+    let mut t = tensors.clone();
+    let name = "patch_embed.proj.weight";
+    if let Some(w) = t.get(name)
+        && w.rank() != 2
+    {
+        let k = cfg.in_chans * cfg.tubelet_size * cfg.patch_size * cfg.patch_size;
+        if let Ok(w2) = w.reshape((cfg.embed_dim, k)) {
+            t.insert(name.to_string(), w2);
+        }
+    }
+    t
+}
+
 /// `w` rounded exactly as it would be stored at precision `p`.
 pub fn round_to(
     w: &[f32],

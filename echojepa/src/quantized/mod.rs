@@ -4,18 +4,22 @@
 //!
 //! * [`gguf`]: the weights file (Q8_0 with per-row scales, f16/f32 elsewhere).
 //! * [`encoder`]: [`QuantizedEncoder`], same tensor names as [`crate::encoder`].
-//! * [`calibrate`]: per-layer precision choice (speed and error measured on calibration clips)
-//!   and the tensors of a new weights file.
-//! * [`model`]: [`EdgeModel`] = verified bundle → encoder + heads → predictions.
+//! * [`model`]: [`EdgeModel`] = verified bundle → encoder + heads → predictions, and the tensor
+//!   name prefixes of a bundle's weights file.
+//!
+//! Choosing each layer's precision (calibration clips, timings, error summaries) and writing a
+//! new weights file are build steps of the `quantize` tool and live there, so the cart's binary
+//! carries none of it. Kept here is what reader and writer must share: the tensor names and
+//! prefixes ([`model::ENCODER_PREFIX`], [`model::probe_prefix`]), the 2-D patch-weight layout
+//! ([`encoder::flatten_patch`], also used by the runtime's encoder benchmark) and how a
+//! precision rounds ([`encoder::round_to`]) and stores ([`gguf::store`]) a weight.
 
-pub mod calibrate;
 pub mod encoder;
 pub mod gguf;
 pub mod model;
 
 use std::path::PathBuf;
 
-pub use calibrate::{CalibrationOptions, CalibrationSummary, choose_encoder_precisions};
 pub use encoder::{GgufSource, QLinear, QuantizedEncoder, Tap, TensorSource, WeightSource};
 pub use gguf::GgufWeights;
 pub use model::{EdgeModel, HeadOutput, TargetValue};

@@ -10,7 +10,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::QuantError;
-use super::calibrate::{ENCODER_PREFIX, probe_prefix};
 use super::encoder::{GgufSource, QuantizedEncoder};
 use super::gguf::{GgufWeights, precision_of};
 use crate::bundle::{HeadSpec, Manifest, Precision, PublicKey, VerifiedBundle, verify_bundle};
@@ -77,6 +76,14 @@ pub fn lv_head_probabilities(
     Ok(candle_nn::ops::sigmoid(&logits)?
         .flatten_from(1)?
         .to_vec2::<f32>()?)
+}
+
+/// Prefix of the encoder's tensors in a bundle's weights file.
+pub const ENCODER_PREFIX: &str = "encoder";
+
+/// Prefix of head `name`'s tensors in a bundle's weights file.
+pub fn probe_prefix(head: &str) -> String {
+    format!("probe.{head}")
 }
 
 /// Tensor prefix of the LV cavity decoder in a bundle's weights.
