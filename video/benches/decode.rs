@@ -1,7 +1,7 @@
 //! Video decoding speed of the default build, side by side with `ffmpeg -threads 1` on the same
 //! files, in one run: frames per second of each and their ratio.
 //!
-//! `cargo bench -p echojepa --bench decode [-- --reps 5 --seconds 4]`
+//! `cargo bench -p echojepa-video --bench decode [-- --reps 5 --seconds 4]`
 //!
 //! The files are made here by the system `ffmpeg` (libx264 defaults: High profile, CABAC,
 //! B-frames; and Motion JPEG AVI as EchoNet-Dynamic stores its videos) at 112×112 and 640×480.
