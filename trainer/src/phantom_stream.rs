@@ -14,17 +14,14 @@
 
 use anyhow::{Context, Result, bail};
 use echojepa_input::{
-    GrayImage, eval_geometry, normalise_frames, resize_short_side_and_center_crop,
+    GrayImage, IMAGENET_MEAN, IMAGENET_STD, eval_geometry, normalise_frames,
+    resize_short_side_and_center_crop,
 };
 use echojepa_phantom::perturb::Perturbation;
 use echojepa_phantom::{Label, Phantom, PhantomParams, View};
 use echojepa_video::Clip;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-
-/// ImageNet statistics, the reference's input normalisation.
-pub const MEAN: [f32; 3] = echojepa::bundle::IMAGENET_MEAN;
-pub const STD: [f32; 3] = echojepa::bundle::IMAGENET_STD;
 
 /// A half-open range of patient seeds `[start, start + count)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,7 +310,7 @@ impl PhantomStream {
         }
         let planes: Vec<&[u8]> = frames.iter().map(|f| f.data.as_slice()).collect();
         Ok(StreamClip {
-            input: normalise_frames(&planes, 3, MEAN, STD),
+            input: normalise_frames(&planes, 3, IMAGENET_MEAN, IMAGENET_STD),
             lv,
             view,
             ef_percent: phantom.ground_truth().ef_percent,

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::Setup;
 use super::config::{FinetuneBlock, HeadCfg, HeadTask};
 use super::model::{self, FtModel};
-use crate::phantom_stream::{MEAN, PhantomStream, STD, Split};
+use crate::phantom_stream::{PhantomStream, Split};
 use crate::plot::{Series, line_chart};
+use echojepa_input::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// The pixels of an evaluation clip.
 pub enum Pixels {
@@ -39,7 +40,7 @@ impl Pixels {
             Pixels::Normalised(v) => out.extend_from_slice(v),
             Pixels::Gray(g) => {
                 let planes: Vec<&[u8]> = g.chunks(g.len() / frames.max(1)).collect();
-                out.extend(normalise_frames(&planes, 3, MEAN, STD));
+                out.extend(normalise_frames(&planes, 3, IMAGENET_MEAN, IMAGENET_STD));
             }
         }
     }
