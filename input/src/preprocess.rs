@@ -145,9 +145,16 @@ pub fn resize(clip: &Clip, width: usize, height: usize) -> Result<Clip, Preproce
 
 /// Runs `r` on every frame and channel of `clip`.
 fn map_planes(clip: &Clip, r: &Resizer) -> Clip {
-    let (c, (ow, oh)) = (clip.channels, r.output_size());
-    let mut out = Clip::zeros(clip.frames, oh, ow, c);
-    let n = ow * oh * c;
+    let (ow, oh) = r.output_size();
+    per_plane(clip, ow, oh, |plane| r.run(plane))
+}
+
+/// Applies `f` (which makes `out_w × out_h` images) to every frame and channel of `clip`, one
+/// grey plane at a time, and interleaves the results again.
+fn per_plane(clip: &Clip, out_w: usize, out_h: usize, f: impl Fn(&GrayImage) -> GrayImage) -> Clip {
+    let c = clip.channels;
+    let mut out = Clip::zeros(clip.frames, out_h, out_w, c);
+    let n = out_w * out_h * c;
     for t in 0..clip.frames {
         let src = clip.frame(t).unwrap_or(&[]);
         for ch in 0..c {
@@ -156,9 +163,8 @@ fn map_planes(clip: &Clip, r: &Resizer) -> Clip {
                 height: clip.height,
                 data: src.iter().skip(ch).step_by(c).copied().collect(),
             };
-            let small = r.run(&plane);
             let dst = &mut out.data[t * n..(t + 1) * n];
-            for (i, v) in small.data.into_iter().enumerate() {
+            for (i, v) in f(&plane).data.into_iter().enumerate() {
                 dst[i * c + ch] = v;
             }
         }
@@ -329,25 +335,9 @@ fn crop_to_sector(clip: &Clip, sector: &Sector, mask: bool) -> Result<Clip, Prep
             sector.rect, clip.width, clip.height
         )));
     };
-    let c = clip.channels;
-    let mut out = Clip::zeros(clip.frames, r.height, r.width, c);
-    let n = r.width * r.height * c;
-    for t in 0..clip.frames {
-        let src = clip.frame(t).unwrap_or(&[]);
-        for ch in 0..c {
-            let plane = GrayImage {
-                width: clip.width,
-                height: clip.height,
-                data: src.iter().skip(ch).step_by(c).copied().collect(),
-            };
-            let cropped = sector.apply(&plane, mask);
-            let dst = &mut out.data[t * n..(t + 1) * n];
-            for (i, v) in cropped.data.into_iter().enumerate() {
-                dst[i * c + ch] = v;
-            }
-        }
-    }
-    Ok(out)
+    Ok(per_plane(clip, r.width, r.height, |plane| {
+        sector.apply(plane, mask)
+    }))
 }
 
 /// The imaging sector of an echo video as a pixel mask: 1 inside the fan, 0 outside.
