@@ -172,33 +172,6 @@ fn per_plane(clip: &Clip, out_w: usize, out_h: usize, f: impl Fn(&GrayImage) -> 
     out
 }
 
-/// The short-side size the reference's eval transform resizes to: `int(crop * 256 / 224)`.
-pub fn eval_resize_size(crop: usize) -> usize {
-    crop * 256 / 224
-}
-
-/// Resizes so the short side is `short` and the long side `int(short * long / short_side)`;
-/// returns the clip unchanged when its short side already is `short` (as the reference does).
-pub fn resize_short_side(clip: &Clip, short: usize) -> Result<Clip, PreprocessError> {
-    check(clip)?;
-    let (w, h) = (clip.width, clip.height);
-    if w.min(h) == short {
-        return Ok(clip.clone());
-    }
-    let (nw, nh) = if w <= h {
-        (short, short * h / w)
-    } else {
-        (short * w / h, short)
-    };
-    resize(clip, nw, nh)
-}
-
-/// Python's `round` (half to even) of a non-negative half-integer quotient `num / 2`.
-fn round_half_even_div2(num: usize) -> usize {
-    let q = num / 2;
-    if num % 2 == 1 && q % 2 == 1 { q + 1 } else { q }
-}
-
 /// Crops a rectangle out of every frame.
 pub fn crop(clip: &Clip, x: usize, y: usize, w: usize, h: usize) -> Result<Clip, PreprocessError> {
     check(clip)?;
@@ -223,25 +196,6 @@ pub fn crop(clip: &Clip, x: usize, y: usize, w: usize, h: usize) -> Result<Clip,
         }
     }
     Ok(out)
-}
-
-/// Centre crop to `size × size` with the reference's offsets `round((W - size) / 2)`
-/// (Python rounds half to even).
-pub fn center_crop(clip: &Clip, size: usize) -> Result<Clip, PreprocessError> {
-    check(clip)?;
-    if size > clip.width || size > clip.height || size == 0 {
-        return Err(PreprocessError::Crop {
-            x: 0,
-            y: 0,
-            crop_w: size,
-            crop_h: size,
-            width: clip.width,
-            height: clip.height,
-        });
-    }
-    let x = round_half_even_div2(clip.width - size);
-    let y = round_half_even_div2(clip.height - size);
-    crop(clip, x, y, size, size)
 }
 
 /// Replicates a grayscale clip to three channels (RGB clips are returned unchanged).
@@ -472,23 +426,14 @@ mod tests {
     }
 
     #[test]
-    fn eval_transform_sizes_and_offsets() {
-        assert_eq!(eval_resize_size(224), 256);
-        assert_eq!(eval_resize_size(112), 128);
-        assert_eq!(eval_resize_size(336), 384);
-        // 160x120 -> short side 128 -> 170x128 -> centre crop 112
+    fn eval_transform_is_the_input_paths_resize_and_crop() {
+        // 160x120 -> short side 128 -> 171x128 -> centre crop 112, as the cart prepares frames
         let c = ramp(160, 120);
-        let r = resize_short_side(&c, 128).unwrap();
-        assert_eq!((r.width, r.height), (170, 128));
-        // Python round(58/2)=29, round(16/2)=8; round(2.5)=2 (half to even)
-        assert_eq!(round_half_even_div2(58), 29);
-        assert_eq!(round_half_even_div2(5), 2);
-        assert_eq!(round_half_even_div2(7), 4);
         let t = eval_transform(&c, 112).unwrap();
         assert_eq!((t.channels, t.frames, t.height, t.width), (3, 1, 112, 112));
-        // already the right short side: no resize
-        let same = resize_short_side(&ramp(128, 128), 128).unwrap();
-        assert_eq!(same, ramp(128, 128));
+        let cropped = eval_resize_crop(&c, 112).unwrap();
+        let plane = GrayImage::from_vec(160, 120, c.data.clone()).unwrap();
+        assert_eq!(cropped.data, Resizer::eval(160, 120, 112).run(&plane).data);
     }
 
     #[test]
@@ -526,7 +471,6 @@ mod tests {
             crop(&c, 15, 0, 10, 5),
             Err(PreprocessError::Crop { .. })
         ));
-        assert!(center_crop(&c, 11).is_err());
         let bad = Clip {
             frames: 1,
             height: 2,
