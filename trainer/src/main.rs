@@ -16,6 +16,7 @@ mod synth;
 mod bench;
 mod config;
 mod device;
+mod dist;
 mod embed;
 mod finetune;
 mod jepa;
@@ -65,6 +66,8 @@ enum Command {
     Import(import::Args),
     /// Decode every video of dataset lists once; list the failures and a summary by format.
     CheckData(check_data::Args),
+    /// Write the sbatch script that runs a config on SLURM (nodes x tasks per node, one per GPU).
+    Slurm(dist::slurm::Args),
 }
 
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the OS.
@@ -88,6 +91,14 @@ fn keep_freed_memory() {
     }
 }
 
+/// The environment, read once here so that library code takes the launcher's variables as a map
+/// (variables that are not UTF-8 cannot be launcher variables and are left out).
+fn launcher_env() -> dist::EnvMap {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -98,7 +109,7 @@ fn main() -> std::process::ExitCode {
             Command::Synth(args) => {
                 synth::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
             }
-            Command::Pretrain(args) => pretrain::run(args, &mut std::io::stdout())
+            Command::Pretrain(args) => pretrain::run(args, &launcher_env(), &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Probe(args) => {
                 probe::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
@@ -116,6 +127,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::CheckData(args) => check_data::run(args, &mut std::io::stdout()),
             Command::Finetune(args) => finetune::run(args, &mut std::io::stdout())
+                .map(|()| std::process::ExitCode::SUCCESS),
+            Command::Slurm(args) => dist::slurm::run(args, &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
         };
     match result {

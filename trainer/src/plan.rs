@@ -58,6 +58,96 @@ pub struct OptimPlan {
     pub loss: String,
 }
 
+/// How the run spreads over processes: the config's job shape, the batch per rank and in total,
+/// and the learning rate against the reference's scaling rule.
+#[derive(Debug, Serialize)]
+pub struct DistPlan {
+    pub nodes: usize,
+    pub tasks_per_node: usize,
+    pub ranks: usize,
+    /// `data.batch_size`: per GPU in the reference.
+    pub per_rank_batch: usize,
+    pub global_batch: usize,
+    /// The configured peak learning rate, used as is (the reference does not rescale it).
+    pub lr: f64,
+    /// EchoJEPA's linear rule `5.25e-4 x global_batch / 3072`, for comparison.
+    pub lr_by_rule: f64,
+    /// The launcher's world when the dry run itself was launched (torchrun, SLURM, mpirun).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launched: Option<crate::dist::World>,
+    /// What this build does with the shape.
+    pub runs_as: String,
+}
+
+/// EchoJEPA's learning-rate scaling: the V-JEPA 2 peak rate 5.25e-4 at global batch 3072, linear
+/// in the global batch (applied by hand in its configs, e.g. 1.75e-4 at 128 x 8 = 1024).
+pub const REFERENCE_LR: f64 = 5.25e-4;
+pub const REFERENCE_GLOBAL_BATCH: usize = 3072;
+
+pub fn lr_by_rule(global_batch: usize) -> f64 {
+    REFERENCE_LR * global_batch as f64 / REFERENCE_GLOBAL_BATCH as f64
+}
+
+/// The distributed part of a plan; a launched world that disagrees with the config is a note
+/// here (the run itself refuses it).
+pub fn dist_plan(
+    topo: crate::dist::Topology,
+    per_rank_batch: usize,
+    lr: f64,
+    world: &crate::dist::World,
+    notes: &mut Vec<String>,
+) -> DistPlan {
+    let launched = (world.launcher != crate::dist::Launcher::None).then(|| world.clone());
+    if let Err(e) = world.check(topo) {
+        notes.push(format!("launch does not match the config: {e}"));
+    }
+    let runs_as = if topo.ranks() == 1 {
+        "one process".to_string()
+    } else {
+        format!(
+            "one process only: this build has no engine for {} ranks yet (docs/DISTRIBUTED.md), \
+             so run without a launcher it trains with the global batch {per_rank_batch}, and \
+             launched as {} ranks it stops",
+            topo.ranks(),
+            topo.ranks()
+        )
+    };
+    let global = per_rank_batch * topo.ranks();
+    DistPlan {
+        nodes: topo.nodes,
+        tasks_per_node: topo.tasks_per_node,
+        ranks: topo.ranks(),
+        per_rank_batch,
+        global_batch: global,
+        lr,
+        lr_by_rule: lr_by_rule(global),
+        launched,
+        runs_as,
+    }
+}
+
+fn print_dist(d: &DistPlan, w: &mut dyn Write) -> Result<()> {
+    writeln!(
+        w,
+        "  ranks: {} node(s) x {} task(s) per node = {}; batch {} per rank, {} global",
+        d.nodes, d.tasks_per_node, d.ranks, d.per_rank_batch, d.global_batch
+    )?;
+    writeln!(
+        w,
+        "  lr {:.3e} as configured (not rescaled at run time); EchoJEPA's rule {:.2e} x global / {} gives {:.3e}",
+        d.lr, REFERENCE_LR, REFERENCE_GLOBAL_BATCH, d.lr_by_rule
+    )?;
+    if let Some(l) = &d.launched {
+        writeln!(
+            w,
+            "  launched by {}: rank {} of {}, local rank {}",
+            l.launcher, l.rank, l.size, l.local_rank
+        )?;
+    }
+    writeln!(w, "  runs as {}", d.runs_as)?;
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 pub struct PretrainPlan {
     pub schema: &'static str,
@@ -68,6 +158,7 @@ pub struct PretrainPlan {
     pub init: String,
     pub datasets: Vec<(PathBuf, f64)>,
     pub batch_size: usize,
+    pub distributed: DistPlan,
     pub frames_per_clip: usize,
     pub crop_size: usize,
     pub sampling: String,
@@ -83,9 +174,17 @@ pub fn pretrain_plan(
     loaded: &Loaded<PretrainConfig>,
     dev: DeviceSpec,
     resume_flag: bool,
+    world: &crate::dist::World,
 ) -> Result<PretrainPlan> {
     let c = &loaded.config;
     let mut notes = c.validate()?;
+    let distributed = dist_plan(
+        c.topology()?,
+        c.data.batch_size,
+        c.optimization.lr,
+        world,
+        &mut notes,
+    );
     let enc = c.encoder_config()?;
     let pred = c.predictor_config()?;
     let grid = Grid::new(
@@ -182,6 +281,7 @@ pub fn pretrain_plan(
         init,
         datasets: c.data.datasets.iter().cloned().zip(weights).collect(),
         batch_size: c.data.batch_size,
+        distributed,
         frames_per_clip: c.frames_per_clip(),
         crop_size: c.data.crop_size,
         sampling,
@@ -501,6 +601,7 @@ pub fn print_pretrain(p: &PretrainPlan, w: &mut dyn Write) -> Result<()> {
         "  batch {} clips; sampling: {}",
         p.batch_size, p.sampling
     )?;
+    print_dist(&p.distributed, w)?;
     writeln!(w, "  augmentation: {}", p.augmentation)?;
     for m in &p.masks {
         writeln!(
@@ -662,6 +763,44 @@ mod tests {
                 "D={d} depth={depth}: {got}"
             );
         }
+    }
+
+    #[test]
+    fn the_lr_rule_gives_echojepas_configured_rates() {
+        // EchoJEPA: 128 x 8 = 1024 clips at 1.75e-4; 80 x 8 = 640 at 1.09375e-4
+        assert!((lr_by_rule(1024) - 1.75e-4).abs() < 1e-12);
+        assert!((lr_by_rule(640) - 1.09375e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_distributed_plan_shows_the_shape_and_a_mismatched_launch() {
+        use crate::dist::{EnvMap, Topology, World};
+        let topo = Topology {
+            nodes: 2,
+            tasks_per_node: 8,
+        };
+        let mut notes = Vec::new();
+        let d = dist_plan(topo, 128, 1.75e-4, &World::single(), &mut notes);
+        assert_eq!((d.ranks, d.per_rank_batch, d.global_batch), (16, 128, 2048));
+        assert!(notes.is_empty(), "{notes:?}");
+        let mut text = Vec::new();
+        print_dist(&d, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("2 node(s) x 8 task(s) per node = 16; batch 128 per rank, 2048 global"),
+            "{text}"
+        );
+        let env: EnvMap = [("RANK", "0"), ("WORLD_SIZE", "4")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let launched = World::from_env(&env).unwrap();
+        let d = dist_plan(topo, 128, 1.75e-4, &launched, &mut notes);
+        assert!(d.launched.is_some());
+        assert!(
+            notes.len() == 1 && notes[0].contains("16 rank(s), but torchrun started 4"),
+            "{notes:?}"
+        );
     }
 
     #[test]

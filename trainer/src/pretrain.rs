@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::pretrain::PretrainConfig;
 use crate::config::{Loaded, load};
 use crate::device::{DeviceSpec, dtype_name, wants_bf16};
+use crate::dist::collective::average_grads;
+use crate::dist::{Collective, EnvMap, SingleProcess, World};
 use crate::jepa::{InitSource, Jepa};
 use crate::masks::{Grid, MultiBlockMasker};
 use crate::optim::AdamW;
@@ -163,6 +165,8 @@ pub struct Run {
     pub sched: Schedules,
     pub maskers: Vec<MultiBlockMasker>,
     pub state: TrainState,
+    /// The ranks this run averages its gradients over (one process alone by default).
+    pub collective: std::sync::Arc<dyn Collective>,
 }
 
 fn fingerprint(cfg: &PretrainConfig) -> Result<String> {
@@ -284,6 +288,7 @@ impl Run {
             sched,
             maskers,
             state,
+            collective: std::sync::Arc::new(SingleProcess),
         })
     }
 
@@ -375,6 +380,7 @@ impl Run {
             sched,
             maskers,
             state,
+            collective: std::sync::Arc::new(SingleProcess),
         })
     }
 
@@ -391,14 +397,21 @@ impl Run {
             .collect::<Result<Vec<_>>>()?;
         let h = self.jepa.targets(&clips)?;
         let out = self.jepa.loss(&clips, &h, &masks, self.cfg.loss.loss_exp)?;
-        let loss = out.loss.to_scalar::<f32>()? as f64;
+        let mut loss = out.loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
             bail!(
                 "loss is {loss} at step {i} (per mask config: {:?})",
                 out.per_mask
             );
         }
-        let grads = out.loss.backward()?;
+        let mut grads = out.loss.backward()?;
+        if self.collective.world() > 1 {
+            // every rank logs the loss of the global batch, and steps with its mean gradient
+            let mut l = [loss as f32];
+            self.collective.all_reduce_mean(&mut l)?;
+            loss = l[0] as f64;
+            average_grads(self.collective.as_ref(), self.opt.params(), &mut grads)?;
+        }
         let stats = self
             .opt
             .step(&grads, lr, wd, self.cfg.optimization.clip_grad)?;
@@ -572,12 +585,14 @@ pub fn plot_loss(metrics: &Path, out: &Path, title: &str) -> Result<()> {
     line_chart(out, title, "step", "loss", &series, false)
 }
 
-/// Dry-run or train, as the arguments say.
-pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+/// Dry-run or train, as the arguments say. `env` holds the launcher's variables (the binary reads
+/// the environment once).
+pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<PretrainConfig> = load(&args.config)?;
+    let world = World::from_env(env)?;
     if args.dry_run {
-        let mut plan = crate::plan::pretrain_plan(&loaded, dev, args.resume)?;
+        let mut plan = crate::plan::pretrain_plan(&loaded, dev, args.resume, &world)?;
         if let Some(f) = &args.folder {
             plan.outputs = plan
                 .outputs
@@ -597,6 +612,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     for n in notes {
         tracing::info!("{n}");
     }
+    check_world(&world, &cfg, &args.config)?;
     if let Some(f) = args.folder {
         cfg.folder = f;
     }
@@ -620,6 +636,25 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         source.as_mut(),
         out,
     )
+}
+
+/// A launched world must match the config's `nodes` x `tasks_per_node`, and may only be one rank
+/// until an engine is built in: several ranks each training alone would write the same folder
+/// and silently train N different models.
+fn check_world(world: &World, cfg: &PretrainConfig, config: &Path) -> Result<()> {
+    world
+        .check(cfg.topology()?)
+        .with_context(|| format!("{}", config.display()))?;
+    if world.size > 1 {
+        bail!(
+            "launched by {} as rank {} of {}, but this build has no collective engine for several \
+             ranks yet (docs/DISTRIBUTED.md); run one process without a launcher",
+            world.launcher,
+            world.rank,
+            world.size
+        );
+    }
+    Ok(())
 }
 
 /// The training loop.
@@ -661,6 +696,15 @@ pub fn train(
         run.cfg.data.batch_size,
         run.jepa.init_note
     )?;
+    if run.collective.world() > 1 {
+        writeln!(
+            out,
+            "rank {} of {}: gradients averaged by {}",
+            run.collective.rank(),
+            run.collective.world(),
+            run.collective.engine()
+        )?;
+    }
     let metrics_path = folder.join("metrics.csv");
     let mut metrics = MetricsWriter::open(&metrics_path, start)?;
     let pb = ProgressBar::new(stop as u64);
@@ -704,6 +748,8 @@ pub fn train(
         }
     }
     pb.finish_and_clear();
+    // every rank has stepped to the end before the final files are written
+    run.collective.barrier()?;
     if start == stop && !ckpt_paths(&folder.join("latest")).train_json.exists() {
         // `--max-steps 0`: write the initial weights (e.g. a random-encoder baseline)
         run.save(&folder.join("latest"), &provenance)?;

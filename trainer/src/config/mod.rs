@@ -84,10 +84,55 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>> {
 /// A value that SLURM-style keys carry (`mem_per_gpu: 80G` or `mem_per_gpu: 80`): kept verbatim.
 pub type Opaque = Option<serde_json::Value>;
 
+/// A SLURM count key (`nodes`, `tasks_per_node`, `cpus_per_task`) as a number: absent is 1, a
+/// whole number (or a string of one, as YAML 1.1 files sometimes quote it) is that number, and
+/// anything else is an error naming the key.
+pub fn opaque_count(v: &Opaque, key: &str) -> Result<usize> {
+    let n = match v {
+        None | Some(serde_json::Value::Null) => return Ok(1),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match n {
+        Some(n) if n >= 1 => Ok(n as usize),
+        _ => bail!(
+            "`{key}` must be a whole number >= 1, got {}",
+            v.as_ref().map_or_else(String::new, |x| x.to_string())
+        ),
+    }
+}
+
+/// The job shape a config asks for (`nodes` x `tasks_per_node`).
+pub fn topology(nodes: &Opaque, tasks_per_node: &Opaque) -> Result<crate::dist::Topology> {
+    Ok(crate::dist::Topology {
+        nodes: opaque_count(nodes, "nodes")?,
+        tasks_per_node: opaque_count(tasks_per_node, "tasks_per_node")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn slurm_counts_are_read_from_numbers_and_strings() {
+        let j = |t: &str| -> Opaque { Some(serde_json::from_str(t).unwrap()) };
+        assert_eq!(opaque_count(&None, "nodes").unwrap(), 1);
+        assert_eq!(opaque_count(&j("8"), "nodes").unwrap(), 8);
+        assert_eq!(opaque_count(&j("\"4\""), "nodes").unwrap(), 4);
+        let e = opaque_count(&j("0"), "tasks_per_node")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`tasks_per_node`"), "{e}");
+        let e = opaque_count(&j("\"two\""), "nodes")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`nodes`") && e.contains("two"), "{e}");
+        let t = topology(&j("2"), &j("8")).unwrap();
+        assert_eq!(t.ranks(), 16);
+    }
 
     #[test]
     fn several_nodes_or_tasks_are_said() {

@@ -410,6 +410,11 @@ impl PretrainConfig {
         Ok(cfg)
     }
 
+    /// The job shape the config asks for (`nodes` x `tasks_per_node`).
+    pub fn topology(&self) -> Result<crate::dist::Topology> {
+        super::topology(&self.nodes, &self.tasks_per_node)
+    }
+
     pub fn frames_per_clip(&self) -> usize {
         self.data.dataset_fpcs.first().copied().unwrap_or(16)
     }
