@@ -103,6 +103,18 @@ fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     cli_log::init(&cli.log);
+    let several_ranks = match &cli.command {
+        Command::Probe(_) => Some("probe"),
+        Command::Finetune(_) => Some("finetune"),
+        Command::Evaluate(_) => Some("evaluate"),
+        Command::Embed(_) => Some("embed"),
+        _ => None,
+    }
+    .map(|name| dist::one_rank_only(&launcher_env(), name));
+    if let Some(Err(err)) = several_ranks {
+        eprintln!("error: {err:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result: Result<std::process::ExitCode> =
         match cli.command {
             Command::Conformance(args) => conformance::run(args, &mut std::io::stdout()),

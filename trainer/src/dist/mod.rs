@@ -10,3 +10,39 @@ pub mod world;
 
 pub use collective::{Collective, SingleProcess};
 pub use world::{EnvMap, Launcher, Topology, World};
+
+/// For the commands that do not average anything yet (probe, fine-tuning, evaluation, embedding):
+/// a launch of several ranks is refused, since each rank would do the whole job alone and all of
+/// them would write the same files.
+pub fn one_rank_only(env: &EnvMap, command: &str) -> anyhow::Result<()> {
+    let w = World::from_env(env)?;
+    if w.size > 1 {
+        anyhow::bail!(
+            "`trainer {command}` runs as one process; it was launched by {} as rank {} of {} \
+             (docs/DISTRIBUTED.md says which commands run on several ranks)",
+            w.launcher,
+            w.rank,
+            w.size
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_ranks_are_refused_where_nothing_is_averaged() {
+        let env: EnvMap = [("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let e = one_rank_only(&env, "probe").unwrap_err().to_string();
+        assert!(
+            e.contains("`trainer probe`") && e.contains("rank 1 of 2"),
+            "{e}"
+        );
+        assert!(one_rank_only(&EnvMap::new(), "probe").is_ok());
+    }
+}
