@@ -18,8 +18,9 @@ mod profile;
 pub use error::{BoardError, Result};
 pub use profile::{
     BoardProfile, BundleSettings, CaptureSettings, ClinicalSettings, ComputeDevice,
-    ComputeSettings, LiveViewFieldError, LiveViewSettings, ModelSettings, PixelFormatName,
-    Precision, SectorMode, SectorSettings, SerialSettings, SourceKind, TrustSettings, TrustedKey,
+    ComputeSettings, LiveViewFieldError, LiveViewSettings, LumaRange, ModelSettings,
+    PixelFormatName, Precision, SectorMode, SectorSettings, SerialSettings, SourceKind,
+    TrustSettings, TrustedKey,
 };
 
 /// Names of the profiles compiled into the crate, the default first.

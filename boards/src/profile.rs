@@ -133,6 +133,22 @@ pub struct CaptureSettings {
     pub reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// The range of the luma a YUYV device sends: `full` (0–255, used as it comes) or `limited`
+    /// (16–235, expanded to 0–255 as video files are when decoded, so the model sees the
+    /// contrast it was trained on). Other pixel formats ignore it.
+    #[serde(default)]
+    pub luma_range: LumaRange,
+}
+
+/// The range of a capture device's luma values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LumaRange {
+    /// 0–255: the bytes are the grey levels.
+    #[default]
+    Full,
+    /// 16–235 (studio range), as most analogue-to-USB capture devices send.
+    Limited,
 }
 
 fn default_pixel_formats() -> Vec<PixelFormatName> {

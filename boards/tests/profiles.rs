@@ -1,7 +1,9 @@
 //! Board profiles: every built-in profile loads and validates, files load with relative paths
 //! resolved, and every kind of mistake is refused with an error that names the field.
 
-use boards::{BUILTIN_NAMES, BoardError, BoardProfile, ComputeDevice, SectorMode, SourceKind};
+use boards::{
+    BUILTIN_NAMES, BoardError, BoardProfile, ComputeDevice, LumaRange, SectorMode, SourceKind,
+};
 
 /// A minimal valid profile that tests edit one line of.
 const BASE: &str = r#"
@@ -145,6 +147,15 @@ fn unknown_field_is_named() {
 fn wrong_type_is_named() {
     let e = error_of(&BASE.replace("width = 640", "width = \"wide\""));
     assert!(e.contains("width"), "{e}");
+}
+
+#[test]
+fn luma_range_defaults_to_full_and_reads_limited() {
+    assert_eq!(parse(BASE).unwrap().capture.luma_range, LumaRange::Full);
+    let p = parse(&BASE.replace("fps = 30.0", "fps = 30.0\nluma_range = \"limited\"")).unwrap();
+    assert_eq!(p.capture.luma_range, LumaRange::Limited);
+    let e = error_of(&BASE.replace("fps = 30.0", "fps = 30.0\nluma_range = \"tv\""));
+    assert!(e.contains("tv") && e.contains("limited"), "{e}");
 }
 
 #[test]

@@ -1,9 +1,13 @@
 //! Convert stage: any captured pixel format to 8-bit grey. Echo is a grey-scale modality and the
 //! model takes grey replicated to three channels, so grey is what the rest of the pipeline carries.
 //!
-//! YUYV keeps the luma bytes, RGB uses the BT.601 luma weights, MJPEG is decoded to luma. A frame
+//! YUYV keeps the luma bytes (expanded from 16–235 to 0–255 when the board says its device sends
+//! limited range, as video files are decoded), RGB uses the BT.601 luma weights
+//! (`echojepa_input::rgb_to_gray`, as for video files), MJPEG is decoded to luma. A frame
 //! whose size does not match its format, or a JPEG that does not decode, is a [`ConvertError`]
 //! naming the frame; the pipeline skips and counts it and carries on with the next frame.
+
+use boards::LumaRange;
 
 use crate::frame::{Frame, GrayImage, PixelFormat, bytes_per_pixel};
 
@@ -18,8 +22,13 @@ pub struct ConvertError {
     pub reason: String,
 }
 
-/// The grey image of a frame.
+/// The grey image of a frame, YUYV luma taken as full range.
 pub fn to_gray(frame: &Frame) -> Result<GrayImage, ConvertError> {
+    to_gray_with(frame, LumaRange::Full)
+}
+
+/// The grey image of a frame, YUYV luma in `range`.
+pub fn to_gray_with(frame: &Frame, range: LumaRange) -> Result<GrayImage, ConvertError> {
     let err = |reason: String| ConvertError {
         seq: frame.seq,
         format: frame.format,
@@ -57,16 +66,24 @@ pub fn to_gray(frame: &Frame) -> Result<GrayImage, ConvertError> {
         )));
     }
     let mut out = GrayImage::new(w, h);
+    let lut = (range == LumaRange::Limited).then(echojepa_input::limited_range_lut);
     for y in 0..h {
         let row = &frame.data[y * stride..y * stride + w * bpp];
         let dst = &mut out.data[y * w..(y + 1) * w];
         match frame.format {
             PixelFormat::Grey => dst.copy_from_slice(row),
-            PixelFormat::Yuyv => {
-                for (d, px) in dst.iter_mut().zip(row.chunks_exact(2)) {
-                    *d = px[0];
+            PixelFormat::Yuyv => match &lut {
+                None => {
+                    for (d, px) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                        *d = px[0];
+                    }
                 }
-            }
+                Some(lut) => {
+                    for (d, px) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                        *d = lut[px[0] as usize];
+                    }
+                }
+            },
             PixelFormat::Rgb3 => {
                 for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
                     *d = echojepa_input::rgb_to_gray(px[0], px[1], px[2]);
@@ -122,6 +139,16 @@ mod tests {
         let data = vec![10, 128, 20, 128, 0xEE, 0xEE, 30, 1, 40, 2, 0xEE, 0xEE];
         let g = to_gray(&frame(PixelFormat::Yuyv, 2, 2, 6, data)).unwrap();
         assert_eq!(g.data, vec![10, 20, 30, 40]);
+    }
+
+    #[test]
+    fn limited_range_yuyv_is_expanded_like_video_files() {
+        // Y = 16, 126, 235, 250 in limited range: black, mid grey, white, clamped.
+        let data = vec![16, 128, 126, 128, 235, 128, 250, 128];
+        let f = frame(PixelFormat::Yuyv, 4, 1, 0, data);
+        assert_eq!(to_gray(&f).unwrap().data, vec![16, 126, 235, 250]);
+        let g = to_gray_with(&f, LumaRange::Limited).unwrap();
+        assert_eq!(g.data, vec![0, 128, 255, 255]);
     }
 
     #[test]

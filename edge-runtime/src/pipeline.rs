@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use crate::clinical::{ClinicalPolicy, ClinicalState, top1};
 use crate::clip::{ClipBuilder, ClipSpec, ProcessedFrame};
 use crate::clock::SharedClock;
-use crate::convert::to_gray;
+use crate::convert::to_gray_with;
 use crate::engine::{EfMethod, InferenceEngine, ModelInfo, SectorUse};
 use crate::events::{
     Accuracy, EfOut, Event, Level, ModelRef, NOT_FOR_DIAGNOSTIC_USE, Prediction, SCHEMA_VERSION,
@@ -80,6 +80,8 @@ pub struct PipelineOptions {
     pub sector: SectorConfig,
     /// Blank pixels outside a detected fan (only when the model was trained that way).
     pub mask_outside: bool,
+    /// The range of a YUYV device's luma (the board's `capture.luma_range`).
+    pub luma_range: boards::LumaRange,
     pub clinical: ClinicalThresholds,
     /// Stop after this many captured frames.
     pub max_frames: Option<u64>,
@@ -513,6 +515,7 @@ impl Pipeline {
             spec,
         );
         let mut builder = ClipBuilder::new(spec, self.opts.clip_every);
+        let luma_range = self.opts.luma_range;
         let spawn = std::thread::Builder::new().name("preprocess".into());
         let handle = spawn.spawn(move || {
             loop {
@@ -527,7 +530,7 @@ impl Pipeline {
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
                 let t0 = clock.now();
-                let gray = match to_gray(&frame) {
+                let gray = match to_gray_with(&frame, luma_range) {
                     Ok(g) => g,
                     Err(e) => {
                         Counters::inc(&counters.corrupt);

@@ -151,6 +151,17 @@ impl Rect {
     }
 }
 
+/// Limited-range (studio, 16–235) luma to full-range grey, rounded and clamped: the table
+/// video files are decoded with when they signal limited range, and the cart's YUYV capture
+/// when its board says so.
+pub fn limited_range_lut() -> [u8; 256] {
+    std::array::from_fn(|y| {
+        ((y as f32 - 16.0) * (255.0 / 219.0))
+            .round()
+            .clamp(0.0, 255.0) as u8
+    })
+}
+
 /// BT.601 luma of an RGB pixel, rounded: `(299 R + 587 G + 114 B) / 1000`. The one RGB → grey
 /// conversion of the project (video files decoded to grey, RGB capture devices on the cart).
 #[inline]

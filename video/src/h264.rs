@@ -298,17 +298,11 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, String> {
 
 /// Look-up table from coded luma to full-range gray.
 pub fn luma_lut(color: ColorInfo) -> [u8; 256] {
-    let mut lut = [0u8; 256];
-    for (y, v) in lut.iter_mut().enumerate() {
-        *v = if color.full_range {
-            y as u8
-        } else {
-            ((y as f32 - 16.0) * (255.0 / 219.0))
-                .round()
-                .clamp(0.0, 255.0) as u8
-        };
+    if color.full_range {
+        std::array::from_fn(|y| y as u8)
+    } else {
+        echojepa_input::limited_range_lut()
     }
-    lut
 }
 
 /// Converts a 4:2:0 picture (planes with strides) to interleaved gray or RGB.

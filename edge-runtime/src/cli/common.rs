@@ -326,6 +326,7 @@ pub fn pipeline_options(board: &BoardProfile, max_frames: Option<u64>) -> Pipeli
         frame_queue: (board.capture.fps.ceil() as usize).clamp(8, 256),
         sector,
         mask_outside: s.mask_outside,
+        luma_range: board.capture.luma_range,
         clinical: ClinicalThresholds {
             ef_min_confidence: k.ef_min_confidence,
             min_cycle: Duration::from_secs_f64(k.min_cycle_seconds),

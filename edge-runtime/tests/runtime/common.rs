@@ -127,6 +127,7 @@ pub fn options(queue: usize) -> PipelineOptions {
         frame_queue: 1024,
         sector: SectorConfig::Whole,
         mask_outside: false,
+        luma_range: boards::LumaRange::Full,
         clinical: ClinicalThresholds {
             ef_min_confidence: 0.6,
             min_cycle: Duration::from_millis(300),
