@@ -14,7 +14,7 @@ use crate::optim::Param;
 
 /// A group of ranks that reduce together. Every rank must make the same calls in the same
 /// order with buffers of the same length; engines check what they can.
-pub trait Collective: Send + Sync {
+pub trait Collective {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
     /// Replaces `buf` on every rank with the element-wise sum over ranks.
@@ -176,7 +176,7 @@ pub fn average_grads(coll: &dyn Collective, params: &[Param], grads: &mut GradSt
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::optim::AdamW;
     use candle_core::{Device, Var};
@@ -224,7 +224,12 @@ mod tests {
 
     /// Mean squared error of a linear model on rows `x`, targets `y`; returns the weights after
     /// `steps` AdamW steps in which the gradients are averaged over `coll`.
-    fn train_linear(coll: &dyn Collective, x: &[f32], y: &[f32], steps: usize) -> Vec<f32> {
+    pub(crate) fn train_linear(
+        coll: &dyn Collective,
+        x: &[f32],
+        y: &[f32],
+        steps: usize,
+    ) -> Vec<f32> {
         let dev = Device::Cpu;
         let rows = y.len();
         let w = Var::from_tensor(&Tensor::new(&[[0.5f32], [-0.25], [0.1]], &dev).unwrap()).unwrap();

@@ -4,6 +4,8 @@
 //! docs/DISTRIBUTED.md says what runs today and what does not yet.
 
 pub mod collective;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod shard;
 pub mod slurm;
 pub mod world;
