@@ -91,7 +91,14 @@ pub fn bench_config(a: &Args) -> Result<PretrainConfig> {
 pub fn run(a: Args, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&a.devices)?;
     let cfg = bench_config(&a)?;
-    let mut run = Run::new(cfg, std::env::temp_dir(), dev, 1000, false)?;
+    let mut run = Run::new(
+        cfg,
+        std::env::temp_dir(),
+        dev,
+        1000,
+        false,
+        std::rc::Rc::new(crate::dist::SingleProcess),
+    )?;
     let clips = Tensor::randn(
         0f32,
         1.0,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,7 +22,7 @@ use crate::device::{DeviceSpec, dtype_name, wants_bf16};
 use crate::dist::collective::average_grads;
 use crate::dist::{Collective, EnvMap, SingleProcess, World};
 use crate::jepa::{InitSource, Jepa};
-use crate::masks::{Grid, MultiBlockMasker};
+use crate::masks::{BatchMasks, Grid, MultiBlockMasker};
 use crate::optim::AdamW;
 use crate::plot::{Series, line_chart};
 use crate::pretrain_data::{ClipSource, LoaderPos};
@@ -166,14 +167,17 @@ pub struct Run {
     pub maskers: Vec<MultiBlockMasker>,
     pub state: TrainState,
     /// The ranks this run averages its gradients over (one process alone by default).
-    pub collective: std::sync::Arc<dyn Collective>,
+    pub collective: Rc<dyn Collective>,
 }
 
-fn fingerprint(cfg: &PretrainConfig) -> Result<String> {
+/// What a resumed run must share with the checkpoint. The batch is the global one (per-rank batch
+/// x ranks; with one rank the same value as before there were ranks), so a run may resume with
+/// another world size as long as the global batch stays.
+fn fingerprint(cfg: &PretrainConfig, world: usize) -> Result<String> {
     let v = serde_json::json!({
         "encoder": cfg.encoder_config()?,
         "predictor": cfg.predictor_config()?,
-        "batch_size": cfg.data.batch_size,
+        "batch_size": cfg.data.batch_size * world,
         "mask": cfg.mask,
         "seed": cfg.meta.seed,
         "optimization": {
@@ -214,6 +218,7 @@ impl Run {
         dev: DeviceSpec,
         ipe: usize,
         resume: bool,
+        collective: Rc<dyn Collective>,
     ) -> Result<Self> {
         let device = dev.open()?;
         let dtype = dev.compute_dtype(wants_bf16(&cfg.meta.dtype));
@@ -232,7 +237,7 @@ impl Run {
             .enumerate()
             .map(|(i, m)| MultiBlockMasker::new(m.clone(), grid, i))
             .collect();
-        let fp = fingerprint(&cfg)?;
+        let fp = fingerprint(&cfg, collective.world())?;
 
         let resume_stem = match (
             &cfg.meta.read_checkpoint,
@@ -246,7 +251,9 @@ impl Run {
             _ => None,
         };
         if let Some(stem) = resume_stem {
-            return Self::resume(cfg, folder, device, dtype, sched, maskers, fp, &stem);
+            return Self::resume(
+                cfg, folder, device, dtype, sched, maskers, fp, &stem, collective,
+            );
         }
         if resume || cfg.meta.load_checkpoint {
             tracing::info!(
@@ -288,7 +295,7 @@ impl Run {
             sched,
             maskers,
             state,
-            collective: std::sync::Arc::new(SingleProcess),
+            collective: collective.clone(),
         })
     }
 
@@ -302,6 +309,7 @@ impl Run {
         maskers: Vec<MultiBlockMasker>,
         fp: String,
         stem: &Path,
+        collective: Rc<dyn Collective>,
     ) -> Result<Self> {
         let p = ckpt_paths(stem);
         let text = fs::read_to_string(&p.train_json)
@@ -380,7 +388,7 @@ impl Run {
             sched,
             maskers,
             state,
-            collective: std::sync::Arc::new(SingleProcess),
+            collective: collective.clone(),
         })
     }
 
@@ -390,10 +398,24 @@ impl Run {
         let (lr, wd, momentum) = self.sched.at(i);
         let clips = clips.to_device(&self.device)?.to_dtype(self.dtype)?;
         let b = clips.dim(0)?;
+        let (rank, world) = (self.collective.rank(), self.collective.world());
         let masks = self
             .maskers
             .iter()
-            .map(|m| m.sample(b, self.state.seed, i as u64))
+            .map(|m| {
+                if world == 1 {
+                    return m.sample(b, self.state.seed, i as u64);
+                }
+                // the masks of the global batch, and this rank's rows of them, so that N ranks
+                // mask exactly as one process with the whole batch
+                let all = m.sample(b * world, self.state.seed, i as u64)?;
+                let rows = rank * b..(rank + 1) * b;
+                Ok(BatchMasks {
+                    enc: all.enc[rows.clone()].to_vec(),
+                    pred: all.pred[rows].to_vec(),
+                    block: all.block,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let h = self.jepa.targets(&clips)?;
         let out = self.jepa.loss(&clips, &h, &masks, self.cfg.loss.loss_exp)?;
@@ -612,11 +634,11 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     for n in notes {
         tracing::info!("{n}");
     }
-    check_world(&world, &cfg, &args.config)?;
+    let collective = open_collective(&world, &cfg, &args.config)?;
     if let Some(f) = args.folder {
         cfg.folder = f;
     }
-    let mut source = crate::pretrain_data::open(&cfg)?;
+    let mut source = crate::pretrain_data::open(&cfg, collective.rank(), collective.world())?;
     let ipe = cfg
         .optimization
         .ipe
@@ -634,30 +656,42 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
         args.resume,
         args.max_steps,
         source.as_mut(),
+        collective,
         out,
     )
 }
 
-/// A launched world must match the config's `nodes` x `tasks_per_node`, and may only be one rank
-/// until an engine is built in: several ranks each training alone would write the same folder
-/// and silently train N different models.
-fn check_world(world: &World, cfg: &PretrainConfig, config: &Path) -> Result<()> {
+/// The engine the ranks average through. A launched world must match the config's `nodes` x
+/// `tasks_per_node`; several ranks without an engine for their launcher are refused, since each
+/// would train alone, N different models writing the same folder.
+fn open_collective(
+    world: &World,
+    cfg: &PretrainConfig,
+    config: &Path,
+) -> Result<Rc<dyn Collective>> {
     world
         .check(cfg.topology()?)
         .with_context(|| format!("{}", config.display()))?;
-    if world.size > 1 {
-        bail!(
-            "launched by {} as rank {} of {}, but this build has no collective engine for several \
-             ranks yet (docs/DISTRIBUTED.md); run one process without a launcher",
-            world.launcher,
-            world.rank,
-            world.size
-        );
+    if world.size == 1 {
+        return Ok(Rc::new(SingleProcess));
     }
-    Ok(())
+    #[cfg(feature = "mpi")]
+    if world.launcher == crate::dist::Launcher::Mpirun {
+        return Ok(Rc::new(crate::dist::mpi::MpiCollective::init(world)?));
+    }
+    bail!(
+        "launched by {} as rank {} of {}, but this build has no collective engine for it \
+         (CPU ranks under mpirun need a build with `--features mpi`; NCCL is not built in yet; \
+         docs/DISTRIBUTED.md)",
+        world.launcher,
+        world.rank,
+        world.size
+    )
 }
 
-/// The training loop.
+/// The training loop. With several ranks, every rank steps in lockstep and rank 0 alone writes
+/// checkpoints, metrics and the plot.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: PretrainConfig,
     dev: DeviceSpec,
@@ -665,12 +699,15 @@ pub fn train(
     resume: bool,
     max_steps: Option<usize>,
     source: &mut dyn ClipSource,
+    collective: Rc<dyn Collective>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let folder = cfg.folder.clone();
     fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
     let data = data_provenance(&cfg);
-    let mut run = Run::new(cfg, folder.clone(), dev, ipe, resume)?;
+    let mut run = Run::new(cfg, folder.clone(), dev, ipe, resume, collective)?;
+    let (rank, world) = (run.collective.rank(), run.collective.world());
+    let main = rank == 0;
     let provenance = match &run.jepa.init_provenance {
         // resumed: the checkpoint's provenance already describes this run
         Some(own) if run.state.step > 0 => Provenance {
@@ -706,13 +743,20 @@ pub fn train(
         )?;
     }
     let metrics_path = folder.join("metrics.csv");
-    let mut metrics = MetricsWriter::open(&metrics_path, start)?;
+    let mut metrics = if main {
+        Some(MetricsWriter::open(&metrics_path, start)?)
+    } else {
+        None
+    };
     let pb = ProgressBar::new(stop as u64);
     pb.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})")?
             .progress_chars("=> "),
     );
     pb.set_position(start as u64);
+    if !main {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let save_every_steps = run.cfg.meta.save_every_steps;
     let save_every_epochs = run.cfg.meta.save_every_freq;
     let mut elapsed = run.state.elapsed_s;
@@ -723,9 +767,11 @@ pub fn train(
         let mut row = run.step(&batch)?;
         let dt = t0.elapsed().as_secs_f64();
         elapsed += dt;
-        row.clips_per_s = b as f64 / dt.max(1e-9);
+        row.clips_per_s = (b * world) as f64 / dt.max(1e-9);
         row.seconds = elapsed;
-        metrics.push(&row)?;
+        if let Some(m) = metrics.as_mut() {
+            m.push(&row)?;
+        }
         pb.set_message(format!(
             "loss {:.4} lr {:.2e} {:.1} clips/s",
             row.loss, row.lr, row.clips_per_s
@@ -737,6 +783,9 @@ pub fn train(
         let done = i + 1;
         let end_of_epoch = done % ipe == 0;
         let by_steps = save_every_steps.is_some_and(|n| n > 0 && done % n == 0);
+        if !main {
+            continue;
+        }
         if end_of_epoch || by_steps || done == stop {
             run.save(&folder.join("latest"), &provenance)?;
         }
@@ -750,6 +799,13 @@ pub fn train(
     pb.finish_and_clear();
     // every rank has stepped to the end before the final files are written
     run.collective.barrier()?;
+    if !main {
+        writeln!(
+            out,
+            "rank {rank} of {world}: steps {start}..{stop} done; rank 0 writes the outputs"
+        )?;
+        return Ok(());
+    }
     if start == stop && !ckpt_paths(&folder.join("latest")).train_json.exists() {
         // `--max-steps 0`: write the initial weights (e.g. a random-encoder baseline)
         run.save(&folder.join("latest"), &provenance)?;

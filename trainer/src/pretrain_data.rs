@@ -237,6 +237,8 @@ pub struct PhantomSource {
     per_epoch: usize,
     pos: LoaderPos,
     ahead: Option<std::sync::mpsc::Receiver<Result<Tensor>>>,
+    /// `(rank, world)`: this rank renders its share of each global batch.
+    shard: (usize, usize),
 }
 
 impl PhantomSource {
@@ -247,7 +249,16 @@ impl PhantomSource {
             per_epoch: per_epoch.max(1),
             pos: LoaderPos::default(),
             ahead: None,
+            shard: (0, 1),
         }
+    }
+
+    /// Global batch `k` is clips `k·b·N .. (k+1)·b·N` of the stream, and rank `r` renders the
+    /// r-th run of `b` of them (`dist::shard`'s contiguous split), so N ranks with batch `b`
+    /// read exactly what one process with batch `b·N` reads.
+    pub fn sharded(mut self, rank: usize, world: usize) -> Self {
+        self.shard = (rank, world.max(1));
+        self
     }
 
     fn global_batch(&self, pos: LoaderPos) -> usize {
@@ -259,9 +270,11 @@ impl PhantomSource {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let stream = self.stream.clone();
         let b = self.batch;
+        let (rank, world) = self.shard;
         std::thread::spawn(move || {
             for k in first.. {
-                if tx.send(render_batch(&stream, b, k)).is_err() {
+                let from = (k * world + rank) * b;
+                if tx.send(render_batch(&stream, b, from)).is_err() {
                     break;
                 }
             }
@@ -270,11 +283,12 @@ impl PhantomSource {
     }
 }
 
-fn render_batch(stream: &PhantomStream, b: usize, k: usize) -> Result<Tensor> {
+/// Clips `from .. from + b` of the training stream as one batch.
+fn render_batch(stream: &PhantomStream, b: usize, from: usize) -> Result<Tensor> {
     let (t, r) = (stream.frames, stream.resolution);
     let mut data = Vec::with_capacity(b * 3 * t * r * r);
     for i in 0..b {
-        let c = stream.clip(Split::Train, (k * b + i) as u64)?;
+        let c = stream.clip(Split::Train, (from + i) as u64)?;
         data.extend_from_slice(&c.input);
     }
     Ok(Tensor::from_vec(
@@ -320,8 +334,15 @@ impl ClipSource for PhantomSource {
     }
 }
 
-/// Opens the config's datasets as a batch source.
-pub fn open(cfg: &PretrainConfig) -> Result<Box<dyn ClipSource>> {
+/// Opens the config's datasets as a batch source for `rank` of `world` ranks (each reading
+/// `data.batch_size` clips of a global batch `world` times larger).
+pub fn open(cfg: &PretrainConfig, rank: usize, world: usize) -> Result<Box<dyn ClipSource>> {
+    if world > 1 && cfg.data.dataset_type != "PhantomStream" {
+        bail!(
+            "several ranks read only the phantom stream so far (data.dataset_type: PhantomStream); \
+             the video loader does not read per-rank shards yet"
+        );
+    }
     if cfg.data.dataset_type == "PhantomStream" {
         let d = &cfg.data;
         let step = d.frame_step.context(
@@ -338,7 +359,9 @@ pub fn open(cfg: &PretrainConfig) -> Result<Box<dyn ClipSource>> {
             .optimization
             .ipe
             .context("PhantomStream needs optimization.ipe")?;
-        return Ok(Box::new(PhantomSource::new(stream, d.batch_size, ipe)));
+        return Ok(Box::new(
+            PhantomSource::new(stream, d.batch_size, ipe).sharded(rank, world),
+        ));
     }
     let pipe = pipeline(cfg);
     let mut parts = Vec::new();

@@ -1,9 +1,6 @@
 //! MPI as a [`Collective`] for CPU ranks started by `mpirun` (the `mpi` feature, through rsmpi and
 //! the system's Open MPI). Reductions are `MPI_Allreduce` with `MPI_SUM` on f32, which Open MPI
 //! computes so that every rank receives the same bits.
-// `trainer pretrain` takes this engine once its data path reads per-rank shards; until then the
-// equivalence test below is its only caller, and launches of several ranks are refused.
-#![allow(dead_code)]
 
 use anyhow::{Context, Result, bail};
 use mpi::collective::SystemOperation;
