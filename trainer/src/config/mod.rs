@@ -59,16 +59,16 @@ pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<
     }
 }
 
-/// The SLURM keys `nodes` and `tasks_per_node` ask for several processes; this trainer runs one
-/// process on one device, so the global batch is the config's per-process batch. Said, not
-/// silently dropped.
+/// The SLURM keys `nodes` and `tasks_per_node` ask for several processes; run without a launcher
+/// the trainer is one process on one device, so the global batch is the config's per-process
+/// batch. Said, not silently dropped.
 fn multi_process_request(text: &str) -> Option<String> {
     let v: serde_json::Value = serde_saphyr::from_str(text).ok()?;
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(1);
     let (nodes, tasks) = (n("nodes"), n("tasks_per_node"));
     (nodes * tasks > 1).then(|| {
         format!(
-            "the config asks for {nodes} node(s) x {tasks} task(s) per node = {} processes; this trainer runs ONE process on one device, so the global batch is the per-process batch_size and the learning rate is not rescaled",
+            "the config asks for {nodes} node(s) x {tasks} task(s) per node = {} processes; unless launched as that many ranks (docs/DISTRIBUTED.md), this trainer runs ONE process on one device, so the global batch is the per-process batch_size and the learning rate is not rescaled",
             nodes * tasks
         )
     })
