@@ -90,13 +90,10 @@ pub fn lr_by_rule(global_batch: usize) -> f64 {
 
 /// The distributed part of a plan; a launched world that disagrees with the config is a note
 /// here (the run itself refuses it).
-/// `shards`: whether the data source reads per-rank shares (the phantom stream does; the
-/// video-list loader does not yet).
 pub fn dist_plan(
     topo: crate::dist::Topology,
     per_rank_batch: usize,
     lr: f64,
-    shards: bool,
     world: &crate::dist::World,
     notes: &mut Vec<String>,
 ) -> DistPlan {
@@ -107,21 +104,16 @@ pub fn dist_plan(
     let n = topo.ranks();
     let runs_as = if n == 1 {
         "one process".to_string()
-    } else if cfg!(feature = "mpi") && shards {
+    } else if cfg!(feature = "mpi") {
         format!(
             "{n} CPU ranks under `mpirun -np {n}` (gradients averaged by MPI); run without a \
              launcher, one process with batch {per_rank_batch}"
         )
     } else {
-        let why = if shards {
-            "this build has no engine for them (`--features mpi` runs CPU ranks under mpirun; \
-             NCCL is not built in)"
-        } else {
-            "the video-list loader does not read per-rank shards yet (the phantom stream does)"
-        };
         format!(
-            "one process: {n} ranks are refused, as {why}; run without a launcher it trains with \
-             batch {per_rank_batch}"
+            "one process: {n} ranks are refused, as this build has no engine for them \
+             (`--features mpi` runs CPU ranks under mpirun; NCCL is not built in); run without a \
+             launcher it trains with batch {per_rank_batch}"
         )
     };
     let global = per_rank_batch * topo.ranks();
@@ -194,7 +186,6 @@ pub fn pretrain_plan(
         c.topology()?,
         c.data.batch_size,
         c.optimization.lr,
-        c.data.dataset_type == "PhantomStream",
         world,
         &mut notes,
     );
@@ -793,7 +784,7 @@ mod tests {
             tasks_per_node: 8,
         };
         let mut notes = Vec::new();
-        let d = dist_plan(topo, 128, 1.75e-4, false, &World::single(), &mut notes);
+        let d = dist_plan(topo, 128, 1.75e-4, &World::single(), &mut notes);
         assert_eq!((d.ranks, d.per_rank_batch, d.global_batch), (16, 128, 2048));
         assert!(notes.is_empty(), "{notes:?}");
         let mut text = Vec::new();
@@ -808,7 +799,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let launched = World::from_env(&env).unwrap();
-        let d = dist_plan(topo, 128, 1.75e-4, true, &launched, &mut notes);
+        let d = dist_plan(topo, 128, 1.75e-4, &launched, &mut notes);
         assert!(d.launched.is_some());
         assert!(
             notes.len() == 1 && notes[0].contains("16 rank(s), but torchrun started 4"),

@@ -18,6 +18,7 @@ use crate::data::csv::{VideoEntry, read_video_csv};
 use crate::data::dataset::{ClipPipeline, Dataset, Sample, Transform, VideoDataset};
 use crate::data::loader::{Epoch, Loader, LoaderConfig};
 use crate::data::sampling::{ClipSampling, StepRule};
+use crate::dist::shard::ShardPlan;
 use crate::phantom_stream::{PhantomStream, Split};
 
 /// Where the loader stands: the epoch and how many of its batches were consumed.
@@ -145,6 +146,8 @@ pub struct LoaderSource {
     pos: LoaderPos,
     skipped_before: u64,
     per_epoch: usize,
+    /// With several ranks: this rank's place and the sharding of each epoch's order.
+    shard: Option<(usize, ShardPlan)>,
 }
 
 impl LoaderSource {
@@ -157,6 +160,42 @@ impl LoaderSource {
             pos: LoaderPos::default(),
             skipped_before: 0,
             per_epoch,
+            shard: None,
+        }
+    }
+
+    /// Reads `rank`'s share of global batches of `batch_size x world` clips (`dist::shard`): the
+    /// epoch's order is the one-process order, so N ranks read together what one process with
+    /// the global batch reads. Short final global batches are dropped, as with one process, so
+    /// every rank reads the same number of equal batches.
+    pub fn sharded(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 1 {
+            return Ok(self);
+        }
+        let b = self.loader.batch_size();
+        let len = self.loader.order(0).len();
+        let plan = ShardPlan::new(len, b * world, world, true)?;
+        if plan.steps_per_epoch() == 0 {
+            bail!(
+                "{len} clips are fewer than one global batch of {} ({b} per rank x {world} ranks)",
+                b * world
+            );
+        }
+        self.per_epoch = plan.steps_per_epoch();
+        self.shard = Some((rank, plan));
+        Ok(self)
+    }
+
+    fn start(&self, epoch: u64) -> Epoch {
+        match &self.shard {
+            None => self.loader.epoch(epoch),
+            Some((rank, plan)) => {
+                let order = self.loader.order(epoch);
+                let batches = (0..plan.steps_per_epoch())
+                    .map(|k| order[plan.rank_range(k, *rank)].to_vec())
+                    .collect();
+                self.loader.epoch_of(epoch, batches)
+            }
         }
     }
 
@@ -171,7 +210,7 @@ impl ClipSource for LoaderSource {
     fn next_batch(&mut self) -> Result<Tensor> {
         for _ in 0..3 {
             if self.epoch.is_none() {
-                self.epoch = Some(self.loader.epoch(self.pos.epoch));
+                self.epoch = Some(self.start(self.pos.epoch));
             }
             let ep = self.epoch.as_mut().context("loader epoch")?;
             match ep.next() {
@@ -204,7 +243,7 @@ impl ClipSource for LoaderSource {
             epoch: pos.epoch,
             consumed: 0,
         };
-        let mut ep = self.loader.epoch(pos.epoch);
+        let mut ep = self.start(pos.epoch);
         for _ in 0..pos.consumed {
             if ep.next().transpose()?.is_none() {
                 break;
@@ -337,12 +376,6 @@ impl ClipSource for PhantomSource {
 /// Opens the config's datasets as a batch source for `rank` of `world` ranks (each reading
 /// `data.batch_size` clips of a global batch `world` times larger).
 pub fn open(cfg: &PretrainConfig, rank: usize, world: usize) -> Result<Box<dyn ClipSource>> {
-    if world > 1 && cfg.data.dataset_type != "PhantomStream" {
-        bail!(
-            "several ranks read only the phantom stream so far (data.dataset_type: PhantomStream); \
-             the video loader does not read per-rank shards yet"
-        );
-    }
     if cfg.data.dataset_type == "PhantomStream" {
         let d = &cfg.data;
         let step = d.frame_step.context(
@@ -397,5 +430,109 @@ pub fn open(cfg: &PretrainConfig, rank: usize, world: usize) -> Result<Box<dyn C
         drop_last: true,
         seed: cfg.meta.seed,
     };
-    Ok(Box::new(LoaderSource::new(Arc::new(mixture), lc)))
+    Ok(Box::new(
+        LoaderSource::new(Arc::new(mixture), lc).sharded(rank, world)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use echojepa_input::preprocess::ClipTensor;
+
+    /// Sample `i` is a 1x1x1x1 clip holding `i`, so a batch tells which samples it holds.
+    struct Numbers(usize);
+
+    impl Dataset for Numbers {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn slots(&self) -> usize {
+            1
+        }
+        fn load(&self, index: usize, _rng: &mut ChaCha8Rng) -> Result<Sample> {
+            Ok(Sample {
+                slots: vec![ClipTensor {
+                    channels: 1,
+                    frames: 1,
+                    height: 1,
+                    width: 1,
+                    data: vec![index as f32],
+                }],
+                present: vec![true],
+                label: 0.0,
+            })
+        }
+        fn describe(&self, index: usize) -> String {
+            format!("sample {index}")
+        }
+    }
+
+    fn source(len: usize, batch: usize, rank: usize, world: usize) -> LoaderSource {
+        let cfg = LoaderConfig {
+            batch_size: batch,
+            workers: 1,
+            prefetch: 2,
+            shuffle: true,
+            drop_last: true,
+            seed: 9,
+        };
+        LoaderSource::new(Arc::new(Numbers(len)), cfg)
+            .sharded(rank, world)
+            .unwrap()
+    }
+
+    fn ids(src: &mut LoaderSource) -> Vec<usize> {
+        let t = src.next_batch().unwrap();
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as usize)
+            .collect()
+    }
+
+    #[test]
+    fn ranks_together_read_the_one_process_batches() {
+        // 2 epochs of 4 global batches of 6 (26 samples: 2 dropped per epoch, as with one process)
+        let mut one = source(26, 6, 0, 1);
+        let mut ranks: Vec<LoaderSource> = (0..3).map(|r| source(26, 2, r, 3)).collect();
+        assert_eq!(one.iterations_per_epoch(), 4);
+        assert!(ranks.iter().all(|s| s.iterations_per_epoch() == 4));
+        for step in 0..8 {
+            let want = ids(&mut one);
+            let got: Vec<usize> = ranks.iter_mut().flat_map(ids).collect();
+            assert_eq!(got, want, "step {step}");
+        }
+        // resumed at a global position with another world size: the same batches on
+        let pos = LoaderPos {
+            epoch: 1,
+            consumed: 2,
+        };
+        let mut one = source(26, 6, 0, 1);
+        one.seek(pos).unwrap();
+        let mut two: Vec<LoaderSource> = (0..2).map(|r| source(26, 3, r, 2)).collect();
+        for s in &mut two {
+            s.seek(pos).unwrap();
+        }
+        for _ in 0..3 {
+            let got: Vec<usize> = two.iter_mut().flat_map(ids).collect();
+            assert_eq!(got, ids(&mut one));
+        }
+    }
+
+    #[test]
+    fn fewer_clips_than_a_global_batch_is_an_error() {
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            ..LoaderConfig::default()
+        };
+        let e = LoaderSource::new(Arc::new(Numbers(10)), cfg)
+            .sharded(1, 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("one global batch of 16"), "{e}");
+    }
 }

@@ -24,18 +24,31 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A 2-block 32-wide encoder on 4 frames of 64 px from the phantom stream, 2 epochs of 3 steps.
 fn config(dir: &Path, name: &str, tasks: usize, batch: usize) -> PathBuf {
+    let data = "  dataset_type: PhantomStream\n  frame_step: 4\n  phantom:\n    width: 160\n    \
+                height: 120\n    fps: 30\n";
+    config_with(dir, name, tasks, batch, data, "  ipe: 3\n  epochs: 2\n")
+}
+
+fn config_with(
+    dir: &Path,
+    name: &str,
+    tasks: usize,
+    batch: usize,
+    data: &str,
+    length: &str,
+) -> PathBuf {
     let folder = dir.join(name);
     let text = format!(
         "app: vjepa\nnodes: 1\ntasks_per_node: {tasks}\nfolder: {}\n\
-         data:\n  dataset_type: PhantomStream\n  batch_size: {batch}\n  crop_size: 64\n  patch_size: 16\n  \
-         dataset_fpcs: [4]\n  frame_step: 4\n  tubelet_size: 2\n  phantom:\n    width: 160\n    height: 120\n    fps: 30\n\
+         data:\n{data}  batch_size: {batch}\n  crop_size: 64\n  patch_size: 16\n  \
+         dataset_fpcs: [4]\n  tubelet_size: 2\n\
          mask:\n- aspect_ratio: [0.75, 1.5]\n  num_blocks: 2\n  spatial_scale: [0.15, 0.15]\n\
          - aspect_ratio: [0.75, 1.5]\n  num_blocks: 1\n  spatial_scale: [0.5, 0.5]\n\
          meta:\n  save_every_freq: 0\n  seed: 3\n\
          model:\n  model_name: vit_tiny\n  embed_dim: 32\n  depth: 2\n  num_heads: 2\n  pred_depth: 1\n  \
          pred_embed_dim: 32\n  pred_num_heads: 2\n\
-         optimization:\n  ema: [0.99, 0.999]\n  ipe: 3\n  start_lr: 1.0e-4\n  lr: 1.0e-3\n  final_lr: 1.0e-4\n  \
-         warmup: 1\n  epochs: 2\n",
+         optimization:\n  ema: [0.99, 0.999]\n{length}  start_lr: 1.0e-4\n  lr: 1.0e-3\n  \
+         final_lr: 1.0e-4\n  warmup: 1\n",
         folder.display()
     );
     let path = dir.join(format!("{name}.yaml"));
@@ -168,6 +181,39 @@ fn two_ranks_follow_one_process_and_resume_on_one() {
         "--resume",
     ]);
     assert_same_run(&dir.join("one"), &split);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The video-list loader: 8 synthetic training clips, global batch 4 (2 steps an epoch), 3 epochs;
+/// each rank reads its share of the one-process order.
+#[test]
+fn two_ranks_on_video_lists_follow_one_process() {
+    let dir = tmp("lists");
+    let syn = dir.join("syn");
+    one_process(&[
+        "synth",
+        "--out",
+        syn.to_str().unwrap(),
+        "--patients",
+        "6",
+        "--views",
+        "a4c,a2c",
+        "--frames",
+        "24",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ]);
+    let data = format!(
+        "  dataset_type: VideoDataset\n  datasets: [{}]\n  frame_step: 2\n",
+        syn.join("view/train.csv").display()
+    );
+    let one = config_with(&dir, "one", 1, 4, &data, "  epochs: 3\n");
+    let two = config_with(&dir, "two", 2, 2, &data, "  epochs: 3\n");
+    one_process(&["pretrain", "--config", one.to_str().unwrap()]);
+    two_ranks(&["pretrain", "--config", two.to_str().unwrap()]);
+    assert_same_run(&dir.join("one"), &dir.join("two"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

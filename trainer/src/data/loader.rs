@@ -138,6 +138,11 @@ impl Loader {
         }
     }
 
+    /// Samples per batch.
+    pub fn batch_size(&self) -> usize {
+        self.cfg.batch_size.max(1)
+    }
+
     /// Number of batches an epoch yields at most.
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.dataset.len();
@@ -168,6 +173,13 @@ impl Loader {
             .take(self.batches_per_epoch())
             .map(|c| c.to_vec())
             .collect();
+        self.epoch_of(epoch, batches)
+    }
+
+    /// Starts the workers for one pass over the given batches of sample indices (a rank's share
+    /// of each global batch, in data-parallel training); sample `i` is drawn with the random
+    /// stream of `(seed, epoch, i)` as in [`Self::epoch`].
+    pub fn epoch_of(&self, epoch: u64, batches: Vec<Vec<usize>>) -> Epoch {
         let batches = Arc::new(batches);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
