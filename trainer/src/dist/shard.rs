@@ -4,15 +4,8 @@
 //! So the union over ranks of step `k` is exactly the batch a single process with batch `B`
 //! reads at step `k`: N ranks follow the one-process run, every sample is read once per epoch,
 //! and a run resumed at a global step with another world size reads the same samples on.
-// The data loaders take their rank's share from here once an engine runs several ranks; until
-// then only the tests below call it.
-#![allow(dead_code)]
 
 use std::ops::Range;
-
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 
 /// The shape of a sharded epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +53,6 @@ impl ShardPlan {
         })
     }
 
-    /// Samples each rank reads in a full global batch.
-    pub fn per_rank_batch(&self) -> usize {
-        self.global_batch / self.world
-    }
-
     /// Global steps in one epoch.
     pub fn steps_per_epoch(&self) -> usize {
         if self.drop_last {
@@ -82,7 +70,8 @@ impl ShardPlan {
 
     /// Positions in the epoch order that `rank` reads at `step`. A short final batch of `n`
     /// samples is split as evenly as whole samples allow (`floor(r·n/N)..floor((r+1)·n/N)`), so
-    /// a rank may read fewer, or none; [`Self::weight`] says how much its gradient counts.
+    /// a rank may read fewer, or none (training drops it, `drop_last`, so that every rank's
+    /// gradient counts the same).
     pub fn rank_range(&self, step: usize, rank: usize) -> Range<usize> {
         let g = self.global_range(step);
         let n = g.len();
@@ -90,28 +79,22 @@ impl ShardPlan {
         let hi = g.start + (rank + 1) * n / self.world;
         lo..hi
     }
-
-    /// The share of global batch `step` that `rank` reads: its mean gradient times this weight,
-    /// summed over ranks, is the mean gradient of the whole batch. `1/N` for full batches.
-    pub fn weight(&self, step: usize, rank: usize) -> f64 {
-        let n = self.global_range(step).len();
-        if n == 0 {
-            return 0.0;
-        }
-        self.rank_range(step, rank).len() as f64 / n as f64
-    }
 }
 
-/// The order of epoch `epoch`: a permutation of `0..len` seeded by `(seed, epoch)` only, so it is
-/// the same on every rank and for every world size.
+/// An order for the tests: a permutation of `0..len` seeded by `(seed, epoch)` only, as the
+/// loader's own order (`Loader::order`) is.
+#[cfg(test)]
 pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(crate::rng::mix(&[seed, 0x5_4a2d, epoch]));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::rng::mix(&[seed, 0x5_4a2d, epoch]));
     order.shuffle(&mut rng);
     order
 }
 
-/// The sample indices `rank` reads at global step `step` of `epoch`.
+/// The sample indices `rank` reads at global step `step` of `order`.
+#[cfg(test)]
 pub fn rank_samples(order: &[usize], plan: &ShardPlan, step: usize, rank: usize) -> Vec<usize> {
     order[plan.rank_range(step, rank)].to_vec()
 }
@@ -181,8 +164,8 @@ mod tests {
                 // concatenated in rank order, the shares are the batch itself
                 assert_eq!(union, rank_samples(&order, &one, step, 0));
                 union.sort_unstable();
-                let w: f64 = (0..world).map(|r| many.weight(step, r)).sum();
-                assert!((w - 1.0).abs() < 1e-12, "weights sum to {w}");
+                union.dedup();
+                assert_eq!(union.len(), one.global_range(step).len());
             }
         }
     }
@@ -223,9 +206,7 @@ mod tests {
         // final batch has 2 samples for 4 ranks
         let lens: Vec<usize> = (0..4).map(|r| plan.rank_range(1, r).len()).collect();
         assert_eq!(lens.iter().sum::<usize>(), 2);
-        assert!(lens.iter().all(|&l| l <= 1), "{lens:?}");
-        assert_eq!(plan.weight(1, 0), 0.0);
-        assert_eq!(plan.weight(1, 1), 0.5);
+        assert_eq!(lens, vec![0, 1, 0, 1]);
     }
 
     #[test]
