@@ -217,6 +217,97 @@ fn two_ranks_on_video_lists_follow_one_process() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The process of `rank` among the children of a running `mpirun` (Linux: read from /proc).
+fn rank_pid(config: &Path, rank: usize) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let conf = config.to_str()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let has = |bytes: &[u8], s: &str| bytes.split(|&b| b == 0).any(|w| w == s.as_bytes());
+        if has(&cmdline, conf) && has(&cmdline, "pretrain") && has(&environ, &want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A rank that dies ends the job within seconds with a message naming it (Open MPI's default:
+/// one rank failing aborts the others), and the run resumes from its last checkpoint.
+#[test]
+fn a_killed_rank_stops_the_job_and_the_run_resumes() {
+    let dir = tmp("kill");
+    let long = config_with(
+        &dir,
+        "long",
+        2,
+        2,
+        "  dataset_type: PhantomStream\n  frame_step: 4\n  phantom:\n    width: 160\n    \
+         height: 120\n    fps: 30\n",
+        "  ipe: 3\n  epochs: 2000\n",
+    );
+    let folder = dir.join("long");
+    let mut cmd = Command::new("mpirun");
+    if std::env::var("HOME").as_deref() == Ok("/root") {
+        cmd.arg("--allow-run-as-root");
+    }
+    let child = cmd
+        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(["pretrain", "--config", long.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for a checkpoint (every epoch of 3 steps) and a few more steps
+    let t0 = std::time::Instant::now();
+    let rows = || {
+        std::fs::read_to_string(folder.join("metrics.csv"))
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0)
+    };
+    while rows() < 8 {
+        assert!(t0.elapsed().as_secs() < 120, "no progress in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(&long, 1).expect("rank 1 is running");
+    let killed = std::time::Instant::now();
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(status.unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let waited = killed.elapsed().as_secs_f64();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(waited < 20.0, "the job took {waited:.1} s to stop");
+    assert!(
+        text.contains("process rank 1") && text.contains("signal 9"),
+        "{text}"
+    );
+
+    // the restarted job continues from the last checkpoint
+    let state = std::fs::read_to_string(folder.join("latest.train.json")).unwrap();
+    let step = serde_json::from_str::<serde_json::Value>(&state).unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    assert!(step >= 3 && step.is_multiple_of(3), "checkpoint at step {step}");
+    let until = (step + 3).to_string();
+    let out = two_ranks(&[
+        "pretrain",
+        "--config",
+        long.to_str().unwrap(),
+        "--resume",
+        "--max-steps",
+        &until,
+    ]);
+    assert!(out.contains(&format!("steps {step}..{until}")), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_launch_that_does_not_match_the_config_says_which() {
     let dir = tmp("mismatch");
