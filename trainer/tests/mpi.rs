@@ -294,7 +294,10 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
     let step = serde_json::from_str::<serde_json::Value>(&state).unwrap()["step"]
         .as_u64()
         .unwrap();
-    assert!(step >= 3 && step.is_multiple_of(3), "checkpoint at step {step}");
+    assert!(
+        step >= 3 && step.is_multiple_of(3),
+        "checkpoint at step {step}"
+    );
     let until = (step + 3).to_string();
     let out = two_ranks(&[
         "pretrain",
