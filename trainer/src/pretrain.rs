@@ -53,6 +53,10 @@ pub struct Args {
     /// Stop after this global step (the schedules still span the whole run); for smoke tests.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// With several ranks: seconds one all-reduce may wait for the other ranks before this rank
+    /// stops the job with an error (a rank that hangs would otherwise hold the others forever).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub collective_timeout: u64,
 }
 
 /// Training progress saved next to the weights; with the optimizer state it makes a resumed
@@ -634,7 +638,8 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     for n in notes {
         tracing::info!("{n}");
     }
-    let collective = open_collective(&world, &cfg, &args.config)?;
+    let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
+    let collective = open_collective(&world, &cfg, &args.config, timeout)?;
     if let Some(f) = args.folder {
         cfg.folder = f;
     }
@@ -664,10 +669,12 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
 /// The engine the ranks average through. A launched world must match the config's `nodes` x
 /// `tasks_per_node`; several ranks without an engine for their launcher are refused, since each
 /// would train alone, N different models writing the same folder.
+#[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
 fn open_collective(
     world: &World,
     cfg: &PretrainConfig,
     config: &Path,
+    timeout: std::time::Duration,
 ) -> Result<Rc<dyn Collective>> {
     world
         .check(cfg.topology()?)
@@ -677,7 +684,9 @@ fn open_collective(
     }
     #[cfg(feature = "mpi")]
     if world.launcher == crate::dist::Launcher::Mpirun {
-        return Ok(Rc::new(crate::dist::mpi::MpiCollective::init(world)?));
+        return Ok(Rc::new(crate::dist::mpi::MpiCollective::init(
+            world, timeout,
+        )?));
     }
     bail!(
         "launched by {} as rank {} of {}, but this build has no collective engine for it \

@@ -311,6 +311,69 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A rank that hangs without exiting (SIGSTOP) makes the others stop with an error after the
+/// collective timeout, instead of waiting forever.
+#[test]
+fn a_stalled_rank_stops_the_job_after_the_timeout() {
+    let dir = tmp("stall");
+    let long = config_with(
+        &dir,
+        "long",
+        2,
+        2,
+        "  dataset_type: PhantomStream\n  frame_step: 4\n  phantom:\n    width: 160\n    \
+         height: 120\n    fps: 30\n",
+        "  ipe: 3\n  epochs: 2000\n",
+    );
+    let folder = dir.join("long");
+    let mut cmd = Command::new("mpirun");
+    if std::env::var("HOME").as_deref() == Ok("/root") {
+        cmd.arg("--allow-run-as-root");
+    }
+    let child = cmd
+        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(["pretrain", "--config", long.to_str().unwrap()])
+        .args(["--collective-timeout", "3"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(folder.join("metrics.csv"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 6
+    {
+        assert!(t0.elapsed().as_secs() < 120, "no progress in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(&long, 1).expect("rank 1 is running").to_string();
+    let stopped = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let waited = stopped.elapsed().as_secs_f64();
+    // whatever mpirun did with the stopped rank, leave nothing behind
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(waited < 60.0, "the job took {waited:.1} s to stop");
+    assert!(
+        text.contains("rank 0 of 2 waited") && text.contains("collective timeout"),
+        "{text}"
+    );
+    eprintln!("stopped {waited:.1} s after rank 1 hung");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_launch_that_does_not_match_the_config_says_which() {
     let dir = tmp("mismatch");
