@@ -80,17 +80,16 @@ pub struct Geometry {
 }
 
 /// The evaluation transform's geometry for crop size `resolution`: the short side becomes
-/// `⌈resolution·256/224⌉` and the long side `long·short/short_side` rounded to the nearest
-/// pixel, then the centred square at `⌊(W − res)/2⌋`.
+/// `int(resolution·256/224)` (the reference's), the long side `long·short/short_side` rounded to
+/// the nearest pixel, then the centred square at `⌊(W − res)/2⌋`.
 ///
-/// This is the cart's rule, the one the demo model was trained with. The reference's
-/// evaluation transform floors both sides and rounds the offset half to even: the same short
-/// side at 112, 224 and 336 px, a long side at most one pixel shorter and an offset at most one
-/// pixel further. Switching the committed demo model to the reference's rounding cost it about
-/// 10 points of view accuracy on the live benchmark (BENCHMARKS.md, "One input path"), so the
-/// cart's rule stays until the demo is retrained.
+/// The long side and the offset follow the cart's rule, the one the demo model was trained
+/// with; the reference floors the long side and rounds the offset half to even, at most one
+/// pixel apart (and the same for square frames). Switching the committed demo model to the
+/// reference's long side and offset cost it about 10 points of view accuracy on the live
+/// benchmark (BENCHMARKS.md, "One input path"), so they wait for a retrained demo.
 pub fn eval_geometry(width: usize, height: usize, resolution: usize) -> Geometry {
-    let short = (resolution * 256).div_ceil(224).max(resolution);
+    let short = (resolution * 256 / 224).max(resolution);
     let (w, h) = (width.max(1), height.max(1));
     let (rw, rh) = if w <= h {
         (
@@ -408,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn geometry_rounds_the_long_side_and_floors_the_offset() {
+    fn geometry_floors_the_short_side_rounds_the_long_side_and_floors_the_offset() {
         // 320×240 at 112: short 128, long 128·320/240 = 170.67 → 171, offset ⌊59/2⌋ = 29.
         let g = eval_geometry(320, 240, 112);
         assert_eq!(g.resized, (171, 128));
@@ -417,8 +416,11 @@ mod tests {
         assert_eq!(eval_geometry(160, 128, 112).resized, (160, 128));
         // 224 → 256, portrait: 640·256/480 = 341.3 → 341.
         assert_eq!(eval_geometry(480, 640, 224).resized, (256, 341));
-        // A resolution that is not a multiple of 7: ⌈100·256/224⌉ = 115 (the reference: 114).
-        assert_eq!(eval_geometry(200, 150, 100).resized, (153, 115));
+        // A resolution that is not a multiple of 7: int(100·256/224) = 114, as the reference.
+        assert_eq!(eval_geometry(200, 150, 100).resized, (152, 114));
+        // Square frames are the reference's exactly: 64 px → 73, offset ⌊9/2⌋ = 4 = round(4.5).
+        let g = eval_geometry(64, 64, 64);
+        assert_eq!((g.resized, g.crop.x, g.crop.y), ((73, 73), 4, 4));
         // Never smaller than the crop.
         assert_eq!(eval_geometry(1000, 10, 112).resized, (12800, 128));
     }
