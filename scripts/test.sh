@@ -47,6 +47,14 @@ if [ ${#features[@]} -gt 0 ]; then
     cargo test -p echojepa-video -p firmware-host -p edge-runtime --features "$list" --quiet
 fi
 
+# Data-parallel pretraining on two CPU ranks under mpirun (the trainer's `mpi` feature): the same
+# loss curve and weights as one process with the same global batch, a killed or stalled rank
+# stops the job, a 2-rank run resumes on one (trainer/tests/mpi.rs, docs/DISTRIBUTED.md).
+if need "mpi feature" ompi && command -v mpirun >/dev/null; then
+    echo "== mpi feature: cargo test -p trainer --features mpi --test mpi"
+    cargo test -p trainer --features mpi --test mpi --quiet
+fi
+
 # The aarch64 int8 kernels (NEON `sdot`, what a Jetson Orin runs) cross-built and tested under
 # user-mode QEMU, whose CPU has the dot-product extension.
 if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
