@@ -190,12 +190,8 @@ pub fn model_info(
             resolution: input.resolution[0],
             linspace_step: match input.spacing {
                 FrameSpacing::Uniform => None,
-                // The reference rule spreads the frames over `frames × step` source frames;
-                // with a rate instead of a step, the step is `ceil(source fps) // fps`.
-                FrameSpacing::ReferenceLinspace => Some(match (input.fps, input.frame_step) {
-                    (Some(fps), _) => ((reference_fps.ceil() / fps).floor() as u32).max(1),
-                    (None, step) => step.unwrap_or(1).max(1) as u32,
-                }),
+                // The reference rule spreads the frames over `frames × step` source frames.
+                FrameSpacing::ReferenceLinspace => Some(input.frame_step_at(reference_fps) as u32),
             },
         },
         sector: match input.sector {

@@ -779,7 +779,6 @@ fn emit_all(sinks: &mut Vec<Box<dyn Sink>>, ev: &Event) {
 /// Convert-to-model-input stage: sector (fixed, detected or none) then resize.
 struct Preprocess {
     config: SectorConfig,
-    crop: bool,
     /// Resize and centre crop, with the sector crop and mask (shared with training).
     prep: FramePrep,
     spec: ClipSpec,
@@ -806,7 +805,6 @@ impl Preprocess {
         prep.set_mask(mask_outside);
         Self {
             config,
-            crop,
             prep,
             spec,
             detector,
@@ -816,7 +814,7 @@ impl Preprocess {
     }
 
     fn sector(&mut self, img: &GrayImage) -> Option<&Sector> {
-        if !self.crop {
+        if !self.prep.crops() {
             return None;
         }
         match self.config {
@@ -852,15 +850,18 @@ impl Preprocess {
     }
 
     fn process(&mut self, img: &GrayImage) -> GrayImage {
-        let sector = self.sector(img).cloned();
-        self.prep.run(img, sector.as_ref())
+        // The sector lives in `self.current`; borrowing it beside `self.prep` avoids copying its
+        // row spans every frame.
+        let cropped = self.sector(img).is_some();
+        let sector = if cropped { self.current.as_ref() } else { None };
+        self.prep.run(img, sector)
     }
 
     /// The part of `img` the model input shows (after [`Preprocess::process`]), as fractions
     /// of the frame: the sector box (or the whole frame), short side resized, centre cropped.
     fn input_rect(&self, img: &GrayImage) -> [f32; 4] {
         let (fw, fh) = (img.width.max(1) as f32, img.height.max(1) as f32);
-        let r = match (&self.current, self.crop) {
+        let r = match (&self.current, self.prep.crops()) {
             (Some(s), true) => s.rect,
             _ => Rect {
                 x: 0,
@@ -896,7 +897,7 @@ impl Preprocess {
         DisplayFrame {
             time_s: ts.as_secs_f64(),
             image,
-            sector: if self.crop { sector } else { None },
+            sector: if self.prep.crops() { sector } else { None },
         }
     }
 }

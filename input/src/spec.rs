@@ -108,6 +108,21 @@ impl InputSpec {
         Ok(())
     }
 
+    /// The frame step for a source video at `source_fps`: `frame_step`, or with a rate
+    /// `ceil(source_fps) // fps` as the reference computes it; at least 1.
+    pub fn frame_step_at(&self, source_fps: f64) -> usize {
+        match (self.fps, self.frame_step) {
+            (Some(f), _) => ((source_fps.ceil() / f).floor() as usize).max(1),
+            (None, step) => step.unwrap_or(1).max(1),
+        }
+    }
+
+    /// Source-frame offsets of a clip from a video at `source_fps` (see [`FrameSpacing`]).
+    pub fn clip_offsets(&self, source_fps: f64) -> Vec<usize> {
+        self.spacing
+            .offsets(self.frames, self.frame_step_at(source_fps))
+    }
+
     /// The reference evaluation pipeline: ImageNet mean/std, RGB, every `frame_step` frames.
     pub fn reference(frames: usize, frame_step: usize, crop: usize) -> Self {
         Self {

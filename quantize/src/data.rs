@@ -37,17 +37,6 @@ pub struct Sample {
     pub frames: Vec<u64>,
 }
 
-/// The source-frame offsets of a clip of `input` from a video at `source_fps`: the frame step
-/// (`frame_step`, or `ceil(source_fps) // fps` as the reference computes it) spread by the
-/// spec's spacing rule.
-pub fn clip_offsets(input: &InputSpec, source_fps: f64) -> Vec<usize> {
-    let step = match (input.fps, input.frame_step) {
-        (Some(f), _) => ((source_fps.ceil() / f).floor() as usize).max(1),
-        (None, step) => step.unwrap_or(1).max(1),
-    };
-    input.spacing.offsets(input.frames, step)
-}
-
 /// Converts a grey `[T, H, W]` u8 clip into the normalised `[C, T, H, W]` model input.
 pub fn normalise(grey: &[u8], input: &InputSpec) -> Vec<f32> {
     let hw = input.resolution[0] * input.resolution[1];
@@ -84,7 +73,7 @@ pub fn phantom_samples(
         bail!("no phantom views to render");
     }
     let (w, h) = PHANTOM_CAPTURE;
-    let offsets = clip_offsets(input, source_fps);
+    let offsets = input.clip_offsets(source_fps);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let s = seed + i as u64;
@@ -187,7 +176,8 @@ pub fn list_samples(
                 FrameSpacing::Uniform => {
                     let fps = info.fps.unwrap_or(30.0);
                     let last = info.frame_count.saturating_sub(1);
-                    clip_offsets(input, fps)
+                    input
+                        .clip_offsets(fps)
                         .into_iter()
                         .map(|o| o.min(last))
                         .collect()

@@ -74,15 +74,20 @@ fn one_process(args: &[&str]) -> String {
     check(Command::new(env!("CARGO_BIN_EXE_trainer")).args(args))
 }
 
-fn two_ranks(args: &[&str]) -> String {
+/// `mpirun -np 2 trainer` on this machine's cores. Containers and CI run as root, which Open
+/// MPI refuses unless told (the variables are ignored for other users).
+fn mpirun_trainer() -> Command {
     let mut cmd = Command::new("mpirun");
-    // containers and CI run as root; Open MPI refuses that unless told
-    if std::env::var("HOME").as_deref() == Ok("/root") {
-        cmd.arg("--allow-run-as-root");
-    }
-    cmd.args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
-        .arg(env!("CARGO_BIN_EXE_trainer"))
-        .args(args);
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
+        .arg(env!("CARGO_BIN_EXE_trainer"));
+    cmd
+}
+
+fn two_ranks(args: &[&str]) -> String {
+    let mut cmd = mpirun_trainer();
+    cmd.args(args);
     check(&mut cmd)
 }
 
@@ -250,13 +255,8 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
         "  ipe: 3\n  epochs: 2000\n",
     );
     let folder = dir.join("long");
-    let mut cmd = Command::new("mpirun");
-    if std::env::var("HOME").as_deref() == Ok("/root") {
-        cmd.arg("--allow-run-as-root");
-    }
+    let mut cmd = mpirun_trainer();
     let child = cmd
-        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
-        .arg(env!("CARGO_BIN_EXE_trainer"))
         .args(["pretrain", "--config", long.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -326,13 +326,8 @@ fn a_stalled_rank_stops_the_job_after_the_timeout() {
         "  ipe: 3\n  epochs: 2000\n",
     );
     let folder = dir.join("long");
-    let mut cmd = Command::new("mpirun");
-    if std::env::var("HOME").as_deref() == Ok("/root") {
-        cmd.arg("--allow-run-as-root");
-    }
+    let mut cmd = mpirun_trainer();
     let child = cmd
-        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
-        .arg(env!("CARGO_BIN_EXE_trainer"))
         .args(["pretrain", "--config", long.to_str().unwrap()])
         .args(["--collective-timeout", "3"])
         .env("RUST_LOG", "warn")
@@ -378,13 +373,8 @@ fn a_stalled_rank_stops_the_job_after_the_timeout() {
 fn a_launch_that_does_not_match_the_config_says_which() {
     let dir = tmp("mismatch");
     let one = config(&dir, "one", 1, 4);
-    let mut cmd = Command::new("mpirun");
-    if std::env::var("HOME").as_deref() == Ok("/root") {
-        cmd.arg("--allow-run-as-root");
-    }
+    let mut cmd = mpirun_trainer();
     let out = cmd
-        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader"])
-        .arg(env!("CARGO_BIN_EXE_trainer"))
         .args(["pretrain", "--config", one.to_str().unwrap()])
         .output()
         .unwrap();
