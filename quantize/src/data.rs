@@ -174,7 +174,13 @@ pub fn list_samples(
                 // The first window, exactly `step` frames apart (the last frame repeats when
                 // the video is shorter than the clip).
                 FrameSpacing::Uniform => {
-                    let fps = info.fps.unwrap_or(30.0);
+                    // Only a spec with a rate needs the video's (a frame step does not).
+                    let fps = match (input.fps, info.fps) {
+                        (Some(_), None) => bail!(
+                            "the video's frame rate is unknown, needed for the bundle's input.fps"
+                        ),
+                        (_, f) => f.unwrap_or(1.0),
+                    };
                     let last = info.frame_count.saturating_sub(1);
                     input
                         .clip_offsets(fps)
