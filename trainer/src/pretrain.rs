@@ -20,7 +20,7 @@ use crate::config::pretrain::PretrainConfig;
 use crate::config::{Loaded, load};
 use crate::device::{DeviceSpec, dtype_name, wants_bf16};
 use crate::dist::collective::average_grads;
-use crate::dist::{Collective, EnvMap, SingleProcess, World};
+use crate::dist::{Collective, EnvMap, World};
 use crate::jepa::{InitSource, Jepa};
 use crate::masks::{BatchMasks, Grid, MultiBlockMasker};
 use crate::optim::AdamW;
@@ -639,7 +639,7 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
         tracing::info!("{n}");
     }
     let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
-    let collective = open_collective(&world, &cfg, &args.config, timeout)?;
+    let collective = crate::dist::open(&world, cfg.topology()?, &args.config, dev, timeout)?;
     if let Some(f) = args.folder {
         cfg.folder = f;
     }
@@ -663,38 +663,6 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
         source.as_mut(),
         collective,
         out,
-    )
-}
-
-/// The engine the ranks average through. A launched world must match the config's `nodes` x
-/// `tasks_per_node`; several ranks without an engine for their launcher are refused, since each
-/// would train alone, N different models writing the same folder.
-#[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
-fn open_collective(
-    world: &World,
-    cfg: &PretrainConfig,
-    config: &Path,
-    timeout: std::time::Duration,
-) -> Result<Rc<dyn Collective>> {
-    world
-        .check(cfg.topology()?)
-        .with_context(|| format!("{}", config.display()))?;
-    if world.size == 1 {
-        return Ok(Rc::new(SingleProcess));
-    }
-    #[cfg(feature = "mpi")]
-    if world.launcher == crate::dist::Launcher::Mpirun {
-        return Ok(Rc::new(crate::dist::mpi::MpiCollective::init(
-            world, timeout,
-        )?));
-    }
-    bail!(
-        "launched by {} as rank {} of {}, but this build has no collective engine for it \
-         (CPU ranks under mpirun need a build with `--features mpi`; NCCL is not built in yet; \
-         docs/DISTRIBUTED.md)",
-        world.launcher,
-        world.rank,
-        world.size
     )
 }
 
