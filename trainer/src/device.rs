@@ -10,6 +10,9 @@ use serde::Serialize;
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),
+    /// `cuda` without an index: GPU 0 for a process of its own (as `cuda:0`), the local rank's
+    /// GPU for a rank started by a launcher (`dist::device_for` resolves it to `cuda:LOCAL_RANK`).
+    CudaAny,
 }
 
 impl DeviceSpec {
@@ -19,7 +22,7 @@ impl DeviceSpec {
             return Ok(Self::Cpu);
         }
         if s.eq_ignore_ascii_case("cuda") {
-            return Ok(Self::Cuda(0));
+            return Ok(Self::CudaAny);
         }
         if let Some(n) = s.strip_prefix("cuda:")
             && let Ok(i) = n.parse()
@@ -47,13 +50,12 @@ impl DeviceSpec {
 
     /// Whether this build can drive the device at all (not whether one is attached).
     pub fn check_built(self) -> Result<()> {
-        if let Self::Cuda(i) = self
-            && !cfg!(feature = "cuda")
-        {
+        if self.is_cuda() && !cfg!(feature = "cuda") {
             bail!(
-                "--devices cuda:{i}: this trainer was built without CUDA; rebuild with \
+                "--devices {}: this trainer was built without CUDA; rebuild with \
                  `cargo build --release -p trainer --features cuda` (needs the CUDA toolkit), \
-                 or use --devices cpu"
+                 or use --devices cpu",
+                self.label()
             );
         }
         Ok(())
@@ -63,12 +65,21 @@ impl DeviceSpec {
         self.check_built()?;
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(i) => Ok(Device::new_cuda(i)?),
+            Self::Cuda(_) | Self::CudaAny => Ok(Device::new_cuda(self.cuda_index().unwrap_or(0))?),
         }
     }
 
     pub fn is_cuda(self) -> bool {
-        matches!(self, Self::Cuda(_))
+        matches!(self, Self::Cuda(_) | Self::CudaAny)
+    }
+
+    /// The GPU index this spec opens in a process of its own (`cuda` alone is GPU 0).
+    pub fn cuda_index(self) -> Option<usize> {
+        match self {
+            Self::Cpu => None,
+            Self::Cuda(i) => Some(i),
+            Self::CudaAny => Some(0),
+        }
     }
 
     /// Compute precision for a requested `meta.dtype` / `use_bfloat16`.
@@ -84,6 +95,7 @@ impl DeviceSpec {
         match self {
             Self::Cpu => "cpu".into(),
             Self::Cuda(i) => format!("cuda:{i}"),
+            Self::CudaAny => "cuda:0".into(),
         }
     }
 }
@@ -114,6 +126,11 @@ mod tests {
     fn parses_devices() {
         assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
         assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
+        // `cuda` alone is GPU 0 for one process, as before
+        let any = DeviceSpec::parse("cuda").unwrap();
+        assert_eq!(any, DeviceSpec::CudaAny);
+        assert_eq!((any.cuda_index(), any.label()), (Some(0), "cuda:0".into()));
+        assert!(any.is_cuda() && !DeviceSpec::Cpu.is_cuda());
         assert!(DeviceSpec::parse("tpu").is_err());
         assert!(DeviceSpec::from_list(&["cuda:0".into(), "cuda:1".into()]).is_err());
         assert_eq!(DeviceSpec::Cpu.compute_dtype(true), DType::F32);

@@ -68,6 +68,9 @@ enum Command {
     CheckData(check_data::Args),
     /// Write the sbatch script that runs a config on SLURM (nodes x tasks per node, one per GPU).
     Slurm(dist::slurm::Args),
+    /// Check the collective engine of a launched job: exact all-reduce sums and bandwidth.
+    #[command(hide = true)]
+    CollectiveCheck(dist::check::Args),
 }
 
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the OS.
@@ -142,6 +145,9 @@ fn main() -> std::process::ExitCode {
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Slurm(args) => dist::slurm::run(args, &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
+            Command::CollectiveCheck(args) => {
+                dist::check::run(args, &launcher_env(), &mut std::io::stdout())
+            }
         };
     match result {
         Ok(code) => code,

@@ -102,18 +102,29 @@ pub fn dist_plan(
         notes.push(format!("launch does not match the config: {e}"));
     }
     let n = topo.ranks();
+    let mut engines = Vec::new();
+    if cfg!(feature = "nccl") {
+        engines.push(format!(
+            "{n} GPU ranks, one per GPU, under torchrun or SLURM (gradients averaged by NCCL)"
+        ));
+    }
+    if cfg!(feature = "mpi") {
+        engines.push(format!(
+            "{n} CPU ranks under `mpirun -np {n}` (gradients averaged by MPI)"
+        ));
+    }
     let runs_as = if n == 1 {
         "one process".to_string()
-    } else if cfg!(feature = "mpi") {
+    } else if !engines.is_empty() {
         format!(
-            "{n} CPU ranks under `mpirun -np {n}` (gradients averaged by MPI); run without a \
-             launcher, one process with batch {per_rank_batch}"
+            "{}; run without a launcher, one process with batch {per_rank_batch}",
+            engines.join(", or ")
         )
     } else {
         format!(
             "one process: {n} ranks are refused, as this build has no engine for them \
-             (`--features mpi` runs CPU ranks under mpirun; NCCL is not built in); run without a \
-             launcher it trains with batch {per_rank_batch}"
+             (`--features cuda` runs GPU ranks through NCCL, `--features mpi` CPU ranks under \
+             mpirun); run without a launcher it trains with batch {per_rank_batch}"
         )
     };
     let global = per_rank_batch * topo.ranks();

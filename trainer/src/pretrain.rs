@@ -617,6 +617,8 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
     let loaded: Loaded<PretrainConfig> = load(&args.config)?;
     let world = World::from_env(env)?;
+    // `cuda` under a launcher: this rank's GPU, cuda:LOCAL_RANK
+    let dev = crate::dist::device_for(&world, dev);
     if args.dry_run {
         let mut plan = crate::plan::pretrain_plan(&loaded, dev, args.resume, &world)?;
         if let Some(f) = &args.folder {

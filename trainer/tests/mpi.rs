@@ -386,3 +386,34 @@ fn a_launch_that_does_not_match_the_config_says_which() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `trainer collective-check` on two MPI ranks: every element of every all-reduce is the exact
+/// sum, rank 0 alone reports, and the JSON report says the same.
+#[test]
+fn the_collective_check_passes_on_two_mpi_ranks() {
+    let text = two_ranks(&["collective-check", "--floats", "100000", "--repeats", "2"]);
+    assert!(
+        text.contains("collective-check: MPI over 2 rank(s) (mpirun (Open MPI))")
+            && text.contains("100000 float(s)")
+            && text.contains("bus bandwidth")
+            && text.contains("verdict: PASS"),
+        "{text}"
+    );
+    assert_eq!(text.matches("verdict:").count(), 1, "{text}");
+    let json = two_ranks(&["collective-check", "--floats", "5000", "--json"]);
+    let start = json.find('{').expect("a JSON report");
+    let end = json.rfind('}').expect("a JSON report");
+    let v: serde_json::Value = serde_json::from_str(&json[start..=end]).unwrap();
+    assert_eq!(v["engine"], "MPI", "{json}");
+    assert_eq!(v["world"], 2, "{json}");
+    assert_eq!(v["pass"], true, "{json}");
+    let sizes = v["sizes"].as_array().unwrap();
+    assert_eq!(
+        sizes
+            .iter()
+            .map(|s| s["floats"].clone())
+            .collect::<Vec<_>>(),
+        [1, 1000, 5000]
+    );
+    assert!(sizes.iter().all(|s| s["mismatches"] == 0), "{json}");
+}

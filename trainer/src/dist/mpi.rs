@@ -2,8 +2,7 @@
 //! the system's Open MPI). Reductions are `MPI_Allreduce` with `MPI_SUM` on f32, which Open MPI
 //! computes so that every rank receives the same bits.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mpi::collective::SystemOperation;
@@ -11,6 +10,7 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 
+use super::watchdog::Watchdog;
 use super::{Collective, World};
 
 /// The job's `MPI_COMM_WORLD`; MPI is finalised when this is dropped.
@@ -19,52 +19,6 @@ pub struct MpiCollective {
     watchdog: Watchdog,
     // dropped after `world`: finalising first would invalidate the communicator
     _universe: Universe,
-}
-
-/// Ends the process when one collective call waits longer than the timeout. A blocking
-/// `MPI_Allreduce` cannot be interrupted, and a rank that hangs without exiting would hold the
-/// others forever; exiting with an error makes `mpirun` stop the whole job.
-struct Watchdog {
-    armed: Arc<(Mutex<Option<Instant>>, Condvar)>,
-}
-
-impl Watchdog {
-    fn start(timeout: Duration, rank: usize, world: usize) -> Self {
-        let armed: Arc<(Mutex<Option<Instant>>, Condvar)> = Arc::default();
-        let shared = armed.clone();
-        std::thread::spawn(move || {
-            let (lock, cv) = &*shared;
-            let mut since = lock.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                match *since {
-                    None => since = cv.wait(since).unwrap_or_else(|p| p.into_inner()),
-                    Some(t) if t.elapsed() >= timeout => {
-                        eprintln!(
-                            "error: rank {rank} of {world} waited {:.0} s in an all-reduce (the \
-                             collective timeout); another rank has stalled or died, stopping the \
-                             job (the rank that did not report this is the one that hung)",
-                            t.elapsed().as_secs_f64()
-                        );
-                        std::process::exit(3);
-                    }
-                    Some(t) => {
-                        let left = timeout.saturating_sub(t.elapsed());
-                        since = cv
-                            .wait_timeout(since, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
-                }
-            }
-        });
-        Self { armed }
-    }
-
-    fn set(&self, v: Option<Instant>) {
-        let (lock, cv) = &*self.armed;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = v;
-        cv.notify_all();
-    }
 }
 
 impl MpiCollective {
@@ -102,16 +56,14 @@ impl Collective for MpiCollective {
         // MPI_IN_PLACE is not exposed by rsmpi's safe API; one copy per step is small next to
         // the backward pass.
         let send = buf.to_vec();
-        self.watchdog.set(Some(Instant::now()));
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        self.watchdog.set(None);
+        self.watchdog.guard(|| {
+            self.world
+                .all_reduce_into(&send[..], buf, SystemOperation::sum())
+        });
         Ok(())
     }
     fn barrier(&self) -> Result<()> {
-        self.watchdog.set(Some(Instant::now()));
-        self.world.barrier();
-        self.watchdog.set(None);
+        self.watchdog.guard(|| self.world.barrier());
         Ok(())
     }
     fn engine(&self) -> &'static str {

@@ -143,6 +143,24 @@ impl Reader<'_> {
         }
     }
 
+    /// `MASTER_ADDR` and `MASTER_PORT` when both are set (torchrun's; exported by hand for NCCL
+    /// ranks under mpirun).
+    fn master(&self) -> Result<Option<Rendezvous>, WorldError> {
+        Ok(
+            match (self.env.get("MASTER_ADDR"), self.opt("MASTER_PORT")?) {
+                (Some(addr), Some(port)) => Some(Rendezvous {
+                    addr: addr.clone(),
+                    port: u16::try_from(port).map_err(|_| WorldError::NotANumber {
+                        launcher: self.launcher,
+                        var: "MASTER_PORT",
+                        value: port.to_string(),
+                    })?,
+                }),
+                _ => None,
+            },
+        )
+    }
+
     fn req(&self, var: &'static str) -> Result<usize, WorldError> {
         self.opt(var)?.ok_or(WorldError::Missing {
             launcher: self.launcher,
@@ -194,17 +212,7 @@ impl World {
         let (rank, size) = (r.req("RANK")?, r.req("WORLD_SIZE")?);
         check_rank(Launcher::Torchrun, "RANK", rank, size)?;
         let local_size = r.opt("LOCAL_WORLD_SIZE")?;
-        let rendezvous = match (env.get("MASTER_ADDR"), r.opt("MASTER_PORT")?) {
-            (Some(addr), Some(port)) => Some(Rendezvous {
-                addr: addr.clone(),
-                port: u16::try_from(port).map_err(|_| WorldError::NotANumber {
-                    launcher: Launcher::Torchrun,
-                    var: "MASTER_PORT",
-                    value: port.to_string(),
-                })?,
-            }),
-            _ => None,
-        };
+        let rendezvous = r.master()?;
         Ok(Self {
             launcher: Launcher::Torchrun,
             rank,
@@ -238,7 +246,8 @@ impl World {
             local_rank: r.opt("OMPI_COMM_WORLD_LOCAL_RANK")?.unwrap_or(0),
             local_size,
             nodes,
-            rendezvous: None,
+            // MPI needs none; NCCL ranks under mpirun meet where MASTER_ADDR/MASTER_PORT say
+            rendezvous: r.master()?,
         })
     }
 
@@ -438,6 +447,21 @@ mod tests {
         assert_eq!(w.launcher, Launcher::Mpirun);
         assert_eq!((w.rank, w.size, w.local_rank, w.nodes), (1, 2, 1, Some(1)));
         assert!(w.rendezvous.is_none());
+        // exported by hand (mpirun -x) for NCCL ranks
+        let w = World::from_env(&env(&[
+            ("OMPI_COMM_WORLD_RANK", "0"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29501"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            w.rendezvous,
+            Some(Rendezvous {
+                addr: "10.0.0.1".into(),
+                port: 29501
+            })
+        );
     }
 
     #[test]
