@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -32,6 +33,10 @@ pub struct Args {
     /// the local rank's GPU).
     #[arg(long, num_args = 1.., default_value = "cpu")]
     pub devices: Vec<String>,
+    /// `auto`: the engine `trainer pretrain` would use for this launch; `nccl`: NCCL even for
+    /// a world of one (a machine with one GPU, where NCCL cannot put two ranks).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nccl"])]
+    pub engine: String,
     /// Print the report as JSON (rank 0) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +81,22 @@ fn device(list: &[String]) -> Result<DeviceSpec> {
         dev.check_built()?;
     }
     Ok(dev)
+}
+
+/// NCCL whatever the world size (`--engine nccl`).
+#[cfg(feature = "nccl")]
+fn nccl_always(world: &World, dev: DeviceSpec, timeout: Duration) -> Result<Rc<dyn Collective>> {
+    let Some(ordinal) = dev.cuda_index() else {
+        bail!("--engine nccl needs a GPU: pass --devices cuda");
+    };
+    Ok(Rc::new(super::nccl::NcclCollective::init(
+        world, ordinal, timeout,
+    )?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_always(_: &World, _: DeviceSpec, _: Duration) -> Result<Rc<dyn Collective>> {
+    bail!("--engine nccl: this build has no NCCL; rebuild with `--features cuda` (or `nccl`)")
 }
 
 /// Rank `rank`'s value at element `i`: `(rank + 1) x (1 + i mod 13)`.
@@ -146,7 +167,11 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<ExitCode> {
     }
     let dev = device_for(&world, dev);
     let timeout = Duration::from_secs(args.collective_timeout.max(1));
-    let coll = open_launched(&world, dev, timeout)?;
+    let coll = if args.engine == "nccl" {
+        nccl_always(&world, dev, timeout)?
+    } else {
+        open_launched(&world, dev, timeout)?
+    };
     let n = coll.world();
     let mut sizes: Vec<usize> = vec![1, 1000, args.floats.max(1)];
     sizes.sort_unstable();
@@ -315,6 +340,7 @@ mod tests {
             repeats: 2,
             collective_timeout: 10,
             devices: vec!["cpu".into()],
+            engine: "auto".into(),
             json: false,
         };
         let mut out = Vec::new();
@@ -327,5 +353,21 @@ mod tests {
                 && text.contains("verdict: PASS"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nccl_on_the_cpu_is_refused() {
+        let args = Args {
+            floats: 10,
+            repeats: 1,
+            collective_timeout: 10,
+            devices: vec!["cpu".into()],
+            engine: "nccl".into(),
+            json: false,
+        };
+        let e = run(args, &EnvMap::new(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--engine nccl"), "{e}");
     }
 }

@@ -78,14 +78,16 @@ impl NcclCollective {
     /// ranks; later all-reduces that wait longer end the process with an error.
     pub fn init(world: &World, ordinal: usize, timeout: Duration) -> Result<Self> {
         let (rank, size) = (world.rank, world.size);
-        let rdv = world.rendezvous.as_ref().ok_or_else(|| {
-            anyhow!(
+        // a world of one (`collective-check --engine nccl` on one GPU) meets nobody
+        let rdv = world.rendezvous.as_ref().filter(|_| size > 1);
+        if size > 1 && rdv.is_none() {
+            bail!(
                 "rank {rank} of {size} ({}): NCCL ranks meet at MASTER_ADDR:MASTER_PORT, which \
                  are not set (torchrun sets them; `trainer slurm` scripts export them; with \
                  mpirun, export both with -x)",
                 world.launcher
-            )
-        })?;
+            );
+        }
         check_libraries()?;
         let ctx = CudaContext::new(ordinal)
             .with_context(|| format!("rank {rank} of {size}: cannot open cuda:{ordinal}"))?;
@@ -100,14 +102,21 @@ impl NcclCollective {
         } else {
             None
         };
-        let t0 = Instant::now();
-        let bytes = rendezvous::exchange(rdv, rank, size, mine.as_ref(), timeout)?;
-        tracing::debug!(
-            "rank {rank} of {size}: NCCL id from {}:{} in {:.2} s",
-            rdv.addr,
-            rdv.port,
-            t0.elapsed().as_secs_f64()
-        );
+        let bytes = match (rdv, mine) {
+            (None, Some(id)) => id,
+            (None, None) => bail!("rank {rank} of {size} without a rendezvous"),
+            (Some(rdv), mine) => {
+                let t0 = Instant::now();
+                let bytes = rendezvous::exchange(rdv, rank, size, mine.as_ref(), timeout)?;
+                tracing::debug!(
+                    "rank {rank} of {size}: NCCL id from {}:{} in {:.2} s",
+                    rdv.addr,
+                    rdv.port,
+                    t0.elapsed().as_secs_f64()
+                );
+                bytes
+            }
+        };
         let id = Id::uninit(bytes.map(|b| b as std::ffi::c_char));
         let watchdog = Watchdog::start(timeout, rank, size);
         // ncclCommInitRank returns once every rank has joined
