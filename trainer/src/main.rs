@@ -106,9 +106,10 @@ fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     cli_log::init(&cli.log);
+    if let Ok(w) = dist::World::from_env(&launcher_env()) {
+        let _ = config::LAUNCHED_RANKS.set(w.size);
+    }
     let several_ranks = match &cli.command {
-        Command::Probe(_) => Some("probe"),
-        Command::Finetune(_) => Some("finetune"),
         Command::Evaluate(_) => Some("evaluate"),
         Command::Embed(_) => Some("embed"),
         _ => None,
@@ -126,9 +127,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::Pretrain(args) => pretrain::run(args, &launcher_env(), &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
-            Command::Probe(args) => {
-                probe::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
-            }
+            Command::Probe(args) => probe::run(args, &launcher_env(), &mut std::io::stdout())
+                .map(|()| std::process::ExitCode::SUCCESS),
             Command::Evaluate(args) => probe::evaluate(args, &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Embed(args) => {
@@ -141,7 +141,7 @@ fn main() -> std::process::ExitCode {
                 import::run(args, &mut std::io::stdout()).map(|()| std::process::ExitCode::SUCCESS)
             }
             Command::CheckData(args) => check_data::run(args, &mut std::io::stdout()),
-            Command::Finetune(args) => finetune::run(args, &mut std::io::stdout())
+            Command::Finetune(args) => finetune::run(args, &launcher_env(), &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Slurm(args) => dist::slurm::run(args, &mut std::io::stdout())
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -108,7 +108,12 @@ fn curve(folder: &Path) -> Vec<(usize, f64, f64)> {
 }
 
 fn weights(folder: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(folder.join("latest.safetensors")).unwrap();
+    weight_file(&folder.join("latest.safetensors"))
+}
+
+/// Every f32 tensor of a safetensors file.
+fn weight_file(path: &Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
@@ -219,6 +224,295 @@ fn two_ranks_on_video_lists_follow_one_process() {
     one_process(&["pretrain", "--config", one.to_str().unwrap()]);
     two_ranks(&["pretrain", "--config", two.to_str().unwrap()]);
     assert_same_run(&dir.join("one"), &dir.join("two"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Largest absolute difference between the same tensors of two files.
+fn worst_difference(a: &Path, b: &Path) -> f32 {
+    let (wa, wb) = (weight_file(a), weight_file(b));
+    assert!(wa.len() > 10, "{}: {} tensors", a.display(), wa.len());
+    assert_eq!(wa.len(), wb.len(), "{} vs {}", a.display(), b.display());
+    let mut worst = 0f32;
+    for (k, va) in &wa {
+        let vb = &wb[k];
+        assert_eq!(va.len(), vb.len(), "{k}");
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+/// Fine-tuning config: a 2-block 32-wide encoder on 4 frames of 32 px from the phantom, with the
+/// view, EF and LV heads, stochastic depth and an EMA; 2 epochs of 2 steps.
+fn finetune_config(dir: &Path, name: &str, tasks: usize, batch: usize) -> PathBuf {
+    let text = format!(
+        "app: vjepa\neval_name: finetune\nnodes: 1\ntasks_per_node: {tasks}\nfolder: {}\ntag: t\n\
+         model_kwargs:\n  pretrain_kwargs:\n    encoder:\n      checkpoint_key: target_encoder\n      \
+         model_name: vit_tiny\n      embed_dim: 32\n      depth: 2\n      num_heads: 2\n      patch_size: 16\n      tubelet_size: 2\n\
+         experiment:\n  classifier: {{num_heads: 2, num_probe_blocks: 1}}\n  \
+         data: {{dataset_type: PhantomStream, resolution: 32, frames_per_clip: 4, frame_step: 2}}\n  \
+         optimization: {{batch_size: {batch}, num_epochs: 2, seed: 5}}\n\
+         finetune:\n  init: random\n  steps_per_epoch: 2\n  lr: 1.0e-3\n  encoder_lr: 5.0e-4\n  layer_decay: 0.7\n  \
+         warmup_epochs: 0.5\n  drop_path: 0.2\n  clip_grad: 1.0\n  ema: 0.9\n  val_clips: 6\n  test_clips: 6\n  heads:\n  \
+         - {{name: view, task: view}}\n  - {{name: ef, task: ef, views: [a4c, a2c]}}\n  \
+         - {{name: lv, task: lv_segmentation, views: [a4c, a2c]}}\n  \
+         phantom: {{width: 64, height: 48, fps: 30, perturb_prob: 0.5}}\n",
+        dir.join(name).display()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The loss columns (`train_loss` and one per head) and `grad_norm` of a fine-tuning
+/// `metrics.csv`, per epoch row.
+fn finetune_curve(run: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = head
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.contains("loss") || **h == "grad_norm")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(keep.len(), 5, "{head:?}");
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| f[i].parse().unwrap()).collect()
+        })
+        .collect()
+}
+
+fn assert_same_finetune(a: &Path, b: &Path) {
+    let (ca, cb) = (finetune_curve(a), finetune_curve(b));
+    assert_eq!(ca.len(), 2, "{ca:?}");
+    assert_eq!(ca.len(), cb.len());
+    for (x, y) in ca.iter().zip(&cb) {
+        for (u, v) in x.iter().zip(y) {
+            // metrics.csv keeps 5 decimals of the losses, 4 of the gradient norm
+            assert!((u - v).abs() <= 2e-4, "{x:?} vs {y:?}");
+        }
+    }
+    for file in ["latest.live.safetensors", "latest.safetensors"] {
+        let worst = worst_difference(&a.join(file), &b.join(file));
+        assert!(worst <= WEIGHT_TOL, "{file}: largest difference {worst}");
+        eprintln!("{file}: largest weight difference {worst:e}");
+    }
+}
+
+/// Fine-tuning on two ranks with 2 clips each follows one process with 4: the ranks hold
+/// different numbers of each head's samples (views are drawn at random), which the loss
+/// rescaling accounts for; stochastic depth, the EMA and the schedule are per global step. A run
+/// stopped on two ranks continues on one process; another global batch is refused.
+#[test]
+fn two_ranks_fine_tune_as_one_process_and_resume_on_one() {
+    let dir = tmp("finetune");
+    let one = finetune_config(&dir, "one", 1, 4);
+    let two = finetune_config(&dir, "two", 2, 2);
+    one_process(&["finetune", "--config", one.to_str().unwrap()]);
+    let out = two_ranks(&["finetune", "--config", two.to_str().unwrap()]);
+    assert!(out.contains("rank 1 of 2: stopped at step 4 of 4"), "{out}");
+    let run = |name: &str| dir.join(name).join("finetune/t");
+    assert!(run("two").join("summary.json").is_file());
+    assert_same_finetune(&run("one"), &run("two"));
+
+    // two steps (one epoch) on two ranks, the rest on one process
+    let split = dir.join("split");
+    let split_s = split.to_str().unwrap();
+    two_ranks(&[
+        "finetune",
+        "--config",
+        two.to_str().unwrap(),
+        "--out",
+        split_s,
+        "--max-steps",
+        "2",
+    ]);
+    assert_eq!(finetune_curve(&split).len(), 1);
+    // a resume with another global batch is refused, naming both
+    let half = finetune_config(&dir, "half", 1, 2);
+    let bad = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "finetune",
+            "--config",
+            half.to_str().unwrap(),
+            "--out",
+            split_s,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("4 clips per step") && err.contains("with 2"),
+        "{err}"
+    );
+    one_process(&[
+        "finetune",
+        "--config",
+        one.to_str().unwrap(),
+        "--out",
+        split_s,
+    ]);
+    assert_same_finetune(&run("one"), &split);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An EF probe config (`video_classification_frozen`, two heads) on the encoder at `checkpoint`,
+/// over the synthetic lists in `syn`, cached features in `cache`.
+fn probe_config(
+    dir: &Path,
+    name: &str,
+    tasks: usize,
+    batch: usize,
+    syn: &Path,
+    checkpoint: &Path,
+) -> PathBuf {
+    let text = format!(
+        "eval_name: video_classification_frozen\nnodes: 1\ntasks_per_node: {tasks}\nfolder: {dir}\ntag: {name}\n\
+         experiment:\n  classifier:\n    num_heads: 2\n    num_probe_blocks: 1\n    task_type: regression\n    num_targets: 1\n\
+         \x20 data:\n    dataset_type: VideoDataset\n    dataset_train: {s}/ef/train.csv\n    \
+         dataset_val: {s}/ef/val.csv\n    dataset_test: {s}/ef/test.csv\n    num_segments: 2\n    \
+         resolution: 64\n    frames_per_clip: 4\n    frame_step: 2\n\
+         \x20 optimization:\n    batch_size: {batch}\n    num_epochs: 3\n    seed: 1\n    cache_features: true\n    \
+         feature_cache: {dir}/features-{name}\n    multihead_kwargs:\n\
+         \x20   - {{lr: 3.0e-3, start_lr: 3.0e-3, final_lr: 0.0, weight_decay: 0.01}}\n\
+         \x20   - {{lr: 1.0e-3, start_lr: 1.0e-3, final_lr: 0.0, weight_decay: 0.1}}\n\
+         model_kwargs:\n  checkpoint: {c}\n  pretrain_kwargs:\n    encoder:\n      \
+         checkpoint_key: target_encoder\n      model_name: vit_tiny\n      embed_dim: 32\n      \
+         depth: 2\n      num_heads: 2\n      patch_size: 16\n      tubelet_size: 2\n",
+        dir = dir.display(),
+        s = syn.display(),
+        c = checkpoint.display()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The numbers of a probe's `log.csv` (epoch, head, lr, wd, losses and validation metrics).
+fn probe_log(out: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(out.join("log.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
+
+fn assert_same_probe(a: &Path, b: &Path) {
+    let (la, lb) = (probe_log(a), probe_log(b));
+    assert_eq!(la.len(), 6, "{la:?}");
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        for (u, v) in x.iter().zip(y) {
+            assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{x:?} vs {y:?}");
+        }
+    }
+    let worst = worst_difference(&a.join("probe.safetensors"), &b.join("probe.safetensors"));
+    assert!(
+        worst <= WEIGHT_TOL,
+        "probe weights: largest difference {worst}"
+    );
+    eprintln!("probe weights: largest difference {worst:e}");
+    let (sa, sb) = (
+        std::fs::read_to_string(a.join("summary.json")).unwrap(),
+        std::fs::read_to_string(b.join("summary.json")).unwrap(),
+    );
+    let (sa, sb): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&sa).unwrap(),
+        serde_json::from_str(&sb).unwrap(),
+    );
+    for k in [
+        "train_samples",
+        "val_samples",
+        "test_samples",
+        "best_head",
+        "best_epoch",
+    ] {
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+}
+
+/// A frozen EF probe on two ranks with 4 clips each follows one process with 8: the ranks encode
+/// alternate clips and gather the features (rank 0 writes the cache), then share each step's
+/// batch, the short last one included; a second run reads the cache and ends the same.
+#[test]
+fn two_ranks_probe_as_one_process() {
+    let dir = tmp("probe");
+    let syn = dir.join("syn");
+    one_process(&[
+        "synth",
+        "--out",
+        syn.to_str().unwrap(),
+        "--patients",
+        "25",
+        "--views",
+        "a4c,a2c",
+        "--frames",
+        "24",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ]);
+    let data = format!(
+        "  dataset_type: VideoDataset\n  datasets: [{}]\n  frame_step: 2\n",
+        syn.join("view/train.csv").display()
+    );
+    let enc = config_with(&dir, "enc", 1, 4, &data, "  epochs: 1\n");
+    one_process(&["pretrain", "--config", enc.to_str().unwrap()]);
+    let ck = dir.join("enc/latest");
+    // 18 training clips: global batches of 8, 8 and a short 2 (1 + 1 on two ranks)
+    let one = probe_config(&dir, "one", 1, 8, &syn, &ck);
+    let two = probe_config(&dir, "two", 2, 4, &syn, &ck);
+    let out = |n: &str| dir.join(n);
+    one_process(&[
+        "probe",
+        "--config",
+        one.to_str().unwrap(),
+        "--name",
+        "ef",
+        "--out",
+        out("p1").to_str().unwrap(),
+    ]);
+    let said = two_ranks(&[
+        "probe",
+        "--config",
+        two.to_str().unwrap(),
+        "--name",
+        "ef",
+        "--out",
+        out("p2").to_str().unwrap(),
+    ]);
+    assert!(said.contains("rank 1 of 2: 3 epochs trained"), "{said}");
+    assert_same_probe(&out("p1"), &out("p2"));
+    // the cache rank 0 wrote, read by both ranks
+    two_ranks(&[
+        "probe",
+        "--config",
+        two.to_str().unwrap(),
+        "--name",
+        "ef",
+        "--out",
+        out("p3").to_str().unwrap(),
+    ]);
+    let s3: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out("p3").join("summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        s3["feature_cache"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c[1] == true),
+        "{}",
+        s3["feature_cache"]
+    );
+    assert_same_probe(&out("p1"), &out("p3"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

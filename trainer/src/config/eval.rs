@@ -338,6 +338,11 @@ impl EvalConfig {
     }
 
     /// Output directory of this evaluation: `folder/<eval_name>/<tag>`.
+    /// The job shape the config asks for (`nodes` x `tasks_per_node`).
+    pub fn topology(&self) -> Result<crate::dist::Topology> {
+        super::topology(&self.nodes, &self.tasks_per_node)
+    }
+
     pub fn output_dir(&self) -> PathBuf {
         self.folder.join(&self.eval_name).join(&self.tag)
     }

@@ -43,7 +43,9 @@ pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<
             for key in &unknown {
                 tracing::warn!("{}: unknown key `{key}` (ignored)", path.display());
             }
-            if let Some(msg) = multi_process_request(text) {
+            if let Some(msg) = multi_process_request(text)
+                && LAUNCHED_RANKS.get().is_none_or(|&n| n <= 1)
+            {
                 tracing::warn!("{}: {msg}", path.display());
             }
             Ok(Loaded {
@@ -58,6 +60,11 @@ pub fn parse_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Loaded<
         },
     }
 }
+
+/// How many ranks the launcher started this process among, as the binary read it at start (unset
+/// in tests: one). A launched job is checked against the config by `World::check` instead of the
+/// one-process warning below.
+pub static LAUNCHED_RANKS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// The SLURM keys `nodes` and `tasks_per_node` ask for several processes; run without a launcher
 /// the trainer is one process on one device, so the global batch is the config's per-process

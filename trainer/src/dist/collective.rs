@@ -142,9 +142,11 @@ impl Collective for LocalGroup {
 }
 
 /// Averages the gradients of `params` over the ranks, in place, with one all-reduce of one flat
-/// buffer (in the optimiser's parameter order, the same on every rank). A parameter without a
-/// gradient here contributes zeros and stays without one, so every rank must see the same set of
-/// parameters with gradients (true for the V-JEPA step: the whole encoder and predictor are used).
+/// buffer (in the optimiser's parameter order, the same on every rank). A rank where a parameter
+/// has no gradient (a head with no sample in this rank's share of the batch) contributes zeros,
+/// which is its share of the global batch's gradient; the parameter gets the average on every
+/// rank as soon as one rank had a gradient for it, and stays without one only where no rank had
+/// (frozen blocks), so every rank's optimiser steps the same parameters.
 /// With one rank nothing is touched, so the one-process step is unchanged bit for bit.
 pub fn average_grads(coll: &dyn Collective, params: &[Param], grads: &mut GradStore) -> Result<()> {
     if coll.world() == 1 {
@@ -160,14 +162,22 @@ pub fn average_grads(coll: &dyn Collective, params: &[Param], grads: &mut GradSt
         }
         layout.push(n);
     }
+    // one presence flag per parameter, after the gradients
+    let at_flags = flat.len();
+    flat.extend(
+        params
+            .iter()
+            .map(|p| f32::from(u8::from(grads.get(p.var.as_tensor()).is_some()))),
+    );
     coll.all_reduce_mean(&mut flat)
         .with_context(|| format!("averaging gradients on rank {}", coll.rank()))?;
     let mut at = 0;
-    for (p, n) in params.iter().zip(layout) {
+    for (i, (p, n)) in params.iter().zip(layout).enumerate() {
         let t = p.var.as_tensor();
-        if let Some(g) = grads.get(t) {
-            let avg = Tensor::from_slice(&flat[at..at + n], t.shape(), g.device())?
-                .to_dtype(g.dtype())?;
+        if flat[at_flags + i] > 0.0 {
+            let dtype = grads.get(t).map_or(t.dtype(), |g| g.dtype());
+            let avg =
+                Tensor::from_slice(&flat[at..at + n], t.shape(), t.device())?.to_dtype(dtype)?;
             grads.insert(t, avg);
         }
         at += n;
@@ -283,6 +293,64 @@ pub(crate) mod tests {
         }
         // the step really moved the weights
         assert!((one[0] - 0.5).abs() > 1e-3);
+    }
+
+    /// `c` has a gradient on rank 0 only (a head with samples in one rank's share), `d` on no
+    /// rank (a frozen block): every rank steps `c` with the averaged gradient, nobody touches `d`
+    /// (weight decay would move it), and all ranks end bit-identical.
+    #[test]
+    fn a_gradient_present_on_one_rank_is_averaged_on_all() {
+        let handles: Vec<_> = LocalGroup::new(2)
+            .into_iter()
+            .map(|coll| {
+                std::thread::spawn(move || {
+                    let dev = Device::Cpu;
+                    let c = Var::new(&[0.5f32], &dev).unwrap();
+                    let d = Var::new(&[2.0f32], &dev).unwrap();
+                    let mut opt = AdamW::new(
+                        vec![("c".into(), c.clone()), ("d".into(), d.clone())],
+                        [0.9, 0.999],
+                        1e-8,
+                    )
+                    .unwrap();
+                    for _ in 0..5 {
+                        // rank 1's share has no sample for the head that owns `c`: its loss
+                        // does not involve `c` (a constant times an unrelated tensor)
+                        let loss = if coll.rank() == 0 {
+                            (c.as_tensor() - 1.0)
+                                .unwrap()
+                                .sqr()
+                                .unwrap()
+                                .sum_all()
+                                .unwrap()
+                        } else {
+                            Tensor::new(0f32, &dev).unwrap()
+                        };
+                        let mut g = if coll.rank() == 0 {
+                            loss.backward().unwrap()
+                        } else {
+                            // no parameter reached: an empty gradient store
+                            (c.as_tensor().detach() * 0.0)
+                                .unwrap()
+                                .sum_all()
+                                .unwrap()
+                                .backward()
+                                .unwrap()
+                        };
+                        average_grads(&coll, opt.params(), &mut g).unwrap();
+                        opt.step(&g, 0.05, 0.1, None).unwrap();
+                    }
+                    (
+                        c.as_tensor().to_vec1::<f32>().unwrap()[0],
+                        d.as_tensor().to_vec1::<f32>().unwrap()[0],
+                    )
+                })
+            })
+            .collect();
+        let r: Vec<(f32, f32)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(r[0], r[1]);
+        assert!((r[0].0 - 0.5).abs() > 1e-3, "c did not move: {r:?}");
+        assert_eq!(r[0].1, 2.0, "d moved without a gradient anywhere: {r:?}");
     }
 
     #[test]

@@ -16,6 +16,12 @@ use crate::phantom_stream::StreamSpec;
 pub struct FinetuneConfig {
     #[serde(default)]
     pub app: Option<String>,
+    /// The job shape (SLURM keys, as in the reference): data-parallel ranks =
+    /// `nodes` x `tasks_per_node`; `experiment.optimization.batch_size` is per rank.
+    #[serde(default)]
+    pub nodes: crate::config::Opaque,
+    #[serde(default)]
+    pub tasks_per_node: crate::config::Opaque,
     #[serde(default = "default_eval_name")]
     pub eval_name: String,
     /// Outputs go to `folder/<eval_name>/<tag>/`.
@@ -245,6 +251,11 @@ fn default_misread() -> f64 {
 }
 
 impl FinetuneConfig {
+    /// The job shape the config asks for (`nodes` x `tasks_per_node`).
+    pub fn topology(&self) -> Result<crate::dist::Topology> {
+        crate::config::topology(&self.nodes, &self.tasks_per_node)
+    }
+
     pub fn encoder_config(&self) -> Result<EncoderConfig> {
         self.model_kwargs.pretrain_kwargs.encoder.encoder_config()
     }

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -35,6 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Loaded, load};
 use crate::device::DeviceSpec;
+use crate::dist::collective::average_grads;
+use crate::dist::{Collective, EnvMap, World};
 use crate::optim::AdamW;
 use crate::phantom_stream::Split;
 use crate::schedule::{LrSchedule, WdSchedule};
@@ -70,6 +73,10 @@ pub struct Args {
     /// Print the summary (or the plan with --dry-run) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// With several ranks: seconds one all-reduce may wait for the other ranks before this rank
+    /// stops the job with an error (a rank that hangs would otherwise hold the others forever).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub collective_timeout: u64,
 }
 
 /// What a run would do (`--dry-run`).
@@ -81,7 +88,12 @@ struct Plan {
     init: String,
     heads: Vec<config::HeadCfg>,
     clip: String,
+    /// Clips per rank and step (`experiment.optimization.batch_size`).
     batch_size: usize,
+    /// Data-parallel ranks the config asks for (`nodes` x `tasks_per_node`).
+    ranks: usize,
+    /// Clips per optimiser step over all ranks.
+    global_batch: usize,
     steps: usize,
     warmup_steps: usize,
     head_lr: f64,
@@ -179,6 +191,8 @@ fn plan(cfg: &FinetuneConfig, enc_cfg: &echojepa::EncoderConfig, out_dir: &Path)
             d.frames_per_clip, d.frame_step, d.resolution,
         ),
         batch_size: cfg.experiment.optimization.batch_size,
+        ranks: cfg.topology()?.ranks(),
+        global_batch: cfg.experiment.optimization.batch_size * cfg.topology()?.ranks(),
         steps: f.steps_per_epoch * cfg.experiment.optimization.num_epochs,
         warmup_steps: (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize,
         head_lr: f.lr,
@@ -203,6 +217,10 @@ fn plan(cfg: &FinetuneConfig, enc_cfg: &echojepa::EncoderConfig, out_dir: &Path)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TrainState {
     step: usize,
+    /// Clips per step over all ranks; a resume must keep it (`None` in states written before
+    /// data-parallel runs: one process).
+    #[serde(default)]
+    global_batch: Option<usize>,
     adam_steps: HashMap<String, u64>,
     ef_scaler: Scaler,
     history: Vec<EpochRow>,
@@ -241,6 +259,20 @@ pub(crate) struct Setup {
     dtype: DType,
     source: Source,
     enc_cfg: echojepa::EncoderConfig,
+    /// The ranks this run averages over (one process: the identity).
+    coll: Rc<dyn Collective>,
+}
+
+impl Setup {
+    /// Clips per optimiser step over all ranks.
+    fn global_batch(&self) -> usize {
+        self.cfg.experiment.optimization.batch_size * self.coll.world()
+    }
+
+    /// Rank 0 validates, writes every file and prints the summary.
+    fn main_rank(&self) -> bool {
+        self.coll.rank() == 0
+    }
 }
 
 fn stem(dir: &Path, name: &str) -> PathBuf {
@@ -335,9 +367,12 @@ fn load_config(args: &Args) -> Result<(FinetuneConfig, echojepa::EncoderConfig, 
 }
 
 /// Everything a run needs, the data opened (a dataset is read and decoded here).
-fn setup(args: &Args) -> Result<Setup> {
+fn setup(args: &Args, env: &EnvMap) -> Result<Setup> {
     let (cfg, enc_cfg, out_dir) = load_config(args)?;
     let dev = DeviceSpec::from_list(&args.devices)?;
+    let world = World::from_env(env)?;
+    let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
+    let coll = crate::dist::open(&world, cfg.topology()?, &args.config, dev, timeout)?;
     let device = dev.open()?;
     let dtype = dev.compute_dtype(false);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
@@ -349,20 +384,41 @@ fn setup(args: &Args) -> Result<Setup> {
         dtype,
         source,
         enc_cfg,
+        coll,
     })
 }
 
-/// Draws the batch of `step` (a pure function of the run seed and the step).
+/// Which clips of each step's global batch this process reads: `b` clips per rank, rank `rank`
+/// of `world`. Global batch `k` is clips `k·b·world ..` of the training stream, and rank `r`
+/// holds the `r`-th run of `b`, so the ranks' shares, in rank order, are the batch one process
+/// with `b·world` clips reads.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    b: usize,
+    rank: usize,
+    world: usize,
+}
+
+impl Share {
+    /// Index in the training stream of clip `i` of this rank's share of step `step`.
+    fn clip(self, step: usize, i: usize) -> u64 {
+        ((step * self.world + self.rank) * self.b + i) as u64
+    }
+}
+
+/// Draws this rank's share of the batch of `step` (a pure function of the run seed, the step and
+/// the share).
 fn make_batch(
     source: &Source,
     enc: &echojepa::EncoderConfig,
     with_lv: bool,
-    b: usize,
+    share: Share,
     step: usize,
 ) -> Result<Batch> {
+    let b = share.b;
     let stream = match source {
         Source::Phantom(p) => p,
-        Source::EchoNet(e) => return dataset_batch(e, enc, with_lv, b, step),
+        Source::EchoNet(e) => return dataset_batch(e, enc, with_lv, share, step),
     };
     let mut batch = Batch {
         input: Vec::new(),
@@ -372,7 +428,7 @@ fn make_batch(
         lv_weight: None,
     };
     for i in 0..b {
-        let c = stream.clip(Split::Train, (step * b + i) as u64)?;
+        let c = stream.clip(Split::Train, share.clip(step, i))?;
         batch.input.extend_from_slice(&c.input);
         batch.views.push(c.view);
         batch.ef.push(c.ef_percent);
@@ -395,9 +451,10 @@ fn dataset_batch(
     data: &echonet::EchoNet,
     enc: &echojepa::EncoderConfig,
     with_lv: bool,
-    b: usize,
+    share: Share,
     step: usize,
 ) -> Result<Batch> {
+    let b = share.b;
     let (t, r) = (data.spec.frames, data.spec.resolution);
     let layout = echojepa::lv::TokenLayout {
         frames: t,
@@ -413,7 +470,7 @@ fn dataset_batch(
         lv_weight: with_lv.then(Vec::new),
     };
     for i in 0..b {
-        let c = data.train_clip((step * b + i) as u64, with_lv)?;
+        let c = data.train_clip(share.clip(step, i), with_lv)?;
         c.input.extend_normalised(&mut batch.input, t);
         batch.views.push(c.view);
         batch.ef.push(c.ef);
@@ -436,14 +493,14 @@ fn prefetch(
     source: Source,
     enc: echojepa::EncoderConfig,
     with_lv: bool,
-    b: usize,
+    share: Share,
     steps: std::ops::Range<usize>,
 ) -> mpsc::Receiver<Result<Batch>> {
     let (tx, rx) = mpsc::sync_channel(2);
     std::thread::spawn(move || {
         for step in steps {
             if tx
-                .send(make_batch(&source, &enc, with_lv, b, step))
+                .send(make_batch(&source, &enc, with_lv, share, step))
                 .is_err()
             {
                 break;
@@ -453,7 +510,14 @@ fn prefetch(
     rx
 }
 
-/// The loss of one batch and each head's part of it.
+/// The loss of this rank's share of one batch and each head's part of it.
+///
+/// Every head's loss is a sum over its samples divided by a count over the batch (samples, or
+/// the traced pixels' weight). With several ranks each rank divides its own sum by the count over
+/// the whole global batch (one small all-reduce before the forward pass) and multiplies by the
+/// number of ranks, so that the mean over ranks of the losses, and of their gradients, is exactly
+/// the one-process loss of the global batch, also when the ranks hold different numbers of a
+/// head's samples (views are drawn at random) or none. With one rank nothing is rescaled.
 fn batch_loss(
     s: &Setup,
     m: &FtModel,
@@ -465,13 +529,6 @@ fn batch_loss(
     let d = &s.cfg.experiment.data;
     let b = batch.views.len();
     let (t, r) = (d.frames_per_clip, d.resolution);
-    let x = Tensor::from_slice(&batch.input, (b, 3, t, r, r), &s.device)?.to_dtype(s.dtype)?;
-    let rates = model::drop_rates(s.enc_cfg.depth, f.drop_path);
-    let mut rng = crate::rng::rng_for(&[s.cfg.experiment.optimization.seed, 0xd509, step as u64]);
-    let tokens = m.encode(&x, Some((&rates, &mut rng)), f.freeze_blocks)?;
-    let outs = m.heads_forward(&tokens)?;
-    let mut total: Option<Tensor> = None;
-    let mut parts = Vec::with_capacity(f.heads.len());
     let per = batch.lv_tokens.len() / b.max(1);
     // a clip without a traced frame gives the LV head nothing to learn
     let traced = |i: usize| {
@@ -480,13 +537,42 @@ fn batch_loss(
             .as_ref()
             .is_none_or(|w| w[i * per..(i + 1) * per].iter().any(|&x| x > 0.0))
     };
-    for (h, out) in f.heads.iter().zip(&outs) {
-        let rows: Vec<u32> = (0..b as u32)
-            .filter(|&i| h.views.is_empty() || h.views.contains(&batch.views[i as usize]))
-            .filter(|&i| h.task != HeadTask::LvSegmentation || traced(i as usize))
-            .collect();
-        let Some(sel) = model::select_rows(out, &rows)? else {
-            parts.push(f64::NAN);
+    let head_rows: Vec<Vec<u32>> = f
+        .heads
+        .iter()
+        .map(|h| {
+            (0..b as u32)
+                .filter(|&i| h.views.is_empty() || h.views.contains(&batch.views[i as usize]))
+                .filter(|&i| h.task != HeadTask::LvSegmentation || traced(i as usize))
+                .collect()
+        })
+        .collect();
+    let shares = rank_shares(s.coll.as_ref(), &f.heads, &head_rows, batch, per)?;
+    let x = Tensor::from_slice(&batch.input, (b, 3, t, r, r), &s.device)?.to_dtype(s.dtype)?;
+    let rates = model::drop_rates(s.enc_cfg.depth, f.drop_path);
+    let mut rng = crate::rng::rng_for(&[s.cfg.experiment.optimization.seed, 0xd509, step as u64]);
+    let drop = model::DropPath {
+        rates: &rates,
+        rng: &mut rng,
+        offset: s.coll.rank() * b,
+        global: s.global_batch(),
+    };
+    let tokens = m.encode(&x, Some(drop), f.freeze_blocks)?;
+    let outs = m.heads_forward(&tokens)?;
+    let mut total: Option<Tensor> = None;
+    let mut parts = Vec::with_capacity(f.heads.len());
+    for (k, (h, out)) in f.heads.iter().zip(&outs).enumerate() {
+        let rows = &head_rows[k];
+        // this rank's share of the head's sample count and of its traced weight
+        let (by_rows, by_weight) = shares.as_ref().map_or((1.0, 1.0), |sh| sh[k]);
+        let Some(sel) = model::select_rows(out, rows)? else {
+            // no sample here; with several ranks the head may have some elsewhere (then this
+            // rank's part is 0), and has none anywhere when its share is NaN
+            parts.push(if shares.is_some() && !by_rows.is_nan() {
+                0.0
+            } else {
+                f64::NAN
+            });
             continue;
         };
         let loss = match h.task {
@@ -495,7 +581,7 @@ fn batch_loss(
                     .iter()
                     .map(|&i| batch.views[i as usize].index() as u32)
                     .collect();
-                model::cross_entropy(&sel, &labels)?
+                scaled(model::cross_entropy(&sel, &labels)?, by_rows)?
             }
             HeadTask::Ef => {
                 let z: Vec<f32> = rows
@@ -503,7 +589,8 @@ fn batch_loss(
                     .map(|&i| ((batch.ef[i as usize] - scaler.mean) / scaler.std) as f32)
                     .collect();
                 let z = Tensor::from_vec(z, (rows.len(), 1), &s.device)?;
-                crate::probe::heads::smooth_l1(&(sel.to_dtype(DType::F32)? - z)?)?
+                let l = crate::probe::heads::smooth_l1(&(sel.to_dtype(DType::F32)? - z)?)?;
+                scaled(l, by_rows)?
             }
             HeadTask::LvSegmentation => {
                 let pick = |v: &[f32]| -> Vec<f32> {
@@ -514,13 +601,17 @@ fn batch_loss(
                 };
                 let tgt = Tensor::from_vec(pick(&batch.lv_tokens), sel.dims(), &s.device)?;
                 match &batch.lv_weight {
-                    None => {
-                        (model::bce_with_logits(&sel, &tgt)? + model::soft_dice_loss(&sel, &tgt)?)?
-                    }
+                    // both terms are means over samples of equal size
+                    None => scaled(
+                        (model::bce_with_logits(&sel, &tgt)? + model::soft_dice_loss(&sel, &tgt)?)?,
+                        by_rows,
+                    )?,
+                    // the cross-entropy is a sum over traced pixels divided by their weight,
+                    // the Dice a mean over samples
                     Some(w) => {
                         let w = Tensor::from_vec(pick(w), sel.dims(), &s.device)?;
-                        (model::weighted_bce_with_logits(&sel, &tgt, &w)?
-                            + model::weighted_soft_dice_loss(&sel, &tgt, &w)?)?
+                        (scaled(model::weighted_bce_with_logits(&sel, &tgt, &w)?, by_weight)?
+                            + scaled(model::weighted_soft_dice_loss(&sel, &tgt, &w)?, by_rows)?)?
                     }
                 }
             }
@@ -532,14 +623,75 @@ fn batch_loss(
             None => weighted,
         });
     }
+    let anywhere = shares
+        .as_ref()
+        .is_some_and(|sh| sh.iter().any(|(rows, _)| !rows.is_nan()));
     let total = match (total, &batch.lv_weight) {
         (Some(t), _) => t,
-        // a dataset batch whose clips are all untraced, with only an LV head: a step that
-        // changes nothing but the weight decay
+        // a dataset batch whose clips are all untraced, with only an LV head, or a rank whose
+        // share holds no sample of any head while other ranks' do: a step that contributes
+        // nothing but the weight decay
         (None, Some(_)) => (outs[0].to_dtype(DType::F32)?.sum_all()? * 0.0)?,
+        (None, None) if anywhere => (outs[0].to_dtype(DType::F32)?.sum_all()? * 0.0)?,
         (None, None) => bail!("no head had a sample in this batch"),
     };
     Ok((total, parts))
+}
+
+/// `loss` times `share` (exactly `loss` for a share of 1).
+fn scaled(loss: Tensor, share: f64) -> Result<Tensor> {
+    Ok(if share == 1.0 { loss } else { (loss * share)? })
+}
+
+/// With several ranks: for each head, this rank's share of the head's sample count and of its
+/// traced weight over the global batch, times the number of ranks (NaN where the global batch has
+/// no sample of the head). `None` with one rank.
+fn rank_shares(
+    coll: &dyn Collective,
+    heads: &[config::HeadCfg],
+    head_rows: &[Vec<u32>],
+    batch: &Batch,
+    per: usize,
+) -> Result<Option<Vec<(f64, f64)>>> {
+    if coll.world() == 1 {
+        return Ok(None);
+    }
+    let mut local: Vec<f32> = Vec::with_capacity(2 * heads.len());
+    for (h, rows) in heads.iter().zip(head_rows) {
+        local.push(rows.len() as f32);
+        let weight: f64 = match (&batch.lv_weight, h.task) {
+            (Some(w), HeadTask::LvSegmentation) => rows
+                .iter()
+                .map(|&i| {
+                    let i = i as usize;
+                    w[i * per..(i + 1) * per]
+                        .iter()
+                        .map(|&x| x as f64)
+                        .sum::<f64>()
+                })
+                .sum(),
+            _ => rows.len() as f64,
+        };
+        local.push(weight as f32);
+    }
+    let mut global = local.clone();
+    coll.all_reduce_sum(&mut global)
+        .with_context(|| format!("counting the batch's samples on rank {}", coll.rank()))?;
+    let n = coll.world() as f64;
+    let share = |l: f32, g: f32| {
+        if g > 0.0 {
+            n * l as f64 / g as f64
+        } else {
+            f64::NAN
+        }
+    };
+    Ok(Some(
+        local
+            .chunks(2)
+            .zip(global.chunks(2))
+            .map(|(l, g)| (share(l[0], g[0]), share(l[1], g[1])))
+            .collect(),
+    ))
 }
 
 /// The views EF is measured in: the EF head's, else the apical A4C and A2C (where the
@@ -746,6 +898,14 @@ fn print_plan(p: &Plan, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     writeln!(out, "  clips        {}; batch {}", p.clip, p.batch_size)?;
+    if p.ranks > 1 {
+        writeln!(
+            out,
+            "  ranks        {} (nodes x tasks_per_node), batch {} per rank, {} global; \
+             gradients averaged over the ranks, learning rates as configured",
+            p.ranks, p.batch_size, p.global_batch
+        )?;
+    }
     writeln!(
         out,
         "  steps        {} (warmup {})",
@@ -951,11 +1111,27 @@ impl Training<'_> {
             self.state.step,
             self.state.ef_scaler,
         )?;
-        let lv = loss.to_scalar::<f32>()? as f64;
+        let mut lv = loss.to_scalar::<f32>()? as f64;
         if !lv.is_finite() {
-            bail!("loss is {lv} at step {}", self.state.step);
+            bail!(
+                "loss is {lv} at step {} (rank {} of {})",
+                self.state.step,
+                self.s.coll.rank(),
+                self.s.coll.world()
+            );
         }
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        average_grads(self.s.coll.as_ref(), self.opt.params(), &mut grads)?;
+        let mut parts = parts;
+        if self.s.coll.world() > 1 {
+            // the logged losses are the global batch's: the mean of the ranks' scaled parts
+            let mut row: Vec<f32> = std::iter::once(lv as f32)
+                .chain(parts.iter().map(|&p| p as f32))
+                .collect();
+            self.s.coll.all_reduce_mean(&mut row)?;
+            lv = row[0] as f64;
+            parts = row[1..].iter().map(|&p| p as f64).collect();
+        }
         let next = self.state.step + 1;
         let stats = self.opt.step(
             &grads,
@@ -1035,13 +1211,29 @@ fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<
     let mut opt = optimizer(s, &varmap)?;
     let (state, mut ema) = match resumed {
         Some(r) => {
+            let now = s.global_batch();
+            if let Some(was) = r.state.global_batch
+                && was != now
+            {
+                bail!(
+                    "{}: the run was trained with {was} clips per step and would continue with \
+                     {now} (batch_size {} x {} rank(s)); keep batch_size x ranks equal to resume, \
+                     or pass --restart",
+                    s.out_dir.display(),
+                    s.cfg.experiment.optimization.batch_size,
+                    s.coll.world()
+                );
+            }
             opt.load_state("optim.", &r.optim, &r.state.adam_steps)?;
-            (r.state, r.ema)
+            let mut state = r.state;
+            state.global_batch = Some(now);
+            (state, r.ema)
         }
         None => {
             let (mean, std) = s.source.ef_stats();
             let state = TrainState {
                 step: 0,
+                global_batch: Some(s.global_batch()),
                 adam_steps: HashMap::new(),
                 ef_scaler: Scaler { mean, std },
                 history: Vec::new(),
@@ -1066,8 +1258,9 @@ fn start<'a>(s: &'a Setup, args: &Args, out: &mut dyn Write) -> Result<Training<
     })
 }
 
-/// Runs the fine-tuning.
-pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+/// Runs the fine-tuning. `env` holds the launcher's variables (the binary reads the environment
+/// once): under mpirun every rank trains on its share of each global batch and rank 0 writes.
+pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     DeviceSpec::from_list(&args.devices)?;
     if args.dry_run {
         let (cfg, enc_cfg, out_dir) = load_config(&args)?;
@@ -1082,7 +1275,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         }
         return Ok(());
     }
-    let s = setup(&args)?;
+    let s = setup(&args, env)?;
     let f = &s.cfg.finetune;
     let o = &s.cfg.experiment.optimization;
     let total_steps = f.steps_per_epoch * o.num_epochs;
@@ -1104,7 +1297,23 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         o.batch_size,
         s.source.describe()
     )?;
-    let val = s.source.eval_clips(Split::Val, f.val_clips)?;
+    if s.coll.world() > 1 {
+        writeln!(
+            out,
+            "rank {} of {}: {} clips per rank, {} per step; gradients averaged by {}",
+            s.coll.rank(),
+            s.coll.world(),
+            o.batch_size,
+            s.global_batch(),
+            s.coll.engine()
+        )?;
+    }
+    // rank 0 alone validates
+    let val = if s.main_rank() {
+        s.source.eval_clips(Split::Val, f.val_clips)?
+    } else {
+        Vec::new()
+    };
     let stop_at = args
         .max_steps
         .map_or(total_steps, |n| (t.state.step + n).min(total_steps));
@@ -1112,7 +1321,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         s.source.clone(),
         s.enc_cfg.clone(),
         f.heads.iter().any(|h| h.task == HeadTask::LvSegmentation),
-        o.batch_size,
+        Share {
+            b: o.batch_size,
+            rank: s.coll.rank(),
+            world: s.coll.world(),
+        },
         t.state.step..stop_at,
     );
     let pb = indicatif::ProgressBar::new(total_steps as u64);
@@ -1134,17 +1347,30 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
         let (loss, parts, norm) = t.step(&batch)?;
         acc.losses.push(loss);
         acc.parts.push(parts);
-        acc.clips += batch.views.len();
+        // clips of the global batch (every rank reads as many)
+        acc.clips += batch.views.len() * s.coll.world();
         acc.grad_norm = norm;
         pb.set_position(t.state.step as u64);
         pb.set_message(format!("loss {loss:.3}"));
         if t.state.step.is_multiple_of(f.steps_per_epoch) || t.state.step == stop_at {
-            let line = t.end_epoch(&acc, &val)?;
-            pb.suspend(|| writeln!(out, "{line}"))?;
+            if s.main_rank() {
+                let line = t.end_epoch(&acc, &val)?;
+                pb.suspend(|| writeln!(out, "{line}"))?;
+            }
             acc = EpochAcc::new();
         }
     }
     pb.finish_and_clear();
+    if !s.main_rank() {
+        writeln!(
+            out,
+            "rank {} of {}: stopped at step {} of {total_steps}; rank 0 wrote the outputs",
+            s.coll.rank(),
+            s.coll.world(),
+            t.state.step
+        )?;
+        return Ok(());
+    }
     if t.state.step < total_steps {
         writeln!(
             out,

@@ -93,7 +93,7 @@ impl FtModel {
     pub fn encode(
         &self,
         video: &Tensor,
-        drop: Option<(&[f64], &mut dyn rand::RngCore)>,
+        drop: Option<DropPath<'_>>,
         freeze: usize,
     ) -> Result<Tensor> {
         let pe = self.encoder.patch_embed();
@@ -111,13 +111,13 @@ impl FtModel {
                 .attn()
                 .forward(&blk.norm1().forward(&x)?, Some(&rope), None)?;
             let a = match &mut drop {
-                Some((rates, rng)) => drop_path(&a, rates[i], b, &mut **rng)?,
+                Some(d) => d.apply(&a, i, b)?,
                 None => a,
             };
             x = (x + a)?;
             let m = blk.mlp().forward(&blk.norm2().forward(&x)?)?;
             let m = match &mut drop {
-                Some((rates, rng)) => drop_path(&m, rates[i], b, &mut **rng)?,
+                Some(d) => d.apply(&m, i, b)?,
                 None => m,
             };
             x = (x + m)?;
@@ -140,11 +140,40 @@ impl FtModel {
     }
 }
 
-fn drop_path(x: &Tensor, p: f64, b: usize, rng: &mut dyn rand::RngCore) -> Result<Tensor> {
+/// Stochastic depth of one training step: the rate of each block, the step's random stream,
+/// and which rows of the global batch this process holds. The keep/drop draws are made for the
+/// whole global batch and each rank takes its rows, so N ranks drop exactly the residual
+/// branches one process with the whole batch drops.
+pub struct DropPath<'a> {
+    pub rates: &'a [f64],
+    pub rng: &'a mut dyn rand::RngCore,
+    /// First row of this process's share in the global batch.
+    pub offset: usize,
+    /// Rows of the global batch.
+    pub global: usize,
+}
+
+impl DropPath<'_> {
+    fn apply(&mut self, x: &Tensor, block: usize, b: usize) -> Result<Tensor> {
+        let global = self.global.max(self.offset + b);
+        drop_path(x, self.rates[block], b, self.offset, global, &mut *self.rng)
+    }
+}
+
+fn drop_path(
+    x: &Tensor,
+    p: f64,
+    b: usize,
+    offset: usize,
+    global: usize,
+    rng: &mut dyn rand::RngCore,
+) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep: Vec<f32> = (0..b)
+    // every row of the global batch is drawn (not only this share's: the stream must advance
+    // as far as one process's does before the next block draws)
+    let all: Vec<f32> = (0..global)
         .map(|_| {
             if rng.random::<f64>() < p {
                 0.0
@@ -153,6 +182,7 @@ fn drop_path(x: &Tensor, p: f64, b: usize, rng: &mut dyn rand::RngCore) -> Resul
             }
         })
         .collect();
+    let keep = all[offset..offset + b].to_vec();
     let mask = Tensor::from_vec(keep, (b, 1, 1), x.device())?.to_dtype(x.dtype())?;
     Ok(x.broadcast_mul(&mask)?)
 }
@@ -422,10 +452,43 @@ mod tests {
     fn stochastic_depth_zeroes_whole_samples() {
         let x = Tensor::ones((64, 3, 2), DType::F32, &Device::Cpu).unwrap();
         let mut rng = crate::rng::rng_for(&[1]);
-        let y = drop_path(&x, 0.5, 64, &mut rng).unwrap();
+        let y = drop_path(&x, 0.5, 64, 0, 64, &mut rng).unwrap();
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let dropped = v.chunks(6).filter(|c| c.iter().all(|&a| a == 0.0)).count();
         assert!(v.chunks(6).all(|c| c.iter().all(|&a| a == 0.0 || a == 2.0)));
         assert!((16..=48).contains(&dropped), "{dropped} of 64 dropped");
+    }
+
+    #[test]
+    fn ranks_drop_the_rows_one_process_drops() {
+        let x = Tensor::ones((8, 3, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = crate::rng::rng_for(&[9]);
+        let whole = drop_path(&x, 0.5, 8, 0, 8, &mut rng).unwrap();
+        // a second block draws after the first: the stream must have advanced alike on every rank
+        let whole =
+            Tensor::cat(&[whole, drop_path(&x, 0.5, 8, 0, 8, &mut rng).unwrap()], 0).unwrap();
+        let halves: Vec<Tensor> = (0..2)
+            .flat_map(|r| {
+                let half = x.narrow(0, 4 * r, 4).unwrap();
+                let mut rng = crate::rng::rng_for(&[9]);
+                let a = drop_path(&half, 0.5, 4, 4 * r, 8, &mut rng).unwrap();
+                let b = drop_path(&half, 0.5, 4, 4 * r, 8, &mut rng).unwrap();
+                [a, b]
+            })
+            .collect();
+        // in the order of `whole`: the first block (rank 0 rows, then rank 1), then the second
+        let halves = vec![
+            halves[0].clone(),
+            halves[2].clone(),
+            halves[1].clone(),
+            halves[3].clone(),
+        ];
+        let joined = Tensor::cat(&halves, 0).unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            whole.flatten_all().unwrap().to_vec1().unwrap(),
+            joined.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+        assert!(a.contains(&0.0) && a.contains(&2.0), "{a:?}");
     }
 }

@@ -4,6 +4,7 @@
 //! concatenation over segments / slots, and an on-disk cache keyed by everything that affects
 //! the features so a grid of probes never re-encodes a clip.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use super::heads::Sample;
 use crate::config::eval::EvalConfig;
 use crate::data::dataset::{ClipPipeline, Dataset, MultiViewDataset, VideoDataset};
 use crate::data::loader::{Loader, LoaderConfig};
+use crate::dist::{Collective, SingleProcess};
 
 /// The frozen encoder and a description of where it came from.
 pub struct FrozenEncoder {
@@ -211,6 +213,33 @@ pub fn split_features(
     cache_dir: Option<&Path>,
     workers: usize,
 ) -> Result<SplitFeatures> {
+    split_features_on(
+        &SingleProcess,
+        cfg,
+        enc,
+        csv,
+        split,
+        perturbation,
+        cache_dir,
+        workers,
+    )
+}
+
+/// [`split_features`] with the encoding shared among the ranks of `coll`: rank `r` of `N`
+/// encodes samples `r, r+N, r+2N, ...`, and the features are then gathered so that every rank
+/// holds every sample, in the list's order, as one process would (rank 0 writes the cache).
+/// Every rank must call it with the same arguments.
+#[allow(clippy::too_many_arguments)]
+pub fn split_features_on(
+    coll: &dyn Collective,
+    cfg: &EvalConfig,
+    enc: &FrozenEncoder,
+    csv: &Path,
+    split: &str,
+    perturbation: Option<Perturbation>,
+    cache_dir: Option<&Path>,
+    workers: usize,
+) -> Result<SplitFeatures> {
     if cfg.experiment.data.num_views_per_segment != 1 {
         bail!(
             "experiment.data.num_views_per_segment = {}: several spatial crops per segment are not \
@@ -221,25 +250,7 @@ pub fn split_features(
     let d = &cfg.experiment.data;
     let csv_text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let key = format!(
-        "v1|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}",
-        echojepa_input::PREP_ID,
-        enc.identity,
-        enc.cfg,
-        fnv64(&csv_text),
-        csv.display(),
-        d.frames_per_clip,
-        d.frame_step,
-        d.num_segments,
-        d.resolution,
-        (
-            cfg.is_multi(),
-            d.num_clips_per_video,
-            cfg.experiment.classifier.num_views
-        ),
-        perturbation.map(|p| p.name()),
-        crate::device::dtype_name(enc.dtype),
-    );
+    let key = cache_key(cfg, enc, csv, &csv_text, perturbation);
     let cache_file =
         cache_dir.map(|dir| dir.join(format!("{split}-{:016x}.safetensors", fnv64(&key))));
     if let Some(f) = &cache_file
@@ -287,7 +298,10 @@ pub fn split_features(
         seed: 0,
     };
     let loader = Loader::new(ds.clone(), lc);
-    let pb = ProgressBar::new(n as u64);
+    let (rank, world) = (coll.rank(), coll.world());
+    // this rank's samples, in batches of the loader's size
+    let mine: Vec<usize> = (rank..n).step_by(world).collect();
+    let pb = ProgressBar::new(mine.len() as u64);
     pb.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} clips encoded (eta {eta})")?
             .progress_chars("=> "),
@@ -298,8 +312,9 @@ pub fn split_features(
             .map(|p| format!(" {}", p.name()))
             .unwrap_or_default()
     ));
-    let mut samples = Vec::with_capacity(n);
-    let mut epoch = loader.epoch(0);
+    let mut samples = Vec::with_capacity(mine.len());
+    let mut indices = Vec::with_capacity(mine.len());
+    let mut epoch = loader.epoch_of(0, mine.chunks(4).map(<[usize]>::to_vec).collect());
     for batch in epoch.by_ref() {
         let batch = batch?;
         let b = batch.len();
@@ -331,6 +346,7 @@ pub fn split_features(
                 present: pres,
                 id: ds.describe(batch.indices[i]),
             });
+            indices.push(batch.indices[i]);
         }
         pb.inc(b as u64);
     }
@@ -344,10 +360,18 @@ pub fn split_features(
     for s in &skipped {
         tracing::warn!("{split}: skipped unreadable sample {s}");
     }
+    let (samples, skipped) = if world > 1 {
+        gather_split(coll, ds.as_ref(), n, views, indices, samples)
+            .with_context(|| format!("gathering the {split} features of {}", csv.display()))?
+    } else {
+        (samples, skipped)
+    };
     if samples.is_empty() {
         bail!("{}: none of the {n} samples could be read", csv.display());
     }
-    if let Some(f) = &cache_file {
+    if let Some(f) = &cache_file
+        && rank == 0
+    {
         write_cache(f, &samples)
             .with_context(|| format!("writing feature cache {}", f.display()))?;
     }
@@ -357,6 +381,137 @@ pub fn split_features(
         cache_file,
         from_cache: false,
     })
+}
+
+/// What the features of a split depend on: the input preparation, the encoder and its weights,
+/// the list's text and path, the clip settings, the perturbation and the precision.
+fn cache_key(
+    cfg: &EvalConfig,
+    enc: &FrozenEncoder,
+    csv: &Path,
+    csv_text: &str,
+    perturbation: Option<Perturbation>,
+) -> String {
+    let d = &cfg.experiment.data;
+    format!(
+        "v1|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}",
+        echojepa_input::PREP_ID,
+        enc.identity,
+        enc.cfg,
+        fnv64(csv_text),
+        csv.display(),
+        d.frames_per_clip,
+        d.frame_step,
+        d.num_segments,
+        d.resolution,
+        (
+            cfg.is_multi(),
+            d.num_clips_per_video,
+            cfg.experiment.classifier.num_views
+        ),
+        perturbation.map(|p| p.name()),
+        crate::device::dtype_name(enc.dtype),
+    )
+}
+
+/// Every rank's samples on every rank ([`gather_samples`]), and every rank's unreadable
+/// samples by name (each rank logged its own errors).
+fn gather_split(
+    coll: &dyn Collective,
+    ds: &dyn Dataset,
+    n: usize,
+    views: usize,
+    indices: Vec<usize>,
+    samples: Vec<Sample>,
+) -> Result<(Vec<Sample>, Vec<String>)> {
+    let all = gather_samples(coll, ds, n, views, indices, samples)?;
+    let read: std::collections::HashSet<usize> = all.iter().map(|(i, _)| *i).collect();
+    let gone: Vec<String> = (0..n)
+        .filter(|i| !read.contains(i))
+        .map(|i| {
+            format!(
+                "{}: unreadable (sample {i}; rank {} logged why)",
+                ds.describe(i),
+                i % coll.world()
+            )
+        })
+        .collect();
+    Ok((all.into_iter().map(|(_, s)| s).collect(), gone))
+}
+
+/// Every rank's encoded samples, on every rank, in index order: one all-reduce per chunk of
+/// samples, where each sample's owner contributes `[read, label, presence..., features...]` and
+/// the others zeros, so the sum is the owner's values exactly.
+fn gather_samples(
+    coll: &dyn Collective,
+    ds: &dyn Dataset,
+    n: usize,
+    views: usize,
+    indices: Vec<usize>,
+    samples: Vec<Sample>,
+) -> Result<Vec<(usize, Sample)>> {
+    // the feature shape, from any rank that read a sample
+    let mut shape = vec![0f32; 3];
+    if let Some(s) = samples.first() {
+        let (_, t, d) = s.feats.dims3()?;
+        shape = vec![t as f32, d as f32, 1.0];
+    }
+    coll.all_reduce_sum(&mut shape)?;
+    if shape[2] == 0.0 {
+        return Ok(Vec::new());
+    }
+    let (t, d) = (
+        (shape[0] / shape[2]).round() as usize,
+        (shape[1] / shape[2]).round() as usize,
+    );
+    let width = 2 + views + t * d;
+    let mine: HashMap<usize, Sample> = indices.into_iter().zip(samples).collect();
+    // about 64 MB of f32 per all-reduce
+    let chunk = (16 << 20) / width.max(1);
+    let chunk = chunk.max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut buf = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        buf.clear();
+        buf.resize((end - start) * width, 0f32);
+        for i in start..end {
+            if let Some(s) = mine.get(&i) {
+                let row = &mut buf[(i - start) * width..(i - start + 1) * width];
+                row[0] = 1.0;
+                row[1] = s.label as f32;
+                if let Some(p) = &s.present {
+                    for (v, &x) in p.iter().enumerate().take(views) {
+                        row[2 + v] = f32::from(u8::from(x));
+                    }
+                }
+                let f = s.feats.flatten_all()?.to_vec1::<f32>()?;
+                if f.len() != t * d {
+                    bail!(
+                        "{}: {} feature values, other samples have {t} x {d}",
+                        s.id,
+                        f.len()
+                    );
+                }
+                row[2 + views..].copy_from_slice(&f);
+            }
+        }
+        coll.all_reduce_sum(&mut buf)?;
+        for i in start..end {
+            let row = &buf[(i - start) * width..(i - start + 1) * width];
+            if row[0] < 0.5 {
+                continue;
+            }
+            let sample = Sample {
+                feats: Tensor::from_slice(&row[2 + views..], (1, t, d), &Device::Cpu)?,
+                label: row[1] as f64,
+                present: (views > 0).then(|| row[2..2 + views].iter().map(|&x| x > 0.5).collect()),
+                id: ds.describe(i),
+            };
+            out.push((i, sample));
+        }
+    }
+    Ok(out)
 }
 
 fn write_cache(path: &Path, samples: &[Sample]) -> Result<()> {

@@ -5,6 +5,7 @@
 //! best head/epoch on validation.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use anyhow::{Result, anyhow, bail};
 use candle_core::{D, DType, Device, Tensor, Var};
@@ -16,6 +17,8 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_distr::StandardNormal;
 
+use crate::dist::Collective;
+use crate::dist::collective::average_grads;
 use crate::optim::AdamW;
 use crate::schedule::{LrSchedule, WdSchedule};
 
@@ -128,8 +131,11 @@ pub struct ProbeTrainer {
     dtype: DType,
     multi: Option<MultiView>,
     seed: u64,
+    /// Samples per rank and step.
     batch_size: usize,
     step: usize,
+    /// The ranks the heads train over (one process: the identity).
+    coll: Rc<dyn Collective>,
 }
 
 fn vars_of(vm: &VarMap) -> Result<Vec<(String, Var)>> {
@@ -141,8 +147,41 @@ fn vars_of(vm: &VarMap) -> Result<Vec<(String, Var)>> {
 }
 
 impl ProbeTrainer {
+    /// A trainer for one process (the tests' entry; commands use [`Self::new_on`]).
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        cfg: ProbeConfig,
+        specs: Vec<HeadSpec>,
+        multi: Option<MultiView>,
+        n_train: usize,
+        batch_size: usize,
+        epochs: usize,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new_on(
+            Rc::new(crate::dist::SingleProcess),
+            cfg,
+            specs,
+            multi,
+            n_train,
+            batch_size,
+            epochs,
+            seed,
+            dtype,
+            device,
+        )
+    }
+
+    /// A trainer whose steps are shared by the ranks of `coll`: each step's global batch is
+    /// `batch_size` x ranks samples of the epoch's order, rank `r` takes the `r`-th part, and the
+    /// heads' gradients are averaged before every step, so the heads follow one process with the
+    /// global batch (every rank must hold every training sample: see `split_features_on`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_on(
+        coll: Rc<dyn Collective>,
         cfg: ProbeConfig,
         specs: Vec<HeadSpec>,
         multi: Option<MultiView>,
@@ -156,7 +195,7 @@ impl ProbeTrainer {
         if n_train == 0 {
             bail!("no training samples");
         }
-        let ipe = n_train.div_ceil(batch_size);
+        let ipe = n_train.div_ceil(batch_size * coll.world());
         let total = ipe * epochs;
         let mut heads = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
@@ -195,6 +234,7 @@ impl ProbeTrainer {
             seed,
             batch_size,
             step: 0,
+            coll,
         })
     }
 
@@ -259,36 +299,75 @@ impl ProbeTrainer {
     }
 
     /// One epoch over `train` for every head; returns each head's mean training loss.
+    ///
+    /// With several ranks each global batch of `n` samples is split at `floor(r·n/N)` (the last,
+    /// short batch too), each rank's mean loss is weighted by its share `N·n_r/n`, and the
+    /// gradients are averaged: the mean over ranks is the global batch's mean loss and gradient.
     pub fn train_epoch(&mut self, train: &[Sample], epoch: usize) -> Result<Vec<f64>> {
+        let (rank, world) = (self.coll.rank(), self.coll.world());
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut crate::rng::rng_for(&[self.seed, 0x0de7, epoch as u64]));
         let mut sums = vec![0.0; self.heads.len()];
         let mut count = 0usize;
-        for (bi, chunk) in order.chunks(self.batch_size).enumerate() {
-            let batch: Vec<&Sample> = chunk.iter().map(|&i| &train[i]).collect();
+        for (bi, chunk) in order.chunks(self.batch_size * world).enumerate() {
+            let n = chunk.len();
             let mut rng = crate::rng::rng_for(&[self.seed, 0x7a1e, epoch as u64, bi as u64]);
-            let present: Vec<Option<Vec<bool>>> = batch
+            // view dropout is drawn for the whole global batch, in order, so every rank's
+            // samples get the draws one process would give them
+            let present: Vec<Option<Vec<bool>>> = chunk
                 .iter()
-                .map(|s| s.present.as_ref().map(|p| self.dropout_views(p, &mut rng)))
+                .map(|&i| {
+                    train[i]
+                        .present
+                        .as_ref()
+                        .map(|p| self.dropout_views(p, &mut rng))
+                })
                 .collect();
-            let (x, kpm, views) = self.assemble(&batch, &present)?;
-            let labels: Vec<f64> = batch.iter().map(|s| s.label).collect();
+            let mine = (rank * n / world)..((rank + 1) * n / world);
+            let batch: Vec<&Sample> = chunk[mine.clone()].iter().map(|&i| &train[i]).collect();
+            let present = &present[mine];
+            let share = world as f64 * batch.len() as f64 / n as f64;
             let step = self.step + 1;
+            // fewer samples than ranks in the last batch: this rank adds nothing
+            let inputs = if batch.is_empty() {
+                None
+            } else {
+                Some(self.assemble(&batch, present)?)
+            };
+            let labels: Vec<f64> = batch.iter().map(|s| s.label).collect();
             for hi in 0..self.heads.len() {
-                let out = self.heads[hi].probe.forward(&x, kpm.as_ref())?;
-                let loss = self.loss(&out, &labels, views)?;
-                let lv = loss.to_scalar::<f32>()? as f64;
-                if !lv.is_finite() {
-                    bail!("probe head {hi}: loss is {lv} at epoch {epoch}");
-                }
-                let grads = loss.backward()?;
+                let mut grads = if let Some((x, kpm, views)) = &inputs {
+                    let (x, kpm, views) = (x, kpm, *views);
+                    let out = self.heads[hi].probe.forward(x, kpm.as_ref())?;
+                    let loss = self.loss(&out, &labels, views)?;
+                    let lv = loss.to_scalar::<f32>()? as f64;
+                    if !lv.is_finite() {
+                        bail!(
+                            "probe head {hi}: loss is {lv} at epoch {epoch} (rank {rank} of {world})"
+                        );
+                    }
+                    sums[hi] += lv * batch.len() as f64;
+                    if world == 1 {
+                        loss.backward()?
+                    } else {
+                        (loss * share)?.backward()?
+                    }
+                } else {
+                    no_gradients(&self.device)?
+                };
                 let h = &mut self.heads[hi];
+                average_grads(self.coll.as_ref(), h.opt.params(), &mut grads)?;
                 let (lr, wd) = (h.lr.lr_at(step), h.wd.wd_at(step));
                 h.opt.step(&grads, lr, wd, None)?;
-                sums[hi] += lv * batch.len() as f64;
             }
-            count += batch.len();
+            count += n;
             self.step += 1;
+        }
+        if world > 1 {
+            // the epoch's loss over all ranks' samples
+            let mut all: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
+            self.coll.all_reduce_sum(&mut all)?;
+            sums = all.into_iter().map(f64::from).collect();
         }
         Ok(sums.into_iter().map(|s| s / count.max(1) as f64).collect())
     }
@@ -327,6 +406,11 @@ impl ProbeTrainer {
 }
 
 /// SmoothL1 (Huber, beta 1) averaged over all elements, with gradient.
+/// A gradient store that holds no parameter's gradient (a rank with no sample in a step).
+fn no_gradients(device: &Device) -> Result<candle_core::backprop::GradStore> {
+    Ok(Tensor::zeros((), DType::F32, device)?.backward()?)
+}
+
 pub fn smooth_l1(diff: &Tensor) -> Result<Tensor> {
     let a = diff.abs()?;
     let q = a.minimum(1.0)?;
@@ -536,6 +620,65 @@ mod tests {
         let (good, frozen) = (acc(0), acc(1));
         assert!(good > 0.9, "trained head accuracy {good}");
         assert!(frozen < 0.7, "lr 0 head stays near chance: {frozen}");
+    }
+
+    /// Three thread-ranks with 4 samples each follow one process with 12, over 25 samples: the
+    /// last global batch holds one sample, so two ranks have none in that step.
+    #[test]
+    fn ranks_sharing_each_batch_follow_one_process() {
+        use crate::dist::collective::LocalGroup;
+        let train = toy(25, 3, 1);
+        let c = cfg(ProbeKind::Classifier, 3, None);
+        let run = move |coll: Rc<dyn Collective>, batch: usize| {
+            let mut t = ProbeTrainer::new_on(
+                coll,
+                c.clone(),
+                vec![spec(3e-3), spec(1e-3)],
+                None,
+                train.len(),
+                batch,
+                3,
+                0,
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let losses: Vec<Vec<f64>> = (0..3).map(|e| t.train_epoch(&train, e).unwrap()).collect();
+            let w: Vec<f32> = (0..2)
+                .flat_map(|hi| {
+                    let mut m: Vec<_> = t.head_tensors(hi).unwrap().into_iter().collect();
+                    m.sort_by(|a, b| a.0.cmp(&b.0));
+                    m.into_iter()
+                        .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                })
+                .collect();
+            (losses, w)
+        };
+        let (one_losses, one_w) = run(Rc::new(crate::dist::SingleProcess), 12);
+        let handles: Vec<_> = LocalGroup::new(3)
+            .into_iter()
+            .map(|g| {
+                let run = run.clone();
+                std::thread::spawn(move || run(Rc::new(g), 4))
+            })
+            .collect();
+        let ranks: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for (losses, w) in &ranks {
+            assert_eq!(w, &ranks[0].1, "ranks hold different weights");
+            for (a, b) in losses.iter().flatten().zip(one_losses.iter().flatten()) {
+                assert!(
+                    (a - b).abs() < 1e-5 * b.abs().max(1.0),
+                    "{losses:?} vs {one_losses:?}"
+                );
+            }
+            let worst = w
+                .iter()
+                .zip(&one_w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "largest weight difference {worst}");
+        }
+        assert!(one_w.len() > 100);
     }
 
     #[test]

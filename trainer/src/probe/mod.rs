@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -29,9 +30,10 @@ use serde::Serialize;
 use crate::config::eval::{EvalConfig, TaskType};
 use crate::config::{Loaded, load};
 use crate::device::DeviceSpec;
+use crate::dist::{Collective, EnvMap, SingleProcess, World};
 use crate::metrics::{ClassMetrics, RegMetrics, classification, regression, write_confusion_csv};
 use crate::plot::{Series, confusion_chart, line_chart};
-use features::{FrozenEncoder, load_encoder, split_features};
+use features::{FrozenEncoder, load_encoder, split_features, split_features_on};
 use heads::{Eval, HeadSpec, MultiView, ProbeTrainer, Sample, eval_probe, probe_from_tensors};
 
 /// Train attentive probes on a frozen encoder (reference frozen-evaluation config).
@@ -68,6 +70,10 @@ pub struct Args {
     /// `echojepa_input::dump`). Bypasses the feature cache.
     #[arg(long, hide = true)]
     pub dump_inputs: Option<PathBuf>,
+    /// With several ranks: seconds one all-reduce may wait for the other ranks before this rank
+    /// stops the job with an error (a rank that hangs would otherwise hold the others forever).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub collective_timeout: u64,
 }
 
 /// Evaluate a trained probe: predictions, metrics and optionally robustness to the acoustic
@@ -382,6 +388,8 @@ struct Setup {
     probe_cfg: ProbeConfig,
     cache_dir: Option<PathBuf>,
     name: String,
+    /// The ranks that share feature extraction and training (one process: the identity).
+    coll: Rc<dyn Collective>,
 }
 
 fn setup(
@@ -445,6 +453,7 @@ fn setup(
         probe_cfg,
         cache_dir,
         name,
+        coll: Rc::new(SingleProcess),
     })
 }
 
@@ -611,15 +620,34 @@ fn encoder_tensors(path: &Path, key: &str) -> Result<TensorMap> {
     }
 }
 
-/// Trains the probes (or, with `val_only`, runs inference like `trainer evaluate`).
-pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
+/// Trains the probes (or, with `val_only`, runs inference like `trainer evaluate`). `env` holds
+/// the launcher's variables: under mpirun the ranks share the feature extraction and the
+/// training steps, and rank 0 validates and writes.
+pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
     let mut loaded: Loaded<EvalConfig> = load(&args.config)?;
     loaded.config.dump_inputs = args.dump_inputs.clone();
     if args.dry_run {
         return print_plan(&loaded, dev, &args, out);
     }
+    let world = World::from_env(env)?;
+    let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
+    let coll = crate::dist::open(
+        &world,
+        loaded.config.topology()?,
+        &args.config,
+        dev,
+        timeout,
+    )?;
     if loaded.config.val_only {
+        if coll.world() > 1 {
+            bail!(
+                "{}: val_only inference runs as one process (launched as rank {} of {})",
+                args.config.display(),
+                coll.rank(),
+                coll.world()
+            );
+        }
         let e = EvalArgs {
             config: args.config,
             probe: None,
@@ -638,6 +666,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     }
     let config_path = args.config.clone();
     let mut s = setup(loaded, &args.devices, args.checkpoint, args.out, args.name)?;
+    s.coll = coll;
     if let Some(f) = args.label_fraction {
         s.cfg.experiment.data.label_fraction = Some(f);
     }
@@ -649,6 +678,16 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<()> {
     let t1 = Instant::now();
     let sweep = train_heads(&s, &specs, &splits)?;
     let seconds_training = t1.elapsed().as_secs_f64();
+    if s.coll.rank() != 0 {
+        writeln!(
+            out,
+            "rank {} of {}: {} epochs trained; rank 0 validated and wrote the outputs",
+            s.coll.rank(),
+            s.coll.world(),
+            s.cfg.experiment.optimization.num_epochs
+        )?;
+        return Ok(());
+    }
     let (best_head, (_, best_epoch, best_tensors)) = sweep
         .best
         .iter()
@@ -744,20 +783,23 @@ impl Splits {
         let d = &s.cfg.experiment.data;
         let t0 = Instant::now();
         let cache = s.cache_dir.as_deref();
-        let train = split_features(
-            &s.cfg,
-            &s.enc,
+        let coll = s.coll.as_ref();
+        let (cfg, enc) = (&s.cfg, &s.enc);
+        let train = split_features_on(
+            coll,
+            cfg,
+            enc,
             &d.dataset_train,
             "train",
             None,
             cache,
             workers,
         )?;
-        let val = split_features(&s.cfg, &s.enc, &d.dataset_val, "val", None, cache, workers)?;
+        let val = split_features_on(coll, cfg, enc, &d.dataset_val, "val", None, cache, workers)?;
         let test = d
             .dataset_test
             .as_ref()
-            .map(|t| split_features(&s.cfg, &s.enc, t, "test", None, cache, workers))
+            .map(|t| split_features_on(coll, cfg, enc, t, "test", None, cache, workers))
             .transpose()?;
         let seconds_features = t0.elapsed().as_secs_f64();
         let feature_cache: Vec<(PathBuf, bool)> = [Some(&train), Some(&val), test.as_ref()]
@@ -837,7 +879,9 @@ struct Sweep {
 /// Trains every head of the grid together, validating each after every epoch (`log.csv`).
 fn train_heads(s: &Setup, specs: &[HeadSpec], splits: &Splits) -> Result<Sweep> {
     let o = &s.cfg.experiment.optimization;
-    let mut trainer = ProbeTrainer::new(
+    let main = s.coll.rank() == 0;
+    let mut trainer = ProbeTrainer::new_on(
+        s.coll.clone(),
         s.probe_cfg.clone(),
         specs.to_vec(),
         multi_view(&s.cfg, true),
@@ -848,19 +892,25 @@ fn train_heads(s: &Setup, specs: &[HeadSpec], splits: &Splits) -> Result<Sweep> 
         s.dtype,
         &s.device,
     )?;
-    let log_path = s.out_dir.join("log.csv");
-    let mut log = fs::File::create(&log_path)
-        .with_context(|| format!("cannot write {}", log_path.display()))?;
-    match s.info.task {
-        TaskType::Classification => writeln!(
-            log,
-            "epoch,head,lr,wd,train_loss,val_loss,val_accuracy,val_balanced_accuracy"
-        )?,
-        TaskType::Regression => writeln!(
-            log,
-            "epoch,head,lr,wd,train_loss,val_loss,val_mae,val_rmse,val_r2"
-        )?,
-    }
+    // rank 0 alone validates and logs
+    let mut log = if main {
+        let log_path = s.out_dir.join("log.csv");
+        let mut log = fs::File::create(&log_path)
+            .with_context(|| format!("cannot write {}", log_path.display()))?;
+        match s.info.task {
+            TaskType::Classification => writeln!(
+                log,
+                "epoch,head,lr,wd,train_loss,val_loss,val_accuracy,val_balanced_accuracy"
+            )?,
+            TaskType::Regression => writeln!(
+                log,
+                "epoch,head,lr,wd,train_loss,val_loss,val_mae,val_rmse,val_r2"
+            )?,
+        }
+        Some(log)
+    } else {
+        None
+    };
     let nh = trainer.num_heads();
     let mut sweep = Sweep {
         best: vec![(f64::NEG_INFINITY, 0, None); nh],
@@ -873,7 +923,11 @@ fn train_heads(s: &Setup, specs: &[HeadSpec], splits: &Splits) -> Result<Sweep> 
     );
     for epoch in 0..o.num_epochs {
         let losses = trainer.train_epoch(&splits.train, epoch)?;
-        let best_line = sweep.validate_epoch(&trainer, s, &splits.val, epoch, &losses, &mut log)?;
+        let Some(log) = log.as_mut() else {
+            pb.inc(1);
+            continue;
+        };
+        let best_line = sweep.validate_epoch(&trainer, s, &splits.val, epoch, &losses, log)?;
         log.flush()?;
         pb.set_message(best_line);
         pb.inc(1);
