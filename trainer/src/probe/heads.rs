@@ -624,17 +624,19 @@ mod tests {
 
     /// Three thread-ranks with 4 samples each follow one process with 12, over 25 samples: the
     /// last global batch holds one sample, so two ranks have none in that step.
-    #[test]
-    fn ranks_sharing_each_batch_follow_one_process() {
+    fn assert_ranks_follow_one_process(
+        c: ProbeConfig,
+        multi: Option<MultiView>,
+        train: Vec<Sample>,
+    ) {
         use crate::dist::collective::LocalGroup;
-        let train = toy(25, 3, 1);
-        let c = cfg(ProbeKind::Classifier, 3, None);
+        assert_eq!(train.len(), 25);
         let run = move |coll: Rc<dyn Collective>, batch: usize| {
             let mut t = ProbeTrainer::new_on(
                 coll,
                 c.clone(),
                 vec![spec(3e-3), spec(1e-3)],
-                None,
+                multi,
                 train.len(),
                 batch,
                 3,
@@ -679,6 +681,44 @@ mod tests {
             assert!(worst < 1e-4, "largest weight difference {worst}");
         }
         assert!(one_w.len() > 100);
+        assert!(one_w.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn ranks_sharing_each_batch_follow_one_process() {
+        assert_ranks_follow_one_process(cfg(ProbeKind::Classifier, 3, None), None, toy(25, 3, 1));
+    }
+
+    /// Multi-view: the view dropout drawn for the global batch gives every rank's samples the
+    /// draws one process gives them.
+    #[test]
+    fn ranks_with_view_dropout_follow_one_process() {
+        let c = cfg(
+            ProbeKind::Regressor,
+            1,
+            Some(SlotConfig {
+                num_views: 2,
+                clips_per_view: 1,
+                use_factorized: true,
+            }),
+        );
+        let mv = MultiView {
+            views: 2,
+            clips_per_view: 1,
+            miss_prob: 0.5,
+            min_present: 1,
+        };
+        let train: Vec<Sample> = toy(25, 3, 4)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.feats = s.feats.reshape((1, 8, 16)).unwrap();
+                s.label = (i as f64 * 0.37).sin();
+                s.present = Some(vec![true, i % 4 != 1]);
+                s
+            })
+            .collect();
+        assert_ranks_follow_one_process(c, Some(mv), train);
     }
 
     #[test]
