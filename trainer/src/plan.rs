@@ -142,16 +142,24 @@ pub fn dist_plan(
 }
 
 fn print_dist(d: &DistPlan, w: &mut dyn Write) -> Result<()> {
+    print_ranks(d, w, true)
+}
+
+/// The job shape, the batches, where launched and how this build runs it; with `lr`, the
+/// configured rate against EchoJEPA's pretraining rule.
+pub(crate) fn print_ranks(d: &DistPlan, w: &mut dyn Write, lr: bool) -> Result<()> {
     writeln!(
         w,
         "  ranks: {} node(s) x {} task(s) per node = {}; batch {} per rank, {} global",
         d.nodes, d.tasks_per_node, d.ranks, d.per_rank_batch, d.global_batch
     )?;
-    writeln!(
-        w,
-        "  lr {:.3e} as configured (not rescaled at run time); EchoJEPA's rule {:.2e} x global / {} gives {:.3e}",
-        d.lr, REFERENCE_LR, REFERENCE_GLOBAL_BATCH, d.lr_by_rule
-    )?;
+    if lr {
+        writeln!(
+            w,
+            "  lr {:.3e} as configured (not rescaled at run time); EchoJEPA's rule {:.2e} x global / {} gives {:.3e}",
+            d.lr, REFERENCE_LR, REFERENCE_GLOBAL_BATCH, d.lr_by_rule
+        )?;
+    }
     if let Some(l) = &d.launched {
         writeln!(
             w,
@@ -441,7 +449,10 @@ pub struct ProbePlan {
     pub probe_params: usize,
     pub heads: Vec<HeadPlan>,
     pub epochs: usize,
+    /// Per rank, as in the reference (per GPU).
     pub batch_size: usize,
+    /// Ranks, global batch and how this build runs them (`lr` is the first head's).
+    pub distributed: DistPlan,
     pub train_csv: PathBuf,
     pub val_csv: PathBuf,
     pub test_csv: Option<PathBuf>,
@@ -463,9 +474,24 @@ pub struct ProbePlan {
     pub notes: Vec<String>,
 }
 
-pub fn probe_plan(loaded: &Loaded<EvalConfig>, dev: DeviceSpec) -> Result<ProbePlan> {
+pub fn probe_plan(
+    loaded: &Loaded<EvalConfig>,
+    dev: DeviceSpec,
+    world: &crate::dist::World,
+) -> Result<ProbePlan> {
     let c = &loaded.config;
     let mut notes = c.validate()?;
+    let distributed = dist_plan(
+        c.topology()?,
+        c.experiment.optimization.batch_size,
+        c.experiment
+            .optimization
+            .multihead_kwargs
+            .first()
+            .map_or(0.0, |h| h.lr),
+        world,
+        &mut notes,
+    );
     let enc = c.encoder_config()?;
     let d = &c.experiment.data;
     let cl = &c.experiment.classifier;
@@ -532,6 +558,7 @@ pub fn probe_plan(loaded: &Loaded<EvalConfig>, dev: DeviceSpec) -> Result<ProbeP
         heads: o.multihead_kwargs.iter().map(HeadPlan::from).collect(),
         epochs: o.num_epochs,
         batch_size: o.batch_size,
+        distributed,
         train_csv: d.dataset_train.clone(),
         val_csv: d.dataset_val.clone(),
         test_csv: d.dataset_test.clone(),
@@ -738,6 +765,7 @@ pub fn print_probe(p: &ProbePlan, w: &mut dyn Write) -> Result<()> {
             h.lr, h.start_lr, h.final_lr, h.warmup_epochs, h.weight_decay, h.final_weight_decay
         )?;
     }
+    print_ranks(&p.distributed, w, false)?;
     writeln!(w, "  train {}", p.train_csv.display())?;
     writeln!(w, "  val   {}", p.val_csv.display())?;
     if let Some(t) = &p.test_csv {

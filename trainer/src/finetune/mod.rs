@@ -90,10 +90,11 @@ struct Plan {
     clip: String,
     /// Clips per rank and step (`experiment.optimization.batch_size`).
     batch_size: usize,
-    /// Data-parallel ranks the config asks for (`nodes` x `tasks_per_node`).
-    ranks: usize,
-    /// Clips per optimiser step over all ranks.
-    global_batch: usize,
+    /// Ranks (`nodes` x `tasks_per_node`), global batch and how this build runs them (`lr` is
+    /// the heads').
+    distributed: crate::plan::DistPlan,
+    /// Notes on the plan (a launch that does not match the config).
+    notes: Vec<String>,
     steps: usize,
     warmup_steps: usize,
     head_lr: f64,
@@ -122,7 +123,20 @@ struct EchoNetPlan {
     cache_mb: usize,
 }
 
-fn plan(cfg: &FinetuneConfig, enc_cfg: &echojepa::EncoderConfig, out_dir: &Path) -> Result<Plan> {
+fn plan(
+    cfg: &FinetuneConfig,
+    enc_cfg: &echojepa::EncoderConfig,
+    out_dir: &Path,
+    world: &World,
+) -> Result<Plan> {
+    let mut notes = Vec::new();
+    let distributed = crate::plan::dist_plan(
+        cfg.topology()?,
+        cfg.experiment.optimization.batch_size,
+        cfg.finetune.lr,
+        world,
+        &mut notes,
+    );
     let f = &cfg.finetune;
     let d = &cfg.experiment.data;
     let depth = enc_cfg.depth;
@@ -191,8 +205,8 @@ fn plan(cfg: &FinetuneConfig, enc_cfg: &echojepa::EncoderConfig, out_dir: &Path)
             d.frames_per_clip, d.frame_step, d.resolution,
         ),
         batch_size: cfg.experiment.optimization.batch_size,
-        ranks: cfg.topology()?.ranks(),
-        global_batch: cfg.experiment.optimization.batch_size * cfg.topology()?.ranks(),
+        distributed,
+        notes,
         steps: f.steps_per_epoch * cfg.experiment.optimization.num_epochs,
         warmup_steps: (f.warmup_epochs * f.steps_per_epoch as f64).round() as usize,
         head_lr: f.lr,
@@ -898,13 +912,9 @@ fn print_plan(p: &Plan, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     writeln!(out, "  clips        {}; batch {}", p.clip, p.batch_size)?;
-    if p.ranks > 1 {
-        writeln!(
-            out,
-            "  ranks        {} (nodes x tasks_per_node), batch {} per rank, {} global; \
-             gradients averaged over the ranks, learning rates as configured",
-            p.ranks, p.batch_size, p.global_batch
-        )?;
+    crate::plan::print_ranks(&p.distributed, out, false)?;
+    for n in &p.notes {
+        writeln!(out, "  note: {n}")?;
     }
     writeln!(
         out,
@@ -1267,7 +1277,7 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
         if cfg.data_kind()? == DataKind::Phantom {
             source::phantom_stream(&cfg)?;
         }
-        let p = plan(&cfg, &enc_cfg, &out_dir)?;
+        let p = plan(&cfg, &enc_cfg, &out_dir, &World::from_env(env)?)?;
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&p)?)?;
         } else {

@@ -627,10 +627,10 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
     let dev = DeviceSpec::from_list(&args.devices)?;
     let mut loaded: Loaded<EvalConfig> = load(&args.config)?;
     loaded.config.dump_inputs = args.dump_inputs.clone();
-    if args.dry_run {
-        return print_plan(&loaded, dev, &args, out);
-    }
     let world = World::from_env(env)?;
+    if args.dry_run {
+        return print_plan(&loaded, dev, &world, &args, out);
+    }
     let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
     let coll = crate::dist::open(
         &world,
@@ -747,10 +747,11 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
 fn print_plan(
     loaded: &Loaded<EvalConfig>,
     dev: DeviceSpec,
+    world: &World,
     args: &Args,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let mut plan = crate::plan::probe_plan(loaded, dev)?;
+    let mut plan = crate::plan::probe_plan(loaded, dev, world)?;
     if let Some(c) = &args.checkpoint {
         plan.checkpoint = c.clone();
     }
