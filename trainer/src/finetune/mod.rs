@@ -383,8 +383,9 @@ fn load_config(args: &Args) -> Result<(FinetuneConfig, echojepa::EncoderConfig, 
 /// Everything a run needs, the data opened (a dataset is read and decoded here).
 fn setup(args: &Args, env: &EnvMap) -> Result<Setup> {
     let (cfg, enc_cfg, out_dir) = load_config(args)?;
-    let dev = DeviceSpec::from_list(&args.devices)?;
     let world = World::from_env(env)?;
+    // plain `cuda` under a launcher is the local rank's GPU
+    let dev = crate::dist::device_for(&world, DeviceSpec::from_list(&args.devices)?);
     let timeout = std::time::Duration::from_secs(args.collective_timeout.max(1));
     let coll = crate::dist::open(&world, cfg.topology()?, &args.config, dev, timeout)?;
     let device = dev.open()?;

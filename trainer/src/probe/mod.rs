@@ -394,7 +394,7 @@ struct Setup {
 
 fn setup(
     loaded: Loaded<EvalConfig>,
-    devices: &[String],
+    dev: DeviceSpec,
     checkpoint: Option<PathBuf>,
     out: Option<PathBuf>,
     name: Option<String>,
@@ -406,7 +406,6 @@ fn setup(
     for n in cfg.validate()? {
         tracing::info!("{n}");
     }
-    let dev = DeviceSpec::from_list(devices)?;
     let device = dev.open()?;
     let dtype = dev.compute_dtype(cfg.experiment.optimization.use_bfloat16);
     let out_dir = out.unwrap_or_else(|| cfg.output_dir());
@@ -665,7 +664,9 @@ pub fn run(args: Args, env: &EnvMap, out: &mut dyn Write) -> Result<()> {
         return evaluate_loaded(loaded, e, out);
     }
     let config_path = args.config.clone();
-    let mut s = setup(loaded, &args.devices, args.checkpoint, args.out, args.name)?;
+    // plain `cuda` under a launcher is the local rank's GPU
+    let dev = crate::dist::device_for(&world, dev);
+    let mut s = setup(loaded, dev, args.checkpoint, args.out, args.name)?;
     s.coll = coll;
     if let Some(f) = args.label_fraction {
         s.cfg.experiment.data.label_fraction = Some(f);
@@ -1243,7 +1244,7 @@ fn evaluate_loaded(
     }
     let s = setup(
         loaded,
-        &args.devices,
+        DeviceSpec::from_list(&args.devices)?,
         args.checkpoint.clone(),
         args.out.clone(),
         args.name.clone(),
