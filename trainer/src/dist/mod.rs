@@ -129,9 +129,9 @@ pub fn open_launched(
     }
 }
 
-/// For the commands that do not average anything yet (probe, fine-tuning, evaluation, embedding):
-/// a launch of several ranks is refused, since each rank would do the whole job alone and all of
-/// them would write the same files.
+/// For the commands that have nothing to average (evaluation, embedding): a launch of several
+/// ranks is refused, since each rank would do the whole job alone and all of them would write the
+/// same files.
 pub fn one_rank_only(env: &EnvMap, command: &str) -> anyhow::Result<()> {
     let w = World::from_env(env)?;
     if w.size > 1 {
