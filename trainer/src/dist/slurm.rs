@@ -47,6 +47,7 @@ pub struct Args {
 pub enum Job {
     Pretrain,
     Probe,
+    Finetune,
 }
 
 impl Job {
@@ -54,6 +55,7 @@ impl Job {
         match self {
             Self::Pretrain => "pretrain",
             Self::Probe => "probe",
+            Self::Finetune => "finetune",
         }
     }
 }
@@ -87,12 +89,24 @@ fn opaque_text(v: &Opaque) -> Option<String> {
 
 /// Resolves the job from a config's text (`path` names it in errors and in the script).
 pub fn spec_from_str(text: &str, path: &Path, args: &Args) -> Result<SbatchSpec> {
-    // The evaluation schema is the one with `eval_name`; everything else is pretraining. Read
-    // without the loader's warnings: they speak of one process, and the run itself repeats the
-    // ones about unknown keys.
+    // A `finetune:` block makes a fine-tuning config; otherwise the evaluation schema is the one
+    // with `eval_name`, and everything else is pretraining. Read without the loader's warnings:
+    // they speak of one process, and the run itself repeats the ones about unknown keys.
     let value: serde_json::Value = serde_saphyr::from_str(text)
         .with_context(|| format!("{}: not a YAML mapping", path.display()))?;
-    let (job, folder, nodes, tasks, cpus, mem) = if value.get("eval_name").is_some() {
+    let (job, folder, nodes, tasks, cpus, mem) = if value.get("finetune").is_some() {
+        let c: crate::finetune::config::FinetuneConfig = serde_saphyr::from_str(text)
+            .with_context(|| format!("{}: not a fine-tuning config", path.display()))?;
+        let o = c.output_dir();
+        (
+            Job::Finetune,
+            o,
+            c.nodes,
+            c.tasks_per_node,
+            c.cpus_per_task,
+            c.mem_per_gpu,
+        )
+    } else if value.get("eval_name").is_some() {
         let c: config::eval::EvalConfig = serde_saphyr::from_str(text)
             .with_context(|| format!("{}: not an evaluation config", path.display()))?;
         let o = c.output_dir();
@@ -300,6 +314,31 @@ mod tests {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
         assert!(!s.contains("--qos"), "{s}");
+    }
+
+    #[test]
+    fn a_fine_tuning_config_runs_finetune_on_its_ranks() {
+        let rel = "configs/quickstart/finetune-tiny.yaml";
+        let text = std::fs::read_to_string(repo_file(rel)).unwrap().replace(
+            "app: vjepa\n",
+            "app: vjepa\nnodes: 2\ntasks_per_node: 4\ncpus_per_task: 8\n",
+        );
+        let spec = spec_from_str(&text, Path::new(rel), &args(rel)).unwrap();
+        assert_eq!(spec.job, Job::Finetune);
+        assert_eq!(
+            (spec.nodes, spec.tasks_per_node, spec.cpus_per_task),
+            (2, 4, Some(8))
+        );
+        assert_eq!(spec.folder, PathBuf::from("runs/phantom/finetune/tiny"));
+        let s = script(&spec);
+        assert!(
+            s.contains("#SBATCH --nodes=2\n") && s.contains("#SBATCH --gpus-per-node=4\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("exec trainer finetune --config configs/quickstart/finetune-tiny.yaml"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct FinetuneConfig {
     pub nodes: crate::config::Opaque,
     #[serde(default)]
     pub tasks_per_node: crate::config::Opaque,
+    /// SLURM resources per task, for `trainer slurm` (verbatim, as in the reference's configs).
+    #[serde(default)]
+    pub cpus_per_task: crate::config::Opaque,
+    #[serde(default)]
+    pub mem_per_gpu: crate::config::Opaque,
     #[serde(default = "default_eval_name")]
     pub eval_name: String,
     /// Outputs go to `folder/<eval_name>/<tag>/`.
