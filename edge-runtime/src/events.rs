@@ -221,6 +221,19 @@ pub struct Accuracy {
     pub ef_shown_on_other_views: u64,
     /// `ef_shown_on_other_views / ef_shown`.
     pub ef_shown_on_other_views_share: Option<f64>,
+    /// Per true view: its clips, how many were read right, and what they were read as (a row of
+    /// the confusion matrix), so an overall accuracy can be traced to the views it misses.
+    pub per_view: BTreeMap<String, ViewScore>,
+}
+
+/// One true view's clips in [`Accuracy`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ViewScore {
+    pub clips: u64,
+    pub correct: u64,
+    pub accuracy: Option<f64>,
+    /// Predicted label -> clips.
+    pub predicted: BTreeMap<String, u64>,
 }
 
 /// Last record of a run.

@@ -929,8 +929,12 @@ impl AccuracyAcc {
         let Event::Prediction(p) = ev else { return };
         let Some(truth) = &p.truth else { return };
         self.acc.clips += 1;
+        let row = self.acc.per_view.entry(truth.view.clone()).or_default();
+        row.clips += 1;
+        *row.predicted.entry(p.view.label.clone()).or_default() += 1;
         if p.view.label == truth.view {
             self.acc.view_correct += 1;
+            row.correct += 1;
         }
         let ef_view = self.ef_views.contains(&truth.view);
         if let Some(v) = p.ef.value {
@@ -958,6 +962,9 @@ impl AccuracyAcc {
             .then(|| self.ef_mean_abs / a.ef_clips as f64);
         a.ef_shown_on_other_views_share =
             (a.ef_shown > 0).then(|| a.ef_shown_on_other_views as f64 / a.ef_shown as f64);
+        for v in a.per_view.values_mut() {
+            v.accuracy = (v.clips > 0).then(|| v.correct as f64 / v.clips as f64);
+        }
         self.acc
     }
 }

@@ -283,6 +283,25 @@ fn report(
                     .unwrap_or_default()
             )?;
         }
+        for (view, v) in &a.per_view {
+            let misread: Vec<String> = v
+                .predicted
+                .iter()
+                .filter(|(p, _)| *p != view)
+                .map(|(p, n)| format!("{n} as {p}"))
+                .collect();
+            writeln!(
+                out,
+                "  {view}: {}/{} clips right{}",
+                v.correct,
+                v.clips,
+                if misread.is_empty() {
+                    String::new()
+                } else {
+                    format!(", read {}", misread.join(", "))
+                }
+            )?;
+        }
         if a.ef_shown > 0 {
             writeln!(
                 out,

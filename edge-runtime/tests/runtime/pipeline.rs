@@ -81,6 +81,11 @@ fn every_clip_gets_a_prediction_with_model_version_and_notice() {
     assert!((base - 20.0).abs() < 1e-4, "{base}");
     assert_eq!(summary.accuracy.ef_shown_on_other_views, 0);
     assert_eq!(summary.accuracy.ef_shown_on_other_views_share, Some(0.0));
+    let a4c = &summary.accuracy.per_view["A4C"];
+    assert_eq!(
+        (a4c.clips, a4c.correct),
+        (summary.accuracy.clips, summary.accuracy.clips)
+    );
 }
 
 /// EF shown while the true view is not an EF view (the model misread it) is counted, and the
@@ -112,6 +117,14 @@ fn ef_shown_on_a_misread_view_is_counted() {
     assert_eq!(a.ef_shown_on_other_views_share, Some(1.0));
     assert_eq!(a.ef_clips, 0);
     assert_eq!(a.ef_mean_predictor_mae, None);
+    // the confusion row of the true view says what it was read as
+    assert_eq!(a.per_view.len(), 1, "{:?}", a.per_view);
+    let plax = &a.per_view["PLAX"];
+    assert_eq!(
+        (plax.clips, plax.correct, plax.accuracy),
+        (a.clips, 0, Some(0.0))
+    );
+    assert_eq!(plax.predicted.get("A4C"), Some(&a.clips));
 }
 
 #[test]
