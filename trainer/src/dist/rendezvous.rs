@@ -4,10 +4,12 @@
 //! ranks connect to `MASTER_ADDR:MASTER_PORT` (retrying until the timeout, since rank 0 may start
 //! later) and introduce themselves; once every rank has arrived, rank 0 sends each the id.
 //!
-//! Every message is framed (magic, protocol version, world size), so a stray process on the port,
-//! another job's rank or a launch with a different world size is a clear error naming the address
-//! and the ranks, never a hang or a wrong communicator; a rank that does not arrive makes rank 0
-//! stop after the timeout naming it.
+//! Every message is framed (magic, protocol version, world size). A connection that is not a
+//! trainer rank at all (a port scanner, a health check, anything that does not open with the
+//! magic within a few seconds) is dropped with a warning and rank 0 keeps waiting for the real
+//! ranks; another job's rank, another trainer build or a launch with a different world size is a
+//! clear error naming the address and the ranks, never a hang or a wrong communicator; a rank
+//! that does not arrive makes rank 0 stop after the timeout naming it.
 //!
 //! Wire format (integers little-endian): a rank says `magic[4] version:u16 world:u32 rank:u32`;
 //! rank 0 answers `magic[4] version:u16 world:u32 len:u32` and `len` bytes of id (`len` 0 when it
@@ -28,6 +30,9 @@ const HELLO_LEN: usize = 4 + 2 + 4 + 4;
 const REPLY_LEN: usize = 4 + 2 + 4 + 4;
 /// How often a rank retries connecting to rank 0 while it is not listening yet.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long rank 0 waits for a connection's greeting before dropping it as not a rank (a rank
+/// sends it right after connecting).
+const GREETING: Duration = Duration::from_secs(3);
 
 /// Why the ranks did not all get the id.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +46,17 @@ pub enum RendezvousError {
         source: io::Error,
     },
     #[error(
-        "rendezvous at {addr}: {} of {world} did not arrive within {secs:.0} s (are they running, with the same MASTER_ADDR/MASTER_PORT?)",
-        name_ranks(missing)
+        "rendezvous at {addr}: {} of {world} did not arrive within {secs:.0} s (are they running, with the same MASTER_ADDR/MASTER_PORT?){}",
+        name_ranks(missing),
+        name_dropped(dropped)
     )]
     Missing {
         addr: String,
         world: usize,
         missing: Vec<usize>,
         secs: f64,
+        /// Connections dropped as not ranks of this job, with why.
+        dropped: Vec<String>,
     },
     #[error(
         "rank {rank} of {world}: rank 0 at {addr} did not answer within {secs:.0} s ({last}); is rank 0 running, and is {addr} its address?"
@@ -128,6 +136,17 @@ pub enum RendezvousError {
     NoIdGiven { rank: usize, world: usize },
 }
 
+fn name_dropped(d: &[String]) -> String {
+    match d {
+        [] => String::new(),
+        [one] => format!("; one connection was dropped as not a rank: {one}"),
+        [first, ..] => format!(
+            "; {} connections were dropped as not ranks, the first: {first}",
+            d.len()
+        ),
+    }
+}
+
 fn name_ranks(r: &[usize]) -> String {
     let list: Vec<String> = r.iter().map(usize::to_string).collect();
     match r.len() {
@@ -190,6 +209,7 @@ pub fn serve(
     // arrived[r]: the connection of rank r and where it came from
     let mut arrived: Vec<Option<(TcpStream, SocketAddr)>> = (0..world).map(|_| None).collect();
     let mut waiting = world.saturating_sub(1);
+    let mut dropped: Vec<String> = Vec::new();
     while waiting > 0 {
         let (mut stream, peer) = match listener.accept() {
             Ok(s) => s,
@@ -200,6 +220,7 @@ pub fn serve(
                         world,
                         missing: (1..world).filter(|&r| arrived[r].is_none()).collect(),
                         secs: timeout.as_secs_f64(),
+                        dropped,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -210,20 +231,36 @@ pub fn serve(
         let peer_s = peer.to_string();
         stream
             .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(left(deadline))))
+            .and_then(|()| stream.set_read_timeout(Some(left(deadline).min(GREETING))))
             .and_then(|()| stream.set_write_timeout(Some(left(deadline))))
             .map_err(io_err(
                 &addr,
                 format!("setting up the connection from {peer_s}"),
             ))?;
+        // not a rank at all: dropped, and the real ranks are still awaited
+        let mut drop_stray = |what: String| {
+            tracing::warn!(
+                "rendezvous at {addr}: {peer_s} is not a rank of this job: {what}; dropped, still \
+                 waiting for the ranks"
+            );
+            dropped.push(format!("{peer_s}: {what}"));
+        };
         let mut hello = [0u8; HELLO_LEN];
-        stream
-            .read_exact(&mut hello)
-            .map_err(|e| RendezvousError::BadPeer {
-                addr: addr.clone(),
-                peer: peer_s.clone(),
-                what: format!("no complete greeting ({e})"),
-            })?;
+        if let Err(e) = stream.read_exact(&mut hello) {
+            drop_stray(format!(
+                "no complete greeting within {} s ({e})",
+                GREETING.as_secs()
+            ));
+            continue;
+        }
+        if hello[..4] != MAGIC {
+            drop_stray(format!(
+                "wrong magic {:?} (expected {:?})",
+                String::from_utf8_lossy(&hello[..4]),
+                String::from_utf8_lossy(&MAGIC)
+            ));
+            continue;
+        }
         let (peer_world, peer_rank) =
             parse_header(&hello).map_err(|what| RendezvousError::BadPeer {
                 addr: addr.clone(),
@@ -258,6 +295,13 @@ pub fn serve(
             });
         }
         tracing::debug!("rendezvous: rank {peer_rank} of {world} arrived from {peer_s}");
+        // the id may take until the last rank arrives
+        stream
+            .set_read_timeout(Some(left(deadline)))
+            .map_err(io_err(
+                &addr,
+                format!("setting up the connection from {peer_s}"),
+            ))?;
         arrived[peer_rank] = Some((stream, peer));
         waiting -= 1;
     }
@@ -519,48 +563,66 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_peer_that_sends_garbage_is_an_error() {
-        let r = rdv(free_port());
-        let port = r.port;
-        let stray = std::thread::spawn(move || {
+    /// Connects to `port` (retrying while nobody listens) and sends `bytes`; keeps the connection
+    /// open for `hold` (a silent peer holds it without sending).
+    fn stray(port: u16, bytes: &'static [u8], hold: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
             let t0 = Instant::now();
             loop {
                 if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                    let _ = s.write_all(bytes);
+                    std::thread::sleep(hold);
                     return;
                 }
                 assert!(t0.elapsed() < Duration::from_secs(10));
                 std::thread::sleep(Duration::from_millis(20));
             }
-        });
-        let e = exchange(&r, 0, 2, Some(&id()), Duration::from_secs(10))
+        })
+    }
+
+    /// Strays on the port (an HTTP request, half a greeting, a connection that says nothing) are
+    /// dropped and the real rank still gets the id; when a rank is missing, the timeout error
+    /// names what was dropped.
+    #[test]
+    fn peers_that_are_not_ranks_are_dropped_and_the_ranks_still_meet() {
+        let r = rdv(free_port());
+        let port = r.port;
+        let strays = [
+            stray(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::ZERO),
+            stray(port, b"EJ", Duration::ZERO),
+            stray(port, b"", Duration::from_secs(4)),
+        ];
+        // the real rank comes after the strays
+        let rank1 = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                exchange(&r, 1, 2, None, Duration::from_secs(20))
+            })
+        };
+        let t0 = Instant::now();
+        let got0 = exchange(&r, 0, 2, Some(&id()), Duration::from_secs(20)).unwrap();
+        let got1 = rank1.join().unwrap().unwrap();
+        assert_eq!((got0, got1), (id(), id()));
+        // the silent one cost at most the greeting timeout
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        for s in strays {
+            s.join().unwrap();
+        }
+
+        // nobody real: the timeout names the rank and the dropped connection
+        let r = rdv(free_port());
+        let s = stray(r.port, b"GET / HTTP/1.1\r\n\r\n", Duration::ZERO);
+        let e = exchange(&r, 0, 2, Some(&id()), Duration::from_secs(2))
             .unwrap_err()
             .to_string();
-        stray.join().unwrap();
+        s.join().unwrap();
         assert!(
-            e.contains("is not a rank of this job") && e.contains("wrong magic"),
+            e.contains("rank 1 of 2 did not arrive")
+                && e.contains("dropped as not a rank")
+                && e.contains("wrong magic"),
             "{e}"
         );
-        // a short greeting too
-        let r = rdv(free_port());
-        let port = r.port;
-        let stray = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            loop {
-                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                    let _ = s.write_all(b"EJ");
-                    return;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(10));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let e = exchange(&r, 0, 2, Some(&id()), Duration::from_secs(10))
-            .unwrap_err()
-            .to_string();
-        stray.join().unwrap();
-        assert!(e.contains("no complete greeting"), "{e}");
     }
 
     #[test]
