@@ -47,12 +47,16 @@ if [ ${#features[@]} -gt 0 ]; then
     cargo test -p echojepa-video -p firmware-host -p edge-runtime --features "$list" --quiet
 fi
 
-# Data-parallel pretraining on two CPU ranks under mpirun (the trainer's `mpi` feature): the same
-# loss curve and weights as one process with the same global batch, a killed or stalled rank
-# stops the job, a 2-rank run resumes on one (trainer/tests/mpi.rs, docs/DISTRIBUTED.md).
+# Data-parallel training on two CPU ranks under mpirun (the trainer's `mpi` feature): pretraining,
+# fine-tuning and probing give the same losses and weights as one process with the same global
+# batch, a killed or stalled rank stops the job, a 2-rank run resumes on one
+# (trainer/tests/mpi.rs, docs/DISTRIBUTED.md). Built together with the `nccl` feature (the GPU
+# engine, loaded at run time, so it builds without CUDA), whose code is linted here and whose
+# engine choice must leave CPU ranks on MPI.
 if need "mpi feature" ompi && command -v mpirun >/dev/null; then
-    echo "== mpi feature: cargo test -p trainer --features mpi --test mpi"
-    cargo test -p trainer --features mpi --test mpi --quiet
+    echo "== mpi and nccl features: clippy, cargo test -p trainer --features mpi,nccl --test mpi"
+    cargo clippy -p trainer --features mpi,nccl --all-targets --quiet -- -D warnings
+    cargo test -p trainer --features mpi,nccl --test mpi --quiet
 fi
 
 # The aarch64 int8 kernels (NEON `sdot`, what a Jetson Orin runs) cross-built and tested under
