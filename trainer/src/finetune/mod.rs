@@ -1533,3 +1533,36 @@ fn traced_ef(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Share;
+
+    /// Over any number of ranks, the ranks' shares of each step, in rank order, are the clips one
+    /// process with the whole global batch reads at that step: every stream clip once, none twice.
+    #[test]
+    fn rank_shares_are_the_one_process_batches() {
+        for world in [1, 2, 3, 4, 8] {
+            let b = 3;
+            let one = Share {
+                b: b * world,
+                rank: 0,
+                world: 1,
+            };
+            let mut seen = std::collections::HashSet::new();
+            for step in 0..5 {
+                let whole: Vec<u64> = (0..b * world).map(|i| one.clip(step, i)).collect();
+                let ranks: Vec<u64> = (0..world)
+                    .flat_map(|rank| {
+                        let s = Share { b, rank, world };
+                        (0..b).map(move |i| s.clip(step, i))
+                    })
+                    .collect();
+                assert_eq!(ranks, whole, "world {world}, step {step}");
+                assert!(ranks.iter().all(|c| seen.insert(*c)), "a clip read twice");
+            }
+            assert_eq!(seen.len(), 5 * b * world);
+            assert_eq!(seen.iter().max(), Some(&((5 * b * world) as u64 - 1)));
+        }
+    }
+}
