@@ -107,10 +107,6 @@ fn curve(folder: &Path) -> Vec<(usize, f64, f64)> {
         .collect()
 }
 
-fn weights(folder: &Path) -> HashMap<String, Vec<f32>> {
-    weight_file(&folder.join("latest.safetensors"))
-}
-
 /// Every f32 tensor of a safetensors file.
 fn weight_file(path: &Path) -> HashMap<String, Vec<f32>> {
     let bytes = std::fs::read(path).unwrap();
@@ -144,17 +140,8 @@ fn assert_same_run(a: &Path, b: &Path) {
             "grad norm {x:?} vs {y:?}"
         );
     }
-    let (wa, wb) = (weights(a), weights(b));
-    assert!(wa.len() > 10, "{} tensors", wa.len());
-    assert_eq!(wa.len(), wb.len());
-    let mut worst = 0f32;
-    for (k, va) in &wa {
-        let vb = &wb[k];
-        assert_eq!(va.len(), vb.len(), "{k}");
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
+    let file = "latest.safetensors";
+    let worst = worst_difference(&a.join(file), &b.join(file));
     assert!(worst <= WEIGHT_TOL, "largest weight difference {worst}");
     eprintln!("largest weight difference {worst:e}");
 }

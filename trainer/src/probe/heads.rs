@@ -566,6 +566,26 @@ mod tests {
         }
     }
 
+    /// A two-view regressor (one clip per view, factorized slots) and its view dropout `p`.
+    fn two_views(miss_prob: f64) -> (ProbeConfig, MultiView) {
+        let c = cfg(
+            ProbeKind::Regressor,
+            1,
+            Some(SlotConfig {
+                num_views: 2,
+                clips_per_view: 1,
+                use_factorized: true,
+            }),
+        );
+        let mv = MultiView {
+            views: 2,
+            clips_per_view: 1,
+            miss_prob,
+            min_present: 1,
+        };
+        (c, mv)
+    }
+
     /// Features whose class is written in a few token directions: a probe must learn it.
     fn toy(n: usize, classes: usize, seed: u64) -> Vec<Sample> {
         let mut rng = crate::rng::rng_for(&[seed]);
@@ -693,21 +713,7 @@ mod tests {
     /// draws one process gives them.
     #[test]
     fn ranks_with_view_dropout_follow_one_process() {
-        let c = cfg(
-            ProbeKind::Regressor,
-            1,
-            Some(SlotConfig {
-                num_views: 2,
-                clips_per_view: 1,
-                use_factorized: true,
-            }),
-        );
-        let mv = MultiView {
-            views: 2,
-            clips_per_view: 1,
-            miss_prob: 0.5,
-            min_present: 1,
-        };
+        let (c, mv) = two_views(0.5);
         let train: Vec<Sample> = toy(25, 3, 4)
             .into_iter()
             .enumerate()
@@ -755,21 +761,7 @@ mod tests {
 
     #[test]
     fn view_dropout_keeps_min_present_and_masks_missing_views() {
-        let c = cfg(
-            ProbeKind::Regressor,
-            1,
-            Some(SlotConfig {
-                num_views: 2,
-                clips_per_view: 1,
-                use_factorized: true,
-            }),
-        );
-        let mv = MultiView {
-            views: 2,
-            clips_per_view: 1,
-            miss_prob: 0.9,
-            min_present: 1,
-        };
+        let (c, mv) = two_views(0.9);
         let t = ProbeTrainer::new(
             c,
             vec![spec(1e-3)],
