@@ -23,7 +23,8 @@ impl Watchdog {
             eprintln!(
                 "error: rank {rank} of {world} waited {:.0} s in an all-reduce (the \
                  collective timeout); another rank has stalled or died, stopping the \
-                 job (the rank that did not report this is the one that hung)",
+                 job (the first ranks to report waited; a rank that hung inside an \
+                 all-reduce may report too, later, when the job is torn down)",
                 waited.as_secs_f64()
             );
             std::process::exit(3);
