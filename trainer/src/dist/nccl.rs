@@ -144,8 +144,11 @@ impl NcclCollective {
         })
     }
 
-    /// The reduction itself: host to device, all-reduce in place, device to host, and a wait for
-    /// the stream (the blocking part, under the watchdog).
+    /// The reduction itself: host to device, all-reduce in place, a wait for it, device to host.
+    /// The all-reduce completes only once every rank has joined it, so its launch and the wait
+    /// for it run under the watchdog. The copy back comes after that wait: a copy into pageable
+    /// host memory blocks the calling thread until the stream's earlier work is done, and would
+    /// otherwise wait for a dead rank outside the watchdog.
     fn reduce(&self, host: &mut [f32]) -> Result<()> {
         let mut slot = self.buf.borrow_mut();
         let mut dev = match slot.take() {
@@ -156,9 +159,14 @@ impl NcclCollective {
             }
             _ => self.stream.clone_htod(host)?,
         };
-        self.comm
-            .all_reduce_in_place(&mut dev, &ReduceOp::Sum)
-            .map_err(nccl_err)
+        self.watchdog
+            .guard(|| {
+                self.comm
+                    .all_reduce_in_place(&mut dev, &ReduceOp::Sum)
+                    .map_err(nccl_err)?;
+                self.stream.synchronize()?;
+                anyhow::Ok(())
+            })
             .with_context(|| {
                 format!(
                     "rank {} of {}: NCCL all-reduce of {} values",
@@ -168,7 +176,7 @@ impl NcclCollective {
                 )
             })?;
         self.stream.memcpy_dtoh(&dev, host)?;
-        self.watchdog.guard(|| self.stream.synchronize())?;
+        self.stream.synchronize()?;
         *slot = Some(dev);
         Ok(())
     }
