@@ -24,25 +24,11 @@ use std::time::Instant;
 
 use echojepa_kernels::{Epilogue, PackedF32Linear, PackedInt8Linear, cpu, pool};
 
+mod support;
+use support::{data, median};
+
 /// Loop steps per timed run of a peak loop.
 const STEPS: usize = 20_000_000;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// One peak loop: its name, operations per step, and the loop itself (returns a value that
 /// depends on every accumulator, so nothing is optimised away).

@@ -147,34 +147,6 @@ fn vars_of(vm: &VarMap) -> Result<Vec<(String, Var)>> {
 }
 
 impl ProbeTrainer {
-    /// A trainer for one process (the tests' entry; commands use [`Self::new_on`]).
-    #[cfg(test)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: ProbeConfig,
-        specs: Vec<HeadSpec>,
-        multi: Option<MultiView>,
-        n_train: usize,
-        batch_size: usize,
-        epochs: usize,
-        seed: u64,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::new_on(
-            Rc::new(crate::dist::SingleProcess),
-            cfg,
-            specs,
-            multi,
-            n_train,
-            batch_size,
-            epochs,
-            seed,
-            dtype,
-            device,
-        )
-    }
-
     /// A trainer whose steps are shared by the ranks of `coll`: each step's global batch is
     /// `batch_size` x ranks samples of the epoch's order, rank `r` takes the `r`-th part, and the
     /// heads' gradients are averaged before every step, so the heads follow one process with the
@@ -613,7 +585,8 @@ mod tests {
         let train = toy(60, 3, 1);
         let val = toy(30, 3, 2);
         let c = cfg(ProbeKind::Classifier, 3, None);
-        let mut t = ProbeTrainer::new(
+        let mut t = ProbeTrainer::new_on(
+            Rc::new(crate::dist::SingleProcess),
             c,
             vec![spec(3e-3), spec(0.0)],
             None,
@@ -762,7 +735,8 @@ mod tests {
     #[test]
     fn view_dropout_keeps_min_present_and_masks_missing_views() {
         let (c, mv) = two_views(0.9);
-        let t = ProbeTrainer::new(
+        let t = ProbeTrainer::new_on(
+            Rc::new(crate::dist::SingleProcess),
             c,
             vec![spec(1e-3)],
             Some(mv),
