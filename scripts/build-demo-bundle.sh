@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 out=$(realpath -m "${1:-edge-runtime/demo/bundle}")
 work=$(realpath -m "${DEMO_WORK:-target/demo-work}")
-version=${DEMO_VERSION:-2026.12.6}
+version=${DEMO_VERSION:-2026.12.7}
 mkdir -p "$work"
 now() { date +%s; }
 
@@ -52,6 +52,7 @@ ef_mean=$(metric "['test']['ef_mean_predictor_mae']")
 dice=$(metric "['test']['lv_dice']")
 beats=$(metric "['test_scans']['ef_beats_mae']")
 beats_mean=$(metric "['test_scans']['ef_mean_predictor_mae']")
+per_view=$(python3 -c "import json; d=json.load(open('$summary')); print(', '.join(f\"{v['view']} {v['correct']}/{v['clips']}\" for v in d['test'].get('per_view', [])))")
 
 rm -rf "$out.new"
 "$Q" build \
@@ -62,7 +63,7 @@ rm -rf "$out.new"
     --note "recipe=scripts/build-demo-bundle.sh: configs/demo/pretrain-stream.yaml (300 steps x 8 clips) then configs/demo/finetune.yaml (2100 steps x 8 clips), 8 frames every 4th at 30 fps, 112 px" \
     --note "seeds=pretrain meta.seed 0, finetune optimization.seed 0; phantom patients train [2^32, 2^33), validation [2000000, 2001000), test [3000000, 3001000)" \
     --note "timings=build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s on $(nproc) cores ($(uname -m))" \
-    --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc; EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \
+    --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc ($per_view); EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \
     --note "ef_source=--ef-from auto: the traced LV when it measured better than the regressor on validation (lv_head.measures_ef in the checkpoint), else the regressor" \
     --key "$root/edge-runtime/demo/keys/echojepa-demo.secret" \
     --out "$out.new"

@@ -249,26 +249,35 @@ fn measure(
 
 /// Per-token cosine similarity of two `N × D` token sets: (min, mean).
 pub fn token_cosine(a: &[f32], b: &[f32], d: usize) -> (f64, f64) {
-    let mut min = f64::INFINITY;
-    let mut sum = 0.0;
-    let mut n = 0usize;
-    for (x, y) in a.chunks_exact(d).zip(b.chunks_exact(d)) {
-        let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
-        for (&p, &q) in x.iter().zip(y) {
-            xy += p as f64 * q as f64;
-            xx += p as f64 * p as f64;
-            yy += q as f64 * q as f64;
-        }
-        let c = if xx == 0.0 || yy == 0.0 {
-            if xx == yy { 1.0 } else { 0.0 }
-        } else {
-            xy / (xx.sqrt() * yy.sqrt())
-        };
-        min = min.min(c);
-        sum += c;
-        n += 1;
-    }
-    (min, if n == 0 { 1.0 } else { sum / n as f64 })
+    let c = token_cosines(a, b, d);
+    let min = c.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean = if c.is_empty() {
+        1.0
+    } else {
+        c.iter().sum::<f64>() / c.len() as f64
+    };
+    (min, mean)
+}
+
+/// Cosine similarity of every `d`-wide token of `a` with the same token of `b`, in token order.
+/// Two zero tokens agree (1); a zero token against a non-zero one does not (0).
+pub fn token_cosines(a: &[f32], b: &[f32], d: usize) -> Vec<f64> {
+    a.chunks_exact(d)
+        .zip(b.chunks_exact(d))
+        .map(|(x, y)| {
+            let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+            for (&p, &q) in x.iter().zip(y) {
+                xy += p as f64 * q as f64;
+                xx += p as f64 * p as f64;
+                yy += q as f64 * q as f64;
+            }
+            if xx == 0.0 || yy == 0.0 {
+                if xx == yy { 1.0 } else { 0.0 }
+            } else {
+                xy / (xx.sqrt() * yy.sqrt())
+            }
+        })
+        .collect()
 }
 
 /// Relative L2 error `|a - b| / |b|`.

@@ -22,7 +22,7 @@ use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::calibrate::token_cosine;
+use crate::calibrate::token_cosines;
 use crate::data::{self, Sample};
 use crate::source::{self, SourceArgs};
 
@@ -122,6 +122,8 @@ pub struct Report {
     pub size_ratio: f64,
     pub token_cosine_min: f64,
     pub token_cosine_mean: f64,
+    /// Where the lowest token cosines are: the low tail and the worst tokens.
+    pub token_tail: TokenTail,
     pub encoder_ms: Timing,
     pub layers: Vec<LayerError>,
     pub blocks: Vec<BlockError>,
@@ -132,6 +134,90 @@ pub struct Report {
     pub lv: Option<LvResult>,
     pub checks: Vec<Check>,
     pub machine: String,
+}
+
+/// The low tail of the per-token cosine, to find what limits its minimum.
+#[derive(Debug, Serialize)]
+pub struct TokenTail {
+    /// Tokens compared (clips × tokens per clip).
+    pub tokens: usize,
+    /// Tokens whose cosine is below 0.999 (the check's limit).
+    pub below_limit: usize,
+    /// `(q, cosine)`: the cosine below which a share `q` of the tokens lies.
+    pub quantiles: Vec<(f64, f64)>,
+    /// The lowest tokens, worst first.
+    pub worst: Vec<WorstToken>,
+}
+
+/// One token of the low tail: where it is and how large it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorstToken {
+    pub cosine: f64,
+    /// The clip (`phantom-<seed>` or `<video>-<n>`) and its view, where known.
+    pub clip: String,
+    pub view: Option<String>,
+    /// Token index, and its place: tubelet (time), row and column of the patch grid.
+    pub token: usize,
+    pub t: usize,
+    pub row: usize,
+    pub col: usize,
+    /// Norm of the f32 token over the median norm of its clip's tokens.
+    pub norm_ratio: f64,
+}
+
+const WORST_TOKENS: usize = 8;
+
+/// The token cosine check's limit (min over tokens and clips).
+const COSINE_LIMIT: f64 = 0.999;
+
+/// The tail of `cos` (`[clip][token]`), tokens on a `grid × grid` patch grid per tubelet;
+/// `norms` are the f32 tokens' norms, same layout.
+fn token_tail(grid: usize, samples: &[Sample], cos: &[Vec<f64>], norms: &[Vec<f64>]) -> TokenTail {
+    let grid = grid.max(1);
+    let mut all: Vec<(f64, usize, usize)> = cos
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, c)| c.iter().enumerate().map(move |(ti, &v)| (v, ci, ti)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let quantiles = [1e-4, 1e-3, 1e-2]
+        .iter()
+        .filter(|_| !all.is_empty())
+        .map(|&q| {
+            let i = ((q * all.len() as f64).floor() as usize).min(all.len() - 1);
+            (q, all[i].0)
+        })
+        .collect();
+    let worst = all
+        .iter()
+        .take(WORST_TOKENS)
+        .map(|&(cosine, ci, ti)| {
+            let norms = &norms[ci];
+            let mut sorted = norms.clone();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+            WorstToken {
+                cosine,
+                clip: samples[ci].name.clone(),
+                view: samples[ci].view.clone(),
+                token: ti,
+                t: ti / (grid * grid),
+                row: (ti / grid) % grid,
+                col: ti % grid,
+                norm_ratio: if median > 0.0 {
+                    norms[ti] / median
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    TokenTail {
+        tokens: all.len(),
+        below_limit: all.iter().take_while(|t| t.0 < COSINE_LIMIT).count(),
+        quantiles,
+        worst,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -314,6 +400,12 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         size_ratio,
         token_cosine_min: cmin,
         token_cosine_mean,
+        token_tail: token_tail(
+            m.input.resolution[0] / m.encoder.patch_size.max(1),
+            samples,
+            &outputs.token_cos,
+            &outputs.token_norms,
+        ),
         encoder_ms,
         layers,
         blocks,
@@ -522,6 +614,9 @@ fn f32_kernel_encoder(inputs: &Inputs) -> Result<QuantizedEncoder> {
 struct ClipOutputs {
     cosine_min: f64,
     cosine_sum: f64,
+    /// `[clip][token]` cosine int8 vs f32, and the f32 token's norm.
+    token_cos: Vec<Vec<f64>>,
+    token_norms: Vec<Vec<f64>>,
     /// `[head][clip]` rows of the f32 reference and of the bundle.
     head_f: Vec<Vec<Vec<f32>>>,
     head_q: Vec<Vec<Vec<f32>>>,
@@ -534,6 +629,8 @@ fn compare_clips(inputs: &Inputs, samples: &[Sample], quiet: bool) -> Result<Cli
     let mut o = ClipOutputs {
         cosine_min: f64::INFINITY,
         cosine_sum: 0.0,
+        token_cos: Vec::with_capacity(samples.len()),
+        token_norms: Vec::with_capacity(samples.len()),
         head_f: vec![vec![]; m.heads.len()],
         head_q: vec![vec![]; m.heads.len()],
         lv_pairs: Vec::new(),
@@ -548,13 +645,21 @@ fn compare_clips(inputs: &Inputs, samples: &[Sample], quiet: bool) -> Result<Cli
         let video = to_video(s)?;
         let tf = inputs.reference.encoder.forward(&video)?;
         let tq = inputs.edge.encode(&video)?;
-        let (mn, mean) = token_cosine(
-            &tq.flatten_all()?.to_vec1::<f32>()?,
-            &tf.flatten_all()?.to_vec1::<f32>()?,
-            m.encoder.embed_dim,
+        let (q, f) = (
+            tq.flatten_all()?.to_vec1::<f32>()?,
+            tf.flatten_all()?.to_vec1::<f32>()?,
         );
+        let d = m.encoder.embed_dim;
+        let c = token_cosines(&q, &f, d);
+        let mn = c.iter().copied().fold(f64::INFINITY, f64::min);
         o.cosine_min = o.cosine_min.min(mn);
-        o.cosine_sum += mean;
+        o.cosine_sum += c.iter().sum::<f64>() / c.len().max(1) as f64;
+        o.token_cos.push(c);
+        o.token_norms.push(
+            f.chunks_exact(d)
+                .map(|t| t.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt())
+                .collect(),
+        );
         if s.view
             .as_deref()
             .is_none_or(|v| lv_views.iter().any(|w| w.eq_ignore_ascii_case(v)))
@@ -887,6 +992,44 @@ fn time_encoders(
     })
 }
 
+fn write_token_tail(w: &mut String, t: &TokenTail) {
+    use std::fmt::Write as _;
+    let q: Vec<String> = t
+        .quantiles
+        .iter()
+        .map(|(q, c)| format!("{} %: {c:.6}", q * 100.0))
+        .collect();
+    let _ = writeln!(
+        w,
+        "Low tail: {} of {} tokens below {COSINE_LIMIT}; cosine quantiles {}.\n",
+        t.below_limit,
+        t.tokens,
+        q.join(", ")
+    );
+    if t.worst.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "| worst tokens | clip | view | token (t, row, col) | f32 norm / clip median |\n|---|---|---|---|---|"
+    );
+    for x in &t.worst {
+        let _ = writeln!(
+            w,
+            "| {:.6} | {} | {} | {} ({}, {}, {}) | {:.2} |",
+            x.cosine,
+            x.clip,
+            x.view.as_deref().unwrap_or("-"),
+            x.token,
+            x.t,
+            x.row,
+            x.col,
+            x.norm_ratio
+        );
+    }
+    let _ = writeln!(w);
+}
+
 /// The pass/fail lines: token cosine, size, classifier agreement, EF difference, LV Dice.
 fn checks(
     cmin: f64,
@@ -899,8 +1042,8 @@ fn checks(
         Check {
             what: "token cosine (min over tokens and clips)".into(),
             value: cmin,
-            limit: ">= 0.999".into(),
-            pass: cmin >= 0.999,
+            limit: format!(">= {COSINE_LIMIT}"),
+            pass: cmin >= COSINE_LIMIT,
         },
         Check {
             what: "bundle size / f32 size".into(),
@@ -1046,6 +1189,7 @@ pub fn markdown(r: &Report) -> String {
         "Token cosine int8 vs f32 reference: min {:.6}, mean {:.6}.\n",
         r.token_cosine_min, r.token_cosine_mean
     );
+    write_token_tail(w, &r.token_tail);
     let _ = writeln!(w, "## Heads\n");
     if !r.classifiers.is_empty() {
         let _ = writeln!(
@@ -1106,4 +1250,55 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(w, "| {} | {:.5} |", b.block, b.rel_error);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, view: &str) -> Sample {
+        Sample {
+            clip: Vec::new(),
+            thw: (2, 32, 32),
+            view: Some(view.into()),
+            ef: None,
+            target: None,
+            name: name.into(),
+            frames: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_token_tail_names_the_worst_tokens_and_where_they_are() {
+        // two clips of one tubelet on a 2 × 2 grid
+        let samples = [sample("phantom-1", "a4c"), sample("phantom-2", "a3c")];
+        let cos = vec![vec![1.0, 0.9995, 0.99, 1.0], vec![0.998, 1.0, 1.0, 1.0]];
+        let norms = vec![vec![1.0, 1.0, 4.0, 1.0], vec![0.5, 1.0, 1.0, 1.0]];
+        let t = token_tail(2, &samples, &cos, &norms);
+        assert_eq!(t.tokens, 8);
+        assert_eq!(t.below_limit, 2);
+        let w = &t.worst;
+        assert_eq!(w.len(), 8);
+        assert_eq!((w[0].cosine, w[0].clip.as_str()), (0.99, "phantom-1"));
+        assert_eq!((w[0].token, w[0].t, w[0].row, w[0].col), (2, 0, 1, 0));
+        assert_eq!(w[0].norm_ratio, 4.0);
+        assert_eq!(
+            (w[1].clip.as_str(), w[1].view.as_deref()),
+            ("phantom-2", Some("a3c"))
+        );
+        assert_eq!(w[1].norm_ratio, 0.5);
+        assert_eq!(w[2].cosine, 0.9995);
+        // the lowest share of 1e-2 of 8 tokens is the worst token itself
+        assert_eq!(t.quantiles[2], (1e-2, 0.99));
+        let md = {
+            let mut s = String::new();
+            write_token_tail(&mut s, &t);
+            s
+        };
+        assert!(md.contains("2 of 8 tokens below 0.999"), "{md}");
+        assert!(
+            md.contains("| 0.990000 | phantom-1 | a4c | 2 (0, 1, 0) | 4.00 |"),
+            "{md}"
+        );
+    }
 }

@@ -200,6 +200,82 @@ pub struct EvalReport {
     /// an EF view, and share of EF-view clips on which EF is shown.
     pub ef_shown_misread_share: Option<f64>,
     pub ef_shown_share: Option<f64>,
+    /// View accuracy per true view, with what the misses were read as.
+    #[serde(default)]
+    pub per_view: Vec<ViewScore>,
+}
+
+/// How the clips of one true view were read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewScore {
+    pub view: String,
+    pub clips: usize,
+    pub correct: usize,
+    /// Other views the misses were read as, with their counts, most frequent first.
+    pub read_as: Vec<(String, usize)>,
+}
+
+/// Per true view (in `View::ALL` order, views without clips left out): clips, hits and misses.
+pub fn view_scores(truth: &[usize], pred: &[usize]) -> Vec<ViewScore> {
+    let name = |i: usize| {
+        View::ALL
+            .get(i)
+            .map_or_else(|| format!("class {i}"), |v| v.name().to_string())
+    };
+    let mut out = Vec::new();
+    for (vi, v) in View::ALL.iter().enumerate() {
+        let mut score = ViewScore {
+            view: v.name().to_string(),
+            ..ViewScore::default()
+        };
+        let mut other = std::collections::BTreeMap::<usize, usize>::new();
+        for (&t, &p) in truth.iter().zip(pred) {
+            if t != vi {
+                continue;
+            }
+            score.clips += 1;
+            if p == t {
+                score.correct += 1;
+            } else {
+                *other.entry(p).or_default() += 1;
+            }
+        }
+        if score.clips == 0 {
+            continue;
+        }
+        let mut read_as: Vec<(String, usize)> =
+            other.into_iter().map(|(p, n)| (name(p), n)).collect();
+        read_as.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        score.read_as = read_as;
+        out.push(score);
+    }
+    out
+}
+
+/// `a4c 38/40 (2 as a2c)`-style text of the per-view scores.
+pub fn describe_view_scores(scores: &[ViewScore]) -> String {
+    scores
+        .iter()
+        .map(|s| {
+            let misses: Vec<String> = s
+                .read_as
+                .iter()
+                .map(|(v, n)| format!("{n} as {v}"))
+                .collect();
+            if misses.is_empty() {
+                format!("{} {}/{}", s.view, s.correct, s.clips)
+            } else {
+                format!(
+                    "{} {}/{} ({})",
+                    s.view,
+                    s.correct,
+                    s.clips,
+                    misses.join(", ")
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs the model over the clips in batches of 8.
@@ -682,6 +758,7 @@ impl Evaluated {
             let flat: Vec<f32> = logits.iter().flatten().copied().collect();
             let pred = model::argmax_rows(&flat, k);
             r.view_accuracy = mean(pred.iter().zip(&labels).map(|(p, y)| (p == y) as u8 as f64));
+            r.per_view = view_scores(&labels, &pred);
             r.view_nll = Some(nll_and_ece(logits, &labels, cal.map_or(1.0, |c| c.temperature)).0);
         }
         let ef_views = self.ef_views().to_vec();
@@ -886,6 +963,9 @@ pub fn describe_final(
             cal.view_ece_before,
             cal.view_ece_after
         );
+        if !t.per_view.is_empty() {
+            let _ = write!(s, "\n  per view: {}", describe_view_scores(&t.per_view));
+        }
     }
     if let Some(m) = t.ef_mean_predictor_mae {
         let _ = write!(
@@ -969,5 +1049,30 @@ fn describe_videos(s: &mut String, v: &VideoReport) {
         if let Some(e) = v.ef_true_traced_mae {
             let _ = write!(s, "; on the true outlines {e:.2}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_scores_count_hits_and_name_the_misreads() {
+        let (a4c, a2c, a3c) = (View::A4c.index(), View::A2c.index(), View::A3c.index());
+        let truth = [a4c, a4c, a3c, a3c, a3c, a3c, a2c];
+        let pred = [a4c, a4c, a2c, a2c, a4c, a3c, a2c];
+        let s = view_scores(&truth, &pred);
+        assert_eq!(s.len(), 3, "views without clips are left out: {s:?}");
+        let by = |v: View| s.iter().find(|x| x.view == v.name()).unwrap();
+        assert_eq!((by(View::A4c).clips, by(View::A4c).correct), (2, 2));
+        let a3 = by(View::A3c);
+        assert_eq!((a3.clips, a3.correct), (4, 1));
+        assert_eq!(
+            a3.read_as,
+            vec![("a2c".to_string(), 2), ("a4c".to_string(), 1)]
+        );
+        let text = describe_view_scores(&s);
+        assert!(text.contains("a3c 1/4 (2 as a2c, 1 as a4c)"), "{text}");
+        assert!(text.contains("a4c 2/2"), "{text}");
     }
 }
