@@ -10,13 +10,17 @@
 //! - int8, AVX2, u8 activations (the default): per row 1 broadcast, 2 `vpmaddubsw`,
 //!   2 `vpmaddwd`, 2 `vpaddd` against 2 loads of B, for 4 rows (256 multiply-adds);
 //! - int8, AVX2, u7 activations (`pairs`, opt-in): two k-groups per step, per row 2 broadcasts,
-//!   4 `vpmaddubsw`, 2 `vpaddw`, 2 `vpmaddwd`, 2 `vpaddd` against 4 loads (512 multiply-adds).
+//!   4 `vpmaddubsw`, 2 `vpaddw`, 2 `vpmaddwd`, 2 `vpaddd` against 4 loads (512 multiply-adds);
+//! - f32, AVX-512F: the 12×32 tile's step, 12 broadcasts, 2 loads and 24 `vfmadd231ps`
+//!   (768 flops);
+//! - int8, AVX-512 VNNI: the 8×32 tile's step, 8 broadcasts and 16 `vpdpbusd` against 2 loads
+//!   (1024 multiply-adds).
 //!
 //! A multiply-add counts as 2 operations, as GFLOP/s of a GEMM count `2·m·k·n`. Then the packed
 //! int8 and f32 linear layers (`PackedInt8Linear`, `PackedF32Linear`, default settings) run the
 //! qkv, proj, fc1 and fc2 shapes of vit_tiny, vit_small and vit_base at 392 and 1568 tokens, and
-//! each is reported as a fraction of the matching all-thread peak. Other instruction sets
-//! (AVX-512, VNNI, NEON) are named but not measured here.
+//! each is reported as a fraction of the all-thread peak of the loop that matches the kernel
+//! this CPU selects. AVX-VNNI (256-bit) and NEON are named but not measured here.
 //!
 //! `--quick` for fewer repetitions, `--json` for one JSON object instead of tables.
 
@@ -146,6 +150,74 @@ mod x86 {
         out.iter().map(|&v| v as f32).sum()
     }
 
+    #[target_feature(enable = "avx512f")]
+    unsafe fn f32_12x32_steps(steps: usize) -> f32 {
+        let ops = Operands(std::array::from_fn(|i| 1.0 + i as f32 * 1e-7));
+        let p = std::hint::black_box(ops.0.as_ptr());
+        let mut t = [[_mm512_setzero_ps(); 2]; 12];
+        for s in 0..steps {
+            let o = (s & 1) * 16;
+            // SAFETY: o + 32 + 11 < 64 floats; AVX-512F is enabled for this function.
+            unsafe {
+                let b0 = _mm512_loadu_ps(p.add(o));
+                let b1 = _mm512_loadu_ps(p.add(o + 16));
+                for (r, tr) in t.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*p.add(o + 32 + r));
+                    tr[0] = _mm512_fmadd_ps(av, b0, tr[0]);
+                    tr[1] = _mm512_fmadd_ps(av, b1, tr[1]);
+                }
+            }
+        }
+        let mut acc = _mm512_setzero_ps();
+        for tr in t {
+            acc = _mm512_add_ps(acc, _mm512_add_ps(tr[0], tr[1]));
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn i8_vnni_8x32_steps(steps: usize) -> f32 {
+        let ops = Operands(std::array::from_fn(|i| (i % 7) as f32));
+        let p = std::hint::black_box(ops.0.as_ptr() as *const u8);
+        let mut t = [[_mm512_setzero_si512(); 2]; 8];
+        for s in 0..steps {
+            let o = (s & 1) * 64;
+            // SAFETY: o + 128 + 4 * 7 + 4 <= 256 bytes; AVX-512 VNNI is enabled here.
+            unsafe {
+                let b0 = _mm512_loadu_si512(p.add(o) as *const __m512i);
+                let b1 = _mm512_loadu_si512(p.add(o + 64) as *const __m512i);
+                for (r, tr) in t.iter_mut().enumerate() {
+                    let av =
+                        _mm512_set1_epi32((p.add(o + 128 + 4 * r) as *const i32).read_unaligned());
+                    tr[0] = _mm512_dpbusd_epi32(tr[0], av, b0);
+                    tr[1] = _mm512_dpbusd_epi32(tr[1], av, b1);
+                }
+            }
+        }
+        let mut acc = _mm512_setzero_si512();
+        for tr in t {
+            acc = _mm512_add_epi32(acc, _mm512_add_epi32(tr[0], tr[1]));
+        }
+        _mm512_reduce_add_epi32(acc) as f32
+    }
+
+    fn avx512() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    fn avx512_vnni() -> bool {
+        avx512() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+    }
+
+    pub fn f32_12x32(steps: usize) -> f32 {
+        // SAFETY: listed only when AVX-512F is present (`loops`).
+        unsafe { f32_12x32_steps(steps) }
+    }
+    pub fn i8_vnni(steps: usize) -> f32 {
+        // SAFETY: listed only when AVX-512F/BW/VNNI are present (`loops`).
+        unsafe { i8_vnni_8x32_steps(steps) }
+    }
+
     fn avx2() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
     }
@@ -167,7 +239,7 @@ mod x86 {
         if !avx2() {
             return Vec::new();
         }
-        vec![
+        let mut v = vec![
             super::PeakLoop {
                 name: "f32 avx2+fma 6x16",
                 ops_per_step: 192.0,
@@ -183,7 +255,22 @@ mod x86 {
                 ops_per_step: 1024.0,
                 run: i8_u7,
             },
-        ]
+        ];
+        if avx512() {
+            v.push(super::PeakLoop {
+                name: "f32 avx512 12x32",
+                ops_per_step: 768.0,
+                run: f32_12x32,
+            });
+        }
+        if avx512_vnni() {
+            v.push(super::PeakLoop {
+                name: "int8 avx512vnni 8x32",
+                ops_per_step: 2048.0,
+                run: i8_vnni,
+            });
+        }
+        v
     }
 }
 
@@ -254,10 +341,17 @@ fn main() {
         .map(|l| (l.name, peak(l, 1, reps), peak(l, threads, reps)))
         .collect();
     let peak_of = |prefix: &str| peaks.iter().find(|p| p.0.starts_with(prefix)).map(|p| p.2);
-    let (f32_peak, i8_peak) = (peak_of("f32"), peak_of("int8 avx2 u8"));
-    let measured = |ok: bool, p: Option<f64>| p.filter(|_| ok);
-    let f32_peak = measured(f32_kernel == cpu::F32Kernel::Avx2Fma, f32_peak);
-    let i8_peak = measured(int8_kernel == cpu::Int8Kernel::Avx2, i8_peak);
+    // the peak of the loop that is the selected kernel's inner step, where there is one
+    let f32_peak = match f32_kernel {
+        cpu::F32Kernel::Avx2Fma => peak_of("f32 avx2"),
+        cpu::F32Kernel::Avx512 => peak_of("f32 avx512"),
+        cpu::F32Kernel::Scalar => None,
+    };
+    let i8_peak = match int8_kernel {
+        cpu::Int8Kernel::Avx2 => peak_of("int8 avx2 u8"),
+        cpu::Int8Kernel::Avx512Vnni => peak_of("int8 avx512vnni"),
+        _ => None,
+    };
 
     let encoders = [
         ("vit_tiny", 192usize),
@@ -328,7 +422,7 @@ fn main() {
         f32_kernel.name()
     );
     if peaks.is_empty() {
-        println!("no peak loop for this CPU (they are written for x86-64 AVX2 + FMA)");
+        println!("no peak loop for this CPU (they are written for x86-64 AVX2 + FMA and AVX-512)");
     }
     println!("Peak of each microkernel's inner loop, operands in L1 (GOP/s; a multiply-add is 2):");
     println!("| loop | 1 thread | {threads} threads |");

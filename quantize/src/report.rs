@@ -163,6 +163,15 @@ pub struct WorstToken {
     pub col: usize,
     /// Norm of the f32 token over the median norm of its clip's tokens.
     pub norm_ratio: f64,
+    /// The token's relative error in the residual stream after each block (bundle vs the f32
+    /// kernels), so the block where it goes wrong can be read off.
+    pub block_errors: Vec<f64>,
+    /// The f32 token entering the final layer norm: its spread about its own mean over its
+    /// norm. The norm divides by that spread, so a small value amplifies the error.
+    pub final_spread: Option<f64>,
+    /// Index into the report's samples.
+    #[serde(skip)]
+    sample: usize,
 }
 
 const WORST_TOKENS: usize = 8;
@@ -209,6 +218,9 @@ fn token_tail(grid: usize, samples: &[Sample], cos: &[Vec<f64>], norms: &[Vec<f6
                 } else {
                     0.0
                 },
+                block_errors: Vec::new(),
+                final_spread: None,
+                sample: ci,
             }
         })
         .collect();
@@ -235,6 +247,60 @@ pub struct LayerError {
     pub tensor: String,
     pub precision: String,
     pub rel_error: f64,
+    /// The largest relative error of one output row (token).
+    pub max_row_rel_error: f64,
+    /// The layer's input: largest per-channel absolute maximum over the median channel's. Large
+    /// values are outlier channels, which a per-row activation scale spends its range on.
+    pub input_outlier_ratio: f64,
+}
+
+/// Error sums of one layer over the clips.
+#[derive(Default)]
+struct LayerAcc {
+    /// `Σ(q − f)²` and `Σf²`.
+    err2: f64,
+    ref2: f64,
+    max_row_rel: f64,
+    /// Per input channel, the largest `|x|` seen.
+    chan_absmax: Vec<f32>,
+}
+
+impl LayerAcc {
+    fn add(&mut self, x: &[f32], rows: usize, yq: &[f32], yf: &[f32]) {
+        let n = yf.len() / rows.max(1);
+        for (q, f) in yq.chunks_exact(n.max(1)).zip(yf.chunks_exact(n.max(1))) {
+            let (mut e, mut r) = (0f64, 0f64);
+            for (a, b) in q.iter().zip(f) {
+                e += (*a as f64 - *b as f64).powi(2);
+                r += (*b as f64).powi(2);
+            }
+            self.err2 += e;
+            self.ref2 += r;
+            if r > 0.0 {
+                self.max_row_rel = self.max_row_rel.max((e / r).sqrt());
+            }
+        }
+        let k = x.len() / rows.max(1);
+        if self.chan_absmax.len() != k {
+            self.chan_absmax = vec![0.0; k];
+        }
+        for row in x.chunks_exact(k.max(1)) {
+            for (m, v) in self.chan_absmax.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+    }
+
+    fn outlier_ratio(&self) -> f64 {
+        let mut v = self.chan_absmax.clone();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = v[v.len() / 2] as f64;
+        let max = v[v.len() - 1] as f64;
+        if median > 0.0 { max / median } else { 0.0 }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -382,6 +448,14 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
     let token_cosine_mean = outputs.cosine_sum / samples.len() as f64;
     let cmin = outputs.cosine_min;
 
+    let mut tail = token_tail(
+        m.input.resolution[0] / m.encoder.patch_size.max(1),
+        samples,
+        &outputs.token_cos,
+        &outputs.token_norms,
+    );
+    trace_worst_tokens(&inputs, &f32k, samples, &mut tail)?;
+
     let lv = summarize_traced(&outputs.lv_pairs);
     let checks = checks(cmin, size_ratio, &classifiers, &regressors, lv.as_ref());
     let report = Report {
@@ -400,12 +474,7 @@ pub fn run(a: Args, out: &mut impl Write) -> Result<()> {
         size_ratio,
         token_cosine_min: cmin,
         token_cosine_mean,
-        token_tail: token_tail(
-            m.input.resolution[0] / m.encoder.patch_size.max(1),
-            samples,
-            &outputs.token_cos,
-            &outputs.token_norms,
-        ),
+        token_tail: tail,
         encoder_ms,
         layers,
         blocks,
@@ -852,6 +921,59 @@ fn score_regressor(
     results
 }
 
+/// Follows each worst token through the encoder: its residual stream after every block, in the
+/// bundle and in the f32 kernels, and how flat it is before the final norm.
+fn trace_worst_tokens(
+    inputs: &Inputs,
+    f32k: &QuantizedEncoder,
+    samples: &[Sample],
+    tail: &mut TokenTail,
+) -> Result<()> {
+    let d = inputs.m.encoder.embed_dim;
+    let token_rows = |enc: &QuantizedEncoder, s: &Sample, ti: usize| -> Result<Vec<Vec<f32>>> {
+        let mut rows = Vec::new();
+        enc.forward_clip_tapped(&s.clip, s.thw, &mut |t| {
+            if let Tap::Block { x, .. } = t {
+                rows.push(x.get(ti * d..(ti + 1) * d).unwrap_or_default().to_vec());
+            }
+        })?;
+        Ok(rows)
+    };
+    for w in &mut tail.worst {
+        let Some(s) = samples.get(w.sample) else {
+            continue;
+        };
+        let f = token_rows(f32k, s, w.token)?;
+        let q = token_rows(inputs.edge.encoder(), s, w.token)?;
+        w.block_errors = f
+            .iter()
+            .zip(&q)
+            .map(|(f, q)| {
+                let (mut e, mut r) = (0f64, 0f64);
+                for (a, b) in q.iter().zip(f) {
+                    e += (*a as f64 - *b as f64).powi(2);
+                    r += (*b as f64).powi(2);
+                }
+                (e / r.max(f64::MIN_POSITIVE)).sqrt()
+            })
+            .collect();
+        w.final_spread = f.last().filter(|x| !x.is_empty()).map(|x| spread(x));
+    }
+    Ok(())
+}
+
+/// `‖x − mean(x)‖ / ‖x‖` (0 for a zero vector).
+fn spread(x: &[f32]) -> f64 {
+    let mean = x.iter().map(|v| *v as f64).sum::<f64>() / x.len().max(1) as f64;
+    let centred: f64 = x.iter().map(|v| (*v as f64 - mean).powi(2)).sum();
+    let all: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum();
+    if all > 0.0 {
+        (centred / all).sqrt()
+    } else {
+        0.0
+    }
+}
+
 /// Per-layer errors on `samples`: the bundle's layer vs the f32 layer on the f32 model's own
 /// input (so errors do not compound), and the residual stream error after each block.
 fn layer_errors(
@@ -869,8 +991,7 @@ fn layer_errors(
         .into_iter()
         .map(|l| (l.name().to_string(), l))
         .collect();
-    // Squared error and squared reference, summed: (Σ(q − f)², Σf²).
-    let mut lerr: HashMap<String, (f64, f64)> = HashMap::new();
+    let mut lerr: HashMap<String, LayerAcc> = HashMap::new();
     let mut berr: Vec<(f64, f64)> = vec![(0.0, 0.0); cfg.depth];
     let pb = bar(samples.len() as u64, "per-layer errors", quiet);
     for s in samples {
@@ -899,8 +1020,11 @@ fn layer_errors(
     let layers: Vec<LayerError> = QuantizedEncoder::linear_shapes(cfg)
         .into_iter()
         .map(|(name, _)| {
-            let (e, r) = lerr.get(&name).copied().unwrap_or((0.0, 1.0));
+            let acc = lerr.remove(&name).unwrap_or_default();
+            let (e, r) = (acc.err2, acc.ref2);
             LayerError {
+                max_row_rel_error: acc.max_row_rel,
+                input_outlier_ratio: acc.outlier_ratio(),
                 precision: precision_of
                     .get(&format!("encoder.{name}.weight"))
                     .cloned()
@@ -927,7 +1051,7 @@ fn accumulate_linear_errors(
     f32k: &QuantizedEncoder,
     qlayers: &HashMap<String, &echojepa::quantized::QLinear>,
     s: &Sample,
-    lerr: &mut HashMap<String, (f64, f64)>,
+    lerr: &mut HashMap<String, LayerAcc>,
 ) -> Result<Vec<Vec<f32>>> {
     let mut failure = None;
     let mut fblocks: Vec<Vec<f32>> = Vec::new();
@@ -945,11 +1069,9 @@ fn accumulate_linear_errors(
                 failure = Some(e);
                 return;
             }
-            let e = lerr.entry(layer.name().to_string()).or_default();
-            for (a, b) in yq.iter().zip(&yf) {
-                e.0 += (*a as f64 - *b as f64).powi(2);
-                e.1 += (*b as f64).powi(2);
-            }
+            lerr.entry(layer.name().to_string())
+                .or_default()
+                .add(x, rows, &yq, &yf);
         }
         Tap::Block { x, .. } => fblocks.push(x.to_vec()),
     })?;
@@ -1011,12 +1133,18 @@ fn write_token_tail(w: &mut String, t: &TokenTail) {
     }
     let _ = writeln!(
         w,
-        "| worst tokens | clip | view | token (t, row, col) | f32 norm / clip median |\n|---|---|---|---|---|"
+        "| worst tokens | clip | view | token (t, row, col) | f32 norm / clip median | its residual's rel. error after each block | spread / norm before the final norm |\n|---|---|---|---|---|---|---|"
     );
     for x in &t.worst {
+        let blocks = if x.block_errors.is_empty() {
+            "-".to_string()
+        } else {
+            let e: Vec<String> = x.block_errors.iter().map(|e| format!("{e:.4}")).collect();
+            e.join(", ")
+        };
         let _ = writeln!(
             w,
-            "| {:.6} | {} | {} | {} ({}, {}, {}) | {:.2} |",
+            "| {:.6} | {} | {} | {} ({}, {}, {}) | {:.2} | {} | {} |",
             x.cosine,
             x.clip,
             x.view.as_deref().unwrap_or("-"),
@@ -1024,7 +1152,10 @@ fn write_token_tail(w: &mut String, t: &TokenTail) {
             x.t,
             x.row,
             x.col,
-            x.norm_ratio
+            x.norm_ratio,
+            blocks,
+            x.final_spread
+                .map_or("-".to_string(), |v| format!("{v:.3}"))
         );
     }
     let _ = writeln!(w);
@@ -1241,9 +1372,16 @@ pub fn markdown(r: &Report) -> String {
         w,
         "## Per layer\n\nRelative L2 error of each encoder linear layer (bundle layer vs f32 layer on the f32 model's input), and of the residual stream after each block (bundle encoder vs f32 kernels).\n"
     );
-    let _ = writeln!(w, "| tensor | precision | rel. error |\n|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| tensor | precision | rel. error | worst token's rel. error | input outlier ratio (max / median channel) |\n|---|---|---|---|---|"
+    );
     for l in &r.layers {
-        let _ = writeln!(w, "| {} | {} | {:.5} |", l.tensor, l.precision, l.rel_error);
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.5} | {:.5} | {:.1} |",
+            l.tensor, l.precision, l.rel_error, l.max_row_rel_error, l.input_outlier_ratio
+        );
     }
     let _ = writeln!(w, "\n| block | residual rel. error |\n|---|---|");
     for b in &r.blocks {
@@ -1297,8 +1435,36 @@ mod tests {
         };
         assert!(md.contains("2 of 8 tokens below 0.999"), "{md}");
         assert!(
-            md.contains("| 0.990000 | phantom-1 | a4c | 2 (0, 1, 0) | 4.00 |"),
+            md.contains("| 0.990000 | phantom-1 | a4c | 2 (0, 1, 0) | 4.00 | - | - |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn layer_sums_find_the_worst_row_and_outlier_channels() {
+        let mut acc = LayerAcc::default();
+        // two rows of three input channels; channel 2 carries an outlier
+        let x = [1.0, -2.0, 40.0, 0.5, 1.0, -3.0];
+        // row 0 exact, row 1 off by 10 % of its norm
+        let yf = [3.0, 4.0, 0.0, 6.0];
+        let yq = [3.0, 4.0, 0.0, 5.4];
+        acc.add(&x, 2, &yq, &yf);
+        assert!((acc.max_row_rel - 0.1).abs() < 1e-6, "{}", acc.max_row_rel);
+        assert!((acc.err2 - 0.36).abs() < 1e-6, "{}", acc.err2);
+        assert_eq!(acc.ref2, 61.0);
+        // channel maxima 1, 2, 40: max over median = 20
+        assert_eq!(acc.outlier_ratio(), 20.0);
+        // a second clip with a larger error in row 0 raises the worst row
+        acc.add(&x, 2, &[3.0, 2.0, 0.0, 6.0], &yf);
+        assert!((acc.max_row_rel - 0.4).abs() < 1e-9, "{}", acc.max_row_rel);
+        assert_eq!(LayerAcc::default().outlier_ratio(), 0.0);
+    }
+
+    #[test]
+    fn spread_is_small_for_a_flat_token() {
+        assert!((spread(&[1.0, -1.0, 1.0, -1.0]) - 1.0).abs() < 1e-12);
+        let flat = spread(&[10.0, 10.1, 9.9, 10.0]);
+        assert!(flat > 0.0 && flat < 0.01, "{flat}");
+        assert_eq!(spread(&[0.0, 0.0]), 0.0);
     }
 }
