@@ -269,11 +269,7 @@ impl LayerAcc {
     fn add(&mut self, x: &[f32], rows: usize, yq: &[f32], yf: &[f32]) {
         let n = yf.len() / rows.max(1);
         for (q, f) in yq.chunks_exact(n.max(1)).zip(yf.chunks_exact(n.max(1))) {
-            let (mut e, mut r) = (0f64, 0f64);
-            for (a, b) in q.iter().zip(f) {
-                e += (*a as f64 - *b as f64).powi(2);
-                r += (*b as f64).powi(2);
-            }
+            let (e, r) = sq_err(q, f);
             self.err2 += e;
             self.ref2 += r;
             if r > 0.0 {
@@ -949,17 +945,22 @@ fn trace_worst_tokens(
             .iter()
             .zip(&q)
             .map(|(f, q)| {
-                let (mut e, mut r) = (0f64, 0f64);
-                for (a, b) in q.iter().zip(f) {
-                    e += (*a as f64 - *b as f64).powi(2);
-                    r += (*b as f64).powi(2);
-                }
+                let (e, r) = sq_err(q, f);
                 (e / r.max(f64::MIN_POSITIVE)).sqrt()
             })
             .collect();
         w.final_spread = f.last().filter(|x| !x.is_empty()).map(|x| spread(x));
     }
     Ok(())
+}
+
+/// `(Σ(q − f)², Σf²)`: the squared error of `q` against the reference `f`, and the reference's
+/// squared norm.
+fn sq_err(q: &[f32], f: &[f32]) -> (f64, f64) {
+    q.iter().zip(f).fold((0.0, 0.0), |(e, r), (a, b)| {
+        let (a, b) = (*a as f64, *b as f64);
+        (e + (a - b).powi(2), r + b * b)
+    })
 }
 
 /// `‖x − mean(x)‖ / ‖x‖` (0 for a zero vector).
@@ -1001,11 +1002,9 @@ fn layer_errors(
             .encoder()
             .forward_clip_tapped(&s.clip, s.thw, &mut |t| {
                 if let Tap::Block { index, x } = t {
-                    let f = &fblocks[index];
-                    for (a, b) in x.iter().zip(f) {
-                        berr[index].0 += (*a as f64 - *b as f64).powi(2);
-                        berr[index].1 += (*b as f64).powi(2);
-                    }
+                    let (e, r) = sq_err(x, &fblocks[index]);
+                    berr[index].0 += e;
+                    berr[index].1 += r;
                 }
             })?;
         pb.inc(1);
