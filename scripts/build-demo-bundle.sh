@@ -57,7 +57,7 @@ per_view=$(python3 -c "import json; d=json.load(open('$summary')); print(', '.jo
 rm -rf "$out.new"
 # --max-time-ratio 1000: every layer within the error budget is int8. By default a layer is int8
 # only where it timed faster than f32, which depends on what else the machine is doing (beside a
-# compile, five of the demo's 17 layers timed slower and stayed f16, and the bundle failed the
+# compile, six of the demo's 17 layers timed too slow and stayed f16, and the bundle failed the
 # size check); the demo bundle must come out the same from every build of the same checkpoint.
 "$Q" build \
     --checkpoint "$ck" --max-time-ratio 1000 \

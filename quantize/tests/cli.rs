@@ -268,6 +268,30 @@ fn build_verify_report_and_refusals() {
     assert_eq!(r["regressors"][0]["unit"], "%");
     assert!(r["regressors"][0]["mae_int8"].is_number());
     assert!(!r["checks"].as_array().unwrap().is_empty());
+    // Per layer, the worst token's error bounds the layer's (a weighted mean of the rows'), and
+    // the input's largest channel is at least its median one.
+    for l in r["layers"].as_array().unwrap() {
+        let (rel, worst) = (
+            l["rel_error"].as_f64().unwrap(),
+            l["max_row_rel_error"].as_f64().unwrap(),
+        );
+        assert!(worst >= rel - 1e-12 && worst.is_finite(), "{l}");
+        assert!(l["input_outlier_ratio"].as_f64().unwrap() >= 1.0, "{l}");
+    }
+    // The worst tokens are followed through both blocks of the tiny encoder.
+    let worst = r["token_tail"]["worst"].as_array().unwrap();
+    assert!(!worst.is_empty(), "{r}");
+    for w in worst {
+        let errs = w["block_errors"].as_array().unwrap();
+        assert_eq!(errs.len(), 2, "{w}");
+        assert!(
+            errs.iter()
+                .all(|e| e.as_f64().is_some_and(|e| e.is_finite() && e >= 0.0)),
+            "{w}"
+        );
+        let spread = w["final_spread"].as_f64().unwrap();
+        assert!(spread > 0.0 && spread <= 1.0 + 1e-9, "{w}");
+    }
 
     // Markdown to a file.
     let md = f.root.join("r.md");
