@@ -116,6 +116,6 @@ EOF
 done
 
 cd "$root"
-ECHOJEPA_THREADS=$threads cargo bench -q -p echojepa-kernels --bench roofline -- --quick --json \
+ECHOJEPA_THREADS=$threads cargo bench -q -p echojepa-kernels --bench roofline -- --json \
     >"$work/roofline.json"
 MODELS="$models" THREADS="$threads" python3 "$root/scripts/board_fit_table.py" "$work"

@@ -7,11 +7,12 @@ The projection assumes the encoder reaches the same fraction of its machine's in
 board as here, so the board's inference time is this machine's times (peak here / peak there).
 The peak here is the all-thread peak of the roofline loop of the int8 kernel this CPU selects,
 from WORK_DIR/roofline.json (`cargo bench -p echojepa-kernels --bench roofline -- --json`), or
-PEAK_HERE_GOPS when set. The boards' peaks are instruction-throughput figures, not measurements: Cortex-A78AE cores issue two
-128-bit SDOT a cycle (16 int8 multiply-adds each, 64 operations a cycle a core) at the board's
-top CPU clock, on the profile's compute threads. Memory bandwidth is not modelled; at 224 px the
-Orin Nano's profile notes it as the limit. The x86 workstation has no fixed CPU, so it is
-projected as this machine with its own thread count (a lower bound for any recent CPU).
+PEAK_HERE_GOPS when set. Each board's clip rate (capture fps / clip_every) and threads
+(compute.threads) come from boards/profiles/*.toml. The Jetsons' peaks are instruction-throughput
+figures, not measurements: Cortex-A78AE cores issue two 128-bit SDOT a cycle (16 int8
+multiply-adds each, 64 operations a cycle a core) at the board's top CPU clock. Memory bandwidth
+is not modelled; at 224 px the Orin Nano's profile notes it as the limit. Profiles without a
+fixed CPU (generic-cpu, the x86 workstation) are projected as this machine.
 
 An encoder is said to keep up when its projected median inference time (encoder and heads) is
 within the clip interval; with the runtime's one-clip queue a slower one drops clips.
@@ -22,32 +23,37 @@ Usage: board_fit_table.py WORK_DIR   (reads NAME-RES.bench.json written by board
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
-# name, compute threads, top CPU clock in GHz (None: like this machine), clip rate in clips/s
-BOARDS = [
-    ("generic-cpu", None, None, 50.0 / 8),
-    ("jetson-orin-nano", 4, 1.5, 30.0 / 8),
-    ("jetson-orin-nx", 6, 2.0, 30.0 / 8),
-    ("jetson-agx-orin", 8, 2.2, 60.0 / 8),
-    ("x86-cuda-workstation", None, None, 60.0 / 4),
-]
+ROOT = Path(__file__).resolve().parent.parent
+# The CPU of each board (not in its profile, which describes the cart, not the silicon): cores and
+# top clock in GHz. Profiles not named here run on an unknown CPU and are projected as this machine.
+BOARD_CPUS = {
+    "jetson-orin-nano": (6, 1.5),
+    "jetson-orin-nx": (8, 2.0),
+    "jetson-agx-orin": (12, 2.2),
+}
 A78_OPS_PER_CYCLE = 64  # 2 SDOT x 16 multiply-adds x 2 operations
 
 
-LOOP_OF_KERNEL = {"avx2": "int8 avx2 u8", "avx512vnni": "int8 avx512vnni"}
+def boards():
+    """(name, compute threads or None for every CPU, clip rate in clips/s) of each profile."""
+    out = []
+    for f in sorted((ROOT / "boards" / "profiles").glob("*.toml")):
+        p = tomllib.loads(f.read_text())
+        rate = p["capture"]["fps"] / p["model"]["clip_every"]
+        out.append((p["name"], p["compute"].get("threads") or None, rate))
+    return out
 
 
 def peak_of_this_machine(work):
     if "PEAK_HERE_GOPS" in os.environ:
         return float(os.environ["PEAK_HERE_GOPS"]), "given by PEAK_HERE_GOPS"
     r = json.loads((work / "roofline.json").read_text())
-    kernel = r["int8_kernel"]
-    prefix = LOOP_OF_KERNEL.get(kernel)
-    for p in r["peaks"]:
-        if prefix and p["loop"].startswith(prefix):
-            return p["all_threads_gops"], f"int8 {kernel}"
-    sys.exit(f"the roofline has no peak loop for the int8 kernel {kernel}; set PEAK_HERE_GOPS")
+    if r.get("int8_peak_gops") is None:
+        sys.exit(f"the roofline has no peak loop for the int8 kernel {r['int8_kernel']}; set PEAK_HERE_GOPS")
+    return r["int8_peak_gops"], f"int8 {r['int8_kernel']}"
 
 
 def main():
@@ -89,24 +95,25 @@ def main():
     head = "| board | threads | int8 peak GOP/s | budget ms | " + " | ".join(r["model"] for r in rows) + " | largest that keeps up |"
     print(head)
     print("|" + "---|" * (5 + len(rows)))
-    for board, threads, ghz, rate in BOARDS:
-        if ghz is None:
-            t = threads_here
-            peak = peak_here
+    for board, threads, rate in boards():
+        cpu = BOARD_CPUS.get(board)
+        if cpu is None:
+            t, peak = threads or threads_here, peak_here
             peak_s = f"{peak:.0f} (this machine, {kernel})"
         else:
-            t = threads
-            peak = threads * ghz * A78_OPS_PER_CYCLE
+            t = threads or cpu[0]
+            peak = t * cpu[1] * A78_OPS_PER_CYCLE
             peak_s = f"{peak:.0f}"
         budget = 1000.0 / rate
-        cells, best = [], "none"
+        cells, best = [], None
         for r in rows:
             ms = r["inference_p50"] * peak_here / peak
             fits = ms <= budget
             cells.append(f"{ms:.0f} {'fits' if fits else 'too slow'}")
-            if fits:
-                best = r["model"]
-        print(f"| {board} | {t if t else threads_here} | {peak_s} | {budget:.0f} | " + " | ".join(cells) + f" | {best} |")
+            if fits and (best is None or r["inference_p50"] > best["inference_p50"]):
+                best = r  # the largest is the slowest that still fits
+        print(f"| {board} | {t} | {peak_s} | {budget:.0f} | " + " | ".join(cells)
+              + f" | {best['model'] if best else 'none'} |")
 
 
 if __name__ == "__main__":

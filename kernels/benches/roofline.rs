@@ -22,7 +22,9 @@
 //! each is reported as a fraction of the all-thread peak of the loop that matches the kernel
 //! this CPU selects. AVX-VNNI (256-bit) and NEON are named but not measured here.
 //!
-//! `--quick` for fewer repetitions, `--json` for one JSON object instead of tables.
+//! `--quick` for fewer repetitions, `--json` for one JSON object instead of tables (with
+//! `int8_peak_gops` and `f32_peak_gflops`, the all-thread peaks of the selected kernels' loops,
+//! null where there is none).
 
 use std::time::Instant;
 
@@ -384,6 +386,7 @@ fn main() {
     }
 
     if json {
+        let opt = |p: Option<f64>| p.map_or("null".to_string(), |p| format!("{p:.2}"));
         let peaks_json: Vec<String> = peaks
             .iter()
             .map(|(n, one, all)| {
@@ -404,10 +407,12 @@ fn main() {
             })
             .collect();
         println!(
-            "{{\"cpu\":{:?},\"threads\":{threads},\"int8_kernel\":\"{}\",\"f32_kernel\":\"{}\",\"peaks\":[{}],\"gemms\":[{}]}}",
+            "{{\"cpu\":{:?},\"threads\":{threads},\"int8_kernel\":\"{}\",\"f32_kernel\":\"{}\",\"int8_peak_gops\":{},\"f32_peak_gflops\":{},\"peaks\":[{}],\"gemms\":[{}]}}",
             cpu::describe(),
             int8_kernel.name(),
             f32_kernel.name(),
+            opt(i8_peak),
+            opt(f32_peak),
             peaks_json.join(","),
             rows_json.join(",")
         );
