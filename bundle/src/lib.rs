@@ -36,7 +36,7 @@ pub use keys::{PublicKey, SecretKey, key_id};
 pub use manifest::{
     CalibrationSummary, FORMAT, FORMAT_VERSION, FileEntry, HeadSpec, IMAGENET_MEAN, IMAGENET_STD,
     InputSpec, LayerPrecision, LvHeadSpec, Manifest, Precision, QuantizationInfo, Scaler,
-    SectorHandling, SourceFile, SourceInfo, TargetSpec, ToolInfo,
+    SectorHandling, SourceFile, SourceInfo, TailSearch, TargetSpec, ToolInfo,
 };
 
 pub use provenance::Provenance;

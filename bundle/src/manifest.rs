@@ -367,6 +367,9 @@ pub struct QuantizationInfo {
     /// End-to-end check of the chosen precisions on calibration clips.
     #[serde(default)]
     pub calibration: Option<CalibrationSummary>,
+    /// The search for the worst tokens end to end, and the layers it kept full precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_search: Option<TailSearch>,
     /// One entry per weight tensor of a linear (or patch) layer.
     pub layers: Vec<LayerPrecision>,
 }
@@ -384,6 +387,29 @@ pub struct CalibrationSummary {
     /// Encoder time per clip (ms, median) with the chosen precisions and all-f32 kernels.
     pub chosen_ms: f64,
     pub f32_ms: f64,
+}
+
+/// The end-to-end search for the encoder's worst tokens: int8 layers whose error a few tokens
+/// amplify are kept full precision, one at a time, while the smallest per-token cosine against
+/// f32 on the clips stays below the target and the size allows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TailSearch {
+    /// Number of clips searched.
+    pub clips: usize,
+    /// Where they came from.
+    pub source: String,
+    /// The smallest per-token cosine aimed at.
+    pub target: f64,
+    /// Smallest per-token cosine on the clips with the per-layer choice, and after the search.
+    pub token_cosine_min_before: f64,
+    pub token_cosine_min_after: f64,
+    /// Weight bytes the search could spend on wider layers, and spent.
+    pub byte_budget: u64,
+    pub bytes_spent: u64,
+    /// The layers it kept full precision, in the order chosen.
+    pub widened: Vec<String>,
+    /// Why it stopped.
+    pub stopped: String,
 }
 
 /// The precision chosen for one weight tensor and why.

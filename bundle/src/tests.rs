@@ -83,6 +83,7 @@ pub(super) fn manifest() -> Manifest {
             measured_on: String::new(),
             error_budget: None,
             calibration: None,
+            tail_search: None,
             layers: vec![],
         },
         files: BTreeMap::new(),

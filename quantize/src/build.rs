@@ -14,7 +14,7 @@ use candle_core::quantized::gguf_file::Value;
 use echojepa::bundle::{
     BundleBuilder, CalibrationSummary, FORMAT, FORMAT_VERSION, HeadSpec, InputSpec, LayerPrecision,
     LvHeadSpec, Manifest, Precision, Provenance, QuantizationInfo, SecretKey, SectorHandling,
-    SourceInfo, ToolInfo,
+    SourceInfo, TailSearch, ToolInfo,
 };
 use echojepa::quantized::gguf::write_gguf;
 use echojepa::quantized::model::{LV_PREFIX, probe_prefix};
@@ -23,7 +23,7 @@ use echojepa_phantom::View;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::calibrate::{
-    self, CalibrationOptions, Clip, NamedTensor, encoder_tensors, probe_tensors,
+    self, CalibrationOptions, Clip, NamedTensor, TailOptions, encoder_tensors, probe_tensors,
 };
 use crate::data;
 use crate::source::{self, SourceArgs};
@@ -175,6 +175,19 @@ pub struct Args {
     /// Seed of the first calibration clip.
     #[arg(long, default_value_t = 1_000_000)]
     pub calibration_seed: u64,
+    /// Phantom clips the whole encoder runs on after the per-layer choice, looking for the
+    /// worst tokens (the first --calibration-clips of them are the per-layer clips; 0 skips
+    /// the search). A layer whose int8 error a few tokens amplify is kept full precision while
+    /// the smallest token cosine on these clips is below --tail-target and the size allows.
+    #[arg(long, default_value_t = 64)]
+    pub tail_clips: usize,
+    /// The smallest per-token cosine against f32 that the tail search aims at.
+    #[arg(long, default_value_t = 0.9995)]
+    pub tail_target: f64,
+    /// Largest weights size, as a fraction of the f32 checkpoint's, that the tail search may
+    /// grow the bundle to (the report's size check is 0.30; the manifest takes a little).
+    #[arg(long, default_value_t = 0.29)]
+    pub max_size_ratio: f64,
     /// Frame rate of the phantom source video the frame step applies to: that of the training
     /// videos (30 is what `trainer synth` writes), so the heart moves as fast as in training.
     #[arg(long, default_value_t = 30.0)]
@@ -260,13 +273,24 @@ fn build(
 
     let clips = calibration_clips(a, &input, quiet)?;
     let opts = calibration_options(a);
-    let (layers, summary) = calibrate_encoder(a, &src, &input, &clips, &opts, quiet)?;
     let mut w = Weights {
-        tensors: encoder_tensors(cfg, &src.encoder, &layers)?,
-        layers,
+        tensors: Vec::new(),
+        layers: Vec::new(),
     };
     let heads = w.add_probes(a, &src, &opts)?;
     let lv_segmentation = w.add_lv(a, &src)?;
+    let other_bytes = tensor_bytes(&w.tensors);
+    let (layers, summary, tail) =
+        calibrate_encoder(a, &src, &input, &clips, &opts, other_bytes, quiet)?;
+    // the encoder comes first in the weights file and the manifest
+    let mut tensors = encoder_tensors(cfg, &src.encoder, &layers)?;
+    tensors.append(&mut w.tensors);
+    let mut all_layers = layers;
+    all_layers.append(&mut w.layers);
+    let w = Weights {
+        tensors,
+        layers: all_layers,
+    };
     let model_id = a
         .model_id
         .clone()
@@ -284,12 +308,13 @@ fn build(
             heads,
             lv_segmentation,
             summary: summary.clone(),
+            tail: tail.clone(),
             layers: w.layers.clone(),
         },
     )?;
     let Some(key) = key else {
         let bytes = builder.finish_unsigned(manifest)?;
-        return print_unsigned(out, a, &bytes, &summary, &w.layers);
+        return print_unsigned(out, a, &bytes, &summary, tail.as_ref(), &w.layers);
     };
     let bundle = builder.finish(manifest, key)?;
     let m = bundle.manifest();
@@ -301,18 +326,19 @@ fn build(
             "manifest_sha256": bundle.manifest_sha256(), "signer": bundle.signer().name(),
             "signer_id": bundle.signer().id(),
             "bytes": size, "f32_bytes": f32_size, "size_ratio": size as f64 / f32_size as f64,
-            "calibration": summary, "layers": w.layers,
+            "calibration": summary, "tail_search": tail, "layers": w.layers,
         });
         writeln!(out, "{v}")?;
     } else {
-        print_summary(out, a, &bundle, &w.layers, &summary, size, f32_size)?;
+        print_summary(out, a, &bundle, size, f32_size)?;
     }
     Ok(())
 }
 
 /// Synthetic phantom clips of every view, preprocessed as the model's input.
+/// The per-layer clips come first, then the rest of the tail search's.
 fn calibration_clips(a: &Args, input: &InputSpec, quiet: bool) -> Result<Vec<Clip>> {
-    let n = a.calibration_clips.max(1);
+    let n = a.calibration_clips.max(1).max(a.tail_clips);
     let pb = progress(n as u64, "rendering phantom", quiet);
     let samples = data::phantom_samples(
         n,
@@ -339,49 +365,100 @@ fn calibration_options(a: &Args) -> CalibrationOptions {
     }
 }
 
-/// Chooses each encoder layer's precision on the clips, then measures the chosen encoder end
-/// to end against f32.
+/// Stored bytes of the tensors.
+fn tensor_bytes(tensors: &[NamedTensor]) -> u64 {
+    tensors
+        .iter()
+        .map(|(_, t)| t.storage_size_in_bytes() as u64)
+        .sum()
+}
+
+fn clip_source(a: &Args, input: &InputSpec, n: usize) -> String {
+    format!(
+        "{n} synthetic phantom clips (seeds {}..{}), {} frames {}x{}",
+        a.calibration_seed,
+        a.calibration_seed + n as u64 - 1,
+        input.frames,
+        input.resolution[0],
+        input.resolution[1]
+    )
+}
+
+/// Chooses each encoder layer's precision on the first `--calibration-clips` clips, searches
+/// all `clips` for the worst tokens (unless `--tail-clips 0`), then measures the chosen encoder
+/// end to end against f32 on the clips searched. `other_bytes`: the probes' and LV decoder's
+/// stored bytes, which count against `--max-size-ratio`.
 fn calibrate_encoder(
     a: &Args,
     src: &source::Source,
     input: &InputSpec,
     clips: &[Clip],
     opts: &CalibrationOptions,
+    other_bytes: u64,
     quiet: bool,
-) -> Result<(Vec<LayerPrecision>, CalibrationSummary)> {
+) -> Result<(Vec<LayerPrecision>, CalibrationSummary, Option<TailSearch>)> {
     let cfg = &src.encoder_cfg;
     let origin = src.checkpoint.display().to_string();
-    let pb = progress(clips.len() as u64, "measuring layers", quiet);
-    let layers = calibrate::choose_encoder_precisions(
+    let per_layer = &clips[..a.calibration_clips.max(1).min(clips.len())];
+    let pb = progress(per_layer.len() as u64, "measuring layers", quiet);
+    let mut layers = calibrate::choose_encoder_precisions(
         cfg,
         &src.encoder,
         &origin,
-        clips,
+        per_layer,
         opts,
         &mut |d, _| pb.set_position(d as u64),
     )?;
     pb.finish_and_clear();
-    let source_desc = format!(
-        "{} synthetic phantom clips (seeds {}..{}), {} frames {}x{}",
-        clips.len(),
-        a.calibration_seed,
-        a.calibration_seed + clips.len() as u64 - 1,
-        input.frames,
-        input.resolution[0],
-        input.resolution[1]
-    );
+    let mut checked = per_layer;
+    let mut tail = None;
+    if a.tail_clips > 0 {
+        let encoder_bytes = tensor_bytes(&encoder_tensors(cfg, &src.encoder, &layers)?);
+        let limit = (a.max_size_ratio * f32_bytes(src) as f64).max(0.0) as u64;
+        let byte_budget = limit.saturating_sub(encoder_bytes + other_bytes);
+        let spin = progress(1, "searching worst tokens", quiet);
+        let t = calibrate::search_tail(
+            cfg,
+            &src.encoder,
+            &origin,
+            &mut layers,
+            clips,
+            &TailOptions {
+                target: a.tail_target,
+                byte_budget,
+                clips_per_round: 4,
+                fallback: opts.fallback,
+            },
+            &mut |line| spin.println(format!("  {line}")),
+        )?;
+        spin.finish_and_clear();
+        let t = TailSearch {
+            source: clip_source(a, input, clips.len()),
+            ..t
+        };
+        tracing::info!(
+            "tail search on {} clips: worst token cosine {:.5} -> {:.5}, {} layer(s) kept full precision ({})",
+            t.clips,
+            t.token_cosine_min_before,
+            t.token_cosine_min_after,
+            t.widened.len(),
+            t.stopped
+        );
+        checked = clips;
+        tail = Some(t);
+    }
     let spin = progress(1, "checking end to end", quiet);
     let summary = calibrate::summarize(
         cfg,
         &src.encoder,
         &origin,
         &layers,
-        clips,
-        &source_desc,
+        checked,
+        &clip_source(a, input, checked.len()),
         opts.reps,
     )?;
     spin.finish_and_clear();
-    Ok((layers, summary))
+    Ok((layers, summary, tail))
 }
 
 /// The tensors of the weights file and the precision of each, encoder first.
@@ -539,6 +616,7 @@ struct ManifestParts {
     heads: Vec<HeadSpec>,
     lv_segmentation: Option<LvHeadSpec>,
     summary: CalibrationSummary,
+    tail: Option<TailSearch>,
     layers: Vec<LayerPrecision>,
 }
 
@@ -594,6 +672,7 @@ fn manifest(a: &Args, src: &source::Source, p: ManifestParts) -> Result<Manifest
             measured_on: echojepa_kernels::cpu::describe(),
             error_budget: Some(a.error_budget),
             calibration: Some(p.summary),
+            tail_search: p.tail,
             layers: p.layers,
         },
         files: Default::default(),
@@ -606,6 +685,7 @@ fn print_unsigned(
     a: &Args,
     bytes: &[u8],
     summary: &CalibrationSummary,
+    tail: Option<&TailSearch>,
     layers: &[LayerPrecision],
 ) -> Result<()> {
     let manifest_path = a.out.join(echojepa::bundle::MANIFEST_FILE);
@@ -614,7 +694,7 @@ fn print_unsigned(
         let v = serde_json::json!({
             "bundle": a.out, "unsigned": true, "manifest": manifest_path,
             "manifest_sha256": sha, "manifest_bytes": bytes.len(),
-            "calibration": summary, "layers": layers,
+            "calibration": summary, "tail_search": tail, "layers": layers,
         });
         writeln!(out, "{v}")?;
     } else {
@@ -626,6 +706,7 @@ fn print_unsigned(
             manifest_path.display(),
             a.out.display()
         )?;
+        write_choices(out, layers, summary, tail)?;
     }
     Ok(())
 }
@@ -727,8 +808,6 @@ fn print_summary(
     out: &mut impl Write,
     a: &Args,
     bundle: &echojepa::bundle::VerifiedBundle,
-    layers: &[LayerPrecision],
-    s: &echojepa::bundle::CalibrationSummary,
     size: u64,
     f32_size: u64,
 ) -> Result<()> {
@@ -753,6 +832,28 @@ fn print_summary(
         size as f64 / f32_size as f64,
         f32_size as f64 / 1e6
     )?;
+    let q = &m.quantization;
+    if let Some(s) = &q.calibration {
+        write_choices(out, &q.layers, s, q.tail_search.as_ref())?;
+    }
+    let p = m.provenance();
+    writeln!(out, "  training data: {}", p.description)?;
+    if p.synthetic {
+        writeln!(
+            out,
+            "  NOTE: trained on synthetic data; the manifest says so."
+        )?;
+    }
+    Ok(())
+}
+
+/// The precision lines: layer counts, the end-to-end check, the tail search, each layer not int8.
+fn write_choices(
+    out: &mut impl Write,
+    layers: &[LayerPrecision],
+    s: &CalibrationSummary,
+    tail: Option<&TailSearch>,
+) -> Result<()> {
     let count = |p| layers.iter().filter(|l| l.precision == p).count();
     writeln!(
         out,
@@ -766,16 +867,22 @@ fn print_summary(
         "  calibration ({}): token cosine min {:.5} mean {:.5}; encoder {:.1} ms vs f32 kernels {:.1} ms",
         s.source, s.token_cosine_min, s.token_cosine_mean, s.chosen_ms, s.f32_ms
     )?;
-    for l in layers.iter().filter(|l| l.precision != Precision::Q8_0) {
-        writeln!(out, "  kept {} at {}: {}", l.tensor, l.precision, l.reason)?;
-    }
-    let p = m.provenance();
-    writeln!(out, "  training data: {}", p.description)?;
-    if p.synthetic {
+    if let Some(t) = tail {
         writeln!(
             out,
-            "  NOTE: trained on synthetic data; the manifest says so."
+            "  worst tokens on {} clips: token cosine min {:.5} before the search, {:.5} after (target {}); {} layer(s) widened, {} of {} bytes; {}",
+            t.clips,
+            t.token_cosine_min_before,
+            t.token_cosine_min_after,
+            t.target,
+            t.widened.len(),
+            t.bytes_spent,
+            t.byte_budget,
+            t.stopped
         )?;
+    }
+    for l in layers.iter().filter(|l| l.precision != Precision::Q8_0) {
+        writeln!(out, "  kept {} at {}: {}", l.tensor, l.precision, l.reason)?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use candle_core::quantized::QTensor;
-use echojepa::bundle::{CalibrationSummary, LayerPrecision, Precision};
+use echojepa::bundle::{CalibrationSummary, LayerPrecision, Precision, TailSearch};
 use echojepa::config::EncoderConfig;
 use echojepa::quantized::QuantError;
 use echojepa::quantized::encoder::{
@@ -290,6 +290,187 @@ pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     if r == 0.0 { e.sqrt() } else { (e / r).sqrt() }
 }
 
+/// The encoder layers' precisions by the names [`TensorSource`] takes (no prefix, no `.weight`).
+fn precision_map(layers: &[LayerPrecision]) -> HashMap<String, Precision> {
+    layers
+        .iter()
+        .map(|l| {
+            let n = l.tensor.strip_suffix(".weight").unwrap_or(&l.tensor);
+            let n = n
+                .strip_prefix(&format!("{ENCODER_PREFIX}."))
+                .unwrap_or(n)
+                .to_string();
+            (n, l.precision)
+        })
+        .collect()
+}
+
+/// Bytes of an `n × k` weight stored at `p` (q8_0: 32 int8 values and one f16 scale a block).
+pub fn weight_bytes(shape: &[usize], p: Precision) -> u64 {
+    let n: u64 = shape.iter().map(|&d| d as u64).product();
+    match p {
+        Precision::Q8_0 => n / QK8_0 as u64 * (QK8_0 as u64 + 2),
+        Precision::F16 => n * 2,
+        Precision::F32 => n * 4,
+    }
+}
+
+/// Knobs of the end-to-end search for the worst tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TailOptions {
+    /// The smallest per-token cosine (against f32) to reach on the clips.
+    pub target: f64,
+    /// Weight bytes the widened layers may add in all.
+    pub byte_budget: u64,
+    /// Clips with the worst tokens added to the searched set each round.
+    pub clips_per_round: usize,
+    /// Precision of a widened layer.
+    pub fallback: Precision,
+}
+
+/// Keeps int8 layers full precision, one at a time, where a few tokens amplify their error.
+///
+/// A per-layer error budget cannot see this: every layer may add under 1 % to every token's
+/// error, and still a handful of tokens come out of the encoder with a cosine of 0.98 because
+/// later blocks multiply what earlier ones added. So this runs the whole encoder with the
+/// current choice on `clips` against f32, takes the clips holding the worst tokens, and tries
+/// widening each remaining int8 layer on them; the layer that raises their worst token most is
+/// kept full precision, and the whole set is measured again. It stops when the smallest cosine
+/// on all clips reaches the target, when no layer that fits the byte budget is left, or when no
+/// single layer raises the worst token. The f32 outputs of all clips are held in memory.
+///
+/// `layers` is updated in place (precision and reason of each widened layer); `progress` gets a
+/// line per widened layer. The result's `source` is left for the caller to describe the clips.
+pub fn search_tail(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    origin: &str,
+    layers: &mut [LayerPrecision],
+    clips: &[Clip],
+    opts: &TailOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<TailSearch, QuantError> {
+    if clips.is_empty() {
+        return Err(QuantError::Input("no clips for the tail search".into()));
+    }
+    let tensors = flatten_patch(cfg, tensors);
+    let load = |precision: &HashMap<String, Precision>| {
+        QuantizedEncoder::load(
+            cfg,
+            &TensorSource {
+                tensors: &tensors,
+                origin,
+                precision,
+            },
+        )
+    };
+    let reference = load(&HashMap::new())?;
+    let refs = clips
+        .iter()
+        .map(|(c, thw)| reference.forward_clip(c, *thw))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(reference);
+    let d = cfg.embed_dim;
+    // the smallest token cosine of each listed clip
+    let worst = |enc: &QuantizedEncoder, which: &[usize]| -> Result<Vec<f64>, QuantError> {
+        which
+            .iter()
+            .map(|&i| {
+                let (c, thw) = &clips[i];
+                Ok(token_cosine(&enc.forward_clip(c, *thw)?, &refs[i], d).0)
+            })
+            .collect()
+    };
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let all: Vec<usize> = (0..clips.len()).collect();
+    let mut searched: Vec<usize> = Vec::new();
+    let mut widened = Vec::new();
+    let mut spent = 0u64;
+    let mut before = None;
+    let (after, stopped) = loop {
+        let chosen = precision_map(layers);
+        let per_clip = worst(&load(&chosen)?, &all)?;
+        let now = min(&per_clip);
+        before.get_or_insert(now);
+        if now >= opts.target {
+            break (
+                now,
+                format!("the smallest token cosine {now:.5} reached the target"),
+            );
+        }
+        // the clips holding the worst tokens join the searched set
+        let mut order = all.clone();
+        order.sort_by(|&a, &b| per_clip[a].total_cmp(&per_clip[b]));
+        let new: Vec<usize> = order
+            .into_iter()
+            .filter(|i| !searched.contains(i))
+            .take(opts.clips_per_round.max(1))
+            .collect();
+        searched.extend(new);
+        let base = min(&searched.iter().map(|&i| per_clip[i]).collect::<Vec<_>>());
+        let mut best: Option<(usize, f64, u64)> = None;
+        for (li, l) in layers.iter().enumerate() {
+            if l.precision != Precision::Q8_0 {
+                continue;
+            }
+            let extra = weight_bytes(&l.shape, opts.fallback)
+                .saturating_sub(weight_bytes(&l.shape, Precision::Q8_0));
+            if spent + extra > opts.byte_budget {
+                continue;
+            }
+            let mut trial = chosen.clone();
+            let name = precision_map(std::slice::from_ref(l));
+            for k in name.into_keys() {
+                trial.insert(k, opts.fallback);
+            }
+            let m = min(&worst(&load(&trial)?, &searched)?);
+            if best.is_none_or(|(_, b, _)| m > b) {
+                best = Some((li, m, extra));
+            }
+        }
+        let Some((li, m, extra)) = best else {
+            break (
+                now,
+                format!(
+                    "no int8 layer fits the remaining {} bytes of the budget",
+                    opts.byte_budget - spent
+                ),
+            );
+        };
+        if m <= base {
+            break (
+                now,
+                format!("no single layer raises the worst searched token above {base:.5}"),
+            );
+        }
+        let l = &mut layers[li];
+        l.reason = format!(
+            "kept {}: the worst token on {} searched clips rose from cosine {base:.5} to {m:.5} with it full precision ({})",
+            opts.fallback,
+            searched.len(),
+            l.reason
+        );
+        l.precision = opts.fallback;
+        spent += extra;
+        widened.push(l.tensor.clone());
+        progress(&format!(
+            "kept {} {}: worst searched token {base:.5} -> {m:.5}",
+            l.tensor, opts.fallback
+        ));
+    };
+    Ok(TailSearch {
+        clips: clips.len(),
+        source: String::new(),
+        target: opts.target,
+        token_cosine_min_before: before.unwrap_or(after),
+        token_cosine_min_after: after,
+        byte_budget: opts.byte_budget,
+        bytes_spent: spent,
+        widened,
+        stopped,
+    })
+}
+
 /// Builds the encoder with the chosen precisions and compares it with the all-f32 kernel
 /// encoder on the clips (token cosine, median times).
 pub fn summarize(
@@ -302,17 +483,7 @@ pub fn summarize(
     reps: usize,
 ) -> Result<CalibrationSummary, QuantError> {
     let tensors = flatten_patch(cfg, tensors);
-    let chosen: HashMap<String, Precision> = layers
-        .iter()
-        .map(|l| {
-            let n = l.tensor.strip_suffix(".weight").unwrap_or(&l.tensor);
-            let n = n
-                .strip_prefix(&format!("{ENCODER_PREFIX}."))
-                .unwrap_or(n)
-                .to_string();
-            (n, l.precision)
-        })
-        .collect();
+    let chosen = precision_map(layers);
     let none = HashMap::new();
     let q = QuantizedEncoder::load(
         cfg,

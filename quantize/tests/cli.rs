@@ -227,6 +227,39 @@ fn build_verify_report_and_refusals() {
     for l in layers {
         assert!(!l["reason"].as_str().unwrap().is_empty(), "{l}");
     }
+    // The worst-token search ran on the default 64 clips (the 2 per-layer clips among them),
+    // within its byte budget, and every layer it widened says so; the end-to-end summary is
+    // measured on the same 64 clips and agrees with the search's result.
+    let t = &m["quantization"]["tail_search"];
+    assert_eq!(t["clips"], 64, "{t}");
+    assert_eq!(t["target"], 0.9995, "{t}");
+    assert!(
+        t["bytes_spent"].as_u64().unwrap() <= t["byte_budget"].as_u64().unwrap(),
+        "{t}"
+    );
+    assert!(!t["stopped"].as_str().unwrap().is_empty(), "{t}");
+    let after = t["token_cosine_min_after"].as_f64().unwrap();
+    assert!(
+        after >= t["token_cosine_min_before"].as_f64().unwrap(),
+        "{t}"
+    );
+    let cal = &m["quantization"]["calibration"];
+    assert_eq!(cal["clips"], 64, "{cal}");
+    assert!(
+        (cal["token_cosine_min"].as_f64().unwrap() - after).abs() < 1e-9,
+        "{cal} {t}"
+    );
+    for w in t["widened"].as_array().unwrap() {
+        let l = layers.iter().find(|l| l["tensor"] == *w).unwrap();
+        assert_eq!(l["precision"], "f16", "{l}");
+        assert!(
+            l["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("kept f16: the worst token"),
+            "{l}"
+        );
+    }
     assert_eq!(m["heads"][0]["name"], "ef");
     assert_eq!(m["heads"][0]["valid_views"][0], "a4c");
     assert_eq!(m["heads"][0]["targets"][0]["unit"], "%");
@@ -809,4 +842,76 @@ fn report_finds_the_ef_head_by_its_task_not_its_name() {
             .contains("`score` mean |int8 - f32|")),
         "{r}"
     );
+}
+
+/// The worst-token search through the CLI: with a target int8 cannot reach and room in the size
+/// budget, `build` keeps layers f16 one at a time, prints what it did, records each reason, and
+/// the bundle's own report measures a worst token no lower than the search started from.
+#[test]
+fn build_widens_layers_for_the_worst_tokens_within_the_size_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let stem = tiny_checkpoint(root);
+    let bundle = root.join("bundle");
+    let build = |out: &Path, ratio: &str| {
+        run(&[
+            "build",
+            "--checkpoint",
+            stem.to_str().unwrap(),
+            "--model-version",
+            "1",
+            "--unsigned",
+            "--out",
+            out.to_str().unwrap(),
+            "--calibration-clips",
+            "1",
+            "--tail-clips",
+            "8",
+            "--tail-target",
+            "0.99999999",
+            "--max-size-ratio",
+            ratio,
+            "--max-time-ratio",
+            "1000",
+            "--reps",
+            "1",
+        ])
+    };
+    let o = build(&bundle, "1.0");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let t = &m["quantization"]["tail_search"];
+    let widened = t["widened"].as_array().unwrap();
+    assert!(!widened.is_empty(), "{t}");
+    assert!(
+        t["token_cosine_min_after"].as_f64().unwrap()
+            > t["token_cosine_min_before"].as_f64().unwrap(),
+        "{t}"
+    );
+    let layers = m["quantization"]["layers"].as_array().unwrap();
+    for w in widened {
+        let l = layers.iter().find(|l| l["tensor"] == *w).unwrap();
+        assert_eq!(l["precision"], "f16", "{l}");
+        assert!(
+            l["reason"].as_str().unwrap().contains("searched clips"),
+            "{l}"
+        );
+    }
+    assert!(
+        out.contains("worst tokens on 8 clips") && out.contains("layer(s) widened"),
+        "{out}"
+    );
+    // With no room left above the per-layer choice it widens nothing and says why.
+    let tight = root.join("tight");
+    let o = build(&tight, "0.01");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tight.join("manifest.json")).unwrap()).unwrap();
+    let t = &m["quantization"]["tail_search"];
+    assert_eq!(t["widened"].as_array().unwrap().len(), 0, "{t}");
+    assert_eq!(t["byte_budget"], 0, "{t}");
+    assert!(t["stopped"].as_str().unwrap().contains("fits"), "{t}");
 }

@@ -340,6 +340,7 @@ fn tiny_bundle(
             measured_on: String::new(),
             error_budget: None,
             calibration: None,
+            tail_search: None,
             layers,
         },
         files: Default::default(),

@@ -93,6 +93,7 @@ fn manifest(version: &str) -> Manifest {
             measured_on: String::new(),
             error_budget: None,
             calibration: None,
+            tail_search: None,
             layers: vec![],
         },
         files: BTreeMap::new(),

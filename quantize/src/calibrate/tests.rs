@@ -15,8 +15,8 @@ use echojepa::quantized::gguf::{GgufWeights, precision_of, write_gguf};
 use echojepa::quantized::model::{ENCODER_PREFIX, probe_prefix};
 
 use super::{
-    CalibrationOptions, Clip, choose_encoder_precisions, encoder_tensors, probe_tensors, rel_error,
-    token_cosine,
+    CalibrationOptions, Clip, TailOptions, choose_encoder_precisions, encoder_tensors,
+    probe_tensors, rel_error, search_tail, summarize, token_cosine, weight_bytes,
 };
 
 fn tiny() -> EncoderConfig {
@@ -104,6 +104,102 @@ fn calibration_records_a_choice_and_reason_for_every_layer() {
     }
     // No clips is refused rather than recorded as unmeasured.
     assert!(choose_encoder_precisions(&cfg, &t, "t", &[], &opts, &mut |_, _| {}).is_err());
+}
+
+/// Every layer int8, as a per-layer choice with no time limit makes them.
+fn all_int8(
+    cfg: &EncoderConfig,
+    t: &HashMap<String, Tensor>,
+    clips: &[Clip],
+) -> Vec<LayerPrecision> {
+    let opts = CalibrationOptions {
+        reps: 1,
+        max_time_ratio: 1e6,
+        ..CalibrationOptions::default()
+    };
+    let layers = choose_encoder_precisions(cfg, t, "t", clips, &opts, &mut |_, _| {}).unwrap();
+    assert!(layers.iter().all(|l| l.precision == Precision::Q8_0));
+    layers
+}
+
+#[test]
+fn tail_search_widens_the_layers_that_lift_the_worst_token() {
+    let cfg = tiny();
+    let t = random_encoder(&cfg, 7);
+    let clips: Vec<Clip> = (0..6).map(|s| clip(30 + s)).collect();
+    let start = all_int8(&cfg, &t, &clips[..2]);
+    let opts = TailOptions {
+        target: 0.999_999,
+        byte_budget: u64::MAX,
+        clips_per_round: 2,
+        fallback: Precision::F32,
+    };
+    let mut layers = start.clone();
+    let mut lines = Vec::new();
+    let s = search_tail(&cfg, &t, "t", &mut layers, &clips, &opts, &mut |l: &str| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(s.clips, 6);
+    assert!(s.token_cosine_min_before < opts.target, "{s:?}");
+    assert!(!s.widened.is_empty(), "{s:?}");
+    assert_eq!(lines.len(), s.widened.len());
+    assert!(
+        s.token_cosine_min_after > s.token_cosine_min_before,
+        "{s:?}"
+    );
+    // What it reports is what the chosen encoder measures on the same clips.
+    let check = summarize(&cfg, &t, "t", &layers, &clips, "six clips", 1).unwrap();
+    assert!(
+        (check.token_cosine_min - s.token_cosine_min_after).abs() < 1e-12,
+        "{check:?} {s:?}"
+    );
+    // Exactly the widened layers changed, each saying why, and the bytes add up.
+    let mut spent = 0;
+    for (before, after) in start.iter().zip(&layers) {
+        if s.widened.contains(&after.tensor) {
+            assert_eq!(after.precision, Precision::F32);
+            assert!(
+                after.reason.starts_with("kept f32: the worst token"),
+                "{after:?}"
+            );
+            spent += weight_bytes(&after.shape, Precision::F32)
+                - weight_bytes(&after.shape, Precision::Q8_0);
+        } else {
+            assert_eq!(after, before);
+        }
+    }
+    assert_eq!(spent, s.bytes_spent);
+
+    // A budget smaller than any layer's widening leaves the choice alone, and says so.
+    let mut layers = start.clone();
+    let tight = TailOptions {
+        byte_budget: 100,
+        ..opts
+    };
+    let s = search_tail(&cfg, &t, "t", &mut layers, &clips, &tight, &mut |_| {}).unwrap();
+    assert!(s.widened.is_empty() && s.bytes_spent == 0, "{s:?}");
+    assert!(s.stopped.contains("no int8 layer fits"), "{s:?}");
+    assert_eq!(layers, start);
+    assert_eq!(s.token_cosine_min_before, s.token_cosine_min_after);
+
+    // A target already met changes nothing.
+    let mut layers = start.clone();
+    let easy = TailOptions {
+        target: 0.5,
+        ..opts
+    };
+    let s = search_tail(&cfg, &t, "t", &mut layers, &clips, &easy, &mut |_| {}).unwrap();
+    assert!(
+        s.widened.is_empty() && s.stopped.contains("reached"),
+        "{s:?}"
+    );
+    assert_eq!(layers, start);
+
+    // The byte sizes are the storage's: q8_0 is 34 bytes a block of 32.
+    assert_eq!(weight_bytes(&[64, 32], Precision::Q8_0), 64 * 34);
+    assert_eq!(weight_bytes(&[64, 32], Precision::F16), 64 * 64);
+    assert!(search_tail(&cfg, &t, "t", &mut layers, &[], &opts, &mut |_| {}).is_err());
 }
 
 #[test]
