@@ -445,7 +445,7 @@ pub fn search_tail(
         }
         let l = &mut layers[li];
         l.reason = format!(
-            "kept {}: the worst token on {} searched clips rose from cosine {base:.5} to {m:.5} with it full precision ({})",
+            "kept {} by the worst-token search: on {} searched clips the worst token's cosine rose from {base:.5} to {m:.5} with this layer full precision (per layer: {})",
             opts.fallback,
             searched.len(),
             l.reason

@@ -256,7 +256,7 @@ fn build_verify_report_and_refusals() {
             l["reason"]
                 .as_str()
                 .unwrap()
-                .starts_with("kept f16: the worst token"),
+                .starts_with("kept f16 by the worst-token search"),
             "{l}"
         );
     }
