@@ -62,8 +62,12 @@ rm -rf "$out.new"
 # --tail-clips 600: the search for the worst tokens end to end runs on 600 phantom clips (seeds
 # 1000000..1000599, apart from the report's 5000000..) rather than the default 64, because the
 # demo's worst token is about one in 100,000.
+# --ef-from regressor: the cart shows the EF regressor and draws the traced LV beside it. The
+# fine-tuning's validation prefers the traced LV when it measures better over whole 4 s scans,
+# but live, where EF is decided clip by clip, the traced LV of a run that chose it gave 0.84 x the
+# mean predictor and its regressor 0.52-0.62 x (BENCHMARKS.md, 2026-12-07, session 10).
 "$Q" build \
-    --checkpoint "$ck" --max-time-ratio 1000 --tail-clips 600 \
+    --checkpoint "$ck" --max-time-ratio 1000 --tail-clips 600 --ef-from regressor \
     --model-id echojepa-demo-phantom --model-version "$version" \
     --description "demo: 4-block 96-wide EchoJEPA-style encoder, V-JEPA pretrained then fine-tuned end to end on the synthetic phantom; view, EF regressor and LV tracing (EF per beat)" \
     --synthetic --sector full \
@@ -71,7 +75,7 @@ rm -rf "$out.new"
     --note "seeds=pretrain meta.seed 0, finetune optimization.seed 0; phantom patients train [2^32, 2^33), validation [2000000, 2001000), test [3000000, 3001000)" \
     --note "timings=build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s on $(nproc) cores ($(uname -m))" \
     --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc ($per_view); EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \
-    --note "ef_source=--ef-from auto: the traced LV when it measured better than the regressor on validation (lv_head.measures_ef in the checkpoint), else the regressor" \
+    --note "ef_source=--ef-from regressor: the EF regressor (the traced LV measured worse live, clip by clip); the cart draws the traced LV beside it" \
     --key "$root/edge-runtime/demo/keys/echojepa-demo.secret" \
     --out "$out.new"
 t4=$(now)
