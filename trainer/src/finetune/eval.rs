@@ -173,8 +173,9 @@ pub struct Calibration {
     /// views, EF measured beat by beat as the cart does; on a dataset (EchoNet), fitted on the
     /// validation videos' EF from the traced LV at their ED and ES frames.
     pub ef_beat_fit: Option<[f64; 2]>,
-    /// MAE of the calibrated traced EF on the validation scans (or videos) it was fitted on:
-    /// what decides, against the regressor's validation MAE, where the cart's EF comes from.
+    /// MAE of the calibrated traced EF on the validation scans (or videos) it was fitted on,
+    /// on the phantom decided clip by clip as the cart does (`ef_clipwise_mae`): what decides,
+    /// against the regressor's per-clip validation MAE, where the cart's EF comes from.
     #[serde(default)]
     pub ef_traced_val_mae: Option<f64>,
 }
@@ -385,6 +386,8 @@ pub struct Scan {
     /// Volume curves `(s, volume)` of the traced and the true cavity.
     pub pred: Vec<(f64, f64)>,
     pub truth: Vec<(f64, f64)>,
+    /// Points of `pred` each clip added, in order.
+    pub clip_points: usize,
 }
 
 /// Renders `n` scans of `clips` consecutive clips each from the split's patients in the EF views
@@ -431,6 +434,7 @@ pub fn evaluate_scans(
                 ef: r[0].ef,
                 pred: Vec::new(),
                 truth: Vec::new(),
+                clip_points: l.first().map_or(0, |c| c.pred.len()),
             };
             for (j, c) in l.iter().enumerate() {
                 scan.pred.extend(series(&c.pred, j as f64 * span, dt));
@@ -451,6 +455,11 @@ pub struct ScanReport {
     pub ef_beats_raw_mae: Option<f64>,
     /// With the validation line.
     pub ef_beats_mae: Option<f64>,
+    /// With the validation line, decided clip by clip as the cart does: after each clip of a
+    /// scan, EF from the beats seen so far (the extremes while they hold no whole beat), the
+    /// error averaged over every clip of every scan.
+    #[serde(default)]
+    pub ef_clipwise_mae: Option<f64>,
     /// The same measurement on the true cavity (the method's own error).
     pub ef_true_beats_mae: Option<f64>,
     pub ef_mean_predictor_mae: Option<f64>,
@@ -491,6 +500,14 @@ pub fn report_scans(scans: &[Scan], fit: Option<[f64; 2]>, mean_ef: f64) -> Scan
         .unwrap_or(0.0),
         ef_beats_raw_mae: err(&|e| e),
         ef_beats_mae: fit.and_then(|[a, b]| err(&|e| a + b * e)),
+        ef_clipwise_mae: fit.and_then(|[a, b]| {
+            mean(scans.iter().flat_map(|sc| {
+                let step = sc.clip_points.max(1);
+                (step..=sc.pred.len()).step_by(step).filter_map(move |end| {
+                    lv::ef_of_series(&sc.pred[..end]).map(|(e, _)| (a + b * e - sc.ef).abs())
+                })
+            }))
+        }),
         ef_true_beats_mae: mean(
             scans
                 .iter()
@@ -997,6 +1014,13 @@ pub fn describe_final(
         if let Some(e) = sc.ef_beats_mae {
             let _ = write!(s, ", calibrated {e:.2} ({:.2} x)", e / m);
         }
+        if let Some(e) = sc.ef_clipwise_mae {
+            let _ = write!(
+                s,
+                ", decided clip by clip as the cart does {e:.2} ({:.2} x)",
+                e / m
+            );
+        }
         if let Some(e) = sc.ef_true_beats_mae {
             let _ = write!(s, "; on true masks {e:.2} ({:.2} x)", e / m);
         }
@@ -1074,5 +1098,53 @@ mod tests {
         let text = describe_view_scores(&s);
         assert!(text.contains("a3c 1/4 (2 as a2c, 1 as a4c)"), "{text}");
         assert!(text.contains("a4c 2/2"), "{text}");
+    }
+
+    /// A volume curve sampled every `dt` s: a beat of `period` s, volume 100 at end-diastole
+    /// and `100 (1 - ef/100)` at end-systole.
+    fn curve(n: usize, dt: f64, period: f64, ef: f64) -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|k| {
+                let t = k as f64 * dt;
+                let phase = (t / period).fract();
+                let squeeze = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * phase).cos();
+                (t, 100.0 - ef * squeeze)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn traced_ef_clip_by_clip_scores_every_prefix_of_a_scan() {
+        let dt = 1.0 / 7.5;
+        let long = Scan {
+            ef: 55.0,
+            pred: curve(32, dt, 0.9, 55.0),
+            truth: curve(32, dt, 0.9, 55.0),
+            clip_points: 8,
+        };
+        let fit = Some([0.0, 1.0]);
+        let r = report_scans(std::slice::from_ref(&long), fit, 50.0);
+        // every clip of the scan is scored from the points up to its end: 8, 16, 24, 32
+        let by_prefix: Vec<f64> = [8, 16, 24, 32]
+            .iter()
+            .filter_map(|&n| lv::ef_of_series(&long.pred[..n]).map(|(e, _)| (e - 55.0).abs()))
+            .collect();
+        assert_eq!(by_prefix.len(), 4);
+        let want = by_prefix.iter().sum::<f64>() / 4.0;
+        assert!((r.ef_clipwise_mae.unwrap() - want).abs() < 1e-12, "{r:?}");
+        // the whole scan is the last prefix only, and the prefixes differ from it here
+        assert!(
+            (r.ef_beats_mae.unwrap() - by_prefix[3]).abs() < 1e-12,
+            "{r:?}"
+        );
+        assert!((want - by_prefix[3]).abs() > 1e-3, "{by_prefix:?}");
+        // a one-clip scan is scored the same either way; without a line, not at all
+        let short = Scan {
+            clip_points: 32,
+            ..long.clone()
+        };
+        let r1 = report_scans(std::slice::from_ref(&short), fit, 50.0);
+        assert_eq!(r1.ef_clipwise_mae, r1.ef_beats_mae);
+        assert!(report_scans(&[long], None, 50.0).ef_clipwise_mae.is_none());
     }
 }

@@ -1519,7 +1519,8 @@ fn traced_ef(
             let views = ef_measure_views(s);
             let v = eval::evaluate_scans(s, weights, Split::Val, f.lv_scans, f.scan_clips, &views)?;
             cal.ef_beat_fit = eval::fit_scans(&v);
-            cal.ef_traced_val_mae = eval::report_scans(&v, cal.ef_beat_fit, mean).ef_beats_mae;
+            // the cart decides EF clip by clip, from the beats seen so far: so is the comparison
+            cal.ef_traced_val_mae = eval::report_scans(&v, cal.ef_beat_fit, mean).ef_clipwise_mae;
             let t =
                 eval::evaluate_scans(s, weights, Split::Test, f.lv_scans, f.scan_clips, &views)?;
             Ok((Some(eval::report_scans(&t, cal.ef_beat_fit, mean)), None))
