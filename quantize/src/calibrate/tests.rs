@@ -160,7 +160,9 @@ fn tail_search_widens_the_layers_that_lift_the_worst_token() {
         if s.widened.contains(&after.tensor) {
             assert_eq!(after.precision, Precision::F32);
             assert!(
-                after.reason.starts_with("kept f32 by the worst-token search"),
+                after
+                    .reason
+                    .starts_with("kept f32 by the worst-token search"),
                 "{after:?}"
             );
             spent += weight_bytes(&after.shape, Precision::F32)
