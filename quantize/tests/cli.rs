@@ -25,6 +25,11 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run quantize")
 }
 
+/// A bundle's manifest as JSON.
+fn manifest_of(bundle: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -209,8 +214,7 @@ fn build_verify_report_and_refusals() {
     let b = f.bundle.to_str().unwrap();
 
     // The manifest records a precision and a reason for every layer, and the synthetic origin.
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.bundle.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest_of(&f.bundle);
     assert_eq!(m["synthetic_training_data"], true);
     // an older checkpoint: its provenance is read from its notes (legacy)
     assert_eq!(m["provenance"]["synthetic"], true, "{}", m["provenance"]);
@@ -853,8 +857,8 @@ fn build_widens_layers_for_the_worst_tokens_within_the_size_budget() {
     let root = tmp.path();
     let stem = tiny_checkpoint(root);
     let bundle = root.join("bundle");
-    let build = |out: &Path, ratio: &str| {
-        run(&[
+    let build = |dir: &Path, ratio: &str| {
+        let o = run(&[
             "build",
             "--checkpoint",
             stem.to_str().unwrap(),
@@ -862,7 +866,7 @@ fn build_widens_layers_for_the_worst_tokens_within_the_size_budget() {
             "1",
             "--unsigned",
             "--out",
-            out.to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--calibration-clips",
             "1",
             "--tail-clips",
@@ -875,13 +879,12 @@ fn build_widens_layers_for_the_worst_tokens_within_the_size_budget() {
             "1000",
             "--reps",
             "1",
-        ])
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        (out, manifest_of(dir))
     };
-    let o = build(&bundle, "1.0");
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let (out, m) = build(&bundle, "1.0");
     let t = &m["quantization"]["tail_search"];
     let widened = t["widened"].as_array().unwrap();
     assert!(!widened.is_empty(), "{t}");
@@ -904,12 +907,7 @@ fn build_widens_layers_for_the_worst_tokens_within_the_size_budget() {
         "{out}"
     );
     // With no room left above the per-layer choice it widens nothing and says why.
-    let tight = root.join("tight");
-    let o = build(&tight, "0.01");
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}\n{err}");
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tight.join("manifest.json")).unwrap()).unwrap();
+    let (_, m) = build(&root.join("tight"), "0.01");
     let t = &m["quantization"]["tail_search"];
     assert_eq!(t["widened"].as_array().unwrap().len(), 0, "{t}");
     assert_eq!(t["byte_budget"], 0, "{t}");
