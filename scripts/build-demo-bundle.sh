@@ -64,7 +64,7 @@ rm -rf "$out.new"
 # demo's worst token is about one in 100,000.
 # --ef-from regressor: the cart shows the EF regressor and draws the traced LV beside it. The
 # fine-tuning's validation prefers the traced LV when it measures better on its scans, but live
-# the traced LV of a run that chose it gave 0.84 x the mean predictor and its regressor
+# the traced LV of a run that chose it gave 0.68-0.77 x the mean predictor and its regressor
 # 0.52-0.62 x (BENCHMARKS.md, 2026-12-07, session 10).
 "$Q" build \
     --checkpoint "$ck" --max-time-ratio 1000 --tail-clips 600 --ef-from regressor \
