@@ -413,7 +413,7 @@ fn calibrate_encoder(
     let mut checked = per_layer;
     let mut tail = None;
     if a.tail_clips > 0 {
-        let encoder_bytes = tensor_bytes(&encoder_tensors(cfg, &src.encoder, &layers)?);
+        let encoder_bytes = calibrate::encoder_bytes(cfg, &src.encoder, &layers)?;
         let limit = (a.max_size_ratio * f32_bytes(src) as f64).max(0.0) as u64;
         let byte_budget = limit.saturating_sub(encoder_bytes + other_bytes);
         let spin = progress(1, "searching worst tokens", quiet);

@@ -290,22 +290,53 @@ pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     if r == 0.0 { e.sqrt() } else { (e / r).sqrt() }
 }
 
-/// The encoder layers' precisions by the names [`TensorSource`] takes (no prefix, no `.weight`).
+/// A stored encoder weight's name as [`TensorSource`] takes it (no prefix, no `.weight`).
+fn layer_key(tensor: &str) -> String {
+    let n = tensor.strip_suffix(".weight").unwrap_or(tensor);
+    n.strip_prefix(&format!("{ENCODER_PREFIX}."))
+        .unwrap_or(n)
+        .to_string()
+}
+
+/// The encoder layers' precisions by the names [`TensorSource`] takes.
 fn precision_map(layers: &[LayerPrecision]) -> HashMap<String, Precision> {
     layers
         .iter()
-        .map(|l| {
-            let n = l.tensor.strip_suffix(".weight").unwrap_or(&l.tensor);
-            let n = n
-                .strip_prefix(&format!("{ENCODER_PREFIX}."))
-                .unwrap_or(n)
-                .to_string();
-            (n, l.precision)
-        })
+        .map(|l| (layer_key(&l.tensor), l.precision))
         .collect()
 }
 
-/// Bytes of an `n × k` weight stored at `p` (q8_0: 32 int8 values and one f16 scale a block).
+/// Stored bytes of the encoder's tensors at the chosen precisions: what
+/// [`encoder_tensors`] would write, counted without quantizing anything.
+pub fn encoder_bytes(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    layers: &[LayerPrecision],
+) -> Result<u64, QuantError> {
+    let chosen: HashMap<&str, Precision> = layers
+        .iter()
+        .map(|l| (l.tensor.as_str(), l.precision))
+        .collect();
+    QuantizedEncoder::tensor_names(cfg)
+        .into_iter()
+        .map(|name| {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| QuantError::MissingTensor {
+                    file: "checkpoint".into(),
+                    tensor: name.clone(),
+                })?;
+            let stored = format!("{ENCODER_PREFIX}.{name}");
+            let p = chosen
+                .get(stored.as_str())
+                .copied()
+                .unwrap_or(Precision::F32);
+            Ok(weight_bytes(t.dims(), p))
+        })
+        .sum()
+}
+
+/// Bytes of a tensor of `shape` stored at `p` (q8_0: 32 int8 values and one f16 scale a block).
 pub fn weight_bytes(shape: &[usize], p: Precision) -> u64 {
     let n: u64 = shape.iter().map(|&d| d as u64).product();
     match p {
@@ -419,10 +450,7 @@ pub fn search_tail(
                 continue;
             }
             let mut trial = chosen.clone();
-            let name = precision_map(std::slice::from_ref(l));
-            for k in name.into_keys() {
-                trial.insert(k, opts.fallback);
-            }
+            trial.insert(layer_key(&l.tensor), opts.fallback);
             let m = min(&worst(&load(&trial)?, &searched)?);
             if best.is_none_or(|(_, b, _)| m > b) {
                 best = Some((li, m, extra));

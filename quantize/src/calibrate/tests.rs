@@ -15,8 +15,8 @@ use echojepa::quantized::gguf::{GgufWeights, precision_of, write_gguf};
 use echojepa::quantized::model::{ENCODER_PREFIX, probe_prefix};
 
 use super::{
-    CalibrationOptions, Clip, TailOptions, choose_encoder_precisions, encoder_tensors,
-    probe_tensors, rel_error, search_tail, summarize, token_cosine, weight_bytes,
+    CalibrationOptions, Clip, TailOptions, choose_encoder_precisions, encoder_bytes,
+    encoder_tensors, probe_tensors, rel_error, search_tail, summarize, token_cosine, weight_bytes,
 };
 
 fn tiny() -> EncoderConfig {
@@ -172,6 +172,18 @@ fn tail_search_widens_the_layers_that_lift_the_worst_token() {
         }
     }
     assert_eq!(spent, s.bytes_spent);
+    // The encoder's byte count, widened layers included, is what the writer stores, and the
+    // search spent the difference.
+    let stored = |layers: &[LayerPrecision]| -> u64 {
+        encoder_tensors(&cfg, &t, layers)
+            .unwrap()
+            .iter()
+            .map(|(_, q)| q.storage_size_in_bytes() as u64)
+            .sum()
+    };
+    assert_eq!(encoder_bytes(&cfg, &t, &layers).unwrap(), stored(&layers));
+    assert_eq!(encoder_bytes(&cfg, &t, &start).unwrap(), stored(&start));
+    assert_eq!(stored(&layers) - stored(&start), s.bytes_spent);
 
     // A budget smaller than any layer's widening leaves the choice alone, and says so.
     let mut layers = start.clone();
