@@ -50,8 +50,16 @@ pub fn attention_with(
     // Packed K per head: [npk][hd][16]; packed V per head: [npv][N][16].
     let kstride = npk * head_dim * NR;
     let vstride = npv * n * NR;
-    let mut kp = AlignedVec::<f32>::zeroed(heads * kstride);
-    let mut vp = AlignedVec::<f32>::zeroed(heads * vstride);
+    // This thread's buffers from its last call of the same size (their padding lanes are still
+    // zero: packing writes the same positions every time), else fresh zeroed ones.
+    let kept = PACKED_KV.with(|c| c.take());
+    let (mut kp, mut vp) = match kept {
+        Some((k, v)) if k.len() == heads * kstride && v.len() == heads * vstride => (k, v),
+        _ => (
+            AlignedVec::<f32>::zeroed(heads * kstride),
+            AlignedVec::<f32>::zeroed(heads * vstride),
+        ),
+    };
     {
         let kpp = SharedMut::new(kp.as_mut_ptr());
         let vpp = SharedMut::new(vp.as_mut_ptr());
@@ -83,7 +91,7 @@ pub fn attention_with(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let outp = SharedMut::new(out.as_mut_ptr());
     let simd = kernel != F32Kernel::Scalar;
-    let (kp, vp) = (&kp, &vp);
+    let (kpr, vpr) = (&kp, &vp);
     crate::pool::for_each_chunk(tasks, 1, |range| {
         let mut s = vec![0f32; QB * n];
         for t in range {
@@ -96,7 +104,7 @@ pub fn attention_with(
                 lda: ld,
                 m: rows,
                 k: head_dim,
-                b: kp[h * kstride..].as_ptr(),
+                b: kpr[h * kstride..].as_ptr(),
                 n,
                 c: s.as_mut_ptr(),
                 ldc: n,
@@ -114,7 +122,7 @@ pub fn attention_with(
                 lda: n,
                 m: rows,
                 k: n,
-                b: vp[h * vstride..].as_ptr(),
+                b: vpr[h * vstride..].as_ptr(),
                 n: head_dim,
                 // SAFETY (pointer arithmetic): row r0, column h·hd of out is in bounds.
                 c: unsafe { outp.get().add(r0 * d + h * head_dim) },
@@ -127,7 +135,16 @@ pub fn attention_with(
             unsafe { ctx.run_block(kernel, 0..rows, 0..npv) };
         }
     });
+    PACKED_KV.with(|c| c.set(Some((kp, vp))));
     Ok(())
+}
+
+thread_local! {
+    /// The packed keys and values of this thread's last [`attention_with`] call, reused by the
+    /// next call of the same size (a fresh multi-megabyte buffer per block costs more in page
+    /// faults than the packing itself).
+    static PACKED_KV: std::cell::Cell<Option<(AlignedVec<f32>, AlignedVec<f32>)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// [`attention`] with both products in int8: per head, K (one scale per token) and Vᵀ (one

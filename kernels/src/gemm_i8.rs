@@ -392,6 +392,32 @@ impl PackedInt8Linear {
     /// # Safety
     /// `x` holds `m × in` values, `out` (and a residual) `m × out`.
     unsafe fn run(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epi, parallel: bool) {
+        let nt = crate::pool::num_threads();
+        let work = m as f64 * self.n as f64 * self.k as f64;
+        if parallel && nt > 1 && work >= 4.0e5 && m >= 2 * MC.min(48) * nt {
+            // Enough rows for every thread: each quantizes and multiplies its own rows, so the
+            // quantization pass runs in parallel too and the region needs no second split.
+            let outp = crate::pool::SharedMut::new(out.as_mut_ptr());
+            // (`Epi` holds a raw pointer; the chunks only read the residual, each its own rows.)
+            let epi = SendEpi(epilogue);
+            let epi = &epi;
+            crate::pool::for_each_chunk(m, 8, |rows| {
+                let r0 = rows.start;
+                let rm = rows.len();
+                let epi = match epi.0 {
+                    // SAFETY (pointer arithmetic): row r0 of the residual is in bounds.
+                    Epi::Residual(p, ld) => Epi::Residual(unsafe { p.add(r0 * self.n) }, ld),
+                    e => e,
+                };
+                // SAFETY: this chunk alone writes rows r0..r0+rm of `out`; `x` covers them.
+                unsafe {
+                    let o =
+                        std::slice::from_raw_parts_mut(outp.get().add(r0 * self.n), rm * self.n);
+                    self.run(&x[r0 * self.k..(r0 + rm) * self.k], rm, o, epi, false);
+                }
+            });
+            return;
+        }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let q = &mut *s;
@@ -572,6 +598,11 @@ fn quantize_rows(
     }
 }
 
+/// An epilogue handed to the row chunks of one call.
+struct SendEpi(Epi);
+// SAFETY: the residual it may point at outlives the call and is only read.
+unsafe impl Sync for SendEpi {}
+
 struct GemmI8<'l> {
     layer: &'l PackedInt8Linear,
     a: *const u8,
@@ -620,12 +651,18 @@ impl GemmI8<'_> {
             Int8Kernel::NeonDot => (4, 1),
         };
         let simd = l.kernel != Int8Kernel::Scalar;
-        // AVX2 finishes full 16-column panels in registers (`i8_panel_fused`).
+        // AVX2 finishes full 16-column panels in registers (`i8_panel_fused`), AVX-512 VNNI
+        // full pairs of panels (`i8_8x32_fused`).
         let fused = cfg!(target_arch = "x86_64") && l.kernel == Int8Kernel::Avx2;
+        let fused512 = cfg!(target_arch = "x86_64") && l.kernel == Int8Kernel::Avx512Vnni;
         let mut tile = [[0i32; 2 * NR]; MR_MAX];
+        // Row blocks of at most MC rows, as equal as whole tiles allow (196 rows are two
+        // blocks of 104 and 92, not 96, 96 and a 4-row block that streams B for 4 rows).
+        let nblocks = rows.len().div_ceil(MC).max(1);
+        let mc = rows.len().div_ceil(nblocks).div_ceil(mr) * mr;
         let mut mb = rows.start;
         while mb < rows.end {
-            let mend = (mb + MC).min(rows.end);
+            let mend = (mb + mc).min(rows.end);
             let mut p = panels.start;
             while p < panels.end {
                 let pcount = np_step.min(panels.end - p);
@@ -637,6 +674,22 @@ impl GemmI8<'_> {
                         let a = self.a.add(mb * l.kp);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
                         self.fused_panel(kg, a, mb, mend - mb, b, col0);
+                    }
+                    p += pcount;
+                    continue;
+                }
+                if fused512 && cols == pcount * NR {
+                    let mut r = mb;
+                    while r < mend {
+                        let rcount = mr.min(mend - r);
+                        // SAFETY: rows r..r+rcount < m and panels p..p+pcount < n_panels lie
+                        // inside A, B and C; the CPU has AVX-512 VNNI (packing checked it).
+                        unsafe {
+                            let a = self.a.add(r * l.kp);
+                            let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
+                            self.fused_tile512(kg, a, r, rcount, b, pcount, col0);
+                        }
+                        r += rcount;
                     }
                     p += pcount;
                     continue;
@@ -741,6 +794,59 @@ impl GemmI8<'_> {
         {
             let _ = (kg, a, r0, rows, b, col0);
             unreachable!("the fused tile is x86-only");
+        }
+    }
+
+    /// One AVX-512 VNNI tile of `rows` ≤ 8 rows from `r0` and `pcount` full panels from
+    /// column `col0`, dequantized in registers.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn fused_tile512(
+        &self,
+        kg: usize,
+        a: *const u8,
+        r0: usize,
+        rows: usize,
+        b: *const i8,
+        pcount: usize,
+        col0: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let l = self.layer;
+            let n = l.n;
+            // SAFETY (pointer arithmetic): row r0 < m, columns col0..col0 + 16·pcount <= n of
+            // C and of the residual; the per-channel vectors are padded to whole panels.
+            unsafe {
+                let e = crate::x86::avx2::TileEpi {
+                    sa: self.sa.add(r0),
+                    za: self.za.add(r0),
+                    wscale: l.wscale.as_ptr().add(col0),
+                    colsum: l.colsum.as_ptr().add(col0),
+                    bias: l.bias.as_ref().map(|v| v.as_ptr().add(col0)),
+                    res: match self.epilogue {
+                        Epi::Residual(p, _) => Some(p.add(r0 * n + col0)),
+                        _ => None,
+                    },
+                    c: self.c.add(r0 * n + col0),
+                    ldc: n,
+                    gelu: matches!(self.epilogue, Epi::Gelu),
+                    accumulate: matches!(self.epilogue, Epi::Accumulate),
+                };
+                let bstride = kg * GROUP_BYTES;
+                // SAFETY: the layer was packed for AVX-512 VNNI, so the CPU has it; sizes as
+                // above.
+                if pcount == 2 {
+                    crate::x86::avx512::i8_8x32_fused::<2>(kg, a, l.kp, rows, b, bstride, &e);
+                } else {
+                    crate::x86::avx512::i8_8x32_fused::<1>(kg, a, l.kp, rows, b, bstride, &e);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kg, a, r0, rows, b, pcount, col0);
+            unreachable!("the fused AVX-512 tile is x86-only");
         }
     }
 

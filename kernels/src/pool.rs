@@ -63,7 +63,9 @@ where
         (g0 * grain).min(n_items)..(g1 * grain).min(n_items)
     };
     let f = &f;
-    pool().scope(|s| {
+    // The calling thread runs the first chunk itself instead of handing the whole region to
+    // the pool and sleeping until it is done: one thread wake-up fewer per region.
+    pool().in_place_scope(|s| {
         for t in 1..nt {
             let r = chunk(t);
             s.spawn(move |_| f(r));

@@ -80,5 +80,8 @@ pub fn ragged_shapes() -> Vec<(usize, usize, usize)> {
         (100, 300, 64),
         (73, 600, 40),
         (130, 96, 130),
+        // Enough rows for the int8 layers to split rows between threads.
+        (203, 72, 45),
+        (392, 96, 64),
     ]
 }

@@ -196,6 +196,47 @@ fn extreme_values_do_not_saturate() {
     }
 }
 
+/// The GELU epilogue of every SIMD kernel (fused into the AVX2 and AVX-512 tiles, or on the
+/// row) gives exactly the bits of the plain output passed through the AVX2 GELU afterwards, on
+/// full and ragged panels, with rows split between threads and not.
+#[test]
+fn fused_gelu_matches_gelu_after_the_gemm_bit_for_bit() {
+    if echojepa_kernels::F32Kernel::best() == echojepa_kernels::F32Kernel::Scalar {
+        return; // the slice GELU below would be the scalar one
+    }
+    for (i, &(m, k, n)) in [(9, 40, 32), (203, 72, 48), (392, 128, 96), (17, 64, 40)]
+        .iter()
+        .enumerate()
+    {
+        let mut r = rng(900 + i as u64);
+        let x = uniform(&mut r, m * k, -1.0, 1.5);
+        let w = uniform(&mut r, n * k, -1.0, 1.0);
+        let b = uniform(&mut r, n, -0.5, 0.5);
+        for kernel in Int8Kernel::available() {
+            if kernel == Int8Kernel::Scalar {
+                continue;
+            }
+            let lin = PackedInt8Linear::from_f32_with(kernel, &w, n, k, Some(&b)).unwrap();
+            let mut want = vec![f32::NAN; m * n];
+            lin.forward(&x, m, &mut want, Epilogue::None).unwrap();
+            // n is a multiple of 8, so every value goes through the SIMD GELU.
+            echojepa_kernels::activation::gelu_in_place(&mut want);
+            let mut got = vec![f32::NAN; m * n];
+            lin.forward(&x, m, &mut got, Epilogue::Gelu).unwrap();
+            for j in 0..m * n {
+                assert_eq!(
+                    got[j].to_bits(),
+                    want[j].to_bits(),
+                    "{} ({m},{k},{n}) elem {j}: {} vs {}",
+                    kernel.name(),
+                    got[j],
+                    want[j]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn retarget_refuses_a_narrower_weight_range() {
     let w = vec![0.5f32; 16];

@@ -286,6 +286,35 @@ pub struct QuantizedEncoder {
     rope: Mutex<Option<(RopeKey, Arc<echojepa_kernels::rope::RopeTables>)>>,
     /// `Some(range)`: attention's two products in int8 with activations in `range`.
     int8_attention: Option<ActivationRange>,
+    /// The activation buffers of the last finished forward pass, kept for the next one: at
+    /// vit_base size they are about 14 MB, which the allocator would otherwise hand back to the
+    /// kernel and fault in again, page by page, on every clip.
+    scratch: Mutex<Option<Scratch>>,
+}
+
+/// One forward pass's activation buffers (contents are dead between passes).
+#[derive(Default)]
+struct Scratch {
+    patches: Vec<f32>,
+    x: Vec<f32>,
+    hbuf: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    mid: Vec<f32>,
+}
+
+impl Scratch {
+    /// Every buffer resized for `n` tokens (new space zeroed; old contents are overwritten
+    /// before they are read).
+    fn sized(mut self, n: usize, d: usize, hidden: usize, patch_in: usize) -> Self {
+        self.patches.resize(n * patch_in, 0.0);
+        self.x.resize(n * d, 0.0);
+        self.hbuf.resize(n * d, 0.0);
+        self.qkv.resize(n * 3 * d, 0.0);
+        self.att.resize(n * d, 0.0);
+        self.mid.resize(n * hidden, 0.0);
+        self
+    }
 }
 
 impl std::fmt::Debug for QuantizedEncoder {
@@ -334,6 +363,7 @@ impl QuantizedEncoder {
             norm,
             rope: Mutex::new(None),
             int8_attention,
+            scratch: Mutex::new(None),
         })
     }
 
@@ -475,67 +505,98 @@ impl QuantizedEncoder {
         let (gt, gh, gw) = (t / tu, h / p, w / p);
         let n = gt * gh * gw;
         let d = cfg.embed_dim;
-        let (heads, hd) = (cfg.num_heads, cfg.head_dim());
         let rope = self.rope_tables((gt, gh, gw))?;
 
-        let patches = unfold_patches(clip, c, t, h, w, tu, p);
+        // The last pass's buffers, unless another thread is using them (then fresh ones).
+        let kept = self
+            .scratch
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_default();
+        let patch_in = c * tu * p * p;
+        let mut sc = kept.sized(n, d, cfg.mlp_hidden, patch_in);
+        let out = self.blocks_forward(clip, (t, h, w), n, rope.as_ref(), &mut sc, tap);
+        if let Ok(mut s) = self.scratch.lock() {
+            *s = Some(sc);
+        }
+        out
+    }
+
+    /// The body of [`forward_clip_tapped`](Self::forward_clip_tapped) on buffers sized for `n`
+    /// tokens.
+    fn blocks_forward(
+        &self,
+        clip: &[f32],
+        (t, h, w): (usize, usize, usize),
+        n: usize,
+        rope: &echojepa_kernels::rope::RopeTables,
+        sc: &mut Scratch,
+        tap: &mut dyn FnMut(Tap<'_>),
+    ) -> Result<Vec<f32>, QuantError> {
+        let cfg = &self.cfg;
+        let (c, tu, p) = (cfg.in_chans, cfg.tubelet_size, cfg.patch_size);
+        let d = cfg.embed_dim;
+        let (heads, hd) = (cfg.num_heads, cfg.head_dim());
+        let Scratch {
+            patches,
+            x,
+            hbuf,
+            qkv,
+            att,
+            mid,
+        } = sc;
+        unfold_patches_into(clip, c, t, h, w, tu, p, patches);
         tap(Tap::LinearInput {
             layer: &self.patch,
-            x: &patches,
+            x: patches,
             rows: n,
         });
-        let mut x = vec![0f32; n * d];
-        self.patch.forward(&patches, n, &mut x, Epilogue::None)?;
-        drop(patches);
-
-        let mut hbuf = vec![0f32; n * d];
-        let mut qkv = vec![0f32; n * 3 * d];
-        let mut att = vec![0f32; n * d];
-        let mut mid = vec![0f32; n * cfg.mlp_hidden];
+        self.patch.forward(patches, n, x, Epilogue::None)?;
         let kerr = |layer: &str| {
             let layer = layer.to_string();
             move |source| QuantError::Kernel { layer, source }
         };
         for (i, b) in self.blocks.iter().enumerate() {
-            b.norm1.forward(&x, n, &mut hbuf)?;
+            b.norm1.forward(x, n, hbuf)?;
             tap(Tap::LinearInput {
                 layer: &b.qkv,
-                x: &hbuf,
+                x: hbuf,
                 rows: n,
             });
-            b.qkv.forward(&hbuf, n, &mut qkv, Epilogue::None)?;
-            echojepa_kernels::rope::apply_rope_qk(&mut qkv, n, heads, hd, &rope)
-                .map_err(kerr("rope"))?;
+            b.qkv.forward(hbuf, n, qkv, Epilogue::None)?;
+            echojepa_kernels::rope::apply_rope_qk(qkv, n, heads, hd, rope).map_err(kerr("rope"))?;
             match self.int8_attention {
-                None => echojepa_kernels::attention::attention(&qkv, n, heads, hd, &mut att),
+                None => echojepa_kernels::attention::attention(qkv, n, heads, hd, att),
                 Some(range) => {
-                    echojepa_kernels::attention::attention_int8(&qkv, n, heads, hd, range, &mut att)
+                    echojepa_kernels::attention::attention_int8(qkv, n, heads, hd, range, att)
                 }
             }
             .map_err(kerr("attention"))?;
             tap(Tap::LinearInput {
                 layer: &b.proj,
-                x: &att,
+                x: att,
                 rows: n,
             });
-            b.proj.forward(&att, n, &mut x, Epilogue::Accumulate)?;
-            b.norm2.forward(&x, n, &mut hbuf)?;
+            b.proj.forward(att, n, x, Epilogue::Accumulate)?;
+            b.norm2.forward(x, n, hbuf)?;
             tap(Tap::LinearInput {
                 layer: &b.fc1,
-                x: &hbuf,
+                x: hbuf,
                 rows: n,
             });
-            b.fc1.forward(&hbuf, n, &mut mid, Epilogue::Gelu)?;
+            b.fc1.forward(hbuf, n, mid, Epilogue::Gelu)?;
             tap(Tap::LinearInput {
                 layer: &b.fc2,
-                x: &mid,
+                x: mid,
                 rows: n,
             });
-            b.fc2.forward(&mid, n, &mut x, Epilogue::Accumulate)?;
-            tap(Tap::Block { index: i, x: &x });
+            b.fc2.forward(mid, n, x, Epilogue::Accumulate)?;
+            tap(Tap::Block { index: i, x });
         }
-        self.norm.forward(&x, n, &mut hbuf)?;
-        Ok(hbuf)
+        let mut tokens = vec![0f32; n * d];
+        self.norm.forward(x, n, &mut tokens)?;
+        Ok(tokens)
     }
 
     fn rope_tables(
@@ -571,9 +632,26 @@ pub fn unfold_patches(
     tu: usize,
     p: usize,
 ) -> Vec<f32> {
+    let mut out = Vec::new();
+    unfold_patches_into(clip, c, t, h, w, tu, p, &mut out);
+    out
+}
+
+/// [`unfold_patches`] into `out` (resized; every value is written).
+#[allow(clippy::too_many_arguments)]
+fn unfold_patches_into(
+    clip: &[f32],
+    c: usize,
+    t: usize,
+    h: usize,
+    w: usize,
+    tu: usize,
+    p: usize,
+    out: &mut Vec<f32>,
+) {
     let (gt, gh, gw) = (t / tu, h / p, w / p);
     let k = c * tu * p * p;
-    let mut out = vec![0f32; gt * gh * gw * k];
+    out.resize(gt * gh * gw * k, 0.0);
     for it in 0..gt {
         for ih in 0..gh {
             for iw in 0..gw {
@@ -593,5 +671,4 @@ pub fn unfold_patches(
             }
         }
     }
-    out
 }

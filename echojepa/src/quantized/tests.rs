@@ -164,6 +164,33 @@ fn int8_encoder_follows_f32() {
     assert!(diff.to_scalar::<f32>().unwrap() > 0.0);
 }
 
+/// The encoder keeps its activation buffers between clips: clips of another size in between,
+/// or the same encoder used from two threads at once, change no bit of a clip's tokens.
+#[test]
+fn reused_buffers_change_no_token() {
+    let cfg = tiny();
+    let t = random_encoder(&cfg, 5);
+    let enc = kernels_encoder(&cfg, &t, Precision::Q8_0);
+    let (_, (a, thw_a)) = clip(6);
+    let b: Vec<f32> = uniform(3 * 8 * 64 * 32, 7);
+    let thw_b = (8, 64, 32);
+    let first = enc.forward_clip(&a, thw_a).unwrap();
+    let other = enc.forward_clip(&b, thw_b).unwrap();
+    assert_eq!(other.len(), 4 * 4 * 2 * 64);
+    let again = enc.forward_clip(&a, thw_a).unwrap();
+    assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let fresh_b = kernels_encoder(&cfg, &t, Precision::Q8_0)
+        .forward_clip(&b, thw_b)
+        .unwrap();
+    assert!(other.iter().zip(&fresh_b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| enc.forward_clip(&a, thw_a).unwrap());
+        let hb = s.spawn(|| enc.forward_clip(&b, thw_b).unwrap());
+        assert_eq!(ha.join().unwrap(), first);
+        assert_eq!(hb.join().unwrap(), other);
+    });
+}
+
 #[test]
 fn q8_0_rows_share_one_scale_and_round_trip() {
     let w: Vec<f32> = (0..2 * 64)

@@ -3,6 +3,8 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::TileEpi;
+
 /// Mask with the first `n` (0..=16) lanes set.
 #[inline]
 fn mask16(n: usize) -> __mmask16 {
@@ -67,21 +69,20 @@ pub(crate) unsafe fn f32_12x32<const NP: usize>(
     }
 }
 
-/// int8 tile: `tile[r][16h..16h+16] = Σ_g A_u8[r, 4g..4g+4] · B_p+h[g][16 × 4]`.
+/// The i32 sums of an 8×(16·NP) int8 tile: `Σ_g A_u8[r, 4g..4g+4] · B_p+h[g][16 × 4]`.
 ///
 /// # Safety
-/// AVX-512F/BW/VNNI present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`;
-/// panel `h` of B at `b + h·bstride` readable for `kg × 64` bytes; 1 ≤ rows ≤ 8.
+/// As [`i8_8x32`].
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn i8_8x32<const NP: usize>(
+unsafe fn i8_8x32_sums<const NP: usize>(
     kg: usize,
     a: *const u8,
     lda: usize,
     rows: usize,
     b: *const i8,
     bstride: usize,
-    tile: &mut [[i32; 32]; 12],
-) {
+) -> [[__m512i; NP]; 8] {
     let ap: [*const u8; 8] =
         std::array::from_fn(|r| if r < rows { a.wrapping_add(r * lda) } else { a });
     let mut t = [[_mm512_setzero_si512(); NP]; 8];
@@ -99,10 +100,89 @@ pub(crate) unsafe fn i8_8x32<const NP: usize>(
             }
         }
     }
+    t
+}
+
+/// int8 tile: `tile[r][16h..16h+16] = Σ_g A_u8[r, 4g..4g+4] · B_p+h[g][16 × 4]`.
+///
+/// # Safety
+/// AVX-512F/BW/VNNI present; `a` readable for `rows` rows of `4·kg` bytes at stride `lda`;
+/// panel `h` of B at `b + h·bstride` readable for `kg × 64` bytes; 1 ≤ rows ≤ 8.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn i8_8x32<const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    bstride: usize,
+    tile: &mut [[i32; 32]; 12],
+) {
+    // SAFETY: forwarded.
+    let t = unsafe { i8_8x32_sums::<NP>(kg, a, lda, rows, b, bstride) };
     for (r, tr) in t.iter().enumerate().take(rows) {
         for (h, &v) in tr.iter().enumerate() {
             // SAFETY: tile rows hold 32 i32; h < NP ≤ 2.
             unsafe { _mm512_storeu_si512(tile[r].as_mut_ptr().add(16 * h) as *mut __m512i, v) };
+        }
+    }
+}
+
+/// [`i8_8x32`] for `NP` full 16-column panels with the dequantization epilogue applied straight
+/// from the accumulator registers (no i32 tile round trip through memory): per lane the same
+/// operations in the same order as the AVX2 epilogue (`dequant8`, `gelu8`), so the outputs
+/// are bit-identical to the unfused path.
+///
+/// # Safety
+/// As [`i8_8x32`]; `e` points at `rows` rows of `16·NP` writable (`c`) / readable (`res`)
+/// floats at stride `ldc`, `16·NP` column entries of `wscale`, `colsum`, `bias`, and `rows`
+/// entries of `sa`, `za`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn i8_8x32_fused<const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    b: *const i8,
+    bstride: usize,
+    e: &TileEpi,
+) {
+    // SAFETY: forwarded.
+    let t = unsafe { i8_8x32_sums::<NP>(kg, a, lda, rows, b, bstride) };
+    // SAFETY: 16·NP column entries behind each per-column pointer (caller).
+    let (cs, ws, bias) = unsafe {
+        let cs: [__m512i; NP] =
+            std::array::from_fn(|h| _mm512_loadu_si512(e.colsum.add(16 * h) as *const __m512i));
+        let ws: [__m512; NP] = std::array::from_fn(|h| _mm512_loadu_ps(e.wscale.add(16 * h)));
+        let bias = e
+            .bias
+            .map(|b| -> [__m512; NP] { std::array::from_fn(|h| _mm512_loadu_ps(b.add(16 * h))) });
+        (cs, ws, bias)
+    };
+    for (r, tr) in t.iter().enumerate().take(rows) {
+        // SAFETY: r < rows; row r of `c` / `res` has 16·NP floats (caller).
+        unsafe {
+            let sw = _mm512_set1_ps(*e.sa.add(r));
+            let vza = _mm512_set1_epi32(*e.za.add(r));
+            for h in 0..NP {
+                let at = r * e.ldc + 16 * h;
+                let s = _mm512_sub_epi32(tr[h], _mm512_mullo_epi32(vza, cs[h]));
+                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sw, ws[h]));
+                if let Some(b) = bias {
+                    y = _mm512_add_ps(y, b[h]);
+                }
+                if let Some(p) = e.res {
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(p.add(at)));
+                }
+                if e.gelu {
+                    y = crate::activation::avx512::gelu16(y);
+                }
+                let out = e.c.add(at);
+                if e.accumulate {
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(out));
+                }
+                _mm512_storeu_ps(out, y);
+            }
         }
     }
 }
