@@ -33,8 +33,14 @@ pub(crate) fn softmax_row(x: &mut [f32], simd: bool) {
 pub(crate) fn exp_shifted_row(x: &mut [f32], simd: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: `simd` is set only when AVX2+FMA were detected.
-        return unsafe { avx2::exp_shifted_row(x) };
+        // SAFETY: `simd` is set only when AVX2+FMA were detected; AVX-512F is checked here.
+        return unsafe {
+            if crate::F32Kernel::best() == crate::F32Kernel::Avx512 {
+                avx2::exp_shifted_row::<true>(x)
+            } else {
+                avx2::exp_shifted_row::<false>(x)
+            }
+        };
     }
     let _ = simd;
     let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -51,10 +57,18 @@ mod avx2 {
     use crate::activation::avx2::exp_neg;
     use std::arch::x86_64::*;
 
+    /// With `WIDE`, the exponentials are taken 16 lanes at a time ([`exp_neg16`], the same
+    /// operations per lane) and added to the sum in the 8-lane order, so the result is
+    /// bit-identical either way.
+    ///
     /// # Safety
-    /// AVX2+FMA present; `x` non-empty.
+    /// AVX2+FMA present (and AVX-512F for `WIDE`); `x` non-empty.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_shifted_row(x: &mut [f32]) -> f32 {
+    pub(super) unsafe fn exp_shifted_row<const WIDE: bool>(x: &mut [f32]) -> f32 {
+        if WIDE {
+            // SAFETY: forwarded.
+            return unsafe { exp_shifted_row_wide(x) };
+        }
         let n = x.len();
         let n8 = n / 8 * 8;
         let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -91,6 +105,65 @@ mod avx2 {
         s
     }
 
+    /// [`exp_shifted_row`] with 16-lane exponentials.
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-512F present; `x` non-empty.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn exp_shifted_row_wide(x: &mut [f32]) -> f32 {
+        use crate::activation::avx512::exp_neg as exp_neg16;
+        let n = x.len();
+        let n8 = n / 8 * 8;
+        let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n.
+            vm = _mm256_max_ps(vm, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) });
+        }
+        let mut ma = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(ma.as_mut_ptr(), vm) };
+        let mut mx = ma.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for &v in &x[n8..] {
+            mx = mx.max(v);
+        }
+        let mut vs = _mm256_setzero_ps();
+        let vmx16 = _mm512_set1_ps(mx);
+        let mut i = 0;
+        while i + 16 <= n8 {
+            // SAFETY: i + 16 <= n.
+            unsafe {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp_neg16(_mm512_sub_ps(_mm512_loadu_ps(p), vmx16));
+                _mm512_storeu_ps(p, e);
+                // The 8-lane sum's order: elements i..i+8, then i+8..i+16.
+                vs = _mm256_add_ps(vs, _mm512_castps512_ps256(e));
+                vs = _mm256_add_ps(
+                    vs,
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e))),
+                );
+            }
+            i += 16;
+        }
+        if i < n8 {
+            // SAFETY: i + 8 <= n.
+            unsafe {
+                let p = x.as_mut_ptr().add(i);
+                let e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(mx)));
+                vs = _mm256_add_ps(vs, e);
+                _mm256_storeu_ps(p, e);
+            }
+        }
+        let mut sa = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(sa.as_mut_ptr(), vs) };
+        let mut s: f32 = sa.iter().sum();
+        for v in &mut x[n8..] {
+            *v = (*v - mx).exp();
+            s += *v;
+        }
+        s
+    }
+
     /// `x *= inv`.
     ///
     /// # Safety
@@ -109,6 +182,38 @@ mod avx2 {
         }
         for v in &mut x[n8..] {
             *v *= inv;
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// The 16-lane exponentials give the 8-lane row's bits and sum, on row lengths with and
+    /// without a final 8-block and a scalar tail.
+    #[test]
+    fn wide_exponentials_are_bit_identical() {
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        for n in [1, 7, 8, 15, 16, 24, 37, 392, 1568] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 0.037)
+                .collect();
+            let (mut a, mut b) = (row.clone(), row.clone());
+            // SAFETY: AVX2, FMA and AVX-512F were detected.
+            let (sa, sb) = unsafe {
+                (
+                    super::avx2::exp_shifted_row::<true>(&mut a),
+                    super::avx2::exp_shifted_row::<false>(&mut b),
+                )
+            };
+            assert_eq!(sa.to_bits(), sb.to_bits(), "sum, n = {n}");
+            for i in 0..n {
+                assert_eq!(a[i].to_bits(), b[i].to_bits(), "n = {n}, element {i}");
+            }
         }
     }
 }
