@@ -203,7 +203,13 @@ def main():
     ap.add_argument("--pause", type=float, default=0.05,
                     help="seconds of idle time between two engines' runs, so that one engine's "
                          "spinning worker threads have gone to sleep before the next one starts")
+    ap.add_argument("--roofline", metavar="FILE|run", default=None,
+                    help="also report each engine's rate as a fraction of this machine's peak: "
+                         "FILE is the JSON line of `cargo bench -p echojepa-kernels --bench roofline "
+                         "-- --json`; `run` runs that bench first (about a minute). int8 engines are "
+                         "measured against the int8 peak, f32 engines against the f32 peak")
     args = ap.parse_args()
+    roof = load_roofline(args.roofline, args.threads) if args.roofline else None
     rust_cmds = [c for c in (args.rust_cmd or [DEFAULT_RUST]) if c != "none"]
 
     torch.set_num_threads(args.threads)
@@ -326,15 +332,63 @@ def main():
             if k in round_engines:
                 row["median_round_ratio_to_best_ort"] = round(
                     statistics.median(t / b for t, b in zip(times[k], round_best_ort)), 3)
+            peak_note = ""
+            if roof is not None:
+                gops = encoder_ops(dim, depth, tokens_n) / med / 1e6
+                peak = roof["int8_peak_gops"] if "int8" in k else roof["f32_peak_gflops"]
+                row["gops"] = round(gops, 1)
+                row["of_peak"] = round(gops / peak, 3) if peak else None
+                if peak:
+                    peak_note = f"  {gops:6.0f} GOP/s = {gops / peak:4.0%} of peak"
             rows.append(row)
             per_round = row.get("median_round_ratio_to_best_ort", float("nan"))
             print(f"  {k:28s} median {med:8.1f} ms  (min {min(times[k]):7.1f})  "
                   f"/best ORT {med / best_ort:5.2f} (per round {per_round:5.2f})  "
                   f"/ORT f32 {med / ort_f32:5.2f}  "
-                  f"token cos mean {cmean:.6f} min {cmin:.6f}", flush=True)
+                  f"token cos mean {cmean:.6f} min {cmin:.6f}{peak_note}", flush=True)
 
+    if roof is not None:
+        print(f"\npeaks ({roof['threads']} threads): int8 {roof['int8_peak_gops']} GOP/s "
+              f"({roof['int8_kernel']}), f32 {roof['f32_peak_gflops']} GFLOP/s ({roof['f32_kernel']}); "
+              "an encoder's operations are its multiply-adds x 2 (patch embedding, the four "
+              "linears of every block and attention's two products)")
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print(f"\nresults: {args.out / 'results.json'}")
+
+
+def encoder_ops(dim, depth, tokens, mlp_ratio=4, patch_in=3 * 2 * 16 * 16):
+    """Operations of one encoder pass (a multiply-add is 2): the patch embedding, per block
+    qkv, proj, fc1 and fc2 (2·N·(4 + 2·mlp_ratio)·D²) and attention's two products
+    (2·2·N²·D)."""
+    block = 2 * tokens * (4 + 2 * mlp_ratio) * dim * dim + 4 * tokens * tokens * dim
+    return 2 * tokens * patch_in * dim + depth * block
+
+
+def load_roofline(arg, threads):
+    """The roofline bench's JSON object, from a file or (`run`) from running it."""
+    if arg == "run":
+        print("running the roofline bench (cargo bench -p echojepa-kernels --bench roofline) ...",
+              flush=True)
+        proc = subprocess.run(["cargo", "bench", "-q", "-p", "echojepa-kernels", "--bench",
+                               "roofline", "--", "--json"], cwd=ROOT, capture_output=True,
+                              text=True, env=rust_env(threads))
+        if proc.returncode != 0:
+            raise SystemExit(f"the roofline bench failed: {proc.stderr.strip()[-400:]}")
+        text = proc.stdout
+    else:
+        try:
+            text = Path(arg).read_text()
+        except OSError as e:
+            raise SystemExit(f"--roofline {arg}: {e}")
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                roof = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"--roofline {arg}: not the roofline bench's JSON ({e})")
+            if "int8_peak_gops" in roof and "f32_peak_gflops" in roof:
+                return roof
+    raise SystemExit(f"--roofline {arg}: no JSON line with int8_peak_gops and f32_peak_gflops")
 
 
 def export(enc, video, path):
