@@ -178,11 +178,21 @@ fn reused_buffers_change_no_token() {
     let other = enc.forward_clip(&b, thw_b).unwrap();
     assert_eq!(other.len(), 4 * 4 * 2 * 64);
     let again = enc.forward_clip(&a, thw_a).unwrap();
-    assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(
+        first
+            .iter()
+            .zip(&again)
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+    );
     let fresh_b = kernels_encoder(&cfg, &t, Precision::Q8_0)
         .forward_clip(&b, thw_b)
         .unwrap();
-    assert!(other.iter().zip(&fresh_b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(
+        other
+            .iter()
+            .zip(&fresh_b)
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+    );
     std::thread::scope(|s| {
         let ha = s.spawn(|| enc.forward_clip(&a, thw_a).unwrap());
         let hb = s.spawn(|| enc.forward_clip(&b, thw_b).unwrap());
