@@ -73,15 +73,14 @@ pub fn attention_with(
             };
             let koff = d + h * head_dim;
             let voff = 2 * d + h * head_dim;
+            // Kᵀ: panel p holds, for each of the head's hd channels, its 16 tokens' values.
+            pack_keys(&qkv[koff..], ld, n, head_dim, kh);
+            // V: panel c/16 holds, for each token, 16 consecutive channels (a plain copy).
             for j in 0..n {
-                let (p, lane) = (j / NR, j % NR);
-                let krow = &qkv[j * ld + koff..j * ld + koff + head_dim];
-                for (t, &v) in krow.iter().enumerate() {
-                    kh[(p * head_dim + t) * NR + lane] = v;
-                }
                 let vrow = &qkv[j * ld + voff..j * ld + voff + head_dim];
-                for (c, &v) in vrow.iter().enumerate() {
-                    vh[((c / NR) * n + j) * NR + c % NR] = v;
+                for (c0, part) in vrow.chunks(NR).enumerate() {
+                    let at = ((c0 * n) + j) * NR;
+                    vh[at..at + part.len()].copy_from_slice(part);
                 }
             }
         });
@@ -137,6 +136,42 @@ pub fn attention_with(
     });
     PACKED_KV.with(|c| c.set(Some((kp, vp))));
     Ok(())
+}
+
+/// Packs the keys of one head (`n` tokens of `hd` values, token `j` at `k[j·ld..]`) as the
+/// weight `[⌈n/16⌉][hd][16]` of the scores' product: `dst[(p·hd + t)·16 + lane] = k[(16p +
+/// lane)·ld + t]`; lanes past `n` are left as they are.
+fn pack_keys(k: &[f32], ld: usize, n: usize, hd: usize, dst: &mut [f32]) {
+    let full = n / NR;
+    #[cfg(target_arch = "x86_64")]
+    if F32Kernel::best() == F32Kernel::Avx512
+        && ld <= i32::MAX as usize / NR
+        && (full == 0 || (full * NR - 1) * ld + hd <= k.len())
+        && full * hd * NR <= dst.len()
+    {
+        for p in 0..full {
+            let src = &k[p * NR * ld..];
+            // SAFETY: AVX-512F is selected, so the CPU has it; panel p's 16 rows of hd values
+            // lie in `src` (its last row is row 16·full − 1 at most, checked above), `dst`
+            // holds panel p (checked above), 16·ld fits in i32.
+            unsafe { crate::x86::avx512::transpose_keys16(src, ld, hd, &mut dst[p * hd * NR..]) };
+        }
+    } else {
+        pack_keys_scalar(k, ld, 0, full * NR, hd, dst);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pack_keys_scalar(k, ld, 0, full * NR, hd, dst);
+    pack_keys_scalar(k, ld, full * NR, n, hd, dst);
+}
+
+/// [`pack_keys`] for tokens `j0..j1`, element by element.
+fn pack_keys_scalar(k: &[f32], ld: usize, j0: usize, j1: usize, hd: usize, dst: &mut [f32]) {
+    for j in j0..j1 {
+        let (p, lane) = (j / NR, j % NR);
+        for (t, &v) in k[j * ld..j * ld + hd].iter().enumerate() {
+            dst[(p * hd + t) * NR + lane] = v;
+        }
+    }
 }
 
 thread_local! {

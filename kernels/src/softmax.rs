@@ -114,15 +114,25 @@ mod avx2 {
         use crate::activation::avx512::exp_neg as exp_neg16;
         let n = x.len();
         let n8 = n / 8 * 8;
-        let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
-        for i in (0..n8).step_by(8) {
-            // SAFETY: i + 8 <= n.
-            vm = _mm256_max_ps(vm, unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) });
+        // The maximum in two independent 16-lane chains (the maximum of finite values does
+        // not depend on the order it is taken in).
+        let (mut m0, mut m1) = (
+            _mm512_set1_ps(f32::NEG_INFINITY),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n.
+            unsafe {
+                m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x.as_ptr().add(i)));
+                m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x.as_ptr().add(i + 16)));
+            }
+            i += 32;
         }
-        let mut ma = [0f32; 8];
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(ma.as_mut_ptr(), vm) };
-        let mut mx = ma.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+        for &v in &x[i..] {
+            mx = mx.max(v);
+        }
         for &v in &x[n8..] {
             mx = mx.max(v);
         }

@@ -186,3 +186,25 @@ pub(crate) unsafe fn i8_8x32_fused<const NP: usize>(
         }
     }
 }
+
+/// One panel of attention keys: `dst[t·16 + lane] = src[lane·ld + t]` for 16 tokens (`lane`)
+/// and `hd` channels (`t`), gathered 16 tokens at a time.
+///
+/// # Safety
+/// AVX-512F present; `src` holds 16 rows of `hd` floats `ld` apart (`15·ld + hd` floats),
+/// `dst` at least `16·hd`; `16·ld` fits in i32.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_keys16(src: &[f32], ld: usize, hd: usize, dst: &mut [f32]) {
+    debug_assert!(src.len() >= 15 * ld + hd && dst.len() >= 16 * hd);
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(ld as i32),
+    );
+    for t in 0..hd {
+        // SAFETY: lane l reads src[l·ld + t], inside `src`; 16 floats at dst[16t..] (caller).
+        unsafe {
+            let v = _mm512_i32gather_ps::<4>(idx, src.as_ptr().add(t) as *const f32);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(16 * t), v);
+        }
+    }
+}
