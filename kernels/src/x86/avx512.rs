@@ -203,7 +203,7 @@ pub(crate) unsafe fn transpose_keys16(src: &[f32], ld: usize, hd: usize, dst: &m
     for t in 0..hd {
         // SAFETY: lane l reads src[l·ld + t], inside `src`; 16 floats at dst[16t..] (caller).
         unsafe {
-            let v = _mm512_i32gather_ps::<4>(idx, src.as_ptr().add(t) as *const f32);
+            let v = _mm512_i32gather_ps::<4>(idx, src.as_ptr().add(t));
             _mm512_storeu_ps(dst.as_mut_ptr().add(16 * t), v);
         }
     }
