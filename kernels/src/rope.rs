@@ -65,6 +65,7 @@ pub fn apply_rope_qk(
     check_len("rope tokens", tables.tokens(), n)?;
     let hd = head_dim;
     let base = crate::pool::SharedMut::new(qkv.as_mut_ptr());
+    let simd = crate::F32Kernel::best() != crate::F32Kernel::Scalar;
     let run = |tokens: std::ops::Range<usize>| {
         for tok in tokens {
             // SAFETY: every token's row of `qkv` (checked length) is rotated by one chunk only.
@@ -72,6 +73,13 @@ pub fn apply_rope_qk(
             let c = &tables.cos[tok * hd..(tok + 1) * hd];
             let s = &tables.sin[tok * hd..(tok + 1) * hd];
             for x in row.chunks_exact_mut(hd) {
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: `simd` means AVX2 was detected; c and s hold hd values.
+                    unsafe { crate::x86::avx2::rope_pairs(x, c, s) };
+                    continue;
+                }
+                let _ = simd;
                 for j in 0..hd / 2 {
                     let (x0, x1) = (x[2 * j], x[2 * j + 1]);
                     x[2 * j] = x0 * c[2 * j] - x1 * s[2 * j];
@@ -87,4 +95,32 @@ pub fn apply_rope_qk(
         crate::pool::for_each_chunk(n, 8, run);
     }
     Ok(())
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// The AVX2 rotation gives the scalar rotation's bits, on even and odd lengths.
+    #[test]
+    fn simd_pairs_are_bit_identical() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for hd in [2usize, 7, 8, 9, 20, 64, 66] {
+            let x: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.731).sin() * 3.0).collect();
+            let c: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).cos()).collect();
+            let s: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut want = x.clone();
+            for j in 0..hd / 2 {
+                let (x0, x1) = (want[2 * j], want[2 * j + 1]);
+                want[2 * j] = x0 * c[2 * j] - x1 * s[2 * j];
+                want[2 * j + 1] = x1 * c[2 * j + 1] + x0 * s[2 * j + 1];
+            }
+            let mut got = x.clone();
+            // SAFETY: AVX2 was detected; c and s hold hd values.
+            unsafe { crate::x86::avx2::rope_pairs(&mut got, &c, &s) };
+            for i in 0..hd {
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "hd {hd} value {i}");
+            }
+        }
+    }
 }
