@@ -765,25 +765,9 @@ impl GemmI8<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             let l = self.layer;
-            let n = l.n;
-            // SAFETY (pointer arithmetic): row r0 < m, column col0 + 16 <= n of C and of the
-            // residual; the per-channel vectors are padded to whole panels.
+            // SAFETY: row r0 < m, column col0 + 16 <= n (caller).
             unsafe {
-                let e = crate::x86::avx2::TileEpi {
-                    sa: self.sa.add(r0),
-                    za: self.za.add(r0),
-                    wscale: l.wscale.as_ptr().add(col0),
-                    colsum: l.colsum.as_ptr().add(col0),
-                    bias: l.bias.as_ref().map(|v| v.as_ptr().add(col0)),
-                    res: match self.epilogue {
-                        Epi::Residual(p, _) => Some(p.add(r0 * n + col0)),
-                        _ => None,
-                    },
-                    c: self.c.add(r0 * n + col0),
-                    ldc: n,
-                    gelu: matches!(self.epilogue, Epi::Gelu),
-                    accumulate: matches!(self.epilogue, Epi::Accumulate),
-                };
+                let e = self.tile_epi(r0, col0);
                 // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above; U7
                 // activations are ≤ 127 as `pairs` needs.
                 let pairs = l.act == ActivationRange::U7;
@@ -794,6 +778,35 @@ impl GemmI8<'_> {
         {
             let _ = (kg, a, r0, rows, b, col0);
             unreachable!("the fused tile is x86-only");
+        }
+    }
+
+    /// The dequantization inputs of the fused tiles for the tile at row `r0`, column `col0`.
+    ///
+    /// # Safety
+    /// Row `r0` < m and column `col0` < n: the pointers are offset into C, the residual and the
+    /// per-channel vectors (padded to whole panels).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_epi(&self, r0: usize, col0: usize) -> crate::x86::avx2::TileEpi {
+        let l = self.layer;
+        let n = l.n;
+        // SAFETY: in bounds as the caller promised.
+        unsafe {
+            crate::x86::avx2::TileEpi {
+                sa: self.sa.add(r0),
+                za: self.za.add(r0),
+                wscale: l.wscale.as_ptr().add(col0),
+                colsum: l.colsum.as_ptr().add(col0),
+                bias: l.bias.as_ref().map(|v| v.as_ptr().add(col0)),
+                res: match self.epilogue {
+                    Epi::Residual(p, _) => Some(p.add(r0 * n + col0)),
+                    _ => None,
+                },
+                c: self.c.add(r0 * n + col0),
+                ldc: n,
+                gelu: matches!(self.epilogue, Epi::Gelu),
+                accumulate: matches!(self.epilogue, Epi::Accumulate),
+            }
         }
     }
 
@@ -814,25 +827,9 @@ impl GemmI8<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             let l = self.layer;
-            let n = l.n;
-            // SAFETY (pointer arithmetic): row r0 < m, columns col0..col0 + 16·pcount <= n of
-            // C and of the residual; the per-channel vectors are padded to whole panels.
+            // SAFETY: row r0 < m, columns col0..col0 + 16·pcount <= n (caller).
             unsafe {
-                let e = crate::x86::avx2::TileEpi {
-                    sa: self.sa.add(r0),
-                    za: self.za.add(r0),
-                    wscale: l.wscale.as_ptr().add(col0),
-                    colsum: l.colsum.as_ptr().add(col0),
-                    bias: l.bias.as_ref().map(|v| v.as_ptr().add(col0)),
-                    res: match self.epilogue {
-                        Epi::Residual(p, _) => Some(p.add(r0 * n + col0)),
-                        _ => None,
-                    },
-                    c: self.c.add(r0 * n + col0),
-                    ldc: n,
-                    gelu: matches!(self.epilogue, Epi::Gelu),
-                    accumulate: matches!(self.epilogue, Epi::Accumulate),
-                };
+                let e = self.tile_epi(r0, col0);
                 let bstride = kg * GROUP_BYTES;
                 // SAFETY: the layer was packed for AVX-512 VNNI, so the CPU has it; sizes as
                 // above.
