@@ -787,12 +787,12 @@ impl GemmI8<'_> {
     /// Row `r0` < m and column `col0` < n: the pointers are offset into C, the residual and the
     /// per-channel vectors (padded to whole panels).
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_epi(&self, r0: usize, col0: usize) -> crate::x86::avx2::TileEpi {
+    unsafe fn tile_epi(&self, r0: usize, col0: usize) -> crate::x86::TileEpi {
         let l = self.layer;
         let n = l.n;
         // SAFETY: in bounds as the caller promised.
         unsafe {
-            crate::x86::avx2::TileEpi {
+            crate::x86::TileEpi {
                 sa: self.sa.add(r0),
                 za: self.za.add(r0),
                 wscale: l.wscale.as_ptr().add(col0),

@@ -3,6 +3,8 @@
 
 use std::arch::x86_64::*;
 
+use super::TileEpi;
+
 use crate::activation::avx2::gelu8;
 use crate::gemm_i8::{Dequant, row_params};
 
@@ -177,23 +179,6 @@ pub(crate) unsafe fn i8_4x16(
             _mm256_storeu_si256(tile[r].as_mut_ptr().add(8) as *mut __m256i, tr[1]);
         }
     }
-}
-
-/// Per-tile dequantization inputs of the fused 4×16 int8 tile: everything is already offset to
-/// the tile's first row (`sa`, `za`, `c`, `res`) and first column (`wscale`, `colsum`, `bias`,
-/// `c`, `res`); `c` and `res` rows are `ldc` apart.
-#[derive(Clone, Copy)]
-pub(crate) struct TileEpi {
-    pub sa: *const f32,
-    pub za: *const i32,
-    pub wscale: *const f32,
-    pub colsum: *const i32,
-    pub bias: Option<*const f32>,
-    pub res: Option<*const f32>,
-    pub c: *mut f32,
-    pub ldc: usize,
-    pub gelu: bool,
-    pub accumulate: bool,
 }
 
 /// [`i8_4x16`] with the dequantization epilogue applied straight from the accumulator

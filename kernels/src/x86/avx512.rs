@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::TileEpi;
+use super::TileEpi;
 
 /// Mask with the first `n` (0..=16) lanes set.
 #[inline]

@@ -4,3 +4,20 @@
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod avxvnni;
+
+/// Per-tile dequantization inputs of the fused int8 tiles (AVX2 4×16, AVX-512 8×32):
+/// everything is already offset to the tile's first row (`sa`, `za`, `c`, `res`) and first
+/// column (`wscale`, `colsum`, `bias`, `c`, `res`); `c` and `res` rows are `ldc` apart.
+#[derive(Clone, Copy)]
+pub(crate) struct TileEpi {
+    pub sa: *const f32,
+    pub za: *const i32,
+    pub wscale: *const f32,
+    pub colsum: *const i32,
+    pub bias: Option<*const f32>,
+    pub res: Option<*const f32>,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub gelu: bool,
+    pub accumulate: bool,
+}
