@@ -23,6 +23,10 @@ use std::sync::OnceLock;
 /// milliseconds on a cart) the workers sleep and leave the cores to capture and preprocessing.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
 
+/// How long the caller of a region polls for the workers to finish their chunks before it sleeps
+/// until the last one wakes it.
+const CALLER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// One parallel region: `f` over chunk `t` of `n_items` in `nt` chunks of whole `grain`s.
 #[derive(Clone, Copy)]
 struct Job {
@@ -52,6 +56,11 @@ struct Shared {
     wake: std::sync::Condvar,
     /// Workers asleep (or about to be): the caller only takes `sleep` when some are.
     sleepers: std::sync::atomic::AtomicUsize,
+    /// The caller of the current region waits on `done` (after its own poll budget) for the
+    /// last worker to finish; that worker wakes it when this is set.
+    caller_waiting: std::sync::atomic::AtomicBool,
+    done_lock: std::sync::Mutex<()>,
+    done: std::sync::Condvar,
 }
 
 // SAFETY: `job` is written only by the thread holding `dispatch` while no worker reads it (all
@@ -92,6 +101,9 @@ fn pool() -> &'static Pool {
             sleep: std::sync::Mutex::new(0),
             wake: std::sync::Condvar::new(),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
+            caller_waiting: std::sync::atomic::AtomicBool::new(false),
+            done_lock: std::sync::Mutex::new(()),
+            done: std::sync::Condvar::new(),
         });
         // The caller of a region runs its first chunk; workers 1..n the others.
         let mut started = 1;
@@ -163,7 +175,12 @@ fn worker(sh: &Shared, w: usize) {
                 sh.panicked.store(true, Relaxed);
             }
         }
-        sh.pending.fetch_sub(1, AcqRel);
+        // SeqCst, as the caller's `caller_waiting` store and `pending` load: either it sees
+        // the count reach 0 or we see it waiting and wake it.
+        if sh.pending.fetch_sub(1, SeqCst) == 1 && sh.caller_waiting.load(SeqCst) {
+            let _g = sh.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.done.notify_all();
+        }
     }
 }
 
@@ -228,14 +245,24 @@ where
     let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         f(chunk_of(n_items, grain, nt, 0))
     }));
+    // Poll briefly for the workers (they are usually a few microseconds behind), then sleep
+    // until the last one wakes us: a worker whose core another thread holds (capture, the
+    // live view) must not also find this one busy polling.
+    let t0 = std::time::Instant::now();
     let mut polls = 0u32;
     while sh.pending.load(Acquire) != 0 {
         polls = polls.wrapping_add(1);
-        if polls.is_multiple_of(1024) {
-            std::thread::yield_now();
-        } else {
+        if !polls.is_multiple_of(64) || t0.elapsed() < CALLER_SPIN {
             std::hint::spin_loop();
+            continue;
         }
+        let mut g = sh.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+        sh.caller_waiting.store(true, SeqCst);
+        while sh.pending.load(SeqCst) != 0 {
+            g = sh.done.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        sh.caller_waiting.store(false, SeqCst);
+        break;
     }
     if let Err(e) = mine {
         std::panic::resume_unwind(e);
