@@ -678,31 +678,21 @@ impl GemmI8<'_> {
                     p += pcount;
                     continue;
                 }
-                if fused512 && cols == pcount * NR {
-                    let mut r = mb;
-                    while r < mend {
-                        let rcount = mr.min(mend - r);
-                        // SAFETY: rows r..r+rcount < m and panels p..p+pcount < n_panels lie
-                        // inside A, B and C; the CPU has AVX-512 VNNI (packing checked it).
-                        unsafe {
-                            let a = self.a.add(r * l.kp);
-                            let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
-                            self.fused_tile512(kg, a, r, rcount, b, pcount, col0);
-                        }
-                        r += rcount;
-                    }
-                    p += pcount;
-                    continue;
-                }
+                let in_registers = fused512 && cols == pcount * NR;
                 let mut r = mb;
                 while r < mend {
                     let rcount = mr.min(mend - r);
-                    // SAFETY: r < m and p < n_panels, so the tile lies inside A, B and C.
+                    // SAFETY: r < m and p < n_panels, so the tile lies inside A, B and C; the
+                    // fused AVX-512 tile only for a layer packed for it (CPU checked).
                     unsafe {
                         let a = self.a.add(r * l.kp);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
-                        self.micro(kg, a, rcount, b, pcount, &mut tile);
-                        self.finish_tile(&tile, r, rcount, col0, cols, simd);
+                        if in_registers {
+                            self.fused_tile512(kg, a, r, rcount, b, pcount, col0);
+                        } else {
+                            self.micro(kg, a, rcount, b, pcount, &mut tile);
+                            self.finish_tile(&tile, r, rcount, col0, cols, simd);
+                        }
                     }
                     r += rcount;
                 }
