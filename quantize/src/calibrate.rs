@@ -313,6 +313,32 @@ pub fn encoder_bytes(
     tensors: &HashMap<String, Tensor>,
     layers: &[LayerPrecision],
 ) -> Result<u64, QuantError> {
+    Ok(encoder_plan(cfg, tensors, layers)?
+        .iter()
+        .map(|e| weight_bytes(e.tensor.dims(), e.precision))
+        .sum())
+}
+
+/// One encoder tensor as the bundle stores it.
+struct PlannedTensor {
+    /// The checkpoint name (`blocks.0.attn.qkv.weight`).
+    name: String,
+    /// The bundle name (`encoder.<name>`).
+    stored: String,
+    /// The tensor, the patch weight 2-D.
+    tensor: Tensor,
+    /// The chosen precision; f32 for every tensor no layer choice names.
+    precision: Precision,
+}
+
+/// Every encoder tensor with its stored name and precision, in [`QuantizedEncoder::tensor_names`]
+/// order: the one plan that [`encoder_bytes`] counts and [`encoder_tensors`] writes.
+fn encoder_plan(
+    cfg: &EncoderConfig,
+    tensors: &HashMap<String, Tensor>,
+    layers: &[LayerPrecision],
+) -> Result<Vec<PlannedTensor>, QuantError> {
+    let tensors = flatten_patch(cfg, tensors);
     let chosen: HashMap<&str, Precision> = layers
         .iter()
         .map(|l| (l.tensor.as_str(), l.precision))
@@ -320,20 +346,26 @@ pub fn encoder_bytes(
     QuantizedEncoder::tensor_names(cfg)
         .into_iter()
         .map(|name| {
-            let t = tensors
+            let tensor = tensors
                 .get(&name)
                 .ok_or_else(|| QuantError::MissingTensor {
                     file: "checkpoint".into(),
                     tensor: name.clone(),
-                })?;
+                })?
+                .clone();
             let stored = format!("{ENCODER_PREFIX}.{name}");
-            let p = chosen
+            let precision = chosen
                 .get(stored.as_str())
                 .copied()
                 .unwrap_or(Precision::F32);
-            Ok(weight_bytes(t.dims(), p))
+            Ok(PlannedTensor {
+                name,
+                stored,
+                tensor,
+                precision,
+            })
         })
-        .sum()
+        .collect()
 }
 
 /// Bytes of a tensor of `shape` stored at `p` (q8_0: 32 int8 values and one f16 scale a block).
@@ -557,28 +589,10 @@ pub fn encoder_tensors(
     tensors: &HashMap<String, Tensor>,
     layers: &[LayerPrecision],
 ) -> Result<Vec<NamedTensor>, QuantError> {
-    let prefix = ENCODER_PREFIX;
-    let tensors = flatten_patch(cfg, tensors);
-    let chosen: HashMap<&str, Precision> = layers
-        .iter()
-        .map(|l| (l.tensor.as_str(), l.precision))
-        .collect();
-    let mut out = Vec::new();
-    for name in QuantizedEncoder::tensor_names(cfg) {
-        let t = tensors
-            .get(&name)
-            .ok_or_else(|| QuantError::MissingTensor {
-                file: "checkpoint".into(),
-                tensor: name.clone(),
-            })?;
-        let stored = format!("{prefix}.{name}");
-        let p = chosen
-            .get(stored.as_str())
-            .copied()
-            .unwrap_or(Precision::F32);
-        out.push((stored, store_tensor(&name, t, p)?));
-    }
-    Ok(out)
+    encoder_plan(cfg, tensors, layers)?
+        .into_iter()
+        .map(|e| Ok((e.stored, store_tensor(&e.name, &e.tensor, e.precision)?)))
+        .collect()
 }
 
 /// The LV cavity decoder's tensors under `prefix`: the weight as q8_0 (computed in f32 after
