@@ -19,6 +19,9 @@ use crate::gemm_f32::{Epi, MAX_DIM, NR};
 const GROUP_BYTES: usize = NR * 4;
 /// Row block (input rows kept in L1/L2 across the panels of a thread).
 const MC: usize = 96;
+/// Rows per thread from which a parallel int8 layer splits rows between threads (each
+/// quantizing its own) instead of splitting output columns over rows quantized by the caller.
+const ROW_SPLIT_MIN: usize = 96;
 /// Largest row tile of any int8 microkernel.
 const MR_MAX: usize = 12;
 
@@ -394,7 +397,7 @@ impl PackedInt8Linear {
     unsafe fn run(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: Epi, parallel: bool) {
         let nt = crate::pool::num_threads();
         let work = m as f64 * self.n as f64 * self.k as f64;
-        if parallel && nt > 1 && work >= 4.0e5 && m >= 2 * MC.min(48) * nt {
+        if parallel && nt > 1 && work >= 4.0e5 && m >= ROW_SPLIT_MIN * nt {
             // Enough rows for every thread: each quantizes and multiplies its own rows, so the
             // quantization pass runs in parallel too and the region needs no second split.
             let outp = crate::pool::SharedMut::new(out.as_mut_ptr());

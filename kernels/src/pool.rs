@@ -5,9 +5,9 @@
 //! chunk and the pool's workers the others. A region splits its work into exactly one
 //! contiguous chunk per thread, so a thread always gets the same share of the output (its panels
 //! of weights stay in its own core's cache from one call to the next). After a region the
-//! workers poll for the next one for [`SPIN`] before they sleep: the regions of one encoder pass
-//! (about ten per block) follow each other within microseconds, and waking a sleeping thread
-//! costs more than many of them take. With `pin_threads` set (Linux) worker `i` is also pinned
+//! workers poll for the next one for `SPIN` (300 µs) before they sleep: the regions of one
+//! encoder pass (about ten per block) follow each other within microseconds, and waking a
+//! sleeping thread costs more than many of them take. With `pin_threads` set (Linux) worker `i` is also pinned
 //! to the `i`-th CPU the process may run on, so that share never migrates; this is opt-in
 //! because on a machine shared with other busy processes pinning can only hurt.
 //!
@@ -52,7 +52,7 @@ struct Shared {
     /// region started from inside a chunk) runs its region on its own thread.
     dispatch: std::sync::Mutex<()>,
     /// Sleeping workers wait here for `epoch` to move.
-    sleep: std::sync::Mutex<u64>,
+    sleep: std::sync::Mutex<()>,
     wake: std::sync::Condvar,
     /// Workers asleep (or about to be): the caller only takes `sleep` when some are.
     sleepers: std::sync::atomic::AtomicUsize,
@@ -98,7 +98,7 @@ fn pool() -> &'static Pool {
             pending: std::sync::atomic::AtomicUsize::new(0),
             panicked: std::sync::atomic::AtomicBool::new(false),
             dispatch: std::sync::Mutex::new(()),
-            sleep: std::sync::Mutex::new(0),
+            sleep: std::sync::Mutex::new(()),
             wake: std::sync::Condvar::new(),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
             caller_waiting: std::sync::atomic::AtomicBool::new(false),

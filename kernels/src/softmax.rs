@@ -36,9 +36,9 @@ pub(crate) fn exp_shifted_row(x: &mut [f32], simd: bool) -> f32 {
         // SAFETY: `simd` is set only when AVX2+FMA were detected; AVX-512F is checked here.
         return unsafe {
             if crate::F32Kernel::best() == crate::F32Kernel::Avx512 {
-                avx2::exp_shifted_row::<true>(x)
+                avx2::exp_shifted_row_wide(x)
             } else {
-                avx2::exp_shifted_row::<false>(x)
+                avx2::exp_shifted_row(x)
             }
         };
     }
@@ -57,18 +57,10 @@ mod avx2 {
     use crate::activation::avx2::exp_neg;
     use std::arch::x86_64::*;
 
-    /// With `WIDE`, the exponentials are taken 16 lanes at a time ([`exp_neg16`], the same
-    /// operations per lane) and added to the sum in the 8-lane order, so the result is
-    /// bit-identical either way.
-    ///
     /// # Safety
-    /// AVX2+FMA present (and AVX-512F for `WIDE`); `x` non-empty.
+    /// AVX2+FMA present; `x` non-empty.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_shifted_row<const WIDE: bool>(x: &mut [f32]) -> f32 {
-        if WIDE {
-            // SAFETY: forwarded.
-            return unsafe { exp_shifted_row_wide(x) };
-        }
+    pub(super) unsafe fn exp_shifted_row(x: &mut [f32]) -> f32 {
         let n = x.len();
         let n8 = n / 8 * 8;
         let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -105,12 +97,13 @@ mod avx2 {
         s
     }
 
-    /// [`exp_shifted_row`] with 16-lane exponentials.
+    /// [`exp_shifted_row`] with the exponentials taken 16 lanes at a time (the AVX-512 `exp_neg`, the
+    /// same operations per lane) and added to the sum in the 8-lane order: bit-identical.
     ///
     /// # Safety
     /// AVX2, FMA and AVX-512F present; `x` non-empty.
     #[target_feature(enable = "avx2,fma,avx512f")]
-    unsafe fn exp_shifted_row_wide(x: &mut [f32]) -> f32 {
+    pub(super) unsafe fn exp_shifted_row_wide(x: &mut [f32]) -> f32 {
         use crate::activation::avx512::exp_neg as exp_neg16;
         let n = x.len();
         let n8 = n / 8 * 8;
@@ -216,8 +209,8 @@ mod tests {
             // SAFETY: AVX2, FMA and AVX-512F were detected.
             let (sa, sb) = unsafe {
                 (
-                    super::avx2::exp_shifted_row::<true>(&mut a),
-                    super::avx2::exp_shifted_row::<false>(&mut b),
+                    super::avx2::exp_shifted_row_wide(&mut a),
+                    super::avx2::exp_shifted_row(&mut b),
                 )
             };
             assert_eq!(sa.to_bits(), sb.to_bits(), "sum, n = {n}");
