@@ -27,6 +27,9 @@ pub enum Int8Kernel {
     AvxVnni,
     /// x86-64 AVX-512 VNNI `vpdpbusd` on 512-bit vectors (Ice Lake+, Zen 4+), weights ±127.
     Avx512Vnni,
+    /// x86-64 AMX `tdpbusd` on 16×64-byte tiles (Sapphire Rapids+), with the AVX-512 VNNI
+    /// packing and epilogue: the same sums, so the same bits as `Avx512Vnni`. Weights ±127.
+    Amx,
     /// aarch64 NEON `sdot` (Armv8.2 dot product: Cortex-A76/A78, e.g. Jetson Orin), weights ±127.
     NeonDot,
 }
@@ -87,6 +90,7 @@ impl Int8Kernel {
             Int8Kernel::Avx2 => "avx2",
             Int8Kernel::AvxVnni => "avxvnni",
             Int8Kernel::Avx512Vnni => "avx512vnni",
+            Int8Kernel::Amx => "amx",
             Int8Kernel::NeonDot => "neon-dot",
         }
     }
@@ -123,6 +127,10 @@ impl Int8Kernel {
                     && std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Amx => {
+                Int8Kernel::Avx512Vnni.is_supported() && crate::x86::amx::available()
+            }
             #[cfg(target_arch = "aarch64")]
             Int8Kernel::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
             #[allow(unreachable_patterns)]
@@ -137,6 +145,7 @@ impl Int8Kernel {
             Int8Kernel::Avx2,
             Int8Kernel::AvxVnni,
             Int8Kernel::Avx512Vnni,
+            Int8Kernel::Amx,
             Int8Kernel::NeonDot,
         ]
         .into_iter()

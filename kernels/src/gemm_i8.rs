@@ -24,6 +24,12 @@ const MC: usize = 96;
 const ROW_SPLIT_MIN: usize = 96;
 /// Largest row tile of any int8 microkernel.
 const MR_MAX: usize = 12;
+/// Rows of one AMX `A` tile (a block is two of them).
+const AMX_ROWS: usize = 16;
+/// Zero bytes after the last panel: an AMX `B` tile reads 16 k-groups (1 KiB) of a panel
+/// whatever its k, so the last tile of the last panel may read up to 15 groups past its end
+/// (multiplied by activation bytes that are zero).
+const B_SLACK: usize = 1024;
 
 /// Weight of one linear layer, `W: [out, in]`, quantized to int8 and packed.
 #[derive(Debug, Clone)]
@@ -35,7 +41,7 @@ pub struct PackedInt8Linear {
     kernel: Int8Kernel,
     /// Range of the quantized activations (kept by [`retarget`](Self::retarget)).
     act: ActivationRange,
-    /// `n_panels × (kp / 4) × GROUP_BYTES`, zero-padded.
+    /// `n_panels × (kp / 4) × GROUP_BYTES`, zero-padded, then `B_SLACK` zero bytes.
     panels: AlignedVec<i8>,
     /// Per-channel weight scale, padded with zeros to `n_panels × NR`.
     wscale: AlignedVec<f32>,
@@ -226,11 +232,21 @@ impl PackedInt8Linear {
             kp,
             kernel,
             act: ActivationRange::U8,
-            panels: AlignedVec::<i8>::zeroed(np * (kp / 4) * GROUP_BYTES),
+            panels: AlignedVec::<i8>::zeroed(np * (kp / 4) * GROUP_BYTES + B_SLACK),
             wscale: AlignedVec::<f32>::zeroed(np * NR),
             colsum: AlignedVec::<i32>::zeroed(np * NR),
             bias: None,
         })
+    }
+
+    /// Bytes between the quantized activation rows this layer's kernel reads: `kp`, or for AMX
+    /// `kp` rounded up to whole 64-byte tile rows.
+    fn lda(&self) -> usize {
+        if self.kernel == Int8Kernel::Amx {
+            self.kp.div_ceil(64) * 64
+        } else {
+            self.kp
+        }
     }
 
     /// Whether packing may use the AVX2 quantizers: every SIMD int8 kernel implies AVX2+FMA.
@@ -425,10 +441,19 @@ impl PackedInt8Linear {
             let mut s = s.borrow_mut();
             let q = &mut *s;
             let simd = self.kernel != Int8Kernel::Scalar;
-            quantize_rows(x, m, self.k, self.kp, self.act.max(), q, simd);
+            let lda = self.lda();
+            // An AMX block reads 32 rows from its first whatever its height: rows past m may
+            // hold anything (their sums are never stored).
+            let spare = if self.kernel == Int8Kernel::Amx {
+                2 * AMX_ROWS
+            } else {
+                0
+            };
+            quantize_rows(x, m, self.k, lda, spare, self.act.max(), q, simd);
             let g = GemmI8 {
                 layer: self,
                 a: q.data.as_ptr(),
+                lda,
                 sa: q.scale.as_ptr(),
                 za: q.zero.as_ptr(),
                 m,
@@ -561,16 +586,23 @@ pub(crate) fn row_params(lo: f32, hi: f32, qmax: i32) -> (f32, i32) {
     (scale, zero)
 }
 
+/// Quantizes the `m` rows of `x` (`k` wide) into `q`, rows `kp` bytes apart (zero past `k`),
+/// with room for `spare` more rows after them. The buffer only grows.
+#[allow(clippy::too_many_arguments)]
 fn quantize_rows(
     x: &[f32],
     m: usize,
     k: usize,
     kp: usize,
+    spare: usize,
     qmax: i32,
     q: &mut QuantRows,
     simd: bool,
 ) {
-    q.data.resize(m * kp, 0);
+    let need = (m + spare) * kp;
+    if q.data.len() < need {
+        q.data.resize(need, 0);
+    }
     q.scale.resize(m, 0.0);
     q.zero.resize(m, 0);
     for r in 0..m {
@@ -609,6 +641,8 @@ unsafe impl Sync for SendEpi {}
 struct GemmI8<'l> {
     layer: &'l PackedInt8Linear,
     a: *const u8,
+    /// Bytes between rows of `a` (`PackedInt8Linear::lda`).
+    lda: usize,
     sa: *const f32,
     za: *const i32,
     m: usize,
@@ -645,12 +679,18 @@ impl GemmI8<'_> {
 
     unsafe fn run_block(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
         let l = self.layer;
+        #[cfg(target_arch = "x86_64")]
+        if l.kernel == Int8Kernel::Amx {
+            // SAFETY: forwarded; the layer was packed for AMX, so the CPU and OS allow it.
+            unsafe { self.run_block_amx(rows, panels) };
+            return;
+        }
         let kg = l.kp / 4;
         let (mr, np_step) = match l.kernel {
             Int8Kernel::Scalar => (4, 1),
             Int8Kernel::Avx2 => (4, 1),
             Int8Kernel::AvxVnni => (6, 1),
-            Int8Kernel::Avx512Vnni => (8, 2),
+            Int8Kernel::Avx512Vnni | Int8Kernel::Amx => (8, 2),
             Int8Kernel::NeonDot => (4, 1),
         };
         let simd = l.kernel != Int8Kernel::Scalar;
@@ -674,7 +714,7 @@ impl GemmI8<'_> {
                 if fused && cols == NR {
                     // SAFETY: rows mb..mend < m and panel p < n_panels lie inside A, B and C.
                     unsafe {
-                        let a = self.a.add(mb * l.kp);
+                        let a = self.a.add(mb * self.lda);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
                         self.fused_panel(kg, a, mb, mend - mb, b, col0);
                     }
@@ -688,7 +728,7 @@ impl GemmI8<'_> {
                     // SAFETY: r < m and p < n_panels, so the tile lies inside A, B and C; the
                     // fused AVX-512 tile only for a layer packed for it (CPU checked).
                     unsafe {
-                        let a = self.a.add(r * l.kp);
+                        let a = self.a.add(r * self.lda);
                         let b = l.panels.as_ptr().add(p * kg * GROUP_BYTES);
                         if in_registers {
                             self.fused_tile512(kg, a, r, rcount, b, pcount, col0);
@@ -705,6 +745,65 @@ impl GemmI8<'_> {
         }
     }
 
+    /// [`run_block`](Self::run_block) with AMX: blocks of up to 32 rows × 2 full panels in
+    /// tile registers, finished by the AVX-512 epilogue; a ragged last panel by the AVX-512
+    /// VNNI tile (same packing, same sums).
+    ///
+    /// # Safety
+    /// As `run_block`; the layer was packed for AMX; the activation rows are `self.lda` (a
+    /// multiple of 64) bytes apart with 32 readable rows after the last.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run_block_amx(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
+        use crate::x86::amx;
+        let l = self.layer;
+        let kg = l.kp / 4;
+        let kc = self.lda / amx::KC;
+        let bstride = kg * GROUP_BYTES;
+        let mut tile = [[0i32; 2 * NR]; MR_MAX];
+        // SAFETY: AMX is available (the kernel was accepted at packing).
+        unsafe { amx::configure() };
+        let mut mb = rows.start;
+        while mb < rows.end {
+            // row blocks of MC rows (three AMX blocks) kept in L2 across all panels
+            let mend = (mb + MC).min(rows.end);
+            let mut p = panels.start;
+            while p < panels.end {
+                let pcount = 2.min(panels.end - p);
+                let col0 = p * NR;
+                let cols = (pcount * NR).min(l.n - col0);
+                let full = cols == pcount * NR;
+                let step = if full { 2 * AMX_ROWS } else { 8 };
+                let mut r = mb;
+                while r < mend {
+                    let rc = step.min(mend - r);
+                    // SAFETY: rows r..r+rc < m and panels p..p+pcount lie inside A, B and C;
+                    // A has 32 readable rows past any row (`spare` in `run`), B `B_SLACK`
+                    // bytes past its last panel, and A is zero past k.
+                    unsafe {
+                        let a = self.a.add(r * self.lda);
+                        let b = l.panels.as_ptr().add(p * bstride);
+                        if full {
+                            let e = self.tile_epi(r, col0);
+                            if pcount == 2 {
+                                amx::i8_32x32_fused::<2>(kc, a, self.lda, rc, b, bstride, &e);
+                            } else {
+                                amx::i8_32x32_fused::<1>(kc, a, self.lda, rc, b, bstride, &e);
+                            }
+                        } else {
+                            self.micro(kg, a, rc, b, pcount, &mut tile);
+                            self.finish_tile(&tile, r, rc, col0, cols, true);
+                        }
+                    }
+                    r += rc;
+                }
+                p += pcount;
+            }
+            mb = mend;
+        }
+        // SAFETY: as above.
+        unsafe { amx::release() };
+    }
+
     #[inline]
     unsafe fn micro(
         &self,
@@ -715,7 +814,7 @@ impl GemmI8<'_> {
         pcount: usize,
         tile: &mut [[i32; 2 * NR]; MR_MAX],
     ) {
-        let lda = self.layer.kp;
+        let lda = self.lda;
         let bstride = kg * GROUP_BYTES;
         // SAFETY: forwarded; the kernel was checked at packing time.
         unsafe {
@@ -729,7 +828,7 @@ impl GemmI8<'_> {
                 #[cfg(target_arch = "x86_64")]
                 Int8Kernel::AvxVnni => crate::x86::avxvnni::i8_6x16(kg, a, lda, rows, b, tile),
                 #[cfg(target_arch = "x86_64")]
-                Int8Kernel::Avx512Vnni => {
+                Int8Kernel::Avx512Vnni | Int8Kernel::Amx => {
                     if pcount == 2 {
                         crate::x86::avx512::i8_8x32::<2>(kg, a, lda, rows, b, bstride, tile)
                     } else {
@@ -764,7 +863,7 @@ impl GemmI8<'_> {
                 // SAFETY: the layer was packed for AVX2, so the CPU has it; sizes as above; U7
                 // activations are ≤ 127 as `pairs` needs.
                 let pairs = l.act == ActivationRange::U7;
-                crate::x86::avx2::i8_panel_fused(kg, a, l.kp, rows, b, pairs, &e);
+                crate::x86::avx2::i8_panel_fused(kg, a, self.lda, rows, b, pairs, &e);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -819,7 +918,6 @@ impl GemmI8<'_> {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            let l = self.layer;
             // SAFETY: row r0 < m, columns col0..col0 + 16·pcount <= n (caller).
             unsafe {
                 let e = self.tile_epi(r0, col0);
@@ -827,9 +925,9 @@ impl GemmI8<'_> {
                 // SAFETY: the layer was packed for AVX-512 VNNI, so the CPU has it; sizes as
                 // above.
                 if pcount == 2 {
-                    crate::x86::avx512::i8_8x32_fused::<2>(kg, a, l.kp, rows, b, bstride, &e);
+                    crate::x86::avx512::i8_8x32_fused::<2>(kg, a, self.lda, rows, b, bstride, &e);
                 } else {
-                    crate::x86::avx512::i8_8x32_fused::<1>(kg, a, l.kp, rows, b, bstride, &e);
+                    crate::x86::avx512::i8_8x32_fused::<1>(kg, a, self.lda, rows, b, bstride, &e);
                 }
             }
         }

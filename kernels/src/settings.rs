@@ -32,7 +32,7 @@ pub const ENV_VARS: [(&str, &str); 6] = [
     ),
     (
         "ECHOJEPA_KERNEL_INT8",
-        "int8 kernel: scalar, avx2, avxvnni, avx512vnni or neon-dot (default: the best)",
+        "int8 kernel: scalar, avx2, avxvnni, avx512vnni, amx or neon-dot (default: the best)",
     ),
     (
         "ECHOJEPA_INT8_ACTIVATIONS",
@@ -171,12 +171,14 @@ impl KernelSettings {
                 Int8Kernel::Avx2,
                 Int8Kernel::AvxVnni,
                 Int8Kernel::Avx512Vnni,
+                Int8Kernel::Amx,
                 Int8Kernel::NeonDot,
             ];
             let found = all.into_iter().find(|x| x.name() == v.trim());
-            s.int8_kernel = Some(
-                found.ok_or_else(|| bad(k, &v, "scalar, avx2, avxvnni, avx512vnni or neon-dot"))?,
-            );
+            s.int8_kernel =
+                Some(found.ok_or_else(|| {
+                    bad(k, &v, "scalar, avx2, avxvnni, avx512vnni, amx or neon-dot")
+                })?);
         }
         if let Some((k, v)) = var("ECHOJEPA_INT8_ACTIVATIONS") {
             s.int8_activations = range(v.trim()).ok_or_else(|| bad(k, &v, "u8 or u7"))?;

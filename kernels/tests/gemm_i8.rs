@@ -290,3 +290,61 @@ fn errors_name_the_operand() {
         .unwrap();
     assert_eq!(o, vec![0.0, 0.0]);
 }
+
+/// AMX multiplies the AVX-512 VNNI packing into the same exact i32 sums and finishes them with
+/// the same epilogue, so a layer gives the same bits on either kernel: rows that are not whole
+/// 16- or 32-row tiles, k that is not whole 64-byte tile rows (the tile reads past a panel's
+/// last k-group), a ragged last panel, every epilogue, both activation ranges, rows split
+/// between threads (392 rows) and not. Skipped where the CPU or OS has no AMX.
+#[test]
+fn amx_gives_the_bits_of_avx512_vnni() {
+    if !Int8Kernel::Amx.is_supported() {
+        eprintln!("AMX not available here: nothing to compare");
+        return;
+    }
+    let shapes = [
+        (1, 4, 16),
+        (5, 13, 17),
+        (16, 64, 32),
+        (17, 68, 32),
+        (33, 96, 48),
+        (71, 200, 40),
+        (392, 384, 96),
+        (100, 1540, 70),
+    ];
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        let mut r = rng(1300 + i as u64);
+        let x = uniform(&mut r, m * k, -1.0, 1.5);
+        let w = uniform(&mut r, n * k, -1.0, 1.0);
+        let b = uniform(&mut r, n, -0.5, 0.5);
+        let res = uniform(&mut r, m * n, -2.0, 2.0);
+        for act in [ActivationRange::U8, ActivationRange::U7] {
+            let vnni = PackedInt8Linear::from_f32_with(Int8Kernel::Avx512Vnni, &w, n, k, Some(&b))
+                .unwrap()
+                .with_activations(act);
+            let amx = vnni.retarget(Int8Kernel::Amx).unwrap();
+            let epilogues = [
+                ("none", Epilogue::None),
+                ("gelu", Epilogue::Gelu),
+                ("residual", Epilogue::AddResidual(&res)),
+                ("accumulate", Epilogue::Accumulate),
+            ];
+            for (name, epi) in epilogues {
+                let mut want = res.clone();
+                vnni.forward(&x, m, &mut want, epi).unwrap();
+                let mut got = res.clone();
+                amx.forward(&x, m, &mut got, epi).unwrap();
+                for j in 0..m * n {
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want[j].to_bits(),
+                        "({m},{k},{n}) {} {name} elem {j}: {} vs {}",
+                        act.name(),
+                        got[j],
+                        want[j]
+                    );
+                }
+            }
+        }
+    }
+}

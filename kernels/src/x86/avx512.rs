@@ -159,7 +159,28 @@ pub(crate) unsafe fn i8_8x32_fused<const NP: usize>(
     e: &TileEpi,
 ) {
     // SAFETY: forwarded.
-    let t = unsafe { i8_8x32_sums::<NP>(kg, a, lda, rows, b, bstride) };
+    unsafe {
+        let t = i8_8x32_sums::<NP>(kg, a, lda, rows, b, bstride);
+        finish_8x32::<NP>(&t, rows, e);
+    }
+}
+
+/// The dequantization epilogue of the fused int8 tiles on up to 8 rows of `16·NP` i32 sums in
+/// registers: per lane the same operations in the same order as the AVX2 epilogue
+/// (`dequant8`, `gelu8`), so every tile that ends here (the VNNI and the AMX ones) gives the
+/// bits of the unfused path.
+///
+/// # Safety
+/// AVX-512F present; `e` points at `rows` ≤ 8 rows of `16·NP` writable (`c`) / readable
+/// (`res`) floats at stride `ldc`, `16·NP` column entries of `wscale`, `colsum`, `bias`, and
+/// `rows` entries of `sa`, `za`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn finish_8x32<const NP: usize>(
+    t: &[[__m512i; NP]; 8],
+    rows: usize,
+    e: &TileEpi,
+) {
     // SAFETY: 16·NP column entries behind each per-column pointer (caller).
     let (cs, ws, bias) = unsafe {
         let cs: [__m512i; NP] =

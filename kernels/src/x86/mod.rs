@@ -1,6 +1,7 @@
 //! x86-64 SIMD microkernels. Each function is compiled for its instruction set with
 //! `#[target_feature]` and only called after run-time detection (see `crate::cpu`).
 
+pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod avxvnni;
@@ -20,4 +21,24 @@ pub(crate) struct TileEpi {
     pub ldc: usize,
     pub gelu: bool,
     pub accumulate: bool,
+}
+
+impl TileEpi {
+    /// The same tile's inputs `r` rows further down.
+    ///
+    /// # Safety
+    /// Row `r` of the tile exists (the row pointers stay inside their buffers).
+    #[inline]
+    pub(crate) unsafe fn down(&self, r: usize) -> Self {
+        // SAFETY: as the caller promised.
+        unsafe {
+            Self {
+                sa: self.sa.add(r),
+                za: self.za.add(r),
+                res: self.res.map(|p| p.add(r * self.ldc)),
+                c: self.c.add(r * self.ldc),
+                ..*self
+            }
+        }
+    }
 }
