@@ -14,7 +14,9 @@
 //! - f32, AVX-512F: the 12×32 tile's step, 12 broadcasts, 2 loads and 24 `vfmadd231ps`
 //!   (768 flops);
 //! - int8, AVX-512 VNNI: the 8×32 tile's step, 8 broadcasts and 16 `vpdpbusd` against 2 loads
-//!   (1024 multiply-adds).
+//!   (1024 multiply-adds);
+//! - int8, AMX: the 32×32 block's step, 2 `A` and 2 `B` tile loads (16 rows × 64 bytes each)
+//!   and 4 `tdpbusd` (65,536 multiply-adds).
 //!
 //! A multiply-add counts as 2 operations, as GFLOP/s of a GEMM count `2·m·k·n`. Then the packed
 //! int8 and f32 linear layers (`PackedInt8Linear`, `PackedF32Linear`, default settings) run the
@@ -203,6 +205,62 @@ mod x86 {
         _mm512_reduce_add_epi32(acc) as f32
     }
 
+    /// Palette 1, all eight tiles 16 rows × 64 bytes (as the kernels configure them).
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    /// L1-resident tile operands: 4 KiB (A0, A1, B0, B1 of 1 KiB each).
+    #[repr(C, align(64))]
+    struct TileOperands([u8; 4096]);
+
+    fn amx_steps(steps: usize) -> f32 {
+        use std::arch::asm;
+        let mut cfg = TileConfig([0; 64]);
+        cfg.0[0] = 1;
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64;
+            cfg.0[48 + t] = 16;
+        }
+        let ops = TileOperands(std::array::from_fn(|i| (i % 5) as u8));
+        let p = std::hint::black_box(ops.0.as_ptr());
+        let mut out = [0i32; 256];
+        // SAFETY: listed only where the kernels' AMX kernel is supported (CPU and OS
+        // permission, `loops`); every tile load reads 1 KiB inside `ops`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for _ in 0..steps {
+                asm!(
+                    "tileloadd tmm4, [{p} + {s} * 1]",
+                    "tileloadd tmm6, [{p2} + {s} * 1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{p3} + {s} * 1]",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{p1} + {s} * 1]",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    p = in(reg) p, p1 = in(reg) p.add(1024), p2 = in(reg) p.add(2048),
+                    p3 = in(reg) p.add(3072), s = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            }
+            asm!("tilestored [{o} + {s} * 1], tmm0", o = in(reg) out.as_mut_ptr(), s = in(reg) 64usize, options(nostack));
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        out.iter().map(|&v| v as f32).sum()
+    }
+
+    /// One AMX step takes about as long as 8 VNNI steps: run `steps / 8` of them.
+    pub fn i8_amx(steps: usize) -> f32 {
+        amx_steps(steps / 8)
+    }
+
     fn avx512() -> bool {
         is_x86_feature_detected!("avx512f")
     }
@@ -270,6 +328,14 @@ mod x86 {
                 name: "int8 avx512vnni 8x32",
                 ops_per_step: 2048.0,
                 run: i8_vnni,
+            });
+        }
+        if echojepa_kernels::Int8Kernel::Amx.is_supported() {
+            v.push(super::PeakLoop {
+                name: "int8 amx 32x32",
+                // 4 tdpbusd of 16·16·64 multiply-adds per AMX step, one AMX step per 8 steps
+                ops_per_step: 4.0 * 16.0 * 16.0 * 64.0 * 2.0 / 8.0,
+                run: i8_amx,
             });
         }
         v
@@ -352,6 +418,7 @@ fn main() {
     let i8_peak = match int8_kernel {
         cpu::Int8Kernel::Avx2 => peak_of("int8 avx2 u8"),
         cpu::Int8Kernel::Avx512Vnni => peak_of("int8 avx512vnni"),
+        cpu::Int8Kernel::Amx => peak_of("int8 amx"),
         _ => None,
     };
 
