@@ -15,8 +15,14 @@
 #
 #   bash scripts/board-fit.sh [WORK_DIR]          (about 5 minutes on 2 cores, after the build)
 #
+# The boards' CPUs multiply int8 with vector instructions (NEON `sdot`) and have no matrix unit,
+# so on a CPU with AMX tiles everything here runs the AVX-512 VNNI kernel (the same bits, the
+# same class of instruction as the boards') unless ECHOJEPA_KERNEL_INT8 says otherwise; the
+# projection is only meaningful for a vector kernel.
+#
 # Environment: MODELS (space-separated NAME@RES, default "vit_tiny@112 vit_small@112
-# vit_base@112"), SECONDS_PER_RUN (default 30), THREADS (default: every CPU).
+# vit_base@112"), SECONDS_PER_RUN (default 30), THREADS (default: every CPU),
+# ECHOJEPA_KERNEL_INT8 (default: the best vector kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,6 +31,12 @@ models=${MODELS:-"vit_tiny@112 vit_small@112 vit_base@112"}
 secs=${SECONDS_PER_RUN:-30}
 threads=${THREADS:-$(nproc)}
 mkdir -p "$work"
+if [ -z "${ECHOJEPA_KERNEL_INT8:-}" ] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null &&
+    grep -qw avx512_vnni /proc/cpuinfo; then
+    export ECHOJEPA_KERNEL_INT8=avx512vnni
+    echo "this CPU has AMX: measuring with the avx512vnni kernel, the boards' class of int8 unit" \
+        "(ECHOJEPA_KERNEL_INT8=amx measures AMX; its projection is not meaningful)" >&2
+fi
 
 cargo build --release -p trainer -p quantize -p edge-runtime
 T=$root/target/release/trainer

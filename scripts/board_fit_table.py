@@ -53,6 +53,12 @@ def peak_of_this_machine(work):
     r = json.loads((work / "roofline.json").read_text())
     if r.get("int8_peak_gops") is None:
         sys.exit(f"the roofline has no peak loop for the int8 kernel {r['int8_kernel']}; set PEAK_HERE_GOPS")
+    if r["int8_kernel"] == "amx":
+        print(
+            "warning: measured with AMX tiles; the boards have no matrix unit, so the projected rows"
+            " below assume a fraction of peak they will not reach (run without ECHOJEPA_KERNEL_INT8=amx)",
+            file=sys.stderr,
+        )
     return r["int8_peak_gops"], f"int8 {r['int8_kernel']}"
 
 

@@ -1,7 +1,7 @@
 //! int8 linear layers: weights quantized once (symmetric, one scale per output channel) and
 //! packed into 16-column panels of 4-byte k-groups; activations quantized per call (asymmetric
-//! u8, one scale and zero point per row); u8·i8 products summed in i32 by `vpdpbusd` (VNNI),
-//! `vpmaddubsw`+`vpmaddwd` (AVX2) or portable code; dequantization, bias and the epilogue are
+//! u8, one scale and zero point per row); u8·i8 products summed in i32 by `tdpbusd` (AMX
+//! tiles), `vpdpbusd` (VNNI), `vpmaddubsw`+`vpmaddwd` (AVX2) or portable code; dequantization, bias and the epilogue are
 //! fused into the tile store.
 //!
 //! With `q_x = round(x / s_x) + z_x` (u8) and `q_w = round(w / s_w)` (i8):

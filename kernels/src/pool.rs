@@ -1,10 +1,13 @@
 //! The crate-wide worker threads and the static work split used by every parallel kernel.
 //!
 //! [`KernelSettings::threads`](crate::KernelSettings) threads (else the number of CPUs the
-//! process may use) run all kernels: the thread that starts a parallel region runs its first
-//! chunk and the pool's workers the others. A region splits its work into exactly one
-//! contiguous chunk per thread, so a thread always gets the same share of the output (its panels
-//! of weights stay in its own core's cache from one call to the next). After a region the
+//! process may use) run all kernels. A region splits its work into exactly one contiguous chunk
+//! per thread, so the split (and every result) never depends on timing, and a thread usually
+//! gets the same share of the output from one call to the next (the caller of a region claims
+//! the first chunk before the workers, whose panels of weights stay in their own cores' caches).
+//! The chunks are claimed, not assigned: the caller runs chunks until none is left, so a worker
+//! that is slow to wake (a virtual CPU the host has descheduled after the pipeline idled between
+//! clips) delays nothing; it finds its chunk taken and goes back to waiting. After a region the
 //! workers poll for the next one for `SPIN` (300 µs) before they sleep: the regions of one
 //! encoder pass (about ten per block) follow each other within microseconds, and waking a
 //! sleeping thread costs more than many of them take. With `pin_threads` set (Linux) worker `i` is also pinned
@@ -18,14 +21,19 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 /// How long a worker keeps polling for the next region after finishing one before it sleeps.
-/// Waking a sleeping thread measured 50–100 µs on a 2-vCPU virtual machine (a 392-row layer
-/// norm took longer on two threads than on one); between passes (a clip every few hundred
-/// milliseconds on a cart) the workers sleep and leave the cores to capture and preprocessing.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+/// Waking a sleeping thread measured 50–100 µs on a 2-vCPU virtual machine in one session and
+/// milliseconds in another (the host's scheduler decides when a halted virtual CPU runs again);
+/// the serial work between two regions of a pass (the encoder's own glue, the heads) can exceed
+/// a few hundred microseconds. With 3 ms a worker stays awake through a whole pass; between
+/// passes (a clip every few hundred milliseconds on a cart) it sleeps and leaves the cores to
+/// capture and preprocessing. The demo encoder started 0.1 s after the previous pass took
+/// 5.3–6.6 ms with 3 ms here and 2 ms below, 7.5–8.8 with 300 µs and 50 µs (BENCHMARKS.md).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(3000);
 
-/// How long the caller of a region polls for the workers to finish their chunks before it sleeps
-/// until the last one wakes it.
-const CALLER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long the caller of a region polls for the workers to finish the chunks they claimed
+/// before it sleeps until the last one wakes it (and its own wake-up may then take as long as a
+/// worker's, above).
+const CALLER_SPIN: std::time::Duration = std::time::Duration::from_micros(2000);
 
 /// One parallel region: `f` over chunk `t` of `n_items` in `nt` chunks of whole `grain`s.
 #[derive(Clone, Copy)]
@@ -40,12 +48,18 @@ struct Job {
 
 /// State shared by the caller of a region and the workers.
 struct Shared {
-    /// Incremented (Release) after `job` is written for a new region.
-    epoch: std::sync::atomic::AtomicU64,
-    /// The current region (written only by the holder of `dispatch`, before `epoch` moves).
+    /// The current region's epoch (bits 32..64, incremented for every region), its number of
+    /// chunks (bits 16..32) and the number claimed so far (bits 0..16). Stored (Release) after
+    /// `job` is written for a new region; a chunk is claimed by a compare-exchange of the whole
+    /// word, so a thread holding a stale value can never claim a chunk of a later region, and
+    /// nobody needs the job to know whether a chunk is left.
+    claim: std::sync::atomic::AtomicU64,
+    /// The current region (written only by the holder of `dispatch`, before `claim` moves on,
+    /// while every chunk of the previous region has finished; read only by a thread that holds
+    /// an unfinished chunk of it).
     job: std::cell::UnsafeCell<Job>,
-    /// Workers that have not yet finished the current region.
-    pending: std::sync::atomic::AtomicUsize,
+    /// Chunks of the current region that have finished.
+    finished: std::sync::atomic::AtomicUsize,
     /// A chunk of the current region panicked.
     panicked: std::sync::atomic::AtomicBool,
     /// One region at a time; a caller that finds it taken (another thread's region, or a
@@ -57,15 +71,17 @@ struct Shared {
     /// Workers asleep (or about to be): the caller only takes `sleep` when some are.
     sleepers: std::sync::atomic::AtomicUsize,
     /// The caller of the current region waits on `done` (after its own poll budget) for the
-    /// last worker to finish; that worker wakes it when this is set.
+    /// chunks the workers hold to finish; the worker finishing the last wakes it when this is
+    /// set.
     caller_waiting: std::sync::atomic::AtomicBool,
     done_lock: std::sync::Mutex<()>,
     done: std::sync::Condvar,
 }
 
-// SAFETY: `job` is written only by the thread holding `dispatch` while no worker reads it (all
-// finished the previous region: `pending` is 0), and read by workers after the Acquire load of
-// the `epoch` that published it; the closure behind `f` is `Sync`.
+// SAFETY: `job` is written only by the thread holding `dispatch` while nobody reads it (every
+// chunk of the previous region finished, and a chunk of it can no longer be claimed), and read by
+// a worker only after it claimed a chunk of the region that published it (Acquire); the caller
+// waits for that chunk before it returns. The closure behind `f` is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above.
 unsafe impl Send for Shared {}
@@ -88,14 +104,14 @@ fn pool() -> &'static Pool {
         );
         let pin = settings.pin_threads;
         let shared = std::sync::Arc::new(Shared {
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            claim: std::sync::atomic::AtomicU64::new(0),
             job: std::cell::UnsafeCell::new(Job {
                 f: &NOOP as &(dyn Fn(Range<usize>) + Sync),
                 n_items: 0,
                 grain: 1,
                 nt: 1,
             }),
-            pending: std::sync::atomic::AtomicUsize::new(0),
+            finished: std::sync::atomic::AtomicUsize::new(0),
             panicked: std::sync::atomic::AtomicBool::new(false),
             dispatch: std::sync::Mutex::new(()),
             sleep: std::sync::Mutex::new(()),
@@ -105,7 +121,7 @@ fn pool() -> &'static Pool {
             done_lock: std::sync::Mutex::new(()),
             done: std::sync::Condvar::new(),
         });
-        // The caller of a region runs its first chunk; workers 1..n the others.
+        // The caller of a region claims its first chunk; workers 1..n help with the others.
         let mut started = 1;
         for w in 1..n {
             let sh = shared.clone();
@@ -115,7 +131,7 @@ fn pool() -> &'static Pool {
                     if pin {
                         pin_current_thread(w);
                     }
-                    worker(&sh, w);
+                    worker(&sh);
                 });
             if spawned.is_err() {
                 break; // fewer threads, same results
@@ -137,15 +153,64 @@ fn chunk_of(n_items: usize, grain: usize, nt: usize, t: usize) -> Range<usize> {
     (g0 * grain).min(n_items)..(g1 * grain).min(n_items)
 }
 
-fn worker(sh: &Shared, w: usize) {
-    use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+/// Epoch of a `claim` value.
+fn epoch_of(claim: u64) -> u64 {
+    claim >> 32
+}
+
+/// The `claim` value that publishes region `epoch` with `nt` chunks, none claimed.
+fn published(epoch: u64, nt: usize) -> u64 {
+    (epoch << 32) | ((nt as u64) << 16)
+}
+
+/// Claims the next chunk of the region of epoch `epoch`: its index, or `None` when all are taken
+/// or the region is over.
+fn claim_chunk(sh: &Shared, epoch: u64) -> Option<usize> {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire};
+    let mut cur = sh.claim.load(Acquire);
+    loop {
+        let t = (cur & 0xffff) as usize;
+        let nt = ((cur >> 16) & 0xffff) as usize;
+        if epoch_of(cur) != epoch || t >= nt {
+            return None;
+        }
+        match sh
+            .claim
+            .compare_exchange_weak(cur, cur + 1, AcqRel, Acquire)
+        {
+            Ok(_) => return Some(t),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Runs chunk `t` of the current region (claimed by this thread) and counts it finished; the
+/// thread finishing the last chunk wakes a caller that sleeps on it.
+fn run_chunk(sh: &Shared, job: &Job, t: usize) {
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+    let r = chunk_of(job.n_items, job.grain, job.nt, t);
+    // SAFETY: the closure lives until every chunk of its region finished, and ours has not.
+    let f = unsafe { &*job.f };
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).is_err() {
+        sh.panicked.store(true, Relaxed);
+    }
+    // SeqCst, as the caller's `caller_waiting` store and `finished` load: either it sees the
+    // count complete or we see it waiting and wake it.
+    if sh.finished.fetch_add(1, SeqCst) + 1 == job.nt && sh.caller_waiting.load(SeqCst) {
+        let _g = sh.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+        sh.done.notify_all();
+    }
+}
+
+fn worker(sh: &Shared) {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
     let mut seen = 0u64;
     loop {
         // Poll for the next region for a while, then sleep until one is published.
         let t0 = std::time::Instant::now();
         let mut polls = 0u32;
         loop {
-            let e = sh.epoch.load(Acquire);
+            let e = epoch_of(sh.claim.load(Acquire));
             if e != seen {
                 seen = e;
                 break;
@@ -157,29 +222,24 @@ fn worker(sh: &Shared, w: usize) {
             }
             sh.sleepers.fetch_add(1, SeqCst);
             let mut guard = sh.sleep.lock().unwrap_or_else(|e| e.into_inner());
-            while sh.epoch.load(SeqCst) == seen {
+            while epoch_of(sh.claim.load(SeqCst)) == seen {
                 guard = sh.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
             drop(guard);
             sh.sleepers.fetch_sub(1, AcqRel);
         }
-        // SAFETY: published by the Release increment of `epoch` we just Acquire-loaded; the
-        // caller keeps the closure alive until `pending` reaches 0, which we only signal after
-        // our last use of it.
+        #[cfg(test)]
+        tests::stall_point();
+        // A worker that comes late (all chunks taken, or the region over) has nothing to do.
+        let Some(t) = claim_chunk(sh, seen) else {
+            continue;
+        };
+        // SAFETY: we hold chunk `t` of region `seen` (claimed with Acquire after the Release
+        // store that published the job), so the caller has not moved on and `job` is its job.
         let job = unsafe { *sh.job.get() };
-        if w < job.nt {
-            let r = chunk_of(job.n_items, job.grain, job.nt, w);
-            // SAFETY: as above.
-            let f = unsafe { &*job.f };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r))).is_err() {
-                sh.panicked.store(true, Relaxed);
-            }
-        }
-        // SeqCst, as the caller's `caller_waiting` store and `pending` load: either it sees
-        // the count reach 0 or we see it waiting and wake it.
-        if sh.pending.fetch_sub(1, SeqCst) == 1 && sh.caller_waiting.load(SeqCst) {
-            let _g = sh.done_lock.lock().unwrap_or_else(|e| e.into_inner());
-            sh.done.notify_all();
+        run_chunk(sh, &job, t);
+        while let Some(t) = claim_chunk(sh, seen) {
+            run_chunk(sh, &job, t);
         }
     }
 }
@@ -197,10 +257,11 @@ pub fn for_each_chunk<F>(n_items: usize, grain: usize, f: F)
 where
     F: Fn(Range<usize>) + Sync,
 {
-    use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+    use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
     let grain = grain.max(1);
     let p = pool();
-    let nt = p.threads.min(n_items.div_ceil(grain)).max(1);
+    // (a region has at most 65535 chunks: the count lives in 16 bits of `claim`)
+    let nt = p.threads.min(n_items.div_ceil(grain)).clamp(1, 0xffff);
     let guard = if nt > 1 {
         match p.shared.dispatch.try_lock() {
             Ok(g) => Some(g),
@@ -219,38 +280,46 @@ where
     };
     let sh = &*p.shared;
     let fr: &(dyn Fn(Range<usize>) + Sync) = &f;
-    // SAFETY: only the lifetime is erased; we wait below until no worker can still use it.
+    // SAFETY: only the lifetime is erased; we wait below until every chunk has finished, and no
+    // chunk of this region can be claimed after that.
     let fp: *const (dyn Fn(Range<usize>) + Sync) = unsafe { std::mem::transmute(fr) };
-    // SAFETY: we hold `dispatch` and every worker finished the previous region (`pending` was
-    // 0 when it returned), so nobody reads `job` now.
-    unsafe {
-        *sh.job.get() = Job {
-            f: fp,
-            n_items,
-            grain,
-            nt,
-        };
-    }
+    let job = Job {
+        f: fp,
+        n_items,
+        grain,
+        nt,
+    };
+    // SAFETY: we hold `dispatch` and every chunk of the previous region finished (and all were
+    // claimed), so nobody reads `job` now.
+    unsafe { *sh.job.get() = job };
     sh.panicked.store(false, Relaxed);
-    // Every worker acknowledges every region (those beyond `nt` with nothing to do), so that
-    // none can still be reading `job` when the next region overwrites it.
-    sh.pending.store(p.threads - 1, Release);
+    sh.finished.store(0, Relaxed);
+    // (after 2^32 regions the epoch wraps to 0, which the workers' last seen one is not)
+    let epoch = (epoch_of(sh.claim.load(Relaxed)) + 1) & 0xffff_ffff;
     // SeqCst here and in the worker's sleep path: either the worker sees the new epoch before
     // it waits, or we see it counted as a sleeper and wake it.
-    sh.epoch.fetch_add(1, SeqCst);
+    sh.claim.store(published(epoch, nt), SeqCst);
     if sh.sleepers.load(SeqCst) > 0 {
         let _g = sh.sleep.lock().unwrap_or_else(|e| e.into_inner());
         sh.wake.notify_all();
     }
-    let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        f(chunk_of(n_items, grain, nt, 0))
-    }));
-    // Poll briefly for the workers (they are usually a few microseconds behind), then sleep
-    // until the last one wakes us: a worker whose core another thread holds (capture, the
-    // live view) must not also find this one busy polling.
+    // Run chunks until none is left (the first, and any a late worker has not claimed yet).
+    // A panic in ours is kept for after the others finished: they may still use the closure.
+    let mut mine = Ok(());
+    while let Some(t) = claim_chunk(sh, epoch) {
+        let r = chunk_of(n_items, grain, nt, t);
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r)));
+        if res.is_err() && mine.is_ok() {
+            mine = res;
+        }
+        sh.finished.fetch_add(1, SeqCst);
+    }
+    // Poll briefly for the chunks workers hold (they are usually a few microseconds behind),
+    // then sleep until the last one wakes us: a worker whose core another thread holds
+    // (capture, the live view) must not also find this one busy polling.
     let t0 = std::time::Instant::now();
     let mut polls = 0u32;
-    while sh.pending.load(Acquire) != 0 {
+    while sh.finished.load(Acquire) != nt {
         polls = polls.wrapping_add(1);
         if !polls.is_multiple_of(64) || t0.elapsed() < CALLER_SPIN {
             std::hint::spin_loop();
@@ -258,7 +327,7 @@ where
         }
         let mut g = sh.done_lock.lock().unwrap_or_else(|e| e.into_inner());
         sh.caller_waiting.store(true, SeqCst);
-        while sh.pending.load(SeqCst) != 0 {
+        while sh.finished.load(SeqCst) != nt {
             g = sh.done.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         sh.caller_waiting.store(false, SeqCst);
@@ -271,6 +340,7 @@ where
         panic!("a kernel worker thread panicked");
     }
 }
+
 /// Run `f(i)` for every `i` in `0..n` on the pool, one contiguous block of indices per thread.
 pub fn for_each_index<F>(n: usize, f: F)
 where
@@ -327,7 +397,63 @@ fn pin_current_thread(_i: usize) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// While set, a worker that sees a new region waits 200 ms before it claims a chunk, as a
+    /// virtual CPU the host has not scheduled yet would.
+    static STALL: AtomicBool = AtomicBool::new(false);
+    /// Serialises the tests that set `STALL` with the others (the pool is shared).
+    static POOL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    pub(super) fn stall_point() {
+        if STALL.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// A region whose workers do not come runs every chunk on the calling thread, each once, in
+    /// the same chunks as always; the pool is intact afterwards (the late workers find nothing
+    /// left and claim nothing of the next region's).
+    #[test]
+    fn a_late_worker_delays_nothing() {
+        let _serial = POOL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        if num_threads() < 2 {
+            return;
+        }
+        // the workers are asleep or polling; either way they stall on the next region
+        let me = std::thread::current().id();
+        let want: Vec<Range<usize>> = (0..num_threads())
+            .map(|t| chunk_of(100, 1, num_threads(), t))
+            .collect();
+        let mut ran = Vec::new();
+        // (a region started while another test's holds the pool runs inline, as one chunk:
+        // try again)
+        for _ in 0..20 {
+            STALL.store(true, Ordering::SeqCst);
+            let seen: std::sync::Mutex<Vec<(Range<usize>, std::thread::ThreadId)>> =
+                Default::default();
+            for_each_chunk(100, 1, |r| {
+                seen.lock().unwrap().push((r, std::thread::current().id()));
+            });
+            STALL.store(false, Ordering::SeqCst);
+            ran = seen.into_inner().unwrap();
+            if ran.len() > 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        ran.sort_by_key(|(r, _)| r.start);
+        assert_eq!(ran.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), want);
+        assert!(
+            ran.iter().all(|(_, id)| *id == me),
+            "a chunk waited for a worker"
+        );
+        // the stalled workers wake into a finished region; the next ones cover everything
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for _ in 0..50 {
+            covers(1000, 8);
+        }
+    }
 
     /// Every index exactly once, in whole grains, however many threads.
     fn covers(n: usize, grain: usize) {
@@ -349,6 +475,7 @@ mod tests {
 
     #[test]
     fn regions_cover_every_index_once() {
+        let _serial = POOL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         for (n, g) in [(0, 1), (1, 1), (2, 1), (7, 3), (64, 8), (1000, 24), (5, 0)] {
             covers(n, g);
         }
@@ -358,6 +485,7 @@ mod tests {
     /// the workers went to sleep all finish with every index covered once.
     #[test]
     fn concurrent_nested_and_after_sleep() {
+        let _serial = POOL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         std::thread::scope(|s| {
             for t in 0..4 {
                 s.spawn(move || {
@@ -385,6 +513,7 @@ mod tests {
     /// A panic in any chunk reaches the caller, and the pool runs the next region normally.
     #[test]
     fn a_panicking_chunk_panics_the_caller_and_the_pool_goes_on() {
+        let _serial = POOL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         for bad in [0, 99] {
             let r = std::panic::catch_unwind(|| {
                 for_each_chunk(100, 1, |r| {
