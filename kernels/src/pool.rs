@@ -399,15 +399,16 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// While set, a worker that sees a new region waits 200 ms before it claims a chunk, as a
-    /// virtual CPU the host has not scheduled yet would.
+    /// While set, a worker that sees a new region waits a second before it claims a chunk, as a
+    /// virtual CPU the host has not scheduled yet would (long enough that the caller finishes
+    /// first even on a loaded machine).
     static STALL: AtomicBool = AtomicBool::new(false);
     /// Serialises the tests that set `STALL` with the others (the pool is shared).
     static POOL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     pub(super) fn stall_point() {
         if STALL.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
 
@@ -449,7 +450,7 @@ mod tests {
             "a chunk waited for a worker"
         );
         // the stalled workers wake into a finished region; the next ones cover everything
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(1200));
         for _ in 0..50 {
             covers(1000, 8);
         }
