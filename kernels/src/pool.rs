@@ -397,23 +397,29 @@ fn pin_current_thread(_i: usize) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// While set, a worker that sees a new region waits a second before it claims a chunk, as a
-    /// virtual CPU the host has not scheduled yet would (long enough that the caller finishes
-    /// first even on a loaded machine).
-    static STALL: AtomicBool = AtomicBool::new(false);
-    /// Serialises the tests that set `STALL` with the others (the pool is shared).
+    /// While closed, a worker that sees a new region waits here before it claims a chunk, as a
+    /// virtual CPU the host has not scheduled yet would; the test that closes it opens it.
+    static GATE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    static GATE_OPENED: std::sync::Condvar = std::sync::Condvar::new();
+    /// Serialises the tests that close `GATE` with the others (the pool is shared).
     static POOL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     pub(super) fn stall_point() {
-        if STALL.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut closed = GATE.lock().unwrap_or_else(|e| e.into_inner());
+        while *closed {
+            closed = GATE_OPENED.wait(closed).unwrap_or_else(|e| e.into_inner());
         }
     }
 
+    fn set_gate(closed: bool) {
+        *GATE.lock().unwrap_or_else(|e| e.into_inner()) = closed;
+        GATE_OPENED.notify_all();
+    }
+
     /// A region whose workers do not come runs every chunk on the calling thread, each once, in
-    /// the same chunks as always; the pool is intact afterwards (the late workers find nothing
+    /// the same chunks as always; the pool is intact afterwards (the held workers find nothing
     /// left and claim nothing of the next region's).
     #[test]
     fn a_late_worker_delays_nothing() {
@@ -421,36 +427,48 @@ mod tests {
         if num_threads() < 2 {
             return;
         }
-        // the workers are asleep or polling; either way they stall on the next region
         let me = std::thread::current().id();
         let want: Vec<Range<usize>> = (0..num_threads())
             .map(|t| chunk_of(100, 1, num_threads(), t))
             .collect();
+        // Workers that see the region stop at the gate, so only the caller can claim chunks.
+        // (A region started while another test's holds the pool runs inline, as one chunk:
+        // try again.)
+        set_gate(true);
+        // If the caller waited for a held worker the region would never end: a watchdog opens
+        // the gate after 10 s, so that the test fails below instead of hanging.
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if watch
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_err()
+            {
+                set_gate(false);
+            }
+        });
         let mut ran = Vec::new();
-        // (a region started while another test's holds the pool runs inline, as one chunk:
-        // try again)
-        for _ in 0..20 {
-            STALL.store(true, Ordering::SeqCst);
+        for _ in 0..10_000 {
             let seen: std::sync::Mutex<Vec<(Range<usize>, std::thread::ThreadId)>> =
                 Default::default();
             for_each_chunk(100, 1, |r| {
                 seen.lock().unwrap().push((r, std::thread::current().id()));
             });
-            STALL.store(false, Ordering::SeqCst);
             ran = seen.into_inner().unwrap();
             if ran.len() > 1 {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::thread::yield_now();
         }
+        set_gate(false);
+        let _ = done.send(());
+        let _ = watchdog.join();
         ran.sort_by_key(|(r, _)| r.start);
         assert_eq!(ran.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), want);
         assert!(
             ran.iter().all(|(_, id)| *id == me),
             "a chunk waited for a worker"
         );
-        // the stalled workers wake into a finished region; the next ones cover everything
-        std::thread::sleep(std::time::Duration::from_millis(1200));
+        // the released workers find a finished region; the next ones cover everything
         for _ in 0..50 {
             covers(1000, 8);
         }
