@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 out=$(realpath -m "${1:-edge-runtime/demo/bundle}")
 work=$(realpath -m "${DEMO_WORK:-target/demo-work}")
-version=${DEMO_VERSION:-2026.12.6}
+version=${DEMO_VERSION:-2026.12.7}
 mkdir -p "$work"
 now() { date +%s; }
 
@@ -71,7 +71,7 @@ rm -rf "$out.new"
     --model-id echojepa-demo-phantom --model-version "$version" \
     --description "demo: 4-block 96-wide EchoJEPA-style encoder, V-JEPA pretrained then fine-tuned end to end on the synthetic phantom; view, EF regressor and LV tracing (EF per beat)" \
     --synthetic --sector full \
-    --note "recipe=scripts/build-demo-bundle.sh: configs/demo/pretrain-stream.yaml (300 steps x 8 clips) then configs/demo/finetune.yaml (2100 steps x 8 clips), 8 frames every 4th at 30 fps, 112 px" \
+    --note "recipe=scripts/build-demo-bundle.sh: configs/demo/pretrain-stream.yaml (300 steps x 8 clips) then configs/demo/finetune.yaml (3000 steps x 8 clips), 8 frames every 4th at 30 fps, 112 px" \
     --note "seeds=pretrain meta.seed 0, finetune optimization.seed 0; phantom patients train [2^32, 2^33), validation [2000000, 2001000), test [3000000, 3001000)" \
     --note "timings=build $((t1 - t0)) s, pretrain $((t2 - t1)) s, finetune $((t3 - t2)) s on $(nproc) cores ($(uname -m))" \
     --note "test_metrics=phantom test patients (SYNTHETIC): view accuracy $view_acc ($per_view); EF regressor MAE $ef_reg (mean predictor $ef_mean); LV Dice $dice; EF per beat from the traced LV over 4-clip scans MAE $beats (mean predictor $beats_mean)" \

@@ -15,7 +15,8 @@ fn demo_key() -> PublicKey {
     PublicKey::load(&repo_file("edge-runtime/demo/keys/echojepa-demo.pub")).unwrap()
 }
 
-/// The committed demo bundle and the fuzz fixture predate provenance and tasks.
+/// The demo bundle of 2026-12-06 (kept as a fixture) and the fuzz fixture predate provenance and
+/// tasks.
 fn check_legacy(m: &Manifest) {
     assert_eq!(m.provenance, None);
     let p = m.provenance();
@@ -32,8 +33,8 @@ fn check_legacy(m: &Manifest) {
 }
 
 #[test]
-fn the_committed_demo_bundle_verifies_with_derived_provenance_and_tasks() {
-    let dir = repo_file("edge-runtime/demo/bundle");
+fn the_legacy_demo_bundle_verifies_with_derived_provenance_and_tasks() {
+    let dir = repo_file("bundle/tests/fixtures/legacy-demo-bundle");
     let v = verify_bundle(&dir, &[demo_key()]).unwrap();
     check_legacy(v.manifest());
     let bytes = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();

@@ -219,6 +219,12 @@ pub struct FinetuneBlock {
     /// confidence threshold from the validation split.
     #[serde(default = "default_misread")]
     pub ef_misread_target: f64,
+    /// Phantom validation clips the view temperature and the EF confidence threshold are
+    /// fitted on: the `val_clips` evaluated every epoch and more after them (default: the
+    /// `val_clips` alone). Misreads come patient by patient and are rare, so a threshold that
+    /// keeps them under `ef_misread_target` needs thousands of clips to show it.
+    #[serde(default)]
+    pub calibration_clips: Option<usize>,
     /// With an LV head: continuous scans (patients of the EF views, several clips in a row)
     /// on which EF is measured beat by beat from the traced cavity, as the cart does; the
     /// validation scans fit the calibration line, the test scans report it.
@@ -375,6 +381,14 @@ impl FinetuneConfig {
             if !(1..=20_000).contains(&n) {
                 bail!("finetune.{key} = {n}: expected 1 to 20000 clips");
             }
+        }
+        if let Some(n) = f.calibration_clips
+            && !(f.val_clips..=100_000).contains(&n)
+        {
+            bail!(
+                "finetune.calibration_clips = {n}: expected at least val_clips ({}) and at most 100000",
+                f.val_clips
+            );
         }
         if !(1..=2_000).contains(&f.lv_scans) || !(1..=64).contains(&f.scan_clips) {
             bail!(

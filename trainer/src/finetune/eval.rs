@@ -74,6 +74,16 @@ pub fn render_split(stream: &PhantomStream, split: Split, n: usize) -> Result<Ve
     render_jobs(stream, split, n, &|i| (i as u64, 0.0))
 }
 
+/// Renders clips `start..start + n` of a split (two threads).
+pub fn render_range(
+    stream: &PhantomStream,
+    split: Split,
+    start: usize,
+    n: usize,
+) -> Result<Vec<Rendered>> {
+    render_jobs(stream, split, n, &|i| ((start + i) as u64, 0.0))
+}
+
 /// Renders `n` clips, clip `i` being `job(i) = (index, offset s)` of the split.
 fn render_jobs(
     stream: &PhantomStream,
@@ -126,6 +136,7 @@ fn render_jobs(
 }
 
 /// Raw model outputs on a set of clips.
+#[derive(Clone)]
 pub struct Evaluated {
     pub views: Vec<View>,
     pub ef_true: Vec<f64>,
@@ -139,6 +150,7 @@ pub struct Evaluated {
 }
 
 /// The LV cavity of one clip, frame by frame.
+#[derive(Clone)]
 pub struct LvClip {
     /// Predicted and true cavity in each frame.
     pub pred: Vec<lv::FrameLv>,
@@ -161,6 +173,9 @@ fn series(frames: &[lv::FrameLv], t0: f64, dt: f64) -> Vec<(f64, f64)> {
 /// What calibration on the validation split fixed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
+    /// Validation clips the calibration was fitted on.
+    #[serde(default)]
+    pub clips: usize,
     pub temperature: f64,
     pub view_nll_before: f64,
     pub view_nll_after: f64,
@@ -178,6 +193,10 @@ pub struct Calibration {
     /// against the regressor's per-clip validation MAE, where the cart's EF comes from.
     #[serde(default)]
     pub ef_traced_val_mae: Option<f64>,
+    /// One-sided 95 % upper bound (Wilson) of the misread share among shown EF values on
+    /// validation at `ef_min_confidence`.
+    #[serde(default)]
+    pub ef_misread_upper_bound: Option<f64>,
 }
 
 /// Metrics of one evaluation.
@@ -677,6 +696,7 @@ impl Evaluated {
     pub fn calibrate(&self, f: &FinetuneBlock) -> Calibration {
         let labels: Vec<usize> = self.views.iter().map(|v| v.index()).collect();
         let mut cal = Calibration {
+            clips: self.views.len(),
             temperature: 1.0,
             view_nll_before: f64::NAN,
             view_nll_after: f64::NAN,
@@ -685,6 +705,7 @@ impl Evaluated {
             ef_min_confidence: None,
             ef_beat_fit: None,
             ef_traced_val_mae: None,
+            ef_misread_upper_bound: None,
         };
         if let Some(logits) = &self.view_logits {
             let nll = |lt: f64| nll_and_ece(logits, &labels, lt.exp()).0;
@@ -706,9 +727,26 @@ impl Evaluated {
             cal.view_nll_after = n1;
             cal.view_ece_before = e0;
             cal.view_ece_after = e1;
-            cal.ef_min_confidence = self.ef_threshold(t, f.ef_misread_target);
+            let (th, bound) = self.ef_threshold(t, f.ef_misread_target);
+            cal.ef_min_confidence = Some(th);
+            cal.ef_misread_upper_bound = bound;
         }
         cal
+    }
+
+    /// Appends the outputs on more clips of the same model and heads.
+    pub fn extend(&mut self, o: Evaluated) {
+        self.views.extend(o.views);
+        self.ef_true.extend(o.ef_true);
+        if let (Some(a), Some(b)) = (self.view_logits.as_mut(), o.view_logits) {
+            a.extend(b);
+        }
+        if let (Some(a), Some(b)) = (self.ef_pred.as_mut(), o.ef_pred) {
+            a.extend(b);
+        }
+        if let (Some(a), Some(b)) = (self.lv.as_mut(), o.lv) {
+            a.extend(b);
+        }
     }
 
     /// EF views: the EF head's, else A4C and A2C (where the area rule holds).
@@ -750,17 +788,41 @@ impl Evaluated {
         (n, bad)
     }
 
-    fn ef_threshold(&self, temp: f64, target: f64) -> Option<f64> {
+    /// The EF confidence threshold, the first of:
+    /// 1. the lowest at which the one-sided 95 % upper bound (Wilson) of the misread share among
+    ///    the EF values shown on validation is at most `target`: a clean but small validation
+    ///    set does not pass a low threshold (zero misreads among 80 shown bound it at 3.3 %);
+    /// 2. too few clips for that: the lowest at which no shown value is misread;
+    /// 3. misreads at every threshold that shows anything: the lowest that shows nothing;
+    /// 4. the highest candidate.
+    ///
+    /// Candidates run in steps of 0.01 to 0.99, then 0.001 to 0.999, then 0.9995 and 0.9999:
+    /// with a sharp view head the confident misreads sit above 0.98. Returns the threshold and
+    /// its bound (`None` where validation shows nothing at it).
+    fn ef_threshold(&self, temp: f64, target: f64) -> (f64, Option<f64>) {
         let ef_views = self.ef_views().to_vec();
-        for step in 0..=99 {
-            let th = step as f64 / 100.0;
+        let candidates = (0..=99)
+            .map(|i| i as f64 / 100.0)
+            .chain((991..=999).map(|i| i as f64 / 1000.0))
+            .chain([0.9995, 0.9999]);
+        let mut clean: Option<(f64, f64)> = None;
+        let mut last = 0.0;
+        for th in candidates {
+            last = th;
             let shown = self.shown(temp, th);
             let (n, bad) = self.shown_and_misread(&shown, &ef_views);
-            if n == 0 || (bad as f64) <= target * n as f64 {
-                return Some(th);
+            if n == 0 {
+                return clean.map_or((th, None), |(t, ub)| (t, Some(ub)));
+            }
+            let ub = wilson_upper(bad, n);
+            if ub <= target {
+                return (th, Some(ub));
+            }
+            if bad == 0 && clean.is_none() {
+                clean = Some((th, ub));
             }
         }
-        Some(0.99)
+        clean.map_or((last, None), |(t, ub)| (t, Some(ub)))
     }
 
     /// The metrics; EF-from-areas calibrated with `cal` when given.
@@ -824,6 +886,16 @@ impl Evaluated {
         }
         r
     }
+}
+
+/// One-sided 95 % Wilson upper bound of a proportion `k / n` (`n > 0`).
+fn wilson_upper(k: usize, n: usize) -> f64 {
+    let z = 1.644_853_6_f64;
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + half) / (1.0 + z2 / n)).min(1.0)
 }
 
 /// Least-squares line `y = a + b x`.
@@ -1038,10 +1110,18 @@ pub fn describe_final(
     ) {
         let _ = write!(
             s,
-            "\n  EF shown at view confidence >= {th:.2}: {:.1} % of EF-view clips, {:.1} % of shown values on a misread view",
+            "\n  EF shown at view confidence >= {th}: {:.1} % of EF-view clips, {:.1} % of shown values on a misread view",
             100.0 * sh,
             100.0 * b
         );
+        if let Some(ub) = cal.ef_misread_upper_bound {
+            let _ = write!(
+                s,
+                " (threshold fitted on {} validation clips: misread share at most {:.2} %, 95 % bound)",
+                cal.clips,
+                100.0 * ub
+            );
+        }
     }
     s
 }
@@ -1079,6 +1159,87 @@ fn describe_videos(s: &mut String, v: &VideoReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clips of `truth` read as `read` with calibrated confidence `conf` (temperature 1).
+    fn clips(n: usize, truth: View, read: View, conf: f32) -> Vec<(View, Vec<f32>)> {
+        let mut logits = vec![((1.0 - conf) / 5.0).ln(); View::ALL.len()];
+        logits[read.index()] = conf.ln();
+        vec![(truth, logits); n]
+    }
+
+    fn evaluated(rows: Vec<(View, Vec<f32>)>) -> Evaluated {
+        Evaluated {
+            views: rows.iter().map(|r| r.0).collect(),
+            ef_true: vec![50.0; rows.len()],
+            view_logits: Some(rows.into_iter().map(|r| r.1).collect()),
+            ef_pred: None,
+            ef_views: vec![],
+            lv: None,
+            lv_views: vec![],
+            scaler: Scaler {
+                mean: 50.0,
+                std: 10.0,
+            },
+        }
+    }
+
+    #[test]
+    fn wilson_bound_of_zero_misreads_needs_hundreds_of_clips() {
+        // k = 0: z² / (n + z²)
+        let z2 = 1.644_853_6f64.powi(2);
+        assert!((wilson_upper(0, 80) - z2 / (80.0 + z2)).abs() < 1e-12);
+        assert!(wilson_upper(0, 80) > 0.03);
+        assert!(wilson_upper(0, 268) <= 0.01 && wilson_upper(0, 267) > 0.01);
+        // above the point estimate, below one
+        assert!(wilson_upper(20, 2000) > 0.01 && wilson_upper(20, 2000) < 0.02);
+        assert_eq!(wilson_upper(5, 5), 1.0);
+    }
+
+    /// 1 % of the shown values misread at confidence 0.97: the point estimate would pass every
+    /// threshold, its upper bound does not, so the threshold rises above the misreads.
+    #[test]
+    fn the_ef_threshold_rises_above_confident_misreads_until_the_bound_holds() {
+        let mut rows = clips(1980, View::A4c, View::A4c, 0.999);
+        rows.extend(clips(20, View::A3c, View::A2c, 0.97));
+        rows.extend(clips(500, View::Plax, View::Plax, 0.99));
+        let ev = evaluated(rows);
+        let (th, bound) = ev.ef_threshold(1.0, 0.01);
+        assert!(th > 0.97 && th <= 0.99, "threshold {th}");
+        assert_eq!(bound, Some(wilson_upper(0, 1980)));
+        // the old rule (misread share <= target) stopped at 0
+        let (n, bad) = ev.shown_and_misread(&ev.shown(1.0, 0.0), ev.ef_views());
+        assert_eq!((n, bad), (2000, 20));
+        assert!(bad as f64 <= 0.01 * n as f64);
+    }
+
+    /// Too few clips for the bound to reach the target: the lowest threshold at which nothing
+    /// shown is misread (here the lowest, every clip clean), not the highest candidate.
+    #[test]
+    fn a_small_clean_validation_keeps_a_low_threshold() {
+        let mut rows = clips(40, View::A4c, View::A4c, 0.9);
+        rows.extend(clips(40, View::Psax, View::Psax, 0.9));
+        let (th, bound) = evaluated(rows).ef_threshold(1.0, 0.01);
+        assert_eq!(th, 0.0);
+        assert_eq!(bound, Some(wilson_upper(0, 40)));
+        // a few clips misread at 0.455: the lowest clean threshold lies above them
+        let mut rows = clips(40, View::A4c, View::A4c, 0.9);
+        rows.extend(clips(3, View::A3c, View::A2c, 0.455));
+        let (th, bound) = evaluated(rows).ef_threshold(1.0, 0.01);
+        assert_eq!(th, 0.46);
+        assert_eq!(bound, Some(wilson_upper(0, 40)));
+    }
+
+    /// A head that reads every view as A4C: no threshold that shows anything is clean, so EF
+    /// is never shown on validation (a threshold above every confidence), not shown everywhere.
+    #[test]
+    fn a_head_that_misreads_everything_shows_nothing() {
+        let mut rows = clips(2, View::A4c, View::A4c, 0.305);
+        for v in [View::A3c, View::Plax, View::Psax, View::Subcostal] {
+            rows.extend(clips(2, v, View::A4c, 0.305));
+        }
+        let (th, bound) = evaluated(rows).ef_threshold(1.0, 0.01);
+        assert_eq!((th, bound), (0.31, None));
+    }
 
     #[test]
     fn view_scores_count_hits_and_name_the_misreads() {

@@ -1419,7 +1419,21 @@ fn finish(
     let live = model::snapshot(varmap)?;
     let weights = ema.unwrap_or(&live);
     let val_ev: Evaluated = eval::evaluate(s, weights, val, state.ef_scaler)?;
-    let mut cal = val_ev.calibrate(f);
+    let mut cal = match (s.source.phantom(), f.calibration_clips) {
+        (Some(stream), Some(n)) if n > val.len() => {
+            // the further validation clips, rendered and evaluated 512 at a time
+            let mut all = val_ev.clone();
+            let mut at = val.len();
+            while at < n {
+                let k = (n - at).min(512);
+                let clips = eval::render_range(stream, Split::Val, at, k)?;
+                all.extend(eval::evaluate(s, weights, &clips, state.ef_scaler)?);
+                at += k;
+            }
+            all.calibrate(f)
+        }
+        _ => val_ev.calibrate(f),
+    };
     let test = s.source.eval_clips(Split::Test, f.test_clips)?;
     let test_ev = eval::evaluate(s, weights, &test, state.ef_scaler)?;
     let (scans, videos) = traced_ef(
