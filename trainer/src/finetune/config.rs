@@ -319,6 +319,11 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
         let f = &self.finetune;
         let d = &self.experiment.data;
+        if f.calibration_clips.is_some() && self.data_kind()? != DataKind::Phantom {
+            bail!(
+                "finetune.calibration_clips renders more phantom validation clips; a dataset calibrates on its whole validation split (remove the key)"
+            );
+        }
         if self.data_kind()? == DataKind::EchoNet {
             self.validate_echonet()?;
         }
@@ -398,5 +403,33 @@ impl FinetuneConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> FinetuneConfig {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo/finetune.yaml");
+        crate::config::load::<FinetuneConfig>(&path).unwrap().config
+    }
+
+    #[test]
+    fn calibration_clips_are_phantom_clips_beyond_the_validation_set() {
+        let mut c = demo();
+        assert_eq!(c.finetune.calibration_clips, Some(4000));
+        c.validate().unwrap();
+        c.finetune.calibration_clips = Some(c.finetune.val_clips - 1);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least val_clips"), "{e}");
+        c.finetune.calibration_clips = Some(4000);
+        c.experiment.data.dataset_type = "EchoNet".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("finetune.calibration_clips renders more phantom"),
+            "{e}"
+        );
     }
 }

@@ -1422,14 +1422,24 @@ fn finish(
     let mut cal = match (s.source.phantom(), f.calibration_clips) {
         (Some(stream), Some(n)) if n > val.len() => {
             // the further validation clips, rendered and evaluated 512 at a time
+            let pb = indicatif::ProgressBar::new(n as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "calibrating on validation clips [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
+                )?
+                .progress_chars("=> "),
+            );
             let mut all = val_ev.clone();
             let mut at = val.len();
+            pb.set_position(at as u64);
             while at < n {
                 let k = (n - at).min(512);
                 let clips = eval::render_range(stream, Split::Val, at, k)?;
                 all.extend(eval::evaluate(s, weights, &clips, state.ef_scaler)?);
                 at += k;
+                pb.set_position(at as u64);
             }
+            pb.finish_and_clear();
             all.calibrate(f)
         }
         _ => val_ev.calibrate(f),
