@@ -806,9 +806,8 @@ impl Evaluated {
             .chain((991..=999).map(|i| i as f64 / 1000.0))
             .chain([0.9995, 0.9999]);
         let mut clean: Option<(f64, f64)> = None;
-        let mut last = 0.0;
+        let mut last = (0.0, None);
         for th in candidates {
-            last = th;
             let shown = self.shown(temp, th);
             let (n, bad) = self.shown_and_misread(&shown, &ef_views);
             if n == 0 {
@@ -821,8 +820,9 @@ impl Evaluated {
             if bad == 0 && clean.is_none() {
                 clean = Some((th, ub));
             }
+            last = (th, Some(ub));
         }
-        clean.map_or((last, None), |(t, ub)| (t, Some(ub)))
+        clean.map_or(last, |(t, ub)| (t, Some(ub)))
     }
 
     /// The metrics; EF-from-areas calibrated with `cal` when given.
@@ -1231,6 +1231,7 @@ mod tests {
 
     /// A head that reads every view as A4C: no threshold that shows anything is clean, so EF
     /// is never shown on validation (a threshold above every confidence), not shown everywhere.
+    /// Misreads even above the highest candidate: that candidate, with its bound.
     #[test]
     fn a_head_that_misreads_everything_shows_nothing() {
         let mut rows = clips(2, View::A4c, View::A4c, 0.305);
@@ -1239,6 +1240,10 @@ mod tests {
         }
         let (th, bound) = evaluated(rows).ef_threshold(1.0, 0.01);
         assert_eq!((th, bound), (0.31, None));
+        let mut rows = clips(2, View::A4c, View::A4c, 0.999_99);
+        rows.extend(clips(2, View::Psax, View::A4c, 0.999_99));
+        let (th, bound) = evaluated(rows).ef_threshold(1.0, 0.01);
+        assert_eq!((th, bound), (0.9999, Some(wilson_upper(2, 4))));
     }
 
     #[test]
