@@ -71,7 +71,7 @@ pub struct Rendered {
 
 /// Renders clips `0..n` of a split (two threads).
 pub fn render_split(stream: &PhantomStream, split: Split, n: usize) -> Result<Vec<Rendered>> {
-    render_jobs(stream, split, n, &|i| (i as u64, 0.0))
+    render_range(stream, split, 0, n)
 }
 
 /// Renders clips `start..start + n` of a split (two threads).
